@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs what the tests and the local cluster need, if missing:
+# Debian's redis-server/redis-tools and nutcracker (twemproxy, for benchmarks),
+# and redis-py for the Python client tests.
+set -euo pipefail
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+if [ "${SHARDIS_BENCH:-0}" = 1 ] && ! command -v nutcracker >/dev/null 2>&1 && [ ! -x /usr/sbin/nutcracker ]; then
+  need+=(nutcracker)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"
+fi
+# The redis-server package may start a system instance on 6379; tests never use it.
+if ! python3 -c 'import redis' >/dev/null 2>&1; then
+  python3 -m pip install -q 'redis>=5' || python3 -m pip install -q --break-system-packages 'redis>=5'
+fi

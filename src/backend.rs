@@ -1,0 +1,343 @@
+//! Backend pools: per shard, a few long-lived pipelined connections shared by
+//! every client session.
+//!
+//! A connection is one task that owns the socket. Sessions hand it [`Job`]s
+//! over a channel; the task writes whatever jobs are queued in one batch,
+//! remembers them in a FIFO, and matches each reply frame it reads to the
+//! oldest outstanding job. Reply bytes are forwarded untouched.
+//!
+//! Failure handling: a connect or handshake that fails, a reply that does not
+//! arrive within the command timeout, or a broken socket fails every
+//! outstanding job with an error naming the shard, and the task reconnects
+//! with exponential backoff. While a shard is down its jobs fail at once, so
+//! clients get an error immediately rather than a hang; its keys are never
+//! sent to another shard.
+
+use std::collections::VecDeque;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::{Instant, sleep_until, timeout};
+use tracing::{debug, info, warn};
+
+use crate::config;
+use crate::protocol::Protocol;
+use crate::protocol::reply::{self, ReplyScanner};
+use crate::protocol::request::Request;
+
+/// Why a backend could not answer. Cheap to clone: one error often fails
+/// many requests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendError(pub Arc<str>);
+
+impl BackendError {
+    pub fn message(&self) -> &str {
+        &self.0
+    }
+}
+
+/// What a backend answered to one job: the raw reply frame, or why not.
+pub type BackendResult = Result<Bytes, BackendError>;
+
+/// The answer to one job, delivered to the session that sent it.
+#[derive(Debug)]
+pub struct Completion {
+    /// The session's request sequence number.
+    pub seq: u64,
+    /// Which part of a fanned-out request this answers.
+    pub part: u32,
+    pub result: BackendResult,
+}
+
+/// Where a job's answer goes.
+#[derive(Debug, Clone)]
+pub struct ReplyTo {
+    pub sink: mpsc::UnboundedSender<Completion>,
+    pub seq: u64,
+    pub part: u32,
+}
+
+impl ReplyTo {
+    fn complete(self, result: BackendResult) {
+        // The session may be gone; then nobody wants the answer.
+        let _ = self.sink.send(Completion { seq: self.seq, part: self.part, result });
+    }
+}
+
+/// One request for a backend.
+#[derive(Debug)]
+pub struct Job {
+    /// RESP bytes to write, exactly one command.
+    pub req: Bytes,
+    pub reply: ReplyTo,
+}
+
+/// How to reach and talk to one backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub name: Arc<str>,
+    pub addr: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub connections: usize,
+}
+
+impl BackendSpec {
+    pub fn from_config(b: &config::Backend, cfg: &config::Config) -> Self {
+        BackendSpec {
+            name: Arc::from(b.name.as_str()),
+            addr: b.addr.clone(),
+            username: b.username.clone(),
+            password: b.password.clone(),
+            connect_timeout: cfg.timeouts.connect(),
+            command_timeout: cfg.timeouts.command(),
+            reconnect_min: Duration::from_millis(cfg.timeouts.reconnect_ms),
+            reconnect_max: Duration::from_millis(cfg.timeouts.reconnect_max_ms),
+            connections: cfg.pool.connections,
+        }
+    }
+}
+
+/// A shard's connection pool: RESP2 connections, started eagerly, and RESP3
+/// connections, started when the first RESP3 client needs one. Each protocol
+/// gets its own connections so replies are forwarded in the client's
+/// encoding without conversion.
+#[derive(Debug)]
+pub struct Shard {
+    pub spec: Arc<BackendSpec>,
+    resp2: Vec<mpsc::UnboundedSender<Job>>,
+    resp3: OnceLock<Vec<mpsc::UnboundedSender<Job>>>,
+}
+
+impl Shard {
+    /// Starts the RESP2 connections. Needs a tokio runtime.
+    pub fn start(spec: BackendSpec) -> Arc<Shard> {
+        let spec = Arc::new(spec);
+        let resp2 = spawn_conns(&spec, Protocol::Resp2);
+        Arc::new(Shard { spec, resp2, resp3: OnceLock::new() })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Queues a job on connection `lane` (taken modulo the pool size) of the
+    /// given protocol. The same lane keeps one client's requests in order.
+    pub fn send(&self, proto: Protocol, lane: usize, job: Job) {
+        let conns = match proto {
+            Protocol::Resp2 => &self.resp2,
+            Protocol::Resp3 => self.resp3.get_or_init(|| spawn_conns(&self.spec, Protocol::Resp3)),
+        };
+        let tx = &conns[lane % conns.len()];
+        if let Err(mpsc::error::SendError(job)) = tx.send(job) {
+            // The task only stops when the pool is dropped; answer anyway.
+            let err = BackendError(format!("ERR backend {} is shutting down", self.spec.name).into());
+            job.reply.complete(Err(err));
+        }
+    }
+}
+
+fn spawn_conns(spec: &Arc<BackendSpec>, proto: Protocol) -> Vec<mpsc::UnboundedSender<Job>> {
+    (0..spec.connections.max(1))
+        .map(|i| {
+            let (tx, rx) = mpsc::unbounded_channel();
+            tokio::spawn(conn_task(spec.clone(), proto, i, rx));
+            tx
+        })
+        .collect()
+}
+
+/// Most jobs written to one connection and not yet answered.
+const MAX_INFLIGHT: usize = 16 * 1024;
+/// Most jobs taken from the queue for one write.
+const BATCH: usize = 512;
+
+/// Supervises one connection: connect, serve, and on failure fail fast until
+/// the next reconnect attempt.
+async fn conn_task(spec: Arc<BackendSpec>, proto: Protocol, lane: usize, mut rx: mpsc::UnboundedReceiver<Job>) {
+    let mut backoff = spec.reconnect_min;
+    let mut was_up = true; // log the first failure loudly
+    loop {
+        let reason = match connect(&spec, proto).await {
+            Ok(stream) => {
+                if !was_up {
+                    info!(shard = %spec.name, addr = %spec.addr, ?proto, lane, "backend connection restored");
+                } else {
+                    debug!(shard = %spec.name, addr = %spec.addr, ?proto, lane, "backend connected");
+                }
+                was_up = true;
+                backoff = spec.reconnect_min;
+                match serve(stream, &mut rx, &spec).await {
+                    Ok(()) => return, // pool dropped and every job answered
+                    Err(e) => e,
+                }
+            }
+            Err(e) => e,
+        };
+        if was_up {
+            warn!(shard = %spec.name, addr = %spec.addr, ?proto, lane, error = %reason, "backend unavailable");
+        } else {
+            debug!(shard = %spec.name, error = %reason, "backend still unavailable");
+        }
+        was_up = false;
+        let err = BackendError(format!("ERR backend {} unavailable: {reason}", spec.name).into());
+        let retry_at = Instant::now() + backoff;
+        backoff = (backoff * 2).min(spec.reconnect_max);
+        loop {
+            tokio::select! {
+                _ = sleep_until(retry_at) => break,
+                job = rx.recv() => match job {
+                    Some(job) => job.reply.complete(Err(err.clone())),
+                    None => return,
+                },
+            }
+        }
+    }
+}
+
+/// Resolves (again, every time: container IPs change), connects and runs the
+/// handshake, all within the connect timeout.
+async fn connect(spec: &BackendSpec, proto: Protocol) -> Result<TcpStream, String> {
+    let attempt = async {
+        let mut stream = TcpStream::connect(spec.addr.as_str()).await.map_err(|e| e.to_string())?;
+        stream.set_nodelay(true).map_err(|e| e.to_string())?;
+        let mut hs: Vec<Request> = Vec::new();
+        match (proto, &spec.password) {
+            (Protocol::Resp3, Some(pw)) => {
+                let user = spec.username.as_deref().unwrap_or("default");
+                hs.push(Request::from_args(&["HELLO", "3", "AUTH", user, pw]));
+            }
+            (Protocol::Resp3, None) => hs.push(Request::from_args(&["HELLO", "3"])),
+            (Protocol::Resp2, Some(pw)) => match &spec.username {
+                Some(u) => hs.push(Request::from_args(&["AUTH", u, pw])),
+                None => hs.push(Request::from_args(&["AUTH", pw])),
+            },
+            (Protocol::Resp2, None) => {}
+        }
+        hs.push(Request::from_args(&["PING"]));
+        let mut out = Vec::new();
+        for r in &hs {
+            out.extend_from_slice(&r.raw);
+        }
+        stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        let mut buf = BytesMut::with_capacity(1024);
+        let mut sc = ReplyScanner::default();
+        let mut answered = 0;
+        while answered < hs.len() {
+            if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+                return Err("connection closed during handshake".to_string());
+            }
+            while let Some(n) = sc.next_frame(&buf).map_err(|e| e.to_string())? {
+                let frame = buf.split_to(n);
+                if reply::is_error(&frame) {
+                    let text = String::from_utf8_lossy(&frame[1..]).trim_end().to_string();
+                    return Err(format!("handshake refused: {text}"));
+                }
+                answered += 1;
+            }
+        }
+        Ok(stream)
+    };
+    match timeout(spec.connect_timeout, attempt).await {
+        Ok(r) => r,
+        Err(_) => Err(format!("no connection within {} ms", spec.connect_timeout.as_millis())),
+    }
+}
+
+/// Serves one healthy connection until it fails (`Err(reason)`) or the pool
+/// is dropped and every job has been answered (`Ok`).
+async fn serve(stream: TcpStream, rx: &mut mpsc::UnboundedReceiver<Job>, spec: &BackendSpec) -> Result<(), String> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut inflight: VecDeque<(ReplyTo, Instant)> = VecDeque::new();
+    let mut rbuf = BytesMut::with_capacity(16 * 1024);
+    let mut wbuf = BytesMut::with_capacity(16 * 1024);
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut scanner = ReplyScanner::default();
+    let mut closing = false;
+    let cmd_timeout = spec.command_timeout;
+    let result = loop {
+        if closing && inflight.is_empty() {
+            break Ok(());
+        }
+        let deadline = inflight.front().map(|(_, t)| *t + cmd_timeout);
+        if rbuf.capacity() - rbuf.len() < 4096 {
+            rbuf.reserve(16 * 1024);
+        }
+        tokio::select! {
+            biased;
+            r = rd.read_buf(&mut rbuf) => {
+                match r {
+                    Ok(0) => break Err("connection closed by backend".to_string()),
+                    Err(e) => break Err(e.to_string()),
+                    Ok(_) => {}
+                }
+                let mut failed = None;
+                loop {
+                    match scanner.next_frame(&rbuf) {
+                        Ok(Some(n)) => {
+                            let frame = rbuf.split_to(n).freeze();
+                            if scanner.was_push() {
+                                continue; // out-of-band RESP3 push: no request waits for it
+                            }
+                            match inflight.pop_front() {
+                                Some((to, _)) => to.complete(Ok(frame)),
+                                None => {
+                                    failed = Some("reply without a request".to_string());
+                                    break;
+                                }
+                            }
+                        }
+                        Ok(None) => break,
+                        Err(e) => {
+                            failed = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+                if let Some(e) = failed {
+                    break Err(e);
+                }
+            }
+            n = rx.recv_many(&mut batch, BATCH), if !closing && inflight.len() < MAX_INFLIGHT => {
+                if n == 0 {
+                    closing = true;
+                    continue;
+                }
+                let now = Instant::now();
+                for job in batch.drain(..) {
+                    wbuf.extend_from_slice(&job.req);
+                    inflight.push_back((job.reply, now));
+                }
+                match timeout(cmd_timeout, wr.write_all_buf(&mut wbuf)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(e)) => break Err(e.to_string()),
+                    Err(_) => break Err(format!("write timed out after {} ms", cmd_timeout.as_millis())),
+                }
+                if wbuf.capacity() > 1024 * 1024 {
+                    wbuf = BytesMut::with_capacity(16 * 1024);
+                }
+            }
+            _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
+                break Err(format!("timed out after {} ms", cmd_timeout.as_millis()));
+            }
+        }
+    };
+    if let Err(reason) = &result {
+        let err = BackendError(format!("ERR backend {} unavailable: {reason}", spec.name).into());
+        for (to, _) in inflight.drain(..) {
+            to.complete(Err(err.clone()));
+        }
+        for job in batch.drain(..) {
+            job.reply.complete(Err(err.clone()));
+        }
+    }
+    result
+}

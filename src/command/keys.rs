@@ -1,0 +1,755 @@
+//! Which arguments of a request are keys.
+//!
+//! [`key_indices`] follows Redis 7.0's `getKeysFromCommandWithSpecs` (db.c): the key specs
+//! are interpreted generically (`getKeysUsingKeySpecs`), and when they cannot give a
+//! complete answer (an `unknown` or `incomplete` spec, an unparsable `numkeys`, ...) or
+//! their flags are `variable_flags`, the command's special key procedure is used instead
+//! (`sortGetKeys`, `migrateGetKeys`, `evalGetKeys`, ...), re-implemented here by name. The
+//! result is what `COMMAND GETKEYS` would list for the same arguments.
+//!
+//! Client input is untrusted: nothing here panics or indexes out of bounds, whatever the
+//! arguments.
+
+use std::cmp::Ordering;
+
+pub use super::spec::*;
+
+/// Why [`key_indices`] refuses to vouch for its answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeysError {
+    /// The argument count does not satisfy the command's arity: Redis replies
+    /// `ERR wrong number of arguments`.
+    Arity,
+    /// The key arguments cannot be located reliably (bad or out-of-range `numkeys`, a
+    /// keyed command with no key, unbalanced key/value or STREAMS lists, ...): Redis
+    /// would reject the command, or `COMMAND GETKEYS` would refuse it.
+    Malformed,
+}
+
+impl std::fmt::Display for KeysError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            KeysError::Arity => "wrong number of arguments",
+            KeysError::Malformed => "cannot locate the key arguments",
+        })
+    }
+}
+
+impl std::error::Error for KeysError {}
+
+/// Fills `out` (cleared first) with the indices into `args` of the key arguments of a
+/// request for `spec` (`args[0]` is the command name; for a subcommand, `args[1]` is the
+/// subcommand name and `spec` the subcommand's spec, see [`lookup_argv`]).
+///
+/// `out` always ends up holding what `COMMAND GETKEYS` would list for these arguments
+/// (empty where it would reply with an error), in the same order. `Ok(())` means that list
+/// is the complete, trustworthy key set; on `Err` the caller should refuse the request (or
+/// let a backend produce Redis's own error) rather than route it by `out`.
+pub fn key_indices(
+    spec: &CommandSpec,
+    args: &[&[u8]],
+    out: &mut Vec<usize>,
+) -> Result<(), KeysError> {
+    out.clear();
+    let all_flags = spec.key_specs.iter().fold(0, |acc, ks| acc | ks.flags);
+    let has_keyspec = spec.key_specs.iter().any(|ks| ks.flags & KS_NOT_KEY == 0);
+    let has_varflags = all_flags & KS_VARIABLE_FLAGS != 0;
+    let special = special_proc(spec.name);
+
+    let mut malformed = false;
+    let mut resolved = false;
+    if has_keyspec && !has_varflags {
+        match keys_from_specs(spec, args, out) {
+            Ok(suspect) => {
+                resolved = true;
+                malformed |= suspect;
+            }
+            Err(e) => {
+                out.clear();
+                // Unknown/incomplete specs simply need the special procedure; a bad
+                // argument that the strict spec parser rejected makes the request
+                // malformed even where the lenient procedure finds keys.
+                malformed |= e == SpecError::Invalid;
+            }
+        }
+    }
+    if !resolved {
+        if let Some(p) = special {
+            malformed |= run_proc(p, args, out);
+        }
+    }
+
+    // `COMMAND GETKEYS` refuses a keyed command for which no key was found, unless keys
+    // are optional for it (EVAL 0 keys, ...).
+    let has_keys = has_keyspec || special.is_some();
+    if out.is_empty() && has_keys && !spec.has(F_NO_MANDATORY_KEYS) {
+        malformed = true;
+    }
+    if !spec.arity_ok(args.len()) {
+        return Err(KeysError::Arity);
+    }
+    if malformed {
+        return Err(KeysError::Malformed);
+    }
+    Ok(())
+}
+
+/// Why the generic key-spec interpretation gave up (Redis's `invalid_spec`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SpecError {
+    /// The arguments do not fit the spec (bad numkeys, positions out of range).
+    Invalid,
+    /// `numkeys` is 0: Redis treats it as invalid; fine for commands whose keys are
+    /// optional, left to the final emptiness check otherwise.
+    ZeroKeys,
+    /// An `unknown` begin/find or an `incomplete` spec: only the special procedure knows.
+    Unsupported,
+}
+
+/// Redis's `getKeysUsingKeySpecs` (default search flags). `Ok(true)` when keys were found
+/// but the arguments are visibly unbalanced (MSET with an odd tail, an odd STREAMS list).
+fn keys_from_specs(
+    spec: &CommandSpec,
+    args: &[&[u8]],
+    out: &mut Vec<usize>,
+) -> Result<bool, SpecError> {
+    // i64 throughout: Redis uses int, but nothing here may overflow on hostile input.
+    let argc = args.len() as i64;
+    let mut suspect = false;
+    for ks in spec.key_specs {
+        if ks.flags & KS_NOT_KEY != 0 {
+            continue;
+        }
+        let mut first: i64 = match ks.begin {
+            BeginSearch::Index(pos) => {
+                if pos < 1 {
+                    return Err(SpecError::Invalid);
+                }
+                pos as i64
+            }
+            BeginSearch::Keyword {
+                keyword,
+                start_from,
+            } => match find_keyword(args, keyword, start_from) {
+                Some(i) => i as i64 + 1,
+                // Keyword absent: this spec contributes no key.
+                None => continue,
+            },
+            BeginSearch::Unknown => return Err(SpecError::Unsupported),
+        };
+
+        let (last, step) = match ks.find {
+            FindKeys::Range {
+                last_key,
+                step,
+                limit,
+            } => {
+                let last_key = last_key as i64;
+                let last = if last_key >= 0 {
+                    first + last_key
+                } else if limit == 0 {
+                    argc + last_key
+                } else {
+                    let limit = limit as i64;
+                    if (argc - first) % limit != 0 {
+                        suspect = true; // e.g. XREAD STREAMS a b 0
+                    }
+                    first + ((argc - first) / limit + last_key)
+                };
+                if last_key < 0 && step > 1 && (last - first + 1) % step as i64 != 0 {
+                    suspect = true; // e.g. MSET a 1 b
+                }
+                (last, step as i64)
+            }
+            FindKeys::Keynum {
+                keynum_idx,
+                first_key,
+                step,
+            } => {
+                let at = first + keynum_idx as i64;
+                let raw = usize::try_from(at)
+                    .ok()
+                    .and_then(|i| args.get(i))
+                    .ok_or(SpecError::Invalid)?;
+                let numkeys = string2ll(raw).ok_or(SpecError::Invalid)?;
+                if numkeys < 0 {
+                    return Err(SpecError::Invalid);
+                }
+                if numkeys == 0 {
+                    return Err(SpecError::ZeroKeys);
+                }
+                if numkeys > i32::MAX as i64 {
+                    suspect = true; // Redis truncates it to int; the command rejects it
+                }
+                first += first_key as i64;
+                // Redis: `last = first + (int)numkeys - 1`.
+                (first + (numkeys as i32) as i64 - 1, step as i64)
+            }
+            FindKeys::Unknown => return Err(SpecError::Unsupported),
+        };
+
+        if step <= 0 || last >= argc || last < first || first >= argc {
+            return Err(SpecError::Invalid);
+        }
+        let mut i = first;
+        while i <= last {
+            out.push(i as usize);
+            i += step;
+        }
+        if ks.flags & KS_INCOMPLETE != 0 {
+            return Err(SpecError::Unsupported);
+        }
+    }
+    Ok(suspect)
+}
+
+/// The keyword search of `getKeysUsingKeySpecs`: forwards from `start_from` up to (not
+/// including) the last argument, or backwards from `argc + start_from` down to (not
+/// including) argument 1. Returns the keyword's index.
+fn find_keyword(args: &[&[u8]], keyword: &str, start_from: i32) -> Option<usize> {
+    let argc = args.len() as i64;
+    let start_from = start_from as i64;
+    let (start, end) = if start_from > 0 {
+        (start_from, argc - 1)
+    } else {
+        (argc + start_from, 1)
+    };
+    let up = start <= end;
+    let mut i = start;
+    while i != end {
+        if i >= argc || i < 1 {
+            break;
+        }
+        if c_eq_ignore_case(args[i as usize], keyword) {
+            return Some(i as usize);
+        }
+        i += if up { 1 } else { -1 };
+    }
+    None
+}
+
+// ---------------------------------------------------------------------------------------
+// The special key procedures of Redis 7.0 (db.c), for the commands that have one.
+
+#[derive(Debug, Clone, Copy)]
+enum Proc {
+    /// `genericGetKeys(store, keycount, firstkey, step)`.
+    Generic {
+        store: usize,
+        count: usize,
+        first: usize,
+        step: usize,
+    },
+    /// The key is always argument 1 (SORT_RO, SET, BITFIELD).
+    FirstArg,
+    Sort,
+    Migrate,
+    Georadius,
+    Xread,
+}
+
+fn special_proc(name: &str) -> Option<Proc> {
+    const STORE: Proc = Proc::Generic {
+        store: 1,
+        count: 2,
+        first: 3,
+        step: 1,
+    };
+    const AT1: Proc = Proc::Generic {
+        store: 0,
+        count: 1,
+        first: 2,
+        step: 1,
+    };
+    const AT2: Proc = Proc::Generic {
+        store: 0,
+        count: 2,
+        first: 3,
+        step: 1,
+    };
+    Some(match name {
+        "zunionstore" | "zinterstore" | "zdiffstore" => STORE,
+        "zunion" | "zinter" | "zdiff" | "zintercard" | "sintercard" | "lmpop" | "zmpop" => AT1,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "blmpop"
+        | "bzmpop" => AT2,
+        "sort_ro" | "set" | "bitfield" => Proc::FirstArg,
+        "sort" => Proc::Sort,
+        "migrate" => Proc::Migrate,
+        "georadius" | "georadiusbymember" => Proc::Georadius,
+        "xread" | "xreadgroup" => Proc::Xread,
+        _ => return None,
+    })
+}
+
+/// Runs a special procedure; returns true when the arguments are malformed beyond what
+/// the (lenient) procedure reports by finding no key.
+fn run_proc(p: Proc, args: &[&[u8]], out: &mut Vec<usize>) -> bool {
+    let argc = args.len();
+    match p {
+        Proc::Generic {
+            store,
+            count,
+            first,
+            step,
+        } => {
+            let Some(raw) = args.get(count) else {
+                return true;
+            };
+            // Redis uses atoi() here (lenient), though the command itself parses strictly.
+            let num = atoi(raw) as i64;
+            if num < 1 || num > (argc.saturating_sub(first) / step) as i64 {
+                return false; // no keys; the emptiness check decides
+            }
+            let num = num as usize;
+            out.extend((0..num).map(|i| first + i * step));
+            if store != 0 {
+                out.push(store);
+            }
+            false
+        }
+        Proc::FirstArg => {
+            if argc > 1 {
+                out.push(1);
+            }
+            false
+        }
+        Proc::Sort => {
+            if argc < 2 {
+                return false;
+            }
+            out.push(1);
+            let mut store = None;
+            let mut i = 2;
+            while i < argc {
+                let a = args[i];
+                if c_eq_ignore_case(a, "limit") {
+                    i += 2;
+                } else if c_eq_ignore_case(a, "store") && i + 1 < argc {
+                    // The last STORE wins, as in SORT itself.
+                    store = Some(i + 1);
+                } else if c_eq_ignore_case(a, "get") || c_eq_ignore_case(a, "by") {
+                    i += 1;
+                }
+                i += 1;
+            }
+            out.extend(store);
+            false
+        }
+        Proc::Migrate => {
+            let mut first = 3;
+            let mut num = 1;
+            if argc > 6 && args[3].is_empty() {
+                if let Some(i) = (6..argc).find(|&i| c_eq_ignore_case(args[i], "keys")) {
+                    first = i + 1;
+                    num = argc - first;
+                }
+            }
+            if first + num > argc {
+                return true;
+            }
+            out.extend(first..first + num);
+            false
+        }
+        Proc::Georadius => {
+            if argc < 2 {
+                return false;
+            }
+            out.push(1);
+            let mut stored = None;
+            let mut i = 5;
+            while i < argc {
+                let a = args[i];
+                if (c_eq_ignore_case(a, "store") || c_eq_ignore_case(a, "storedist"))
+                    && i + 1 < argc
+                {
+                    stored = Some(i + 1);
+                    i += 1;
+                }
+                i += 1;
+            }
+            out.extend(stored);
+            false
+        }
+        Proc::Xread => {
+            let mut streams_pos = None;
+            let mut i = 1;
+            while i < argc {
+                let a = args[i];
+                if c_eq_ignore_case(a, "block") || c_eq_ignore_case(a, "count") {
+                    i += 1;
+                } else if c_eq_ignore_case(a, "group") {
+                    i += 2;
+                } else if c_eq_ignore_case(a, "noack") {
+                } else if c_eq_ignore_case(a, "streams") {
+                    streams_pos = Some(i);
+                    break;
+                } else {
+                    break;
+                }
+                i += 1;
+            }
+            let Some(pos) = streams_pos else {
+                return false;
+            };
+            let num = argc - pos - 1;
+            if num == 0 || num % 2 != 0 {
+                return false;
+            }
+            out.extend(pos + 1..pos + 1 + num / 2);
+            false
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// C-string helpers: Redis compares option names with strcasecmp() and parses counts with
+// string2ll() or atoi(), which see an argument only up to its first NUL byte.
+
+/// The argument as C sees it: up to the first NUL.
+fn c_str(arg: &[u8]) -> &[u8] {
+    match arg.iter().position(|&b| b == 0) {
+        Some(n) => &arg[..n],
+        None => arg,
+    }
+}
+
+/// `strcasecmp(arg, word) == 0` (ASCII case folding).
+fn c_eq_ignore_case(arg: &[u8], word: &str) -> bool {
+    c_str(arg).eq_ignore_ascii_case(word.as_bytes())
+}
+
+/// Redis's strict `string2ll`: optional `-`, no `+`, no spaces, no leading zeros (other
+/// than "0" itself), fits in i64.
+fn string2ll(s: &[u8]) -> Option<i64> {
+    if s.is_empty() || s.len() > 20 {
+        return None;
+    }
+    if s == b"0" {
+        return Some(0);
+    }
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    match digits.first() {
+        Some(b'1'..=b'9') => {}
+        _ => return None,
+    }
+    let mut v: u64 = 0;
+    for &b in digits {
+        if !b.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_add((b - b'0') as u64)?;
+    }
+    if neg {
+        match v.cmp(&(i64::MAX as u64 + 1)) {
+            Ordering::Greater => None,
+            Ordering::Equal => Some(i64::MIN),
+            Ordering::Less => Some(-(v as i64)),
+        }
+    } else {
+        i64::try_from(v).ok()
+    }
+}
+
+/// glibc `atoi`: `(int) strtol(s, NULL, 10)` — leading whitespace, optional sign, digits up
+/// to the first non-digit, saturating at the `long` range, then truncated to `int`.
+fn atoi(s: &[u8]) -> i32 {
+    let s = c_str(s);
+    let mut i = 0;
+    while i < s.len() && matches!(s[i], b' ' | b'\t' | b'\n' | b'\x0b' | b'\x0c' | b'\r') {
+        i += 1;
+    }
+    let mut neg = false;
+    if let Some(&c @ (b'+' | b'-')) = s.get(i) {
+        neg = c == b'-';
+        i += 1;
+    }
+    let mut v: i64 = 0;
+    let mut overflow = false;
+    while let Some(d) = s.get(i).filter(|b| b.is_ascii_digit()) {
+        let d = (d - b'0') as i64;
+        match v.checked_mul(10).and_then(|x| {
+            if neg {
+                x.checked_sub(d)
+            } else {
+                x.checked_add(d)
+            }
+        }) {
+            Some(x) => v = x,
+            None => overflow = true,
+        }
+        if overflow {
+            v = if neg { i64::MIN } else { i64::MAX };
+            break;
+        }
+        i += 1;
+    }
+    v as i32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn argv(s: &str) -> Vec<&[u8]> {
+        s.split(' ').map(str::as_bytes).collect()
+    }
+
+    fn keys(line: &str) -> (Vec<usize>, Result<(), KeysError>) {
+        let args = argv(line);
+        let spec = lookup_argv(&args).expect("known command");
+        let mut out = vec![99];
+        let r = key_indices(spec, &args, &mut out);
+        (out, r)
+    }
+
+    fn ok(line: &str) -> Vec<usize> {
+        let (out, r) = keys(line);
+        assert_eq!(r, Ok(()), "{line}");
+        out
+    }
+
+    #[test]
+    fn lookup_is_case_insensitive_and_exact() {
+        assert_eq!(lookup(b"GET").map(|c| c.name), Some("get"));
+        assert_eq!(lookup(b"gEt").map(|c| c.name), Some("get"));
+        assert!(lookup(b"ge").is_none());
+        assert!(lookup(b"gett").is_none());
+        assert!(lookup(b"").is_none());
+        assert!(lookup(b"\xff\x00").is_none());
+        let client = lookup(b"client").expect("client");
+        assert_eq!(
+            lookup_sub(client, b"SETNAME").map(|c| c.name),
+            Some("client|setname")
+        );
+        assert!(lookup_sub(client, b"nosuch").is_none());
+        assert_eq!(
+            lookup_argv(&argv("object ENCODING k")).map(|c| c.name),
+            Some("object|encoding")
+        );
+        assert_eq!(lookup_argv(&argv("object")).map(|c| c.name), Some("object"));
+        assert!(lookup_argv(&argv("object nosuch k")).is_none());
+        assert!(lookup_argv(&[]).is_none());
+    }
+
+    #[test]
+    fn table_is_sorted_for_binary_search() {
+        use super::super::table::COMMANDS;
+        for w in COMMANDS.windows(2) {
+            assert!(w[0].name < w[1].name, "{} / {}", w[0].name, w[1].name);
+        }
+        for c in COMMANDS {
+            for w in c.subcommands.windows(2) {
+                assert!(w[0].name < w[1].name, "{} / {}", w[0].name, w[1].name);
+            }
+            for s in c.subcommands {
+                assert_eq!(lookup_sub(c, s.short_name().as_bytes()), Some(s));
+            }
+            assert_eq!(lookup(c.name.to_uppercase().as_bytes()), Some(c));
+        }
+    }
+
+    #[test]
+    fn index_and_range_specs() {
+        assert_eq!(ok("get k"), [1]);
+        assert_eq!(ok("mset a 1 b 2"), [1, 3]);
+        assert_eq!(ok("mget a b c"), [1, 2, 3]);
+        assert_eq!(ok("rename a b"), [1, 2]);
+        assert_eq!(ok("lcs a b"), [1, 2]);
+        assert_eq!(ok("object encoding k"), [2]);
+        assert_eq!(ok("xgroup create s g $"), [2]);
+        assert_eq!(ok("ping"), [] as [usize; 0]);
+        assert_eq!(ok("config get maxmemory"), [] as [usize; 0]);
+        // not_key specs are skipped
+        assert_eq!(ok("spublish chan msg"), [] as [usize; 0]);
+        // negative lastkey: the last argument is not a key
+        assert_eq!(ok("blpop a b 0"), [1, 2]);
+    }
+
+    #[test]
+    fn unbalanced_key_value_lists_are_malformed() {
+        let (out, r) = keys("mset a 1 b");
+        assert_eq!(out, [1, 3]); // what COMMAND GETKEYS lists
+        assert_eq!(r, Err(KeysError::Malformed));
+        let (out, r) = keys("xread streams a b 0");
+        assert_eq!(out, [2]);
+        assert_eq!(r, Err(KeysError::Malformed));
+    }
+
+    #[test]
+    fn keynum_specs() {
+        assert_eq!(ok("eval s 2 a b x"), [3, 4]);
+        assert_eq!(ok("eval s 0"), [] as [usize; 0]);
+        assert_eq!(ok("eval s 0 x y"), [] as [usize; 0]);
+        assert_eq!(ok("fcall f 1 a x"), [3]);
+        assert_eq!(ok("zunionstore d 2 a b weights 1 2"), [1, 3, 4]);
+        assert_eq!(ok("zinter 2 a b"), [2, 3]);
+        assert_eq!(ok("sintercard 2 a b limit 1"), [2, 3]);
+        assert_eq!(ok("lmpop 2 a b left"), [2, 3]);
+        assert_eq!(ok("blmpop 0 2 a b left"), [3, 4]);
+        assert_eq!(ok("bzmpop 0 1 a min"), [3]);
+    }
+
+    #[test]
+    fn bad_numkeys_is_malformed_never_a_panic() {
+        for line in [
+            "eval s 3 a b",
+            "eval s -1 a",
+            "eval s x a",
+            "eval s 99999999999999999999999 a",
+            "eval s 4294967297 a",
+            "zunionstore d 0 a",
+            "zunionstore d 5 a b",
+            "zunionstore d -2147483648 a",
+            "lmpop 0 left",
+            "sintercard 1",
+        ] {
+            let (_, r) = keys(line);
+            assert!(r.is_err(), "{line}");
+        }
+        // Redis's lenient fallback (atoi) still lists keys for "+2"; we list the same, but
+        // refuse to vouch for them since EVAL itself rejects "+2".
+        let (out, r) = keys("eval s +2 a b");
+        assert_eq!(out, [3, 4]);
+        assert_eq!(r, Err(KeysError::Malformed));
+        let (out, r) = keys("zunionstore d 02 a b");
+        assert_eq!(out, [3, 4, 1]); // genericGetKeys puts the destination last
+        assert_eq!(r, Err(KeysError::Malformed));
+    }
+
+    #[test]
+    fn keyword_specs() {
+        assert_eq!(ok("xread count 2 streams a b 0 0"), [4, 5]);
+        assert_eq!(ok("xread streams streams 0"), [2]);
+        assert_eq!(ok("xreadgroup group g c count 1 streams a 0"), [7]);
+        assert_eq!(ok("georadius k 0 0 1 km"), [1]);
+        assert_eq!(ok("georadius k 0 0 1 km store d"), [1, 7]);
+        assert_eq!(ok("georadius k 0 0 1 km storedist d2 store d"), [1, 9, 7]);
+        assert_eq!(ok("georadiusbymember k m 1 km STORE d"), [1, 6]);
+        // STREAMS missing: no key, and COMMAND GETKEYS refuses it.
+        let (out, r) = keys("xread count 1 noack");
+        assert_eq!((out.len(), r), (0, Err(KeysError::Malformed)));
+    }
+
+    #[test]
+    fn special_procedures() {
+        assert_eq!(ok("sort k"), [1]);
+        assert_eq!(ok("sort k by w_* get # store d"), [1, 7]);
+        assert_eq!(ok("sort k store a store b"), [1, 5]);
+        assert_eq!(ok("sort k limit 0 1 store d"), [1, 6]);
+        assert_eq!(ok("sort k get store store d"), [1, 5]);
+        assert_eq!(ok("sort_ro k by x get y"), [1]);
+        assert_eq!(ok("migrate h 1 k 0 5000"), [3]);
+        assert_eq!(ok("migrate h 1  0 5000 copy keys a b"), [8, 9]);
+        assert_eq!(ok("migrate h 1  0 5000 auth pw keys a"), [9]);
+        assert_eq!(ok("set k v get"), [1]);
+        assert_eq!(ok("bitfield k get u8 0"), [1]);
+        // KEYS as the last argument is not searched for (Redis's backwards keyword search
+        // stops short of it), so the empty key at 3 is what Redis reports.
+        assert_eq!(ok("migrate h 1  0 5000 keys"), [3]);
+    }
+
+    #[test]
+    fn keywords_compare_like_strcasecmp() {
+        // strcasecmp stops at NUL, as Redis's option parsing does.
+        let args: Vec<&[u8]> = vec![b"xread", b"STREAMS\0junk", b"a", b"0"];
+        let spec = lookup(b"xread").expect("xread");
+        let mut out = Vec::new();
+        assert_eq!(key_indices(spec, &args, &mut out), Ok(()));
+        assert_eq!(out, [2]);
+    }
+
+    #[test]
+    fn arity_errors_are_reported_and_safe() {
+        for line in [
+            "get",
+            "get a b",
+            "mset",
+            "mset a",
+            "eval",
+            "eval s",
+            "xgroup create",
+        ] {
+            let (_, r) = keys(line);
+            assert_eq!(r, Err(KeysError::Arity), "{line}");
+        }
+    }
+
+    #[test]
+    fn every_command_survives_hostile_argument_vectors() {
+        use super::super::table::COMMANDS;
+        let words: [&[u8]; 14] = [
+            b"0",
+            b"1",
+            b"-1",
+            b"2",
+            b"-2147483648",
+            b"99999999999",
+            b"",
+            b"keys",
+            b"store",
+            b"streams",
+            b"STOREDIST",
+            b"limit",
+            b"get",
+            b"x",
+        ];
+        let mut out = Vec::new();
+        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let specs: Vec<&CommandSpec> = COMMANDS
+            .iter()
+            .chain(COMMANDS.iter().flat_map(|c| c.subcommands))
+            .collect();
+        for spec in specs {
+            for len in 0..12 {
+                for _ in 0..20 {
+                    let mut args: Vec<&[u8]> = vec![spec.name.as_bytes()];
+                    for _ in 1..len {
+                        args.push(words[(next() % words.len() as u64) as usize]);
+                    }
+                    let r = key_indices(spec, &args, &mut out);
+                    assert!(out.iter().all(|&i| i >= 1 && i < args.len()));
+                    if r.is_ok() {
+                        assert!(spec.arity_ok(args.len()));
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn numeric_parsers_match_c() {
+        assert_eq!(string2ll(b"0"), Some(0));
+        assert_eq!(string2ll(b"12"), Some(12));
+        assert_eq!(string2ll(b"-12"), Some(-12));
+        assert_eq!(string2ll(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(string2ll(b"-9223372036854775808"), Some(i64::MIN));
+        for bad in [
+            &b""[..],
+            b"-",
+            b"+1",
+            b"01",
+            b"-0",
+            b" 1",
+            b"1 ",
+            b"1x",
+            b"9223372036854775808",
+        ] {
+            assert_eq!(string2ll(bad), None, "{bad:?}");
+        }
+        assert_eq!(atoi(b" +7x"), 7);
+        assert_eq!(atoi(b"-3"), -3);
+        assert_eq!(atoi(b"x"), 0);
+        assert_eq!(atoi(b"2\x003"), 2);
+        assert_eq!(atoi(b"4294967297"), 1);
+        assert_eq!(atoi(b"99999999999999999999999"), -1);
+    }
+}

@@ -1,0 +1,276 @@
+//! The command table and the proxy's routing policy.
+//!
+//! [`table`] is generated from a live Redis 7.0 `COMMAND` (arity, flags, key
+//! specs); [`keys`] finds the key arguments of any command from its key
+//! specs; [`info`] re-encodes table entries as `COMMAND INFO` replies. This
+//! file decides, per command, how the proxy serves it: see [`Route`].
+
+pub mod info;
+pub mod keys;
+pub mod spec;
+pub mod table;
+
+use spec::{BeginSearch, CommandSpec, F_BLOCKING, F_LOADING, F_NOSCRIPT, F_PUBSUB, F_STALE, FindKeys};
+
+/// How the proxy serves a command.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// Answered by the proxy itself.
+    Local(Local),
+    /// Sent to the shard that owns its keys; refused with CROSSSHARD when the
+    /// keys live on different shards. Keyless scripts go to the first shard.
+    Keyed,
+    /// Split per shard and merged.
+    Fanout(Fanout),
+    /// Sent to every shard (or, for SCAN, to the shard the cursor names).
+    Broadcast(Broadcast),
+    /// Refused with an error; the connection stays open.
+    Refuse(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    Ping,
+    Echo,
+    Quit,
+    Hello,
+    Auth,
+    Select,
+    Time,
+    Reset,
+    Info,
+    Command,
+    Client,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fanout {
+    /// MGET: values in key order.
+    Mget,
+    /// MSET: OK when every shard said OK.
+    Mset,
+    /// DEL, UNLINK, EXISTS, TOUCH: integer replies summed.
+    SumKeys,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broadcast {
+    /// DBSIZE: summed.
+    Dbsize,
+    /// FLUSHDB, FLUSHALL, SCRIPT FLUSH: OK when every shard said OK.
+    AllOk,
+    /// KEYS: concatenated.
+    Keys,
+    /// SCAN: one shard at a time, the cursor says which.
+    Scan,
+    /// RANDOMKEY: a key from any shard that has one.
+    RandomKey,
+    /// SCRIPT EXISTS: a script exists when every shard has it.
+    ScriptExists,
+    /// SCRIPT LOAD, CONFIG GET: every shard runs it; the first reply is sent.
+    First,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Commands a proxy in front of independent shards cannot offer.
+    Unsupported,
+    Transactions,
+    Blocking,
+    PubSub,
+}
+
+impl Refusal {
+    pub fn message(self, name: &str) -> String {
+        match self {
+            Refusal::Unsupported => format!("ERR unsupported command '{name}' in shardis"),
+            Refusal::Transactions => {
+                format!("ERR unsupported command '{name}' in shardis: transactions (MULTI/EXEC/WATCH) are not supported yet")
+            }
+            Refusal::Blocking => {
+                format!("ERR unsupported command '{name}' in shardis: blocking commands are not supported yet")
+            }
+            Refusal::PubSub => format!("ERR unsupported command '{name}' in shardis: pub/sub is not supported yet"),
+        }
+    }
+}
+
+/// The outcome of looking a request up.
+#[derive(Debug, Clone, Copy)]
+pub struct Lookup {
+    /// The spec that applies (the subcommand's, for container commands).
+    pub spec: &'static CommandSpec,
+    pub route: Route,
+}
+
+/// Finds the command, checks its arity like Redis and picks its route.
+/// `Err` is the error reply to send (without the leading `-`).
+pub fn lookup<'a>(args: &[&'a [u8]]) -> Result<Lookup, String> {
+    let Some(name) = args.first() else { return Err("ERR empty command".into()) };
+    let Some(mut spec) = spec::lookup(name) else {
+        return Err(unknown_command(args));
+    };
+    if !spec.subcommands.is_empty() && !(spec.name == "command" && args.len() == 1) {
+        match args.get(1) {
+            Some(sub) if spec.name == "client" && sub.eq_ignore_ascii_case(b"setinfo") => spec = &CLIENT_SETINFO,
+            Some(sub) => match spec::lookup_sub(spec, sub) {
+                Some(s) => spec = s,
+                None => {
+                    return Err(format!(
+                        "ERR unknown subcommand '{}'. Try {} HELP.",
+                        printable(sub, 128),
+                        spec.name.to_ascii_uppercase()
+                    ));
+                }
+            },
+            None => return Err(wrong_arity(spec.name)),
+        }
+    }
+    let n = args.len() as i64;
+    let arity = spec.arity as i64;
+    if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
+        return Err(wrong_arity(spec.name));
+    }
+    Ok(Lookup { spec, route: route_of(spec, args) })
+}
+
+fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
+    use Broadcast as B;
+    use Local as L;
+    use Refusal as R;
+    match spec.name {
+        "ping" => Route::Local(L::Ping),
+        "echo" => Route::Local(L::Echo),
+        "quit" => Route::Local(L::Quit),
+        "hello" => Route::Local(L::Hello),
+        "auth" => Route::Local(L::Auth),
+        "select" => Route::Local(L::Select),
+        "time" => Route::Local(L::Time),
+        "reset" => Route::Local(L::Reset),
+        "info" => Route::Local(L::Info),
+        n if n.starts_with("command|") => Route::Local(L::Command),
+        "client|setname" | "client|getname" | "client|id" | "client|setinfo" | "client|info" | "client|help" => {
+            Route::Local(L::Client)
+        }
+        "mget" => Route::Fanout(Fanout::Mget),
+        "mset" => Route::Fanout(Fanout::Mset),
+        "del" | "unlink" | "exists" | "touch" => Route::Fanout(Fanout::SumKeys),
+        "dbsize" => Route::Broadcast(B::Dbsize),
+        "flushdb" | "flushall" | "script|flush" => Route::Broadcast(B::AllOk),
+        "keys" => Route::Broadcast(B::Keys),
+        "scan" => Route::Broadcast(B::Scan),
+        "randomkey" => Route::Broadcast(B::RandomKey),
+        "script|exists" => Route::Broadcast(B::ScriptExists),
+        "script|load" | "config|get" => Route::Broadcast(B::First),
+        "multi" | "exec" | "discard" | "watch" | "unwatch" => Route::Refuse(R::Transactions),
+        // Keyed, but they act on other databases or servers.
+        "move" | "migrate" | "copy" if spec.name != "copy" || has_arg(args, b"db") => Route::Refuse(R::Unsupported),
+        "xread" | "xreadgroup" if !has_arg(args, b"block") => Route::Keyed,
+        _ if spec.flags & F_PUBSUB != 0 => Route::Refuse(R::PubSub),
+        _ if spec.flags & F_BLOCKING != 0 => Route::Refuse(R::Blocking),
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Route::Keyed,
+        _ if has_keys(spec) => Route::Keyed,
+        _ => Route::Refuse(R::Unsupported),
+    }
+}
+
+/// CLIENT SETINFO came with Redis 7.2, after the 7.0 table; modern clients
+/// (redis-py 5+, redis-rs) send it on connect, so the proxy serves it.
+pub static CLIENT_SETINFO: CommandSpec = CommandSpec {
+    name: "client|setinfo",
+    arity: 4,
+    flags: F_NOSCRIPT | F_LOADING | F_STALE,
+    first_key: 0,
+    last_key: 0,
+    step: 0,
+    acl_categories: &["@slow", "@connection"],
+    tips: &["request_policy:all_nodes", "response_policy:all_succeeded"],
+    key_specs: &[],
+    subcommands: &[],
+};
+
+/// Whether the proxy serves the command (for COMMAND's listing): for a
+/// container command, whether it serves any subcommand.
+pub fn served(spec: &CommandSpec) -> bool {
+    if spec.subcommands.is_empty() {
+        !matches!(route_of(spec, &[spec.name.as_bytes()]), Route::Refuse(_))
+    } else {
+        spec.name == "command" || spec.subcommands.iter().any(served)
+    }
+}
+
+/// Whether the command takes key arguments at all.
+pub fn has_keys(spec: &CommandSpec) -> bool {
+    spec.first_key > 0
+        || spec
+            .key_specs
+            .iter()
+            .any(|k| !matches!((k.begin, k.find), (BeginSearch::Unknown, _) | (_, FindKeys::Unknown)))
+}
+
+fn has_arg(args: &[&[u8]], word: &[u8]) -> bool {
+    args.iter().skip(1).any(|a| a.eq_ignore_ascii_case(word))
+}
+
+fn wrong_arity(name: &str) -> String {
+    format!("ERR wrong number of arguments for '{}' command", name.replace('|', " "))
+}
+
+/// Redis's reply for an unknown command, quoting the first arguments.
+fn unknown_command(args: &[&[u8]]) -> String {
+    let mut s = format!("ERR unknown command '{}', with args beginning with: ", printable(args[0], 128));
+    for a in args.iter().skip(1).take(10) {
+        s.push('\'');
+        s.push_str(&printable(a, 128));
+        s.push_str("' ");
+    }
+    s
+}
+
+/// A short, single-line rendering of client bytes for error messages.
+pub fn printable(b: &[u8], max: usize) -> String {
+    let s = String::from_utf8_lossy(&b[..b.len().min(max)]);
+    s.chars().map(|c| if c.is_control() { ' ' } else { c }).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(cmd: &str) -> Result<Route, String> {
+        let args: Vec<&[u8]> = cmd.split(' ').map(|s| s.as_bytes()).collect();
+        lookup(&args).map(|l| l.route)
+    }
+
+    #[test]
+    fn routes() {
+        assert_eq!(route("GET a"), Ok(Route::Keyed));
+        assert_eq!(route("get a"), Ok(Route::Keyed));
+        assert_eq!(route("MGET a b"), Ok(Route::Fanout(Fanout::Mget)));
+        assert_eq!(route("ping"), Ok(Route::Local(Local::Ping)));
+        assert_eq!(route("client setinfo lib-name x"), Ok(Route::Local(Local::Client)));
+        assert_eq!(route("object encoding k"), Ok(Route::Keyed));
+        assert_eq!(route("blpop a 0"), Ok(Route::Refuse(Refusal::Blocking)));
+        assert_eq!(route("xread count 1 streams s 0"), Ok(Route::Keyed));
+        assert_eq!(route("xread block 0 streams s 0"), Ok(Route::Refuse(Refusal::Blocking)));
+        assert_eq!(route("subscribe c"), Ok(Route::Refuse(Refusal::PubSub)));
+        assert_eq!(route("multi"), Ok(Route::Refuse(Refusal::Transactions)));
+        assert_eq!(route("copy a b"), Ok(Route::Keyed));
+        assert_eq!(route("copy a b db 1"), Ok(Route::Refuse(Refusal::Unsupported)));
+        assert_eq!(route("bgsave"), Ok(Route::Refuse(Refusal::Unsupported)));
+        assert_eq!(route("config get save"), Ok(Route::Broadcast(Broadcast::First)));
+        assert_eq!(route("eval x 0"), Ok(Route::Keyed));
+    }
+
+    #[test]
+    fn errors_like_redis() {
+        assert_eq!(route("get").unwrap_err(), "ERR wrong number of arguments for 'get' command");
+        assert_eq!(route("client").unwrap_err(), "ERR wrong number of arguments for 'client' command");
+        assert_eq!(route("client bogus").unwrap_err(), "ERR unknown subcommand 'bogus'. Try CLIENT HELP.");
+        assert_eq!(
+            route("foo a b").unwrap_err(),
+            "ERR unknown command 'foo', with args beginning with: 'a' 'b' "
+        );
+        assert_eq!(route("config set a b"), Ok(Route::Refuse(Refusal::Unsupported)));
+    }
+}

@@ -1,0 +1,373 @@
+//! The configuration file (`proxy.toml`): its schema, defaults and validation.
+//!
+//! Unknown keys are rejected and every error names the key and the reason, so
+//! a typo never silently falls back to a default.
+
+use std::collections::HashSet;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The whole configuration.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Address the proxy listens on for clients.
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    #[serde(default)]
+    pub ring: RingConfig,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    #[serde(default)]
+    pub pool: PoolConfig,
+    /// Password clients must give (AUTH / HELLO AUTH); none by default.
+    #[serde(default)]
+    pub password: Option<String>,
+    pub backends: Vec<Backend>,
+}
+
+/// How keys map to shards. See [`crate::ring`].
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RingConfig {
+    /// The key space is cut into 2^slot_bits slots, each owned by one shard.
+    /// More slots give a more even spread and cost memory (2 bytes a slot)
+    /// and build time. 16..=22; default 18 (262,144 slots, 512 KiB).
+    #[serde(default = "default_slot_bits")]
+    pub slot_bits: u8,
+}
+
+impl Default for RingConfig {
+    fn default() -> Self {
+        RingConfig { slot_bits: default_slot_bits() }
+    }
+}
+
+/// Timeouts, in milliseconds in the file.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Timeouts {
+    /// Connecting to a backend, handshake (AUTH, HELLO, PING) included.
+    #[serde(default = "default_connect_ms")]
+    pub connect_ms: u64,
+    /// Longest a request may wait for its backend reply before the client
+    /// gets an error and the connection to that backend is reset.
+    #[serde(default = "default_command_ms")]
+    pub command_ms: u64,
+    /// First delay before reconnecting to a failed backend; doubles up to
+    /// `reconnect_max_ms`.
+    #[serde(default = "default_reconnect_ms")]
+    pub reconnect_ms: u64,
+    #[serde(default = "default_reconnect_max_ms")]
+    pub reconnect_max_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: default_connect_ms(),
+            command_ms: default_command_ms(),
+            reconnect_ms: default_reconnect_ms(),
+            reconnect_max_ms: default_reconnect_max_ms(),
+        }
+    }
+}
+
+impl Timeouts {
+    pub fn connect(&self) -> Duration {
+        Duration::from_millis(self.connect_ms)
+    }
+    pub fn command(&self) -> Duration {
+        Duration::from_millis(self.command_ms)
+    }
+}
+
+/// Limits that protect the proxy from one client.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Largest bulk string in a request (bytes).
+    #[serde(default = "default_max_bulk")]
+    pub max_bulk: usize,
+    /// Most arguments in one request.
+    #[serde(default = "default_max_args")]
+    pub max_args: usize,
+    /// Longest inline command (bytes).
+    #[serde(default = "default_max_inline")]
+    pub max_inline: usize,
+    /// Most bytes one request may take while it arrives.
+    #[serde(default = "default_max_request")]
+    pub max_request: usize,
+    /// Most requests of one client awaiting replies; past it the proxy stops
+    /// reading from that client until replies go out.
+    #[serde(default = "default_max_pipeline")]
+    pub max_pipeline: usize,
+    /// Most client connections at once; more are refused with an error.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_bulk: default_max_bulk(),
+            max_args: default_max_args(),
+            max_inline: default_max_inline(),
+            max_request: default_max_request(),
+            max_pipeline: default_max_pipeline(),
+            max_clients: default_max_clients(),
+        }
+    }
+}
+
+/// Backend connection pools.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct PoolConfig {
+    /// Pipelined connections per shard (and per protocol version), shared by
+    /// all clients. A client always uses the same one, so its requests to a
+    /// shard stay in order.
+    #[serde(default = "default_connections")]
+    pub connections: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        PoolConfig { connections: default_connections() }
+    }
+}
+
+/// One backend Redis: a shard.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Backend {
+    /// The shard's identity on the ring. Changing `addr` moves no keys;
+    /// changing `name` does.
+    pub name: String,
+    /// `host:port`; hostnames are resolved again on every reconnect.
+    pub addr: String,
+    /// Relative share of the key space (default 1).
+    #[serde(default = "default_weight")]
+    pub weight: u32,
+    /// AUTH credentials for this backend, if it requires them.
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:6380".into()
+}
+fn default_slot_bits() -> u8 {
+    18
+}
+fn default_connect_ms() -> u64 {
+    1000
+}
+fn default_command_ms() -> u64 {
+    2000
+}
+fn default_reconnect_ms() -> u64 {
+    100
+}
+fn default_reconnect_max_ms() -> u64 {
+    2000
+}
+fn default_max_bulk() -> usize {
+    512 * 1024 * 1024
+}
+fn default_max_args() -> usize {
+    1024 * 1024
+}
+fn default_max_inline() -> usize {
+    64 * 1024
+}
+fn default_max_request() -> usize {
+    1024 * 1024 * 1024
+}
+fn default_max_pipeline() -> usize {
+    4096
+}
+fn default_max_clients() -> usize {
+    20_000
+}
+fn default_connections() -> usize {
+    2
+}
+fn default_weight() -> u32 {
+    1
+}
+
+/// A configuration that could not be used; the message names the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Read { path: String, source: std::io::Error },
+    #[error("{0}")]
+    Parse(String),
+    #[error("{key}: {why}")]
+    Invalid { key: String, why: String },
+}
+
+fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), why: why.into() }
+}
+
+impl Config {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        Config::parse(&text).map_err(|e| match e {
+            ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
+            other => other,
+        })
+    }
+
+    /// Parses and validates configuration text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_string()))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks what serde cannot: ranges, uniqueness, address syntax.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        check_addr("listen", &self.listen)?;
+        if !(16..=22).contains(&self.ring.slot_bits) {
+            return Err(invalid("ring.slot_bits", "must be between 16 and 22"));
+        }
+        if self.backends.is_empty() {
+            return Err(invalid("backends", "at least one backend is required"));
+        }
+        if self.backends.len() > 4096 {
+            return Err(invalid("backends", "at most 4096 backends are supported"));
+        }
+        let mut names = HashSet::new();
+        for (i, b) in self.backends.iter().enumerate() {
+            let key = format!("backends[{i}]");
+            if b.name.is_empty() || b.name.len() > 128 || b.name.bytes().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
+                return Err(invalid(format!("{key}.name"), "must be 1 to 128 characters with no spaces"));
+            }
+            if !names.insert(b.name.as_str()) {
+                return Err(invalid(format!("{key}.name"), format!("duplicate backend name '{}'", b.name)));
+            }
+            check_addr(&format!("{key}.addr"), &b.addr)?;
+            if b.weight == 0 || b.weight > 1000 {
+                return Err(invalid(format!("{key}.weight"), "must be between 1 and 1000"));
+            }
+            if b.username.is_some() && b.password.is_none() {
+                return Err(invalid(format!("{key}.username"), "a username needs a password"));
+            }
+        }
+        let t = &self.timeouts;
+        for (k, v) in [
+            ("timeouts.connect_ms", t.connect_ms),
+            ("timeouts.command_ms", t.command_ms),
+            ("timeouts.reconnect_ms", t.reconnect_ms),
+            ("timeouts.reconnect_max_ms", t.reconnect_max_ms),
+        ] {
+            if v == 0 || v > 3_600_000 {
+                return Err(invalid(k, "must be between 1 and 3600000 ms"));
+            }
+        }
+        if t.reconnect_max_ms < t.reconnect_ms {
+            return Err(invalid("timeouts.reconnect_max_ms", "must not be below timeouts.reconnect_ms"));
+        }
+        let l = &self.limits;
+        for (k, v) in [
+            ("limits.max_bulk", l.max_bulk),
+            ("limits.max_args", l.max_args),
+            ("limits.max_inline", l.max_inline),
+            ("limits.max_request", l.max_request),
+            ("limits.max_pipeline", l.max_pipeline),
+            ("limits.max_clients", l.max_clients),
+        ] {
+            if v == 0 {
+                return Err(invalid(k, "must be positive"));
+            }
+        }
+        if l.max_request > u32::MAX as usize - 16 {
+            return Err(invalid("limits.max_request", "must be below 4 GiB"));
+        }
+        if self.pool.connections == 0 || self.pool.connections > 64 {
+            return Err(invalid("pool.connections", "must be between 1 and 64"));
+        }
+        Ok(())
+    }
+
+    /// The request parser limits.
+    pub fn parser_limits(&self) -> crate::protocol::Limits {
+        crate::protocol::Limits {
+            max_bulk: self.limits.max_bulk,
+            max_args: self.limits.max_args,
+            max_inline: self.limits.max_inline,
+            max_request: self.limits.max_request,
+        }
+    }
+}
+
+/// `host:port` with a non-empty host and a port in 1..=65535.
+fn check_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
+    let bad = |why: &str| invalid(key, format!("'{addr}' is not a valid host:port address ({why})"));
+    let (host, port) = addr.rsplit_once(':').ok_or_else(|| bad("missing ':port'"))?;
+    let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+    if host.is_empty() || host.contains(char::is_whitespace) {
+        return Err(bad("empty host"));
+    }
+    match port.parse::<u16>() {
+        Ok(p) if p > 0 || key == "listen" => Ok(()),
+        _ => Err(bad("port must be 1-65535")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+listen = "127.0.0.1:6380"
+[[backends]]
+name = "a"
+addr = "127.0.0.1:7001"
+[[backends]]
+name = "b"
+addr = "redis-2:6379"
+weight = 2
+"#;
+
+    #[test]
+    fn parses_with_defaults() {
+        let c = Config::parse(GOOD).unwrap();
+        assert_eq!(c.backends.len(), 2);
+        assert_eq!(c.backends[0].weight, 1);
+        assert_eq!(c.ring.slot_bits, 18);
+        assert_eq!(c.timeouts.command_ms, 2000);
+    }
+
+    fn err(text: &str) -> String {
+        Config::parse(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        assert!(err("backends = []").contains("backends: at least one backend"));
+        let dup = GOOD.replace("name = \"b\"", "name = \"a\"");
+        assert!(err(&dup).contains("backends[1].name: duplicate backend name 'a'"), "{}", err(&dup));
+        let w0 = GOOD.replace("weight = 2", "weight = 0");
+        assert!(err(&w0).contains("backends[1].weight"));
+        let bad = GOOD.replace("redis-2:6379", "redis-2");
+        assert!(err(&bad).contains("backends[1].addr"));
+        let unknown = format!("bogus = 1\n{GOOD}");
+        assert!(err(&unknown).contains("unknown field `bogus`"), "{}", err(&unknown));
+        let typo = GOOD.replace("weight = 2", "wieght = 2");
+        assert!(err(&typo).contains("wieght"));
+        let nob = "listen = \"127.0.0.1:1\"";
+        assert!(err(nob).contains("backends"), "{}", err(nob));
+    }
+}

@@ -1,0 +1,30 @@
+//! shardis: a Redis-protocol sharding proxy.
+//!
+//! Clients speak Redis (RESP2 or RESP3) to shardis as if it were one server;
+//! shardis spreads keys over many Redis shards and merges multi-key commands.
+//!
+//! # Map of the crate
+//! A request flows top to bottom:
+//! - [`server`]: the listener, client limit, SIGHUP reload.
+//! - [`session`]: one client connection: parse, dispatch, replies in order.
+//! - [`protocol`]: client request parser (hand-written, with limits), backend
+//!   reply framing, reply encoding for RESP2/RESP3.
+//! - [`command`]: the Redis 7.0 command table (generated), key extraction from
+//!   key specs, and the routing policy ([`command::Route`]).
+//! - [`local`]: commands the proxy answers itself (HELLO, CLIENT, COMMAND, INFO ...).
+//! - [`merge`]: combining the replies of fanned-out requests.
+//! - [`topology`]: ring + backend pools + epoch, swapped atomically (`ArcSwap`).
+//! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
+//! - [`backend`]: per-shard pipelined connections, timeouts, reconnects.
+//! - [`config`]: `proxy.toml` schema and validation.
+
+pub mod backend;
+pub mod command;
+pub mod config;
+pub mod local;
+pub mod merge;
+pub mod protocol;
+pub mod ring;
+pub mod server;
+pub mod session;
+pub mod topology;

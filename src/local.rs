@@ -1,0 +1,344 @@
+//! Commands the proxy answers itself: connection commands (PING, HELLO, AUTH,
+//! SELECT, CLIENT ..., RESET, QUIT), introspection (COMMAND, INFO) and TIME.
+
+use std::sync::atomic::Ordering;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+
+use crate::command::{self, Local, info, keys, spec, table};
+use crate::protocol::{Encoder, Protocol};
+use crate::server::Shared;
+use crate::session::ClientState;
+use crate::topology::Topology;
+
+/// The Redis version the proxy presents itself as: the command set it
+/// implements is Redis 7.0's.
+pub const REDIS_VERSION: &str = "7.0.15";
+
+/// What the session does after a local command.
+pub enum Outcome {
+    /// The reply is in the encoder.
+    Reply,
+    /// Send the reply, then close the connection.
+    Close,
+    /// INFO: send `INFO keyspace` to every shard and append the summed
+    /// keyspace to this text.
+    Info(String),
+}
+
+pub fn run(
+    cmd: Local,
+    args: &[&[u8]],
+    st: &mut ClientState,
+    shared: &Shared,
+    topo: &Topology,
+    enc: &mut Encoder<'_>,
+) -> Outcome {
+    match cmd {
+        Local::Ping => match args.get(1) {
+            Some(msg) => enc.bulk(msg),
+            None => enc.simple("PONG"),
+        },
+        Local::Echo => enc.bulk(args[1]),
+        Local::Quit => {
+            enc.ok();
+            return Outcome::Close;
+        }
+        Local::Select => {
+            if args[1] == b"0" {
+                enc.ok();
+            } else {
+                enc.error("ERR DB index is out of range (shardis serves database 0 only)");
+            }
+        }
+        Local::Time => {
+            let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+            enc.array(2);
+            enc.bulk(itoa::Buffer::new().format(now.as_secs()).as_bytes());
+            enc.bulk(itoa::Buffer::new().format(now.subsec_micros()).as_bytes());
+        }
+        Local::Reset => {
+            st.proto = Protocol::Resp2;
+            st.name = None;
+            st.authenticated = topo.config.password.is_none();
+            enc.proto = Protocol::Resp2;
+            enc.simple("RESET");
+        }
+        Local::Auth => {
+            let (user, pass) = match args.len() {
+                2 => (None, args[1]),
+                3 => (Some(args[1]), args[2]),
+                _ => {
+                    enc.error("ERR syntax error");
+                    return Outcome::Reply;
+                }
+            };
+            match auth(user, pass, topo) {
+                Ok(()) => {
+                    st.authenticated = true;
+                    enc.ok();
+                }
+                Err(e) => enc.error(e),
+            }
+        }
+        Local::Hello => hello(args, st, topo, enc),
+        Local::Client => client(args, st, enc),
+        Local::Command => command_cmd(args, enc),
+        Local::Info => return Outcome::Info(info_text(args, st, shared, topo)),
+    }
+    Outcome::Reply
+}
+
+fn auth(user: Option<&[u8]>, pass: &[u8], topo: &Topology) -> Result<(), &'static str> {
+    match &topo.config.password {
+        None if user.is_none() => Err(
+            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        ),
+        // The default user has no password: any password is accepted, as by Redis.
+        None if user == Some(b"default") => Ok(()),
+        Some(pw) if user.is_none_or(|u| u == b"default") && pass == pw.as_bytes() => Ok(()),
+        _ => Err("WRONGPASS invalid username-password pair or user is disabled."),
+    }
+}
+
+fn hello(args: &[&[u8]], st: &mut ClientState, topo: &Topology, enc: &mut Encoder<'_>) {
+    let mut proto = st.proto;
+    let mut i = 1;
+    if let Some(v) = args.get(1) {
+        match *v {
+            b"2" => proto = Protocol::Resp2,
+            b"3" => proto = Protocol::Resp3,
+            _ => {
+                let valid = std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok()).is_some();
+                return enc.error(if valid {
+                    "NOPROTO unsupported protocol version"
+                } else {
+                    "ERR Protocol version is not an integer or out of range"
+                });
+            }
+        }
+        i = 2;
+    }
+    let mut name = None;
+    let mut authed = st.authenticated;
+    while i < args.len() {
+        let more = args.len() - i - 1;
+        if args[i].eq_ignore_ascii_case(b"auth") && more >= 2 {
+            if let Err(e) = auth(Some(args[i + 1]), args[i + 2], topo) {
+                return enc.error(e);
+            }
+            authed = true;
+            i += 3;
+        } else if args[i].eq_ignore_ascii_case(b"setname") && more >= 1 {
+            if let Err(e) = check_name(args[i + 1]) {
+                return enc.error(e);
+            }
+            name = Some(Bytes::copy_from_slice(args[i + 1]));
+            i += 2;
+        } else {
+            return enc.error(&format!("ERR Syntax error in HELLO option '{}'", command::printable(args[i], 64)));
+        }
+    }
+    if !authed {
+        return enc.error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
+    }
+    st.authenticated = true;
+    if name.is_some() {
+        st.name = name;
+    }
+    st.proto = proto;
+    enc.proto = proto;
+    enc.map(7);
+    enc.bulk(b"server");
+    enc.bulk(b"redis");
+    enc.bulk(b"version");
+    enc.bulk(REDIS_VERSION.as_bytes());
+    enc.bulk(b"proto");
+    enc.integer(if proto == Protocol::Resp3 { 3 } else { 2 });
+    enc.bulk(b"id");
+    enc.integer(st.id as i64);
+    enc.bulk(b"mode");
+    enc.bulk(b"standalone");
+    enc.bulk(b"role");
+    enc.bulk(b"master");
+    enc.bulk(b"modules");
+    enc.array(0);
+}
+
+fn check_name(name: &[u8]) -> Result<(), &'static str> {
+    if name.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+        Err("ERR Client names cannot contain spaces, newlines or special characters.")
+    } else {
+        Ok(())
+    }
+}
+
+fn client(args: &[&[u8]], st: &mut ClientState, enc: &mut Encoder<'_>) {
+    let sub = args[1].to_ascii_lowercase();
+    match sub.as_slice() {
+        b"setname" => match check_name(args[2]) {
+            Ok(()) => {
+                st.name = if args[2].is_empty() { None } else { Some(Bytes::copy_from_slice(args[2])) };
+                enc.ok();
+            }
+            Err(e) => enc.error(e),
+        },
+        b"getname" => match &st.name {
+            Some(n) => enc.bulk(n),
+            None => enc.null(),
+        },
+        b"id" => enc.integer(st.id as i64),
+        b"setinfo" => {
+            let attr = args[2].to_ascii_lowercase();
+            let value = args[3];
+            if value.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
+                return enc.error(&format!(
+                    "ERR {} cannot contain spaces, newlines or special characters.",
+                    String::from_utf8_lossy(&attr)
+                ));
+            }
+            match attr.as_slice() {
+                b"lib-name" => st.lib_name = Some(Bytes::copy_from_slice(value)),
+                b"lib-ver" => st.lib_ver = Some(Bytes::copy_from_slice(value)),
+                _ => return enc.error(&format!("ERR Unrecognized option '{}'", command::printable(args[2], 64))),
+            }
+            enc.ok();
+        }
+        b"info" => enc.verbatim(client_info(st).as_bytes()),
+        _ => {
+            let lines = [
+                "CLIENT <subcommand> [<arg> [value] [opt] ...]. shardis serves:",
+                "GETNAME",
+                "ID",
+                "INFO",
+                "SETINFO <LIB-NAME|LIB-VER> <value>",
+                "SETNAME <name>",
+            ];
+            enc.array(lines.len());
+            for l in lines {
+                enc.simple(l);
+            }
+        }
+    }
+}
+
+fn client_info(st: &ClientState) -> String {
+    let s = |b: &Option<Bytes>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    format!(
+        "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 cmd=client|info user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
+        st.id,
+        st.addr,
+        st.laddr,
+        s(&st.name),
+        st.connected_at.elapsed().as_secs(),
+        if st.proto == Protocol::Resp3 { 3 } else { 2 },
+        s(&st.lib_name),
+        s(&st.lib_ver),
+    )
+}
+
+fn command_cmd(args: &[&[u8]], enc: &mut Encoder<'_>) {
+    let sub = args.get(1).map(|s| s.to_ascii_lowercase()).unwrap_or_default();
+    let served: Vec<&spec::CommandSpec> = table::COMMANDS.iter().filter(|s| command::served(s)).collect();
+    match sub.as_slice() {
+        b"" => {
+            enc.array(served.len());
+            for s in served {
+                info::encode_command_info(s, enc.resp3(), enc.buf);
+            }
+        }
+        b"count" => enc.integer(served.len() as i64),
+        b"list" => {
+            enc.array(served.len());
+            for s in served {
+                enc.bulk(s.name.as_bytes());
+            }
+        }
+        b"info" => {
+            enc.array(args.len() - 2);
+            for name in &args[2..] {
+                match served.iter().find(|s| s.name.as_bytes().eq_ignore_ascii_case(name)) {
+                    Some(s) => info::encode_command_info(s, enc.resp3(), enc.buf),
+                    None => enc.null(),
+                }
+            }
+        }
+        // The proxy serves no command documentation; an empty answer tells
+        // clients such as redis-cli to go on without hints.
+        b"docs" => enc.map(0),
+        b"getkeys" => match command::lookup(&args[2..]) {
+            Err(e) => enc.error(&e),
+            Ok(l) => {
+                let mut idx = Vec::new();
+                if keys::key_indices(l.spec, &args[2..], &mut idx).is_err() || idx.is_empty() {
+                    return enc.error("ERR Invalid arguments specified for command");
+                }
+                enc.array(idx.len());
+                for i in idx {
+                    enc.bulk(args[2 + i]);
+                }
+            }
+        },
+        _ => {
+            let lines = ["COMMAND <subcommand>. shardis serves:", "(no subcommand)", "COUNT", "DOCS", "GETKEYS", "INFO", "LIST"];
+            enc.array(lines.len());
+            for l in lines {
+                enc.simple(l);
+            }
+        }
+    }
+}
+
+/// The INFO text for the sections the proxy knows, without `# Keyspace`,
+/// which the session appends from the shards' answers.
+fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology) -> String {
+    let want = |s: &str| {
+        args.len() == 1
+            || args[1..].iter().any(|a| {
+                a.eq_ignore_ascii_case(s.as_bytes())
+                    || a.eq_ignore_ascii_case(b"all")
+                    || a.eq_ignore_ascii_case(b"default")
+                    || a.eq_ignore_ascii_case(b"everything")
+            })
+    };
+    let mut t = String::new();
+    if want("server") {
+        t.push_str(&format!(
+            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nshardis_version:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
+            env!("CARGO_PKG_VERSION"),
+            std::process::id(),
+            st.laddr.rsplit(':').next().unwrap_or(""),
+            shared.started.elapsed().as_secs(),
+        ));
+    }
+    if want("clients") {
+        t.push_str(&format!(
+            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
+            shared.stats.clients.load(Ordering::Relaxed),
+            topo.config.limits.max_clients
+        ));
+    }
+    if want("stats") {
+        t.push_str(&format!(
+            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
+            shared.stats.connections.load(Ordering::Relaxed),
+            shared.stats.commands.load(Ordering::Relaxed),
+            shared.stats.rejected.load(Ordering::Relaxed),
+        ));
+    }
+    if want("proxy") {
+        t.push_str(&format!("# Proxy\r\nepoch:{}\r\nshards:{}\r\nslots:{}\r\n", topo.epoch, topo.shards.len(), topo.ring.slots()));
+        let counts = topo.ring.slot_counts();
+        for (i, s) in topo.shards.iter().enumerate() {
+            t.push_str(&format!(
+                "shard{i}:name={},addr={},slots={}\r\n",
+                s.name(),
+                s.spec.addr,
+                counts.get(i).copied().unwrap_or(0)
+            ));
+        }
+        t.push_str("\r\n");
+    }
+    t
+}

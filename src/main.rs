@@ -1,0 +1,67 @@
+//! The `shardis` binary: command line, logging, runtime.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+use shardis::config::Config;
+use shardis::server::{Server, reload_on_sighup};
+use tracing::error;
+
+/// A Redis-protocol sharding proxy.
+#[derive(Parser, Debug)]
+#[command(name = "shardis", version, about)]
+struct Args {
+    /// Configuration file.
+    #[arg(short, long, default_value = "proxy.toml")]
+    config: PathBuf,
+    /// Listen address, overriding the configuration's `listen`.
+    #[arg(short, long)]
+    listen: Option<String>,
+    /// Validate the configuration and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let config = match Config::load(&args.config) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("shardis: invalid configuration: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    if args.check {
+        println!("{}: OK ({} backends)", args.config.display(), config.backends.len());
+        return ExitCode::SUCCESS;
+    }
+    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(async move {
+        let server = match Server::bind(config, args.listen.as_deref()).await {
+            Ok(s) => s,
+            Err(e) => {
+                error!(error = %e, "cannot listen");
+                return ExitCode::FAILURE;
+            }
+        };
+        if let Err(e) = reload_on_sighup(server.shared.clone(), args.config.clone()) {
+            error!(error = %e, "cannot install the SIGHUP handler");
+            return ExitCode::FAILURE;
+        }
+        server.run().await;
+        ExitCode::SUCCESS
+    })
+}

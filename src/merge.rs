@@ -1,0 +1,224 @@
+//! Merging the replies of a request that went to several shards into the one
+//! reply the client expects, in its protocol.
+
+use bytes::Bytes;
+
+use crate::backend::BackendResult;
+use crate::protocol::Encoder;
+use crate::protocol::reply;
+
+/// How to combine the parts of a fanned-out request.
+#[derive(Debug)]
+pub enum Merge {
+    /// MGET: `slots[i]` = (part, index in that part's array) for key `i`.
+    Mget(Vec<(u32, u32)>),
+    /// Integer replies, summed (DEL, EXISTS, DBSIZE, ...).
+    Sum,
+    /// `+OK` from every part (MSET, FLUSHDB, ...).
+    AllOk,
+    /// Arrays concatenated (KEYS).
+    Concat,
+    /// SCAN on shard `shard` of `shards`: rewrite the cursor.
+    Scan { shard: usize, shards: usize },
+    /// A random non-null reply (RANDOMKEY); `start` is where to start looking.
+    AnyNonNull { start: usize },
+    /// Integer arrays combined with AND (SCRIPT EXISTS).
+    AndArrays,
+    /// The first part's reply, once all parts succeeded (SCRIPT LOAD, CONFIG GET).
+    First,
+    /// INFO: the proxy's own text plus the shards' summed keyspace.
+    Info { text: String },
+}
+
+/// Bits of a SCAN cursor that name the shard; the backend cursor is shifted
+/// above them. 12 bits = up to 4096 shards, the configuration's maximum.
+pub const SCAN_SHARD_BITS: u32 = 12;
+
+/// Splits a proxy SCAN cursor into (shard, backend cursor).
+pub fn split_scan_cursor(cursor: u64) -> (usize, u64) {
+    ((cursor & ((1 << SCAN_SHARD_BITS) - 1)) as usize, cursor >> SCAN_SHARD_BITS)
+}
+
+fn protocol_error(what: &str) -> String {
+    format!("ERR shardis: unexpected reply from backend to {what}")
+}
+
+impl Merge {
+    /// Writes the merged reply. Any part that failed makes the whole request
+    /// fail with the first error, in part order.
+    pub fn finish(self, parts: Vec<Option<BackendResult>>, enc: &mut Encoder<'_>) {
+        let mut frames: Vec<Bytes> = Vec::with_capacity(parts.len());
+        for p in parts {
+            match p {
+                Some(Ok(f)) if reply::is_error(&f) && !matches!(self, Merge::Mget(_)) => return enc.raw(&f),
+                Some(Ok(f)) => frames.push(f),
+                Some(Err(e)) => return enc.error(e.message()),
+                None => return enc.error("ERR shardis: missing reply part"),
+            }
+        }
+        match self {
+            Merge::Mget(slots) => {
+                if let Some(f) = frames.iter().find(|f| reply::is_error(f)) {
+                    return enc.raw(f);
+                }
+                let Some(split): Option<Vec<Vec<Bytes>>> = frames.iter().map(reply::elements).collect() else {
+                    return enc.error(&protocol_error("MGET"));
+                };
+                enc.array(slots.len());
+                for (part, idx) in slots {
+                    match split.get(part as usize).and_then(|p| p.get(idx as usize)) {
+                        Some(v) => enc.raw(v),
+                        None => enc.null(),
+                    }
+                }
+            }
+            Merge::Sum => {
+                let mut sum: i64 = 0;
+                for f in &frames {
+                    match reply::as_integer(f) {
+                        Some(n) => sum = sum.saturating_add(n),
+                        None => return enc.error(&protocol_error("a counting command")),
+                    }
+                }
+                enc.integer(sum);
+            }
+            Merge::AllOk => match frames.iter().find(|f| !reply::is_ok(f)) {
+                Some(f) => enc.raw(f),
+                None => enc.ok(),
+            },
+            Merge::Concat => {
+                let Some(split): Option<Vec<Vec<Bytes>>> = frames.iter().map(reply::elements).collect() else {
+                    return enc.error(&protocol_error("KEYS"));
+                };
+                enc.array(split.iter().map(Vec::len).sum());
+                for v in split.iter().flatten() {
+                    enc.raw(v);
+                }
+            }
+            Merge::Scan { shard, shards } => {
+                let parsed = frames.first().and_then(reply::elements).and_then(|el| {
+                    let cursor = std::str::from_utf8(&reply::as_bytes(el.first()?)?).ok()?.parse::<u64>().ok()?;
+                    Some((cursor, el.get(1)?.clone()))
+                });
+                let Some((cursor, keys)) = parsed else { return enc.error(&protocol_error("SCAN")) };
+                let next = if cursor == 0 {
+                    if shard + 1 < shards { (shard + 1) as u64 } else { 0 }
+                } else if cursor >> (64 - SCAN_SHARD_BITS) != 0 {
+                    return enc.error("ERR shardis: backend SCAN cursor too large to combine with a shard number");
+                } else {
+                    (cursor << SCAN_SHARD_BITS) | shard as u64
+                };
+                enc.array(2);
+                enc.bulk(itoa::Buffer::new().format(next).as_bytes());
+                enc.raw(&keys);
+            }
+            Merge::AnyNonNull { start } => {
+                let n = frames.len();
+                match (0..n).map(|i| &frames[(start + i) % n]).find(|f| !reply::is_null(f)) {
+                    Some(f) => enc.raw(f),
+                    None => enc.null(),
+                }
+            }
+            Merge::AndArrays => {
+                let Some(split): Option<Vec<Vec<Bytes>>> = frames.iter().map(reply::elements).collect() else {
+                    return enc.error(&protocol_error("SCRIPT EXISTS"));
+                };
+                let len = split.first().map_or(0, Vec::len);
+                enc.array(len);
+                for i in 0..len {
+                    let all = split.iter().all(|p| p.get(i).and_then(|f| reply::as_integer(f)) == Some(1));
+                    enc.integer(all as i64);
+                }
+            }
+            Merge::First => match frames.first() {
+                Some(f) => enc.raw(f),
+                None => enc.null(),
+            },
+            Merge::Info { mut text } => {
+                let (mut keys, mut expires, mut ttl_weighted, mut ttl_keys) = (0u64, 0u64, 0u128, 0u64);
+                for f in &frames {
+                    let Some(body) = reply::as_bytes(f) else { continue };
+                    for line in String::from_utf8_lossy(&body).lines() {
+                        let Some(rest) = line.strip_prefix("db0:") else { continue };
+                        let field = |name: &str| {
+                            rest.split(',')
+                                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
+                                .and_then(|v| v.parse::<u64>().ok())
+                                .unwrap_or(0)
+                        };
+                        let (k, e, t) = (field("keys"), field("expires"), field("avg_ttl"));
+                        keys += k;
+                        expires += e;
+                        if t > 0 {
+                            ttl_weighted += t as u128 * e as u128;
+                            ttl_keys += e;
+                        }
+                    }
+                }
+                text.push_str("# Keyspace\r\n");
+                if keys > 0 {
+                    let avg = if ttl_keys > 0 { (ttl_weighted / ttl_keys as u128) as u64 } else { 0 };
+                    text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl={avg}\r\n"));
+                }
+                enc.verbatim(text.as_bytes());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::BackendError;
+    use crate::protocol::Protocol;
+    use bytes::BytesMut;
+
+    fn run(m: Merge, parts: &[&'static [u8]], proto: Protocol) -> Vec<u8> {
+        let mut buf = BytesMut::new();
+        let parts = parts.iter().map(|p| Some(Ok(Bytes::from_static(p)))).collect();
+        m.finish(parts, &mut Encoder::new(&mut buf, proto));
+        buf.to_vec()
+    }
+
+    #[test]
+    fn mget_in_key_order() {
+        let out = run(
+            Merge::Mget(vec![(1, 0), (0, 0), (1, 1)]),
+            &[b"*1\r\n$1\r\na\r\n", b"*2\r\n$-1\r\n$1\r\nc\r\n"],
+            Protocol::Resp2,
+        );
+        assert_eq!(out, b"*3\r\n$-1\r\n$1\r\na\r\n$1\r\nc\r\n");
+        let out = run(Merge::Mget(vec![(0, 0)]), &[b"*1\r\n_\r\n"], Protocol::Resp3);
+        assert_eq!(out, b"*1\r\n_\r\n");
+    }
+
+    #[test]
+    fn sums_and_errors() {
+        assert_eq!(run(Merge::Sum, &[b":2\r\n", b":3\r\n"], Protocol::Resp2), b":5\r\n");
+        assert_eq!(run(Merge::Sum, &[b":2\r\n", b"-ERR x\r\n"], Protocol::Resp2), b"-ERR x\r\n");
+        let mut buf = BytesMut::new();
+        let parts = vec![Some(Ok(Bytes::from_static(b"+OK\r\n"))), Some(Err(BackendError("ERR backend b down".into())))];
+        Merge::AllOk.finish(parts, &mut Encoder::new(&mut buf, Protocol::Resp2));
+        assert_eq!(&buf[..], b"-ERR backend b down\r\n");
+    }
+
+    #[test]
+    fn scan_cursor_walks_shards() {
+        let out = run(Merge::Scan { shard: 0, shards: 3 }, &[b"*2\r\n$1\r\n0\r\n*0\r\n"], Protocol::Resp2);
+        assert_eq!(out, b"*2\r\n$1\r\n1\r\n*0\r\n");
+        let out = run(Merge::Scan { shard: 2, shards: 3 }, &[b"*2\r\n$1\r\n0\r\n*0\r\n"], Protocol::Resp2);
+        assert_eq!(out, b"*2\r\n$1\r\n0\r\n*0\r\n");
+        let out = run(Merge::Scan { shard: 1, shards: 3 }, &[b"*2\r\n$1\r\n5\r\n*1\r\n$1\r\nk\r\n"], Protocol::Resp2);
+        let c = (5u64 << SCAN_SHARD_BITS) | 1;
+        assert_eq!(out, format!("*2\r\n${}\r\n{c}\r\n*1\r\n$1\r\nk\r\n", c.to_string().len()).as_bytes());
+        assert_eq!(split_scan_cursor(c), (1, 5));
+    }
+
+    #[test]
+    fn script_exists_and_keys() {
+        let out = run(Merge::AndArrays, &[b"*2\r\n:1\r\n:1\r\n", b"*2\r\n:1\r\n:0\r\n"], Protocol::Resp2);
+        assert_eq!(out, b"*2\r\n:1\r\n:0\r\n");
+        let out = run(Merge::Concat, &[b"*1\r\n$1\r\na\r\n", b"*0\r\n", b"*1\r\n$1\r\nb\r\n"], Protocol::Resp2);
+        assert_eq!(out, b"*2\r\n$1\r\na\r\n$1\r\nb\r\n");
+    }
+}

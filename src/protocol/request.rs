@@ -1,0 +1,528 @@
+//! The client request parser: turns untrusted client bytes into [`Request`]s.
+//!
+//! Why not `redis-protocol` here: its decoder has no inline commands, no size
+//! limits, unbounded nesting (a few KB of `*1\r\n` overflow the stack) and
+//! re-parses a partial frame from byte 0 on every read, which is quadratic for
+//! a large MSET arriving in small reads. Client requests are only ever flat
+//! arrays of bulk strings or inline lines, so a small hand-written parser that
+//! is resumable and enforces limits is both safer and faster. Backend replies
+//! (a trusted peer) are scanned by [`super::reply`].
+//!
+//! The parser never copies argument bytes: a complete request is split off the
+//! read buffer as one frozen [`Bytes`] (`raw`, forwarded to a backend as is)
+//! and each argument is a range into it.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use smallvec::SmallVec;
+
+/// Limits applied to client input. Every one of them protects the proxy's
+/// memory from a single client.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Largest bulk string accepted (Redis: `proto-max-bulk-len`, 512 MiB).
+    pub max_bulk: usize,
+    /// Most arguments in one request.
+    pub max_args: usize,
+    /// Longest inline command line (Redis: 64 KiB).
+    pub max_inline: usize,
+    /// Most bytes one partial request may occupy (Redis:
+    /// `client-query-buffer-limit`, 1 GiB).
+    pub max_request: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bulk: 512 * 1024 * 1024,
+            max_args: 1024 * 1024,
+            max_inline: 64 * 1024,
+            max_request: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// A protocol violation. The message is sent to the client as
+/// `-ERR Protocol error: <msg>` and the connection is closed, as Redis does.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("Protocol error: {0}")]
+pub struct ProtocolError(pub String);
+
+impl ProtocolError {
+    fn new(msg: impl Into<String>) -> Self {
+        ProtocolError(msg.into())
+    }
+}
+
+/// Argument ranges: most commands have few arguments, so they live inline.
+pub type ArgRanges = SmallVec<[(u32, u32); 6]>;
+
+/// One complete client request.
+#[derive(Debug, Clone)]
+pub struct Request {
+    /// The request as RESP multibulk bytes (inline commands are re-encoded).
+    pub raw: Bytes,
+    args: ArgRanges,
+}
+
+impl Request {
+    /// Builds a request from arguments (used for requests the proxy makes up).
+    pub fn from_args<A: AsRef<[u8]>>(args: &[A]) -> Request {
+        let mut buf = BytesMut::with_capacity(16 + args.iter().map(|a| a.as_ref().len() + 16).sum::<usize>());
+        let mut ranges = ArgRanges::new();
+        put_header(&mut buf, b'*', args.len());
+        for a in args {
+            let a = a.as_ref();
+            put_header(&mut buf, b'$', a.len());
+            let start = buf.len();
+            buf.extend_from_slice(a);
+            ranges.push((start as u32, (start + a.len()) as u32));
+            buf.extend_from_slice(b"\r\n");
+        }
+        Request { raw: buf.freeze(), args: ranges }
+    }
+
+    /// Number of arguments, the command name included.
+    pub fn len(&self) -> usize {
+        self.args.len()
+    }
+
+    /// True when the request has no arguments (never returned by the parser).
+    pub fn is_empty(&self) -> bool {
+        self.args.is_empty()
+    }
+
+    /// Argument `i` (0 is the command name), without copying.
+    pub fn arg(&self, i: usize) -> Option<&[u8]> {
+        self.args.get(i).map(|&(s, e)| &self.raw[s as usize..e as usize])
+    }
+
+    /// Argument `i` as a cheap reference-counted slice of the request.
+    pub fn arg_bytes(&self, i: usize) -> Option<Bytes> {
+        self.args.get(i).map(|&(s, e)| self.raw.slice(s as usize..e as usize))
+    }
+
+    /// All arguments.
+    pub fn args(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.args.iter().map(|&(s, e)| &self.raw[s as usize..e as usize])
+    }
+
+    /// The command name (argument 0).
+    pub fn name(&self) -> &[u8] {
+        self.arg(0).unwrap_or(b"")
+    }
+}
+
+/// Writes `<prefix><n>\r\n`.
+pub fn put_header(buf: &mut BytesMut, prefix: u8, n: usize) {
+    let mut b = itoa::Buffer::new();
+    let s = b.format(n);
+    buf.reserve(s.len() + 3);
+    buf.put_u8(prefix);
+    buf.extend_from_slice(s.as_bytes());
+    buf.extend_from_slice(b"\r\n");
+}
+
+/// Parser state carried across reads, so a large request is scanned once.
+#[derive(Debug, Default)]
+enum State {
+    #[default]
+    Start,
+    /// Inside a multibulk: `remaining` arguments to go, scanning at `pos`.
+    Multibulk { remaining: usize, pos: usize, args: ArgRanges },
+    /// Inside an inline line that has no newline yet; scanned up to `pos`.
+    Inline { pos: usize },
+}
+
+/// A resumable request parser, one per client connection.
+#[derive(Debug, Default)]
+pub struct RequestParser {
+    limits: Limits,
+    state: State,
+}
+
+impl RequestParser {
+    pub fn new(limits: Limits) -> Self {
+        RequestParser { limits, state: State::Start }
+    }
+
+    /// Parses the next complete request from the front of `buf`, removing its
+    /// bytes. `Ok(None)` means more bytes are needed; partial progress is kept
+    /// so the same bytes are not scanned again.
+    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ProtocolError> {
+        loop {
+            match &mut self.state {
+                State::Start => {
+                    let Some(&first) = buf.first() else { return Ok(None) };
+                    if first == b'*' {
+                        let Some((n, next)) = read_line_int(buf, 1, self.limits.max_inline)? else {
+                            return Ok(None);
+                        };
+                        let n = n.ok_or_else(|| ProtocolError::new("invalid multibulk length"))?;
+                        if n > self.limits.max_args as i64 || n > i32::MAX as i64 {
+                            return Err(ProtocolError::new("invalid multibulk length"));
+                        }
+                        if n <= 0 {
+                            // `*0` and `*-1` are empty requests: Redis ignores them.
+                            buf.advance(next);
+                            continue;
+                        }
+                        self.state = State::Multibulk { remaining: n as usize, pos: next, args: ArgRanges::new() };
+                    } else {
+                        self.state = State::Inline { pos: 0 };
+                    }
+                }
+                State::Multibulk { remaining, pos, args } => {
+                    while *remaining > 0 {
+                        let Some(&b) = buf.get(*pos) else { return self.need_more(buf) };
+                        if b != b'$' {
+                            return Err(ProtocolError(format!("expected '$', got '{}'", b as char)));
+                        }
+                        let Some((len, data)) = read_line_int(buf, *pos + 1, self.limits.max_inline)? else {
+                            return self.need_more(buf);
+                        };
+                        let len = match len {
+                            Some(l) if l >= 0 && (l as u64) <= self.limits.max_bulk as u64 => l as usize,
+                            _ => return Err(ProtocolError::new("invalid bulk length")),
+                        };
+                        let end = data + len;
+                        if end + 2 > self.limits.max_request || end > u32::MAX as usize - 2 {
+                            return Err(ProtocolError::new("request larger than the client query buffer limit"));
+                        }
+                        if buf.len() < end + 2 {
+                            // Reserve for the whole bulk up front when it is modest,
+                            // so a big value is not copied on every doubling.
+                            let want = end + 2 - buf.len();
+                            if want <= 4 * 1024 * 1024 {
+                                buf.reserve(want);
+                            }
+                            return Ok(None);
+                        }
+                        if &buf[end..end + 2] != b"\r\n" {
+                            return Err(ProtocolError::new("bulk string not terminated by CRLF"));
+                        }
+                        args.push((data as u32, end as u32));
+                        *pos = end + 2;
+                        *remaining -= 1;
+                    }
+                    let len = *pos;
+                    let args = std::mem::take(args);
+                    self.state = State::Start;
+                    let raw = buf.split_to(len).freeze();
+                    return Ok(Some(Request { raw, args }));
+                }
+                State::Inline { pos } => {
+                    let from = *pos;
+                    let Some(nl) = buf[from..].iter().position(|&b| b == b'\n') else {
+                        if buf.len() > self.limits.max_inline {
+                            return Err(ProtocolError::new("too big inline request"));
+                        }
+                        *pos = buf.len();
+                        return Ok(None);
+                    };
+                    let end = from + nl;
+                    if end > self.limits.max_inline {
+                        return Err(ProtocolError::new("too big inline request"));
+                    }
+                    self.state = State::Start;
+                    let line = buf.split_to(end + 1);
+                    let line = line.strip_suffix(b"\n").unwrap_or(&line);
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    let words = split_inline(line)?;
+                    if words.is_empty() {
+                        continue; // empty lines are ignored, as by Redis
+                    }
+                    if words.len() > self.limits.max_args {
+                        return Err(ProtocolError::new("invalid multibulk length"));
+                    }
+                    return Ok(Some(Request::from_args(&words)));
+                }
+            }
+        }
+    }
+
+    fn need_more(&self, buf: &BytesMut) -> Result<Option<Request>, ProtocolError> {
+        if buf.len() > self.limits.max_request {
+            return Err(ProtocolError::new("request larger than the client query buffer limit"));
+        }
+        Ok(None)
+    }
+
+    /// Bytes of the current partial request already accounted for, if any.
+    pub fn in_progress(&self) -> bool {
+        !matches!(self.state, State::Start)
+    }
+}
+
+/// Reads an integer line starting at `from` (just after the type byte).
+/// Returns `None` when the line is incomplete, `Some((None, _))` when it is not
+/// a valid integer, and otherwise the value and the offset after `\r\n`.
+fn read_line_int(buf: &[u8], from: usize, max_line: usize) -> Result<Option<(Option<i64>, usize)>, ProtocolError> {
+    let Some(rest) = buf.get(from..) else { return Ok(None) };
+    let Some(cr) = rest.iter().position(|&b| b == b'\r') else {
+        if rest.len() > max_line.min(64) {
+            return Err(ProtocolError::new("too big mbulk count string"));
+        }
+        return Ok(None);
+    };
+    if cr > 32 {
+        return Err(ProtocolError::new("too big mbulk count string"));
+    }
+    match rest.get(cr + 1) {
+        None => return Ok(None),
+        Some(b'\n') => {}
+        Some(_) => return Ok(Some((None, from + cr + 2))),
+    }
+    Ok(Some((parse_i64(&rest[..cr]), from + cr + 2)))
+}
+
+/// Parses a decimal integer the way Redis's `string2ll` does (no `+`, no
+/// leading zeros except "0", no spaces).
+pub fn parse_i64(s: &[u8]) -> Option<i64> {
+    let (neg, digits) = match s.split_first() {
+        Some((b'-', rest)) => (true, rest),
+        _ => (false, s),
+    };
+    if digits.is_empty() || digits.len() > 19 || (digits.len() > 1 && digits[0] == b'0') {
+        return None;
+    }
+    let mut v: i64 = 0;
+    for &d in digits {
+        if !d.is_ascii_digit() {
+            return None;
+        }
+        v = v.checked_mul(10)?.checked_sub((d - b'0') as i64)?;
+    }
+    if neg { Some(v) } else { v.checked_neg() }
+}
+
+/// Splits an inline command line like Redis's `sdssplitargs`: words separated
+/// by whitespace, "double quotes" with `\n \r \t \b \a \xHH \\ \"` escapes,
+/// and 'single quotes' with only `\'`.
+pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
+    let unbalanced = || ProtocolError::new("unbalanced quotes in request");
+    let mut out = Vec::new();
+    let mut i = 0;
+    let n = line.len();
+    loop {
+        while i < n && line[i].is_ascii_whitespace() {
+            i += 1;
+        }
+        if i >= n {
+            return Ok(out);
+        }
+        let mut cur = Vec::new();
+        let mut in_dq = false;
+        let mut in_sq = false;
+        loop {
+            if in_dq {
+                if i >= n {
+                    return Err(unbalanced());
+                }
+                let c = line[i];
+                if c == b'\\' && i + 3 < n && line[i + 1] == b'x' && is_hex(line[i + 2]) && is_hex(line[i + 3]) {
+                    cur.push(hex(line[i + 2]) * 16 + hex(line[i + 3]));
+                    i += 3;
+                } else if c == b'\\' && i + 1 < n {
+                    i += 1;
+                    cur.push(match line[i] {
+                        b'n' => b'\n',
+                        b'r' => b'\r',
+                        b't' => b'\t',
+                        b'b' => 8,
+                        b'a' => 7,
+                        other => other,
+                    });
+                } else if c == b'"' {
+                    // The closing quote must be followed by a space or the end.
+                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                        return Err(unbalanced());
+                    }
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(c);
+                }
+            } else if in_sq {
+                if i >= n {
+                    return Err(unbalanced());
+                }
+                let c = line[i];
+                if c == b'\\' && i + 1 < n && line[i + 1] == b'\'' {
+                    i += 1;
+                    cur.push(b'\'');
+                } else if c == b'\'' {
+                    if i + 1 < n && !line[i + 1].is_ascii_whitespace() {
+                        return Err(unbalanced());
+                    }
+                    i += 1;
+                    break;
+                } else {
+                    cur.push(c);
+                }
+            } else {
+                if i >= n {
+                    break;
+                }
+                match line[i] {
+                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b'"' => in_dq = true,
+                    b'\'' => in_sq = true,
+                    c => cur.push(c),
+                }
+            }
+            i += 1;
+        }
+        out.push(cur);
+    }
+}
+
+fn is_hex(c: u8) -> bool {
+    c.is_ascii_hexdigit()
+}
+
+fn hex(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => c - b'A' + 10,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn parse_all(input: &[u8], chunks: &[usize]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
+        let mut p = RequestParser::new(Limits::default());
+        let mut buf = BytesMut::new();
+        let mut out = Vec::new();
+        let mut off = 0;
+        let mut ci = 0;
+        while off < input.len() {
+            let step = chunks.get(ci).copied().unwrap_or(input.len()).max(1);
+            ci += 1;
+            let end = (off + step).min(input.len());
+            buf.extend_from_slice(&input[off..end]);
+            off = end;
+            while let Some(r) = p.parse(&mut buf)? {
+                out.push(r.args().map(|a| a.to_vec()).collect());
+            }
+        }
+        Ok(out)
+    }
+
+    fn args(v: &[&str]) -> Vec<Vec<u8>> {
+        v.iter().map(|s| s.as_bytes().to_vec()).collect()
+    }
+
+    #[test]
+    fn multibulk_and_inline() {
+        let r = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\nPING\r\nset k \"a b\\x41\"\r\n\r\n", &[]).unwrap();
+        assert_eq!(r, vec![args(&["GET", "a"]), args(&["PING"]), args(&["set", "k", "a bA"])]);
+    }
+
+    #[test]
+    fn raw_is_forwardable() {
+        let mut p = RequestParser::default();
+        let mut buf = BytesMut::from(&b"ping\r\n*1\r\n$4\r\nPING\r\n"[..]);
+        let a = p.parse(&mut buf).unwrap().unwrap();
+        assert_eq!(&a.raw[..], b"*1\r\n$4\r\nping\r\n");
+        let b = p.parse(&mut buf).unwrap().unwrap();
+        assert_eq!(&b.raw[..], b"*1\r\n$4\r\nPING\r\n");
+        assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn empty_multibulk_is_skipped() {
+        assert_eq!(parse_all(b"*0\r\n*-1\r\n*1\r\n$1\r\nx\r\n", &[]).unwrap(), vec![args(&["x"])]);
+    }
+
+    #[test]
+    fn errors_match_redis() {
+        let e = |input: &[u8]| parse_all(input, &[]).unwrap_err().0;
+        assert_eq!(e(b"*x\r\n"), "invalid multibulk length");
+        assert_eq!(e(b"*1\r\n+a\r\n"), "expected '$', got '+'");
+        assert_eq!(e(b"*1\r\n$-5\r\n"), "invalid bulk length");
+        assert_eq!(e(b"*1\r\n$999999999999\r\n"), "invalid bulk length");
+        assert_eq!(e(b"*1\r\n$1\r\nab\r\n"), "bulk string not terminated by CRLF");
+        assert_eq!(e(b"set a \"b\r\n"), "unbalanced quotes in request");
+        assert_eq!(e(b"set a \"b\"c\r\n"), "unbalanced quotes in request");
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let limits = Limits { max_bulk: 10, max_args: 3, max_inline: 20, max_request: 100 };
+        let mut p = RequestParser::new(limits);
+        let mut b = BytesMut::from(&b"*1\r\n$11\r\n"[..]);
+        assert_eq!(p.parse(&mut b).unwrap_err().0, "invalid bulk length");
+        let mut p = RequestParser::new(limits);
+        let mut b = BytesMut::from(&b"*4\r\n"[..]);
+        assert_eq!(p.parse(&mut b).unwrap_err().0, "invalid multibulk length");
+        let mut p = RequestParser::new(limits);
+        let mut b = BytesMut::from(&[b'a'; 30][..]);
+        assert_eq!(p.parse(&mut b).unwrap_err().0, "too big inline request");
+        let mut p = RequestParser::new(limits);
+        let mut b = BytesMut::from(&b"*3\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n$10\r\n012345678"[..]);
+        assert!(p.parse(&mut b).is_err());
+    }
+
+    #[test]
+    fn large_request_is_scanned_once() {
+        // 200k-argument MSET in 16 KiB reads: must stay linear.
+        let n = 200_000;
+        let mut input = Vec::new();
+        input.extend_from_slice(format!("*{}\r\n$4\r\nMSET\r\n", 2 * n + 1).as_bytes());
+        for i in 0..n {
+            let k = format!("key:{i}");
+            let v = format!("val:{i}");
+            input.extend_from_slice(format!("${}\r\n{}\r\n${}\r\n{}\r\n", k.len(), k, v.len(), v).as_bytes());
+        }
+        let start = std::time::Instant::now();
+        let r = parse_all(&input, &vec![16 * 1024; input.len() / (16 * 1024) + 1]).unwrap();
+        assert_eq!(r.len(), 1);
+        assert_eq!(r[0].len(), 2 * n + 1);
+        // Generous bound (debug build); a quadratic parser takes minutes here.
+        assert!(start.elapsed() < std::time::Duration::from_secs(20));
+    }
+
+    #[test]
+    fn parse_i64_like_redis() {
+        assert_eq!(parse_i64(b"0"), Some(0));
+        assert_eq!(parse_i64(b"-12"), Some(-12));
+        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
+        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
+        assert_eq!(parse_i64(b"9223372036854775808"), None);
+        assert_eq!(parse_i64(b"01"), None);
+        assert_eq!(parse_i64(b"+1"), None);
+        assert_eq!(parse_i64(b""), None);
+        assert_eq!(parse_i64(b"-"), None);
+    }
+
+    fn encode(reqs: &[Vec<Vec<u8>>]) -> Vec<u8> {
+        let mut out = Vec::new();
+        for r in reqs {
+            out.extend_from_slice(&Request::from_args(r).raw);
+        }
+        out
+    }
+
+    proptest! {
+        #[test]
+        fn any_chunking_parses_the_same(
+            reqs in prop::collection::vec(prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..6), 1..8),
+            chunks in prop::collection::vec(1usize..17, 0..200),
+        ) {
+            let input = encode(&reqs);
+            let whole = parse_all(&input, &[]).unwrap();
+            let chunked = parse_all(&input, &chunks).unwrap();
+            prop_assert_eq!(&whole, &reqs);
+            prop_assert_eq!(chunked, reqs);
+        }
+
+        #[test]
+        fn garbage_never_panics(input in prop::collection::vec(any::<u8>(), 0..300), chunks in prop::collection::vec(1usize..9, 0..60)) {
+            let _ = parse_all(&input, &chunks);
+        }
+    }
+}

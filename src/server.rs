@@ -1,0 +1,135 @@
+//! The listener: accepts clients, enforces the client limit, and applies
+//! configuration reloads (SIGHUP) to the topology.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpListener;
+use tracing::{error, info, warn};
+
+use crate::config::Config;
+use crate::session::Session;
+use crate::topology::TopologyCell;
+
+/// Counters shared by every session.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub clients: AtomicUsize,
+    pub connections: AtomicU64,
+    pub rejected: AtomicU64,
+    pub commands: AtomicU64,
+}
+
+/// State shared by every session.
+pub struct Shared {
+    pub topology: TopologyCell,
+    pub stats: Stats,
+    pub started: Instant,
+    next_id: AtomicU64,
+}
+
+/// A running proxy.
+pub struct Server {
+    pub shared: Arc<Shared>,
+    listener: TcpListener,
+}
+
+impl Server {
+    /// Binds the listen address (`listen` overrides the config's) and starts
+    /// the backend pools. Needs a tokio runtime.
+    pub async fn bind(config: Config, listen: Option<&str>) -> std::io::Result<Server> {
+        let addr = listen.unwrap_or(&config.listen).to_string();
+        let listener = TcpListener::bind(&addr).await?;
+        let shared = Arc::new(Shared {
+            topology: TopologyCell::new(Arc::new(config)),
+            stats: Stats::default(),
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+        });
+        Ok(Server { shared, listener })
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// Accepts clients forever.
+    pub async fn run(self) {
+        let topo = self.shared.topology.load_full();
+        info!(
+            listen = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            shards = topo.shards.len(),
+            slots = topo.ring.slots(),
+            epoch = topo.epoch,
+            "shardis listening"
+        );
+        drop(topo);
+        loop {
+            let (mut sock, peer) = match self.listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off, keep serving.
+                    error!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let shared = self.shared.clone();
+            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+            let max = shared.topology.load().config.limits.max_clients;
+            if shared.stats.clients.fetch_add(1, Ordering::AcqRel) >= max {
+                shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
+                shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+                tokio::spawn(async move {
+                    let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
+                });
+                continue;
+            }
+            let _ = sock.set_nodelay(true);
+            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let laddr = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+            tokio::spawn(async move {
+                let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
+                session.run(sock).await;
+                shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
+            });
+        }
+    }
+}
+
+/// Re-reads `path` on every SIGHUP and applies a valid new configuration.
+/// An invalid file is logged and the running topology stays.
+pub fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut hup = signal(SignalKind::hangup())?;
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            reload(&shared, &path);
+        }
+    });
+    Ok(())
+}
+
+/// Applies the configuration in `path`; returns the new epoch.
+pub fn reload(shared: &Shared, path: &std::path::Path) -> Option<u64> {
+    match Config::load(path) {
+        Ok(cfg) => {
+            let old = shared.topology.load_full();
+            if cfg.listen != old.config.listen {
+                warn!(old = %old.config.listen, new = %cfg.listen, "listen address changes need a restart; keeping the old one");
+            }
+            let epoch = shared.topology.apply(Arc::new(cfg));
+            let topo = shared.topology.load();
+            info!(epoch, shards = topo.shards.len(), "configuration reloaded, new topology in service");
+            Some(epoch)
+        }
+        Err(e) => {
+            error!(error = %e, "configuration reload refused; keeping the running topology");
+            None
+        }
+    }
+}

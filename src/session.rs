@@ -1,0 +1,388 @@
+//! One client connection: read requests, dispatch each, write replies in
+//! request order.
+//!
+//! The session reads whatever the client has pipelined, parses every complete
+//! request and dispatches it at once: to a shard's connection, to several
+//! shards (fan-out), or to the proxy itself. Every request gets a sequence
+//! number and a slot in `pending`; backend replies come back on the
+//! session's completion channel, possibly out of order across shards, and
+//! the session writes the longest complete prefix of `pending` in one write.
+//! A client with `max_pipeline` requests outstanding is not read from until
+//! replies drain, which bounds the memory one client can pin.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tracing::debug;
+
+use crate::backend::{BackendResult, Completion, Job, ReplyTo};
+use crate::command::{self, Broadcast, Fanout, Lookup, Route};
+use crate::local;
+use crate::merge::{self, Merge};
+use crate::protocol::{Encoder, Protocol, Request, RequestParser};
+use crate::server::Shared;
+use crate::topology::Topology;
+
+/// Per-connection state that commands can read and change (HELLO, CLIENT
+/// SETNAME, AUTH, ...).
+#[derive(Debug)]
+pub struct ClientState {
+    pub id: u64,
+    pub proto: Protocol,
+    pub name: Option<Bytes>,
+    pub lib_name: Option<Bytes>,
+    pub lib_ver: Option<Bytes>,
+    pub authenticated: bool,
+    pub addr: String,
+    pub laddr: String,
+    pub connected_at: std::time::Instant,
+}
+
+/// A request's place in the reply order.
+enum Slot {
+    /// A reply the proxy made.
+    Ready(Bytes),
+    /// Waiting for one backend reply.
+    One(Option<BackendResult>),
+    /// Waiting for `left` of several parts.
+    Many { merge: Merge, parts: Vec<Option<BackendResult>>, left: usize },
+}
+
+impl Slot {
+    fn is_done(&self) -> bool {
+        match self {
+            Slot::Ready(_) => true,
+            Slot::One(r) => r.is_some(),
+            Slot::Many { left, .. } => *left == 0,
+        }
+    }
+}
+
+pub struct Session {
+    shared: Arc<Shared>,
+    pub state: ClientState,
+    parser: RequestParser,
+    pending: VecDeque<Slot>,
+    /// Sequence number of `pending[0]`.
+    head_seq: u64,
+    tx: mpsc::UnboundedSender<Completion>,
+    rx: mpsc::UnboundedReceiver<Completion>,
+    out: BytesMut,
+    /// Which connection of each shard's pool this client uses.
+    lane: usize,
+    max_pipeline: usize,
+    /// Close after writing what is pending (QUIT, protocol error).
+    closing: bool,
+    keys: Vec<usize>,
+}
+
+impl Session {
+    pub fn new(shared: Arc<Shared>, id: u64, addr: String, laddr: String) -> Session {
+        let cfg = shared.topology.load().config.clone();
+        let (tx, rx) = mpsc::unbounded_channel();
+        Session {
+            state: ClientState {
+                id,
+                proto: Protocol::Resp2,
+                name: None,
+                lib_name: None,
+                lib_ver: None,
+                authenticated: cfg.password.is_none(),
+                addr,
+                laddr,
+                connected_at: std::time::Instant::now(),
+            },
+            parser: RequestParser::new(cfg.parser_limits()),
+            pending: VecDeque::new(),
+            head_seq: 0,
+            tx,
+            rx,
+            out: BytesMut::with_capacity(16 * 1024),
+            lane: id as usize,
+            max_pipeline: cfg.limits.max_pipeline,
+            closing: false,
+            keys: Vec::new(),
+            shared,
+        }
+    }
+
+    /// Serves the connection until the client leaves or breaks the protocol.
+    pub async fn run(mut self, mut sock: TcpStream) {
+        let mut rbuf = BytesMut::with_capacity(16 * 1024);
+        loop {
+            let can_read = !self.closing && self.pending.len() < self.max_pipeline;
+            if rbuf.capacity() - rbuf.len() < 4096 {
+                rbuf.reserve(16 * 1024);
+            }
+            tokio::select! {
+                biased;
+                c = self.rx.recv() => {
+                    // The session holds a sender, so the channel never closes.
+                    let Some(c) = c else { return };
+                    self.complete(c);
+                    while let Ok(c) = self.rx.try_recv() {
+                        self.complete(c);
+                    }
+                }
+                r = sock.read_buf(&mut rbuf), if can_read => {
+                    match r {
+                        Ok(0) | Err(_) => return,
+                        Ok(_) => {}
+                    }
+                    self.parse_and_dispatch(&mut rbuf);
+                }
+            }
+            self.flush_ready();
+            if !self.out.is_empty() {
+                if sock.write_all_buf(&mut self.out).await.is_err() {
+                    return;
+                }
+                if self.out.capacity() > 1024 * 1024 {
+                    self.out = BytesMut::with_capacity(16 * 1024);
+                }
+            }
+            if self.closing && self.pending.is_empty() {
+                let _ = sock.shutdown().await;
+                return;
+            }
+        }
+    }
+
+    fn parse_and_dispatch(&mut self, rbuf: &mut BytesMut) {
+        let topo = self.shared.topology.load_full();
+        let mut n = 0u64;
+        while !self.closing && self.pending.len() < self.max_pipeline {
+            match self.parser.parse(rbuf) {
+                Ok(Some(req)) => {
+                    n += 1;
+                    self.dispatch(&topo, req);
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    debug!(client = self.state.id, error = %e, "protocol error, closing");
+                    let mut b = BytesMut::new();
+                    Encoder::new(&mut b, self.state.proto).error(&format!("ERR {e}"));
+                    self.push_ready(b.freeze());
+                    self.closing = true;
+                }
+            }
+        }
+        self.shared.stats.commands.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// Reserves the next reply slot and returns its sequence number.
+    fn push(&mut self, slot: Slot) -> u64 {
+        self.pending.push_back(slot);
+        self.head_seq + self.pending.len() as u64 - 1
+    }
+
+    fn push_ready(&mut self, reply: Bytes) {
+        if self.pending.is_empty() {
+            self.out.extend_from_slice(&reply);
+        } else {
+            self.push(Slot::Ready(reply));
+        }
+    }
+
+    /// Encodes a locally made reply, in order.
+    fn reply_with(&mut self, f: impl FnOnce(&mut Encoder<'_>)) {
+        if self.pending.is_empty() {
+            f(&mut Encoder::new(&mut self.out, self.state.proto));
+        } else {
+            let mut b = BytesMut::new();
+            f(&mut Encoder::new(&mut b, self.state.proto));
+            self.push(Slot::Ready(b.freeze()));
+        }
+    }
+
+    fn error(&mut self, msg: &str) {
+        self.reply_with(|e| e.error(msg));
+    }
+
+    fn reply_to(&self, seq: u64, part: u32) -> ReplyTo {
+        ReplyTo { sink: self.tx.clone(), seq, part }
+    }
+
+    fn send(&self, topo: &Topology, shard: usize, req: Bytes, seq: u64, part: u32) {
+        topo.shards[shard].send(self.state.proto, self.lane, Job { req, reply: self.reply_to(seq, part) });
+    }
+
+    fn dispatch(&mut self, topo: &Topology, req: Request) {
+        let args: smallvec::SmallVec<[&[u8]; 8]> = req.args().collect();
+        let Lookup { spec, route } = match command::lookup(&args) {
+            Ok(l) => l,
+            Err(msg) => return self.error(&msg),
+        };
+        if !self.state.authenticated && !matches!(route, Route::Local(command::Local::Auth | command::Local::Hello | command::Local::Quit)) {
+            return self.error("NOAUTH Authentication required.");
+        }
+        match route {
+            Route::Keyed => {
+                let mut keys = std::mem::take(&mut self.keys);
+                keys.clear();
+                // An `Err` means Redis itself would refuse the arguments (bad
+                // numkeys, unbalanced lists) or, for scripts, that there are no
+                // keys: route by what was found (no key: the first shard) and
+                // let the backend give Redis's own answer.
+                let _ = command::keys::key_indices(spec, &args, &mut keys);
+                let mut shard = None;
+                let mut cross = false;
+                for &i in &keys {
+                    let s = topo.shard_of(args[i]);
+                    match shard {
+                        None => shard = Some(s),
+                        Some(prev) if prev != s => cross = true,
+                        _ => {}
+                    }
+                }
+                self.keys = keys;
+                if cross {
+                    return self.error("CROSSSHARD keys in request don't hash to the same shard");
+                }
+                let seq = self.push(Slot::One(None));
+                self.send(topo, shard.unwrap_or(0), req.raw.clone(), seq, 0);
+            }
+            Route::Fanout(kind) => self.fanout(topo, kind, &args, &req),
+            Route::Broadcast(kind) => self.broadcast(topo, kind, &args, &req),
+            Route::Local(cmd) => {
+                let mut b = BytesMut::new();
+                let mut enc = Encoder::new(&mut b, self.state.proto);
+                let outcome = local::run(cmd, &args, &mut self.state, &self.shared, topo, &mut enc);
+                match outcome {
+                    local::Outcome::Reply => self.push_ready(b.freeze()),
+                    local::Outcome::Close => {
+                        self.push_ready(b.freeze());
+                        self.closing = true;
+                    }
+                    local::Outcome::Info(text) => {
+                        let req = Request::from_args(&["INFO", "keyspace"]).raw;
+                        self.to_all(topo, Merge::Info { text }, req);
+                    }
+                }
+            }
+            Route::Refuse(r) => self.error(&r.message(&spec.name.replace('|', " "))),
+        }
+    }
+
+    /// Sends the same request to every shard and merges the answers.
+    fn to_all(&mut self, topo: &Topology, merge: Merge, req: Bytes) {
+        let n = topo.shards.len();
+        let seq = self.push(Slot::Many { merge, parts: (0..n).map(|_| None).collect(), left: n });
+        for shard in 0..n {
+            self.send(topo, shard, req.clone(), seq, shard as u32);
+        }
+    }
+
+    fn fanout(&mut self, topo: &Topology, kind: Fanout, args: &[&[u8]], req: &Request) {
+        let step = if kind == Fanout::Mset { 2 } else { 1 };
+        if kind == Fanout::Mset && (args.len() - 1) % 2 != 0 {
+            return self.error("ERR wrong number of arguments for 'mset' command");
+        }
+        let n_keys = (args.len() - 1) / step;
+        // Group keys by shard, remembering each key's place in its group.
+        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
+        let mut slots: Vec<(u32, u32)> = Vec::with_capacity(n_keys);
+        for k in 0..n_keys {
+            let arg = 1 + k * step;
+            let s = topo.shard_of(args[arg]);
+            let g = match groups.iter().position(|(sh, _)| *sh == s) {
+                Some(g) => g,
+                None => {
+                    groups.push((s, Vec::new()));
+                    groups.len() - 1
+                }
+            };
+            slots.push((g as u32, groups[g].1.len() as u32));
+            groups[g].1.push(arg);
+        }
+        let merge = match kind {
+            Fanout::Mget => Merge::Mget(slots),
+            Fanout::Mset => Merge::AllOk,
+            Fanout::SumKeys => Merge::Sum,
+        };
+        if groups.len() == 1 {
+            // All keys on one shard: forward the request untouched.
+            let seq = self.push(Slot::One(None));
+            return self.send(topo, groups[0].0, req.raw.clone(), seq, 0);
+        }
+        let seq = self.push(Slot::Many { merge, parts: (0..groups.len()).map(|_| None).collect(), left: groups.len() });
+        for (part, (shard, arg_idx)) in groups.iter().enumerate() {
+            let mut sub: Vec<&[u8]> = Vec::with_capacity(1 + arg_idx.len() * step);
+            sub.push(args[0]);
+            for &a in arg_idx {
+                sub.extend_from_slice(&args[a..a + step]);
+            }
+            self.send(topo, *shard, Request::from_args(&sub).raw, seq, part as u32);
+        }
+    }
+
+    fn broadcast(&mut self, topo: &Topology, kind: Broadcast, args: &[&[u8]], req: &Request) {
+        let merge = match kind {
+            Broadcast::Dbsize => Merge::Sum,
+            Broadcast::AllOk => Merge::AllOk,
+            Broadcast::Keys => Merge::Concat,
+            Broadcast::RandomKey => Merge::AnyNonNull { start: rand_index(topo.shards.len()) },
+            Broadcast::ScriptExists => Merge::AndArrays,
+            Broadcast::First => Merge::First,
+            Broadcast::Scan => return self.scan(topo, args),
+        };
+        self.to_all(topo, merge, req.raw.clone());
+    }
+
+    fn scan(&mut self, topo: &Topology, args: &[&[u8]]) {
+        let cursor = std::str::from_utf8(args[1]).ok().and_then(|s| s.parse::<u64>().ok());
+        let Some(cursor) = cursor else { return self.error("ERR invalid cursor") };
+        let (shard, backend_cursor) = merge::split_scan_cursor(cursor);
+        if shard >= topo.shards.len() {
+            return self.error("ERR invalid cursor");
+        }
+        let mut sub: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
+        sub[1] = itoa::Buffer::new().format(backend_cursor).as_bytes().to_vec();
+        let merge = Merge::Scan { shard, shards: topo.shards.len() };
+        let seq = self.push(Slot::Many { merge, parts: vec![None], left: 1 });
+        self.send(topo, shard, Request::from_args(&sub).raw, seq, 0);
+    }
+
+    fn complete(&mut self, c: Completion) {
+        let Some(idx) = c.seq.checked_sub(self.head_seq) else { return };
+        match self.pending.get_mut(idx as usize) {
+            Some(Slot::One(r)) => *r = Some(c.result),
+            Some(Slot::Many { parts, left, .. }) => {
+                if let Some(p) = parts.get_mut(c.part as usize) {
+                    if p.is_none() {
+                        *left -= 1;
+                    }
+                    *p = Some(c.result);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// Moves every finished reply at the head of the queue to the output.
+    fn flush_ready(&mut self) {
+        while self.pending.front().is_some_and(Slot::is_done) {
+            let Some(slot) = self.pending.pop_front() else { break };
+            self.head_seq += 1;
+            match slot {
+                Slot::Ready(b) => self.out.extend_from_slice(&b),
+                Slot::One(Some(Ok(frame))) => self.out.extend_from_slice(&frame),
+                Slot::One(Some(Err(e))) => Encoder::new(&mut self.out, self.state.proto).error(e.message()),
+                Slot::One(None) => {}
+                Slot::Many { merge, parts, .. } => merge.finish(parts, &mut Encoder::new(&mut self.out, self.state.proto)),
+            }
+        }
+    }
+}
+
+/// A cheap pseudo-random index (RANDOMKEY's starting shard).
+fn rand_index(n: usize) -> usize {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_usize(n);
+    (h.finish() as usize) % n.max(1)
+}
