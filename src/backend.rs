@@ -64,7 +64,11 @@ pub struct ReplyTo {
 impl ReplyTo {
     fn complete(self, result: BackendResult) {
         // The session may be gone; then nobody wants the answer.
-        let _ = self.sink.send(Completion { seq: self.seq, part: self.part, result });
+        let _ = self.sink.send(Completion {
+            seq: self.seq,
+            part: self.part,
+            result,
+        });
     }
 }
 
@@ -122,7 +126,11 @@ impl Shard {
     pub fn start(spec: BackendSpec) -> Arc<Shard> {
         let spec = Arc::new(spec);
         let resp2 = spawn_conns(&spec, Protocol::Resp2);
-        Arc::new(Shard { spec, resp2, resp3: OnceLock::new() })
+        Arc::new(Shard {
+            spec,
+            resp2,
+            resp3: OnceLock::new(),
+        })
     }
 
     pub fn name(&self) -> &str {
@@ -207,7 +215,9 @@ async fn conn_task(spec: Arc<BackendSpec>, proto: Protocol, lane: usize, mut rx:
 /// handshake, all within the connect timeout.
 async fn connect(spec: &BackendSpec, proto: Protocol) -> Result<TcpStream, String> {
     let attempt = async {
-        let mut stream = TcpStream::connect(spec.addr.as_str()).await.map_err(|e| e.to_string())?;
+        let mut stream = TcpStream::connect(spec.addr.as_str())
+            .await
+            .map_err(|e| e.to_string())?;
         stream.set_nodelay(true).map_err(|e| e.to_string())?;
         let mut hs: Vec<Request> = Vec::new();
         match (proto, &spec.password) {

@@ -43,7 +43,9 @@ pub struct RingConfig {
 
 impl Default for RingConfig {
     fn default() -> Self {
-        RingConfig { slot_bits: default_slot_bits() }
+        RingConfig {
+            slot_bits: default_slot_bits(),
+        }
     }
 }
 
@@ -137,7 +139,9 @@ pub struct PoolConfig {
 
 impl Default for PoolConfig {
     fn default() -> Self {
-        PoolConfig { connections: default_connections() }
+        PoolConfig {
+            connections: default_connections(),
+        }
     }
 }
 
@@ -215,14 +219,19 @@ pub enum ConfigError {
 }
 
 fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid { key: key.into(), why: why.into() }
+    ConfigError::Invalid {
+        key: key.into(),
+        why: why.into(),
+    }
 }
 
 impl Config {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.display().to_string(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.display().to_string(),
+            source,
+        })?;
         Config::parse(&text).map_err(|e| match e {
             ConfigError::Parse(m) => ConfigError::Parse(format!("{}: {m}", path.display())),
             other => other,
@@ -251,11 +260,20 @@ impl Config {
         let mut names = HashSet::new();
         for (i, b) in self.backends.iter().enumerate() {
             let key = format!("backends[{i}]");
-            if b.name.is_empty() || b.name.len() > 128 || b.name.bytes().any(|c| c.is_ascii_whitespace() || c.is_ascii_control()) {
-                return Err(invalid(format!("{key}.name"), "must be 1 to 128 characters with no spaces"));
+            if b.name.is_empty()
+                || b.name.len() > 128
+                || b.name.bytes().any(|c| c.is_ascii_whitespace() || c.is_ascii_control())
+            {
+                return Err(invalid(
+                    format!("{key}.name"),
+                    "must be 1 to 128 characters with no spaces",
+                ));
             }
             if !names.insert(b.name.as_str()) {
-                return Err(invalid(format!("{key}.name"), format!("duplicate backend name '{}'", b.name)));
+                return Err(invalid(
+                    format!("{key}.name"),
+                    format!("duplicate backend name '{}'", b.name),
+                ));
             }
             check_addr(&format!("{key}.addr"), &b.addr)?;
             if b.weight == 0 || b.weight > 1000 {
@@ -277,7 +295,10 @@ impl Config {
             }
         }
         if t.reconnect_max_ms < t.reconnect_ms {
-            return Err(invalid("timeouts.reconnect_max_ms", "must not be below timeouts.reconnect_ms"));
+            return Err(invalid(
+                "timeouts.reconnect_max_ms",
+                "must not be below timeouts.reconnect_ms",
+            ));
         }
         let l = &self.limits;
         for (k, v) in [
@@ -358,7 +379,11 @@ weight = 2
     fn errors_name_the_key() {
         assert!(err("backends = []").contains("backends: at least one backend"));
         let dup = GOOD.replace("name = \"b\"", "name = \"a\"");
-        assert!(err(&dup).contains("backends[1].name: duplicate backend name 'a'"), "{}", err(&dup));
+        assert!(
+            err(&dup).contains("backends[1].name: duplicate backend name 'a'"),
+            "{}",
+            err(&dup)
+        );
         let w0 = GOOD.replace("weight = 2", "weight = 0");
         assert!(err(&w0).contains("backends[1].weight"));
         let bad = GOOD.replace("redis-2:6379", "redis-2");

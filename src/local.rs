@@ -110,7 +110,10 @@ fn hello(args: &[&[u8]], st: &mut ClientState, topo: &Topology, enc: &mut Encode
             b"2" => proto = Protocol::Resp2,
             b"3" => proto = Protocol::Resp3,
             _ => {
-                let valid = std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok()).is_some();
+                let valid = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .is_some();
                 return enc.error(if valid {
                     "NOPROTO unsupported protocol version"
                 } else {
@@ -137,7 +140,10 @@ fn hello(args: &[&[u8]], st: &mut ClientState, topo: &Topology, enc: &mut Encode
             name = Some(Bytes::copy_from_slice(args[i + 1]));
             i += 2;
         } else {
-            return enc.error(&format!("ERR Syntax error in HELLO option '{}'", command::printable(args[i], 64)));
+            return enc.error(&format!(
+                "ERR Syntax error in HELLO option '{}'",
+                command::printable(args[i], 64)
+            ));
         }
     }
     if !authed {
@@ -179,7 +185,11 @@ fn client(args: &[&[u8]], st: &mut ClientState, enc: &mut Encoder<'_>) {
     match sub.as_slice() {
         b"setname" => match check_name(args[2]) {
             Ok(()) => {
-                st.name = if args[2].is_empty() { None } else { Some(Bytes::copy_from_slice(args[2])) };
+                st.name = if args[2].is_empty() {
+                    None
+                } else {
+                    Some(Bytes::copy_from_slice(args[2]))
+                };
                 enc.ok();
             }
             Err(e) => enc.error(e),
@@ -201,7 +211,12 @@ fn client(args: &[&[u8]], st: &mut ClientState, enc: &mut Encoder<'_>) {
             match attr.as_slice() {
                 b"lib-name" => st.lib_name = Some(Bytes::copy_from_slice(value)),
                 b"lib-ver" => st.lib_ver = Some(Bytes::copy_from_slice(value)),
-                _ => return enc.error(&format!("ERR Unrecognized option '{}'", command::printable(args[2], 64))),
+                _ => {
+                    return enc.error(&format!(
+                        "ERR Unrecognized option '{}'",
+                        command::printable(args[2], 64)
+                    ));
+                }
             }
             enc.ok();
         }
@@ -224,7 +239,11 @@ fn client(args: &[&[u8]], st: &mut ClientState, enc: &mut Encoder<'_>) {
 }
 
 fn client_info(st: &ClientState) -> String {
-    let s = |b: &Option<Bytes>| b.as_ref().map(|v| String::from_utf8_lossy(v).into_owned()).unwrap_or_default();
+    let s = |b: &Option<Bytes>| {
+        b.as_ref()
+            .map(|v| String::from_utf8_lossy(v).into_owned())
+            .unwrap_or_default()
+    };
     format!(
         "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 cmd=client|info user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
         st.id,
@@ -281,7 +300,15 @@ fn command_cmd(args: &[&[u8]], enc: &mut Encoder<'_>) {
             }
         },
         _ => {
-            let lines = ["COMMAND <subcommand>. shardis serves:", "(no subcommand)", "COUNT", "DOCS", "GETKEYS", "INFO", "LIST"];
+            let lines = [
+                "COMMAND <subcommand>. shardis serves:",
+                "(no subcommand)",
+                "COUNT",
+                "DOCS",
+                "GETKEYS",
+                "INFO",
+                "LIST",
+            ];
             enc.array(lines.len());
             for l in lines {
                 enc.simple(l);
@@ -328,7 +355,12 @@ fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology)
         ));
     }
     if want("proxy") {
-        t.push_str(&format!("# Proxy\r\nepoch:{}\r\nshards:{}\r\nslots:{}\r\n", topo.epoch, topo.shards.len(), topo.ring.slots()));
+        t.push_str(&format!(
+            "# Proxy\r\nepoch:{}\r\nshards:{}\r\nslots:{}\r\n",
+            topo.epoch,
+            topo.shards.len(),
+            topo.ring.slots()
+        ));
         let counts = topo.ring.slot_counts();
         for (i, s) in topo.shards.iter().enumerate() {
             t.push_str(&format!(

@@ -36,7 +36,10 @@ pub const SCAN_SHARD_BITS: u32 = 12;
 
 /// Splits a proxy SCAN cursor into (shard, backend cursor).
 pub fn split_scan_cursor(cursor: u64) -> (usize, u64) {
-    ((cursor & ((1 << SCAN_SHARD_BITS) - 1)) as usize, cursor >> SCAN_SHARD_BITS)
+    (
+        (cursor & ((1 << SCAN_SHARD_BITS) - 1)) as usize,
+        cursor >> SCAN_SHARD_BITS,
+    )
 }
 
 fn protocol_error(what: &str) -> String {
@@ -97,10 +100,15 @@ impl Merge {
             }
             Merge::Scan { shard, shards } => {
                 let parsed = frames.first().and_then(reply::elements).and_then(|el| {
-                    let cursor = std::str::from_utf8(&reply::as_bytes(el.first()?)?).ok()?.parse::<u64>().ok()?;
+                    let cursor = std::str::from_utf8(&reply::as_bytes(el.first()?)?)
+                        .ok()?
+                        .parse::<u64>()
+                        .ok()?;
                     Some((cursor, el.get(1)?.clone()))
                 });
-                let Some((cursor, keys)) = parsed else { return enc.error(&protocol_error("SCAN")) };
+                let Some((cursor, keys)) = parsed else {
+                    return enc.error(&protocol_error("SCAN"));
+                };
                 let next = if cursor == 0 {
                     if shard + 1 < shards { (shard + 1) as u64 } else { 0 }
                 } else if cursor >> (64 - SCAN_SHARD_BITS) != 0 {
@@ -126,7 +134,9 @@ impl Merge {
                 let len = split.first().map_or(0, Vec::len);
                 enc.array(len);
                 for i in 0..len {
-                    let all = split.iter().all(|p| p.get(i).and_then(|f| reply::as_integer(f)) == Some(1));
+                    let all = split
+                        .iter()
+                        .all(|p| p.get(i).and_then(|f| reply::as_integer(f)) == Some(1));
                     enc.integer(all as i64);
                 }
             }
@@ -139,7 +149,9 @@ impl Merge {
                 for f in &frames {
                     let Some(body) = reply::as_bytes(f) else { continue };
                     for line in String::from_utf8_lossy(&body).lines() {
-                        let Some(rest) = line.strip_prefix("db0:") else { continue };
+                        let Some(rest) = line.strip_prefix("db0:") else {
+                            continue;
+                        };
                         let field = |name: &str| {
                             rest.split(',')
                                 .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
@@ -157,7 +169,11 @@ impl Merge {
                 }
                 text.push_str("# Keyspace\r\n");
                 if keys > 0 {
-                    let avg = if ttl_keys > 0 { (ttl_weighted / ttl_keys as u128) as u64 } else { 0 };
+                    let avg = if ttl_keys > 0 {
+                        (ttl_weighted / ttl_keys as u128) as u64
+                    } else {
+                        0
+                    };
                     text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl={avg}\r\n"));
                 }
                 enc.verbatim(text.as_bytes());
@@ -195,30 +211,59 @@ mod tests {
     #[test]
     fn sums_and_errors() {
         assert_eq!(run(Merge::Sum, &[b":2\r\n", b":3\r\n"], Protocol::Resp2), b":5\r\n");
-        assert_eq!(run(Merge::Sum, &[b":2\r\n", b"-ERR x\r\n"], Protocol::Resp2), b"-ERR x\r\n");
+        assert_eq!(
+            run(Merge::Sum, &[b":2\r\n", b"-ERR x\r\n"], Protocol::Resp2),
+            b"-ERR x\r\n"
+        );
         let mut buf = BytesMut::new();
-        let parts = vec![Some(Ok(Bytes::from_static(b"+OK\r\n"))), Some(Err(BackendError("ERR backend b down".into())))];
+        let parts = vec![
+            Some(Ok(Bytes::from_static(b"+OK\r\n"))),
+            Some(Err(BackendError("ERR backend b down".into()))),
+        ];
         Merge::AllOk.finish(parts, &mut Encoder::new(&mut buf, Protocol::Resp2));
         assert_eq!(&buf[..], b"-ERR backend b down\r\n");
     }
 
     #[test]
     fn scan_cursor_walks_shards() {
-        let out = run(Merge::Scan { shard: 0, shards: 3 }, &[b"*2\r\n$1\r\n0\r\n*0\r\n"], Protocol::Resp2);
+        let out = run(
+            Merge::Scan { shard: 0, shards: 3 },
+            &[b"*2\r\n$1\r\n0\r\n*0\r\n"],
+            Protocol::Resp2,
+        );
         assert_eq!(out, b"*2\r\n$1\r\n1\r\n*0\r\n");
-        let out = run(Merge::Scan { shard: 2, shards: 3 }, &[b"*2\r\n$1\r\n0\r\n*0\r\n"], Protocol::Resp2);
+        let out = run(
+            Merge::Scan { shard: 2, shards: 3 },
+            &[b"*2\r\n$1\r\n0\r\n*0\r\n"],
+            Protocol::Resp2,
+        );
         assert_eq!(out, b"*2\r\n$1\r\n0\r\n*0\r\n");
-        let out = run(Merge::Scan { shard: 1, shards: 3 }, &[b"*2\r\n$1\r\n5\r\n*1\r\n$1\r\nk\r\n"], Protocol::Resp2);
+        let out = run(
+            Merge::Scan { shard: 1, shards: 3 },
+            &[b"*2\r\n$1\r\n5\r\n*1\r\n$1\r\nk\r\n"],
+            Protocol::Resp2,
+        );
         let c = (5u64 << SCAN_SHARD_BITS) | 1;
-        assert_eq!(out, format!("*2\r\n${}\r\n{c}\r\n*1\r\n$1\r\nk\r\n", c.to_string().len()).as_bytes());
+        assert_eq!(
+            out,
+            format!("*2\r\n${}\r\n{c}\r\n*1\r\n$1\r\nk\r\n", c.to_string().len()).as_bytes()
+        );
         assert_eq!(split_scan_cursor(c), (1, 5));
     }
 
     #[test]
     fn script_exists_and_keys() {
-        let out = run(Merge::AndArrays, &[b"*2\r\n:1\r\n:1\r\n", b"*2\r\n:1\r\n:0\r\n"], Protocol::Resp2);
+        let out = run(
+            Merge::AndArrays,
+            &[b"*2\r\n:1\r\n:1\r\n", b"*2\r\n:1\r\n:0\r\n"],
+            Protocol::Resp2,
+        );
         assert_eq!(out, b"*2\r\n:1\r\n:0\r\n");
-        let out = run(Merge::Concat, &[b"*1\r\n$1\r\na\r\n", b"*0\r\n", b"*1\r\n$1\r\nb\r\n"], Protocol::Resp2);
+        let out = run(
+            Merge::Concat,
+            &[b"*1\r\n$1\r\na\r\n", b"*0\r\n", b"*1\r\n$1\r\nb\r\n"],
+            Protocol::Resp2,
+        );
         assert_eq!(out, b"*2\r\n$1\r\na\r\n$1\r\nb\r\n");
     }
 }

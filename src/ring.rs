@@ -72,7 +72,10 @@ impl Ring {
     /// Builds the table for `members` (at least one, at most 65,535) over
     /// 2^`slot_bits` slots. Member indices in the table follow `members`.
     pub fn build(members: &[Member], slot_bits: u8) -> Ring {
-        assert!(!members.is_empty() && members.len() <= u16::MAX as usize, "1..=65535 members");
+        assert!(
+            !members.is_empty() && members.len() <= u16::MAX as usize,
+            "1..=65535 members"
+        );
         assert!((1..=24).contains(&slot_bits), "slot_bits out of range");
         let nslots = 1usize << slot_bits;
         let seeds: Vec<u64> = members.iter().map(|m| xxh3_64(m.name.as_bytes())).collect();
@@ -81,7 +84,10 @@ impl Ring {
         let mut weights: Vec<u32> = members.iter().map(|m| m.weight).collect();
         weights.sort_unstable();
         weights.dedup();
-        let group_of: Vec<usize> = members.iter().map(|m| weights.binary_search(&m.weight).unwrap_or(0)).collect();
+        let group_of: Vec<usize> = members
+            .iter()
+            .map(|m| weights.binary_search(&m.weight).unwrap_or(0))
+            .collect();
         let mut best: Vec<(u64, usize)> = vec![(0, usize::MAX); weights.len()];
         let mut table = vec![0u16; nslots].into_boxed_slice();
         for (slot, owner) in table.iter_mut().enumerate() {
@@ -110,7 +116,11 @@ impl Ring {
             }
             *owner = winner as u16;
         }
-        Ring { shift: 64 - slot_bits as u32, table, members: members.len() }
+        Ring {
+            shift: 64 - slot_bits as u32,
+            table,
+            members: members.len(),
+        }
     }
 
     /// The member index that owns `key`.
@@ -156,7 +166,12 @@ mod tests {
     use super::*;
 
     fn members(n: usize) -> Vec<Member> {
-        (0..n).map(|i| Member { name: format!("shard-{i}"), weight: 1 }).collect()
+        (0..n)
+            .map(|i| Member {
+                name: format!("shard-{i}"),
+                weight: 1,
+            })
+            .collect()
     }
 
     #[test]
@@ -200,7 +215,10 @@ mod tests {
         let m = members(10);
         let before = Ring::build(&m, bits);
         let mut grown = m.clone();
-        grown.push(Member { name: "shard-new".into(), weight: 1 });
+        grown.push(Member {
+            name: "shard-new".into(),
+            weight: 1,
+        });
         let after = Ring::build(&grown, bits);
         let mut moved = 0;
         for s in 0..before.slots() {

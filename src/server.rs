@@ -124,7 +124,11 @@ pub fn reload(shared: &Shared, path: &std::path::Path) -> Option<u64> {
             }
             let epoch = shared.topology.apply(Arc::new(cfg));
             let topo = shared.topology.load();
-            info!(epoch, shards = topo.shards.len(), "configuration reloaded, new topology in service");
+            info!(
+                epoch,
+                shards = topo.shards.len(),
+                "configuration reloaded, new topology in service"
+            );
             Some(epoch)
         }
         Err(e) => {

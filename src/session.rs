@@ -49,7 +49,11 @@ enum Slot {
     /// Waiting for one backend reply.
     One(Option<BackendResult>),
     /// Waiting for `left` of several parts.
-    Many { merge: Merge, parts: Vec<Option<BackendResult>>, left: usize },
+    Many {
+        merge: Merge,
+        parts: Vec<Option<BackendResult>>,
+        left: usize,
+    },
 }
 
 impl Slot {
@@ -171,7 +175,10 @@ impl Session {
                 }
             }
         }
-        self.shared.stats.commands.fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.shared
+            .stats
+            .commands
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Reserves the next reply slot and returns its sequence number.
@@ -204,11 +211,22 @@ impl Session {
     }
 
     fn reply_to(&self, seq: u64, part: u32) -> ReplyTo {
-        ReplyTo { sink: self.tx.clone(), seq, part }
+        ReplyTo {
+            sink: self.tx.clone(),
+            seq,
+            part,
+        }
     }
 
     fn send(&self, topo: &Topology, shard: usize, req: Bytes, seq: u64, part: u32) {
-        topo.shards[shard].send(self.state.proto, self.lane, Job { req, reply: self.reply_to(seq, part) });
+        topo.shards[shard].send(
+            self.state.proto,
+            self.lane,
+            Job {
+                req,
+                reply: self.reply_to(seq, part),
+            },
+        );
     }
 
     fn dispatch(&mut self, topo: &Topology, req: Request) {
@@ -217,7 +235,12 @@ impl Session {
             Ok(l) => l,
             Err(msg) => return self.error(&msg),
         };
-        if !self.state.authenticated && !matches!(route, Route::Local(command::Local::Auth | command::Local::Hello | command::Local::Quit)) {
+        if !self.state.authenticated
+            && !matches!(
+                route,
+                Route::Local(command::Local::Auth | command::Local::Hello | command::Local::Quit)
+            )
+        {
             return self.error("NOAUTH Authentication required.");
         }
         match route {
@@ -260,7 +283,7 @@ impl Session {
                     }
                     local::Outcome::Info(text) => {
                         let req = Request::from_args(&["INFO", "keyspace"]).raw;
-                        self.to_all(topo, Merge::Info { text }, req);
+                        self.send_to_all(topo, Merge::Info { text }, req);
                     }
                 }
             }
@@ -269,9 +292,13 @@ impl Session {
     }
 
     /// Sends the same request to every shard and merges the answers.
-    fn to_all(&mut self, topo: &Topology, merge: Merge, req: Bytes) {
+    fn send_to_all(&mut self, topo: &Topology, merge: Merge, req: Bytes) {
         let n = topo.shards.len();
-        let seq = self.push(Slot::Many { merge, parts: (0..n).map(|_| None).collect(), left: n });
+        let seq = self.push(Slot::Many {
+            merge,
+            parts: (0..n).map(|_| None).collect(),
+            left: n,
+        });
         for shard in 0..n {
             self.send(topo, shard, req.clone(), seq, shard as u32);
         }
@@ -309,7 +336,11 @@ impl Session {
             let seq = self.push(Slot::One(None));
             return self.send(topo, groups[0].0, req.raw.clone(), seq, 0);
         }
-        let seq = self.push(Slot::Many { merge, parts: (0..groups.len()).map(|_| None).collect(), left: groups.len() });
+        let seq = self.push(Slot::Many {
+            merge,
+            parts: (0..groups.len()).map(|_| None).collect(),
+            left: groups.len(),
+        });
         for (part, (shard, arg_idx)) in groups.iter().enumerate() {
             let mut sub: Vec<&[u8]> = Vec::with_capacity(1 + arg_idx.len() * step);
             sub.push(args[0]);
@@ -325,30 +356,43 @@ impl Session {
             Broadcast::Dbsize => Merge::Sum,
             Broadcast::AllOk => Merge::AllOk,
             Broadcast::Keys => Merge::Concat,
-            Broadcast::RandomKey => Merge::AnyNonNull { start: rand_index(topo.shards.len()) },
+            Broadcast::RandomKey => Merge::AnyNonNull {
+                start: rand_index(topo.shards.len()),
+            },
             Broadcast::ScriptExists => Merge::AndArrays,
             Broadcast::First => Merge::First,
             Broadcast::Scan => return self.scan(topo, args),
         };
-        self.to_all(topo, merge, req.raw.clone());
+        self.send_to_all(topo, merge, req.raw.clone());
     }
 
     fn scan(&mut self, topo: &Topology, args: &[&[u8]]) {
         let cursor = std::str::from_utf8(args[1]).ok().and_then(|s| s.parse::<u64>().ok());
-        let Some(cursor) = cursor else { return self.error("ERR invalid cursor") };
+        let Some(cursor) = cursor else {
+            return self.error("ERR invalid cursor");
+        };
         let (shard, backend_cursor) = merge::split_scan_cursor(cursor);
         if shard >= topo.shards.len() {
             return self.error("ERR invalid cursor");
         }
         let mut sub: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
         sub[1] = itoa::Buffer::new().format(backend_cursor).as_bytes().to_vec();
-        let merge = Merge::Scan { shard, shards: topo.shards.len() };
-        let seq = self.push(Slot::Many { merge, parts: vec![None], left: 1 });
+        let merge = Merge::Scan {
+            shard,
+            shards: topo.shards.len(),
+        };
+        let seq = self.push(Slot::Many {
+            merge,
+            parts: vec![None],
+            left: 1,
+        });
         self.send(topo, shard, Request::from_args(&sub).raw, seq, 0);
     }
 
     fn complete(&mut self, c: Completion) {
-        let Some(idx) = c.seq.checked_sub(self.head_seq) else { return };
+        let Some(idx) = c.seq.checked_sub(self.head_seq) else {
+            return;
+        };
         match self.pending.get_mut(idx as usize) {
             Some(Slot::One(r)) => *r = Some(c.result),
             Some(Slot::Many { parts, left, .. }) => {
@@ -373,7 +417,9 @@ impl Session {
                 Slot::One(Some(Ok(frame))) => self.out.extend_from_slice(&frame),
                 Slot::One(Some(Err(e))) => Encoder::new(&mut self.out, self.state.proto).error(e.message()),
                 Slot::One(None) => {}
-                Slot::Many { merge, parts, .. } => merge.finish(parts, &mut Encoder::new(&mut self.out, self.state.proto)),
+                Slot::Many { merge, parts, .. } => {
+                    merge.finish(parts, &mut Encoder::new(&mut self.out, self.state.proto))
+                }
             }
         }
     }

@@ -29,8 +29,14 @@ impl Topology {
     /// Builds a topology from a validated config, reusing the pools of
     /// `previous` where a backend is unchanged. Needs a tokio runtime.
     pub fn build(config: Arc<Config>, epoch: u64, previous: Option<&Topology>) -> Topology {
-        let members: Vec<Member> =
-            config.backends.iter().map(|b| Member { name: b.name.clone(), weight: b.weight }).collect();
+        let members: Vec<Member> = config
+            .backends
+            .iter()
+            .map(|b| Member {
+                name: b.name.clone(),
+                weight: b.weight,
+            })
+            .collect();
         let ring = Ring::build(&members, config.ring.slot_bits);
         let shards = config
             .backends
@@ -43,7 +49,12 @@ impl Topology {
                     .unwrap_or_else(|| Shard::start(spec))
             })
             .collect();
-        Topology { epoch, ring, shards, config }
+        Topology {
+            epoch,
+            ring,
+            shards,
+            config,
+        }
     }
 
     /// The shard that owns `key`.
@@ -67,7 +78,10 @@ pub struct TopologyCell {
 
 impl TopologyCell {
     pub fn new(config: Arc<Config>) -> TopologyCell {
-        TopologyCell { current: ArcSwap::from_pointee(Topology::build(config, 1, None)), change: std::sync::Mutex::new(()) }
+        TopologyCell {
+            current: ArcSwap::from_pointee(Topology::build(config, 1, None)),
+            change: std::sync::Mutex::new(()),
+        }
     }
 
     /// The current topology (no lock; a few atomic operations).

@@ -67,10 +67,7 @@ fn key_spec(w: &mut Writer<'_>, ks: &KeySpec) {
             w.bulk("index");
             w.int(pos as i64);
         }
-        BeginSearch::Keyword {
-            keyword,
-            start_from,
-        } => {
+        BeginSearch::Keyword { keyword, start_from } => {
             w.bulk("keyword");
             w.bulk("spec");
             w.map(2);
@@ -90,11 +87,7 @@ fn key_spec(w: &mut Writer<'_>, ks: &KeySpec) {
     w.map(2);
     w.bulk("type");
     match ks.find {
-        FindKeys::Range {
-            last_key,
-            step,
-            limit,
-        } => {
+        FindKeys::Range { last_key, step, limit } => {
             w.bulk("range");
             w.bulk("spec");
             w.map(3);
@@ -198,27 +191,21 @@ mod tests {
 
     fn enc(name: &str, resp3: bool) -> Vec<u8> {
         let mut out = BytesMut::new();
-        encode_command_info(
-            lookup(name.as_bytes()).expect("known command"),
-            resp3,
-            &mut out,
-        );
+        encode_command_info(lookup(name.as_bytes()).expect("known command"), resp3, &mut out);
         out.to_vec()
     }
 
     #[test]
     fn get_matches_redis_7_0() {
         // Captured from redis-server 7.0.15 (`COMMAND INFO get`, outer array stripped).
-        let resp2: &[u8] =
-            b"*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n\
+        let resp2: &[u8] = b"*10\r\n$3\r\nget\r\n:2\r\n*2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n\
             *3\r\n+@read\r\n+@string\r\n+@fast\r\n*0\r\n*1\r\n*6\r\n$5\r\nflags\r\n*2\r\n+RO\r\n\
             +access\r\n$12\r\nbegin_search\r\n*4\r\n$4\r\ntype\r\n$5\r\nindex\r\n$4\r\nspec\r\n\
             *2\r\n$5\r\nindex\r\n:1\r\n$9\r\nfind_keys\r\n*4\r\n$4\r\ntype\r\n$5\r\nrange\r\n\
             $4\r\nspec\r\n*6\r\n$7\r\nlastkey\r\n:0\r\n$7\r\nkeystep\r\n:1\r\n$5\r\nlimit\r\n:0\r\n\
             *0\r\n";
         assert_eq!(enc("get", false), resp2);
-        let resp3: &[u8] =
-            b"*10\r\n$3\r\nget\r\n:2\r\n~2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n\
+        let resp3: &[u8] = b"*10\r\n$3\r\nget\r\n:2\r\n~2\r\n+readonly\r\n+fast\r\n:1\r\n:1\r\n:1\r\n\
             ~3\r\n+@read\r\n+@string\r\n+@fast\r\n~0\r\n~1\r\n%3\r\n$5\r\nflags\r\n~2\r\n+RO\r\n\
             +access\r\n$12\r\nbegin_search\r\n%2\r\n$4\r\ntype\r\n$5\r\nindex\r\n$4\r\nspec\r\n\
             %1\r\n$5\r\nindex\r\n:1\r\n$9\r\nfind_keys\r\n%2\r\n$4\r\ntype\r\n$5\r\nrange\r\n\
@@ -230,9 +217,13 @@ mod tests {
     #[test]
     fn container_subcommands_are_an_array() {
         let r3 = enc("config", true);
-        assert!(r3.starts_with(b"*10\r\n$6\r\nconfig\r\n:-2\r\n~0\r\n:0\r\n:0\r\n:0\r\n~1\r\n+@slow\r\n~0\r\n~0\r\n*5\r\n"));
+        assert!(
+            r3.starts_with(b"*10\r\n$6\r\nconfig\r\n:-2\r\n~0\r\n:0\r\n:0\r\n:0\r\n~1\r\n+@slow\r\n~0\r\n~0\r\n*5\r\n")
+        );
         let r2 = enc("config", false);
-        assert!(r2.starts_with(b"*10\r\n$6\r\nconfig\r\n:-2\r\n*0\r\n:0\r\n:0\r\n:0\r\n*1\r\n+@slow\r\n*0\r\n*0\r\n*5\r\n"));
+        assert!(
+            r2.starts_with(b"*10\r\n$6\r\nconfig\r\n:-2\r\n*0\r\n:0\r\n:0\r\n:0\r\n*1\r\n+@slow\r\n*0\r\n*0\r\n*5\r\n")
+        );
     }
 
     #[test]

@@ -45,11 +45,7 @@ impl std::error::Error for KeysError {}
 /// (empty where it would reply with an error), in the same order. `Ok(())` means that list
 /// is the complete, trustworthy key set; on `Err` the caller should refuse the request (or
 /// let a backend produce Redis's own error) rather than route it by `out`.
-pub fn key_indices(
-    spec: &CommandSpec,
-    args: &[&[u8]],
-    out: &mut Vec<usize>,
-) -> Result<(), KeysError> {
+pub fn key_indices(spec: &CommandSpec, args: &[&[u8]], out: &mut Vec<usize>) -> Result<(), KeysError> {
     out.clear();
     let all_flags = spec.key_specs.iter().fold(0, |acc, ks| acc | ks.flags);
     let has_keyspec = spec.key_specs.iter().any(|ks| ks.flags & KS_NOT_KEY == 0);
@@ -73,10 +69,8 @@ pub fn key_indices(
             }
         }
     }
-    if !resolved {
-        if let Some(p) = special {
-            malformed |= run_proc(p, args, out);
-        }
+    if let Some(p) = special.filter(|_| !resolved) {
+        malformed |= run_proc(p, args, out);
     }
 
     // `COMMAND GETKEYS` refuses a keyed command for which no key was found, unless keys
@@ -108,11 +102,7 @@ enum SpecError {
 
 /// Redis's `getKeysUsingKeySpecs` (default search flags). `Ok(true)` when keys were found
 /// but the arguments are visibly unbalanced (MSET with an odd tail, an odd STREAMS list).
-fn keys_from_specs(
-    spec: &CommandSpec,
-    args: &[&[u8]],
-    out: &mut Vec<usize>,
-) -> Result<bool, SpecError> {
+fn keys_from_specs(spec: &CommandSpec, args: &[&[u8]], out: &mut Vec<usize>) -> Result<bool, SpecError> {
     // i64 throughout: Redis uses int, but nothing here may overflow on hostile input.
     let argc = args.len() as i64;
     let mut suspect = false;
@@ -127,10 +117,7 @@ fn keys_from_specs(
                 }
                 pos as i64
             }
-            BeginSearch::Keyword {
-                keyword,
-                start_from,
-            } => match find_keyword(args, keyword, start_from) {
+            BeginSearch::Keyword { keyword, start_from } => match find_keyword(args, keyword, start_from) {
                 Some(i) => i as i64 + 1,
                 // Keyword absent: this spec contributes no key.
                 None => continue,
@@ -139,11 +126,7 @@ fn keys_from_specs(
         };
 
         let (last, step) = match ks.find {
-            FindKeys::Range {
-                last_key,
-                step,
-                limit,
-            } => {
+            FindKeys::Range { last_key, step, limit } => {
                 let last_key = last_key as i64;
                 let last = if last_key >= 0 {
                     first + last_key
@@ -270,8 +253,7 @@ fn special_proc(name: &str) -> Option<Proc> {
     Some(match name {
         "zunionstore" | "zinterstore" | "zdiffstore" => STORE,
         "zunion" | "zinter" | "zdiff" | "zintercard" | "sintercard" | "lmpop" | "zmpop" => AT1,
-        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "blmpop"
-        | "bzmpop" => AT2,
+        "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" | "blmpop" | "bzmpop" => AT2,
         "sort_ro" | "set" | "bitfield" => Proc::FirstArg,
         "sort" => Proc::Sort,
         "migrate" => Proc::Migrate,
@@ -336,13 +318,28 @@ fn run_proc(p: Proc, args: &[&[u8]], out: &mut Vec<usize>) -> bool {
             false
         }
         Proc::Migrate => {
+            // MIGRATE host port key|"" db timeout [COPY] [REPLACE] [AUTH pw]
+            //     [AUTH2 user pw] [KEYS key ...]
             let mut first = 3;
             let mut num = 1;
-            if argc > 6 && args[3].is_empty() {
-                if let Some(i) = (6..argc).find(|&i| c_eq_ignore_case(args[i], "keys")) {
-                    first = i + 1;
-                    num = argc - first;
+            let mut i = 6;
+            while i < argc {
+                let a = args[i];
+                if c_eq_ignore_case(a, "keys") {
+                    if args[3].is_empty() {
+                        first = i + 1;
+                        num = argc - first;
+                    } else {
+                        num = 0; // syntax error: KEYS needs an empty key argument
+                    }
+                    break;
                 }
+                if c_eq_ignore_case(a, "auth") {
+                    i += 1;
+                } else if c_eq_ignore_case(a, "auth2") {
+                    i += 2;
+                }
+                i += 1;
             }
             if first + num > argc {
                 return true;
@@ -359,9 +356,7 @@ fn run_proc(p: Proc, args: &[&[u8]], out: &mut Vec<usize>) -> bool {
             let mut i = 5;
             while i < argc {
                 let a = args[i];
-                if (c_eq_ignore_case(a, "store") || c_eq_ignore_case(a, "storedist"))
-                    && i + 1 < argc
-                {
+                if (c_eq_ignore_case(a, "store") || c_eq_ignore_case(a, "storedist")) && i + 1 < argc {
                     stored = Some(i + 1);
                     i += 1;
                 }
@@ -392,7 +387,7 @@ fn run_proc(p: Proc, args: &[&[u8]], out: &mut Vec<usize>) -> bool {
                 return false;
             };
             let num = argc - pos - 1;
-            if num == 0 || num % 2 != 0 {
+            if num == 0 || num & 1 != 0 {
                 return false;
             }
             out.extend(pos + 1..pos + 1 + num / 2);
@@ -470,13 +465,10 @@ fn atoi(s: &[u8]) -> i32 {
     let mut overflow = false;
     while let Some(d) = s.get(i).filter(|b| b.is_ascii_digit()) {
         let d = (d - b'0') as i64;
-        match v.checked_mul(10).and_then(|x| {
-            if neg {
-                x.checked_sub(d)
-            } else {
-                x.checked_add(d)
-            }
-        }) {
+        match v
+            .checked_mul(10)
+            .and_then(|x| if neg { x.checked_sub(d) } else { x.checked_add(d) })
+        {
             Some(x) => v = x,
             None => overflow = true,
         }
@@ -520,10 +512,7 @@ mod tests {
         assert!(lookup(b"").is_none());
         assert!(lookup(b"\xff\x00").is_none());
         let client = lookup(b"client").expect("client");
-        assert_eq!(
-            lookup_sub(client, b"SETNAME").map(|c| c.name),
-            Some("client|setname")
-        );
+        assert_eq!(lookup_sub(client, b"SETNAME").map(|c| c.name), Some("client|setname"));
         assert!(lookup_sub(client, b"nosuch").is_none());
         assert_eq!(
             lookup_argv(&argv("object ENCODING k")).map(|c| c.name),
@@ -644,6 +633,11 @@ mod tests {
         assert_eq!(ok("migrate h 1 k 0 5000"), [3]);
         assert_eq!(ok("migrate h 1  0 5000 copy keys a b"), [8, 9]);
         assert_eq!(ok("migrate h 1  0 5000 auth pw keys a"), [9]);
+        assert_eq!(ok("migrate h 1  0 5000 auth keys keys a"), [9]);
+        assert_eq!(ok("migrate h 1  0 5000 auth2 u keys keys a b"), [10, 11]);
+        // KEYS with a non-empty key argument is a syntax error.
+        let (out, r) = keys("migrate h 1 k 0 5000 keys a");
+        assert_eq!((out.len(), r), (0, Err(KeysError::Malformed)));
         assert_eq!(ok("set k v get"), [1]);
         assert_eq!(ok("bitfield k get u8 0"), [1]);
         // KEYS as the last argument is not searched for (Redis's backwards keyword search
@@ -663,15 +657,7 @@ mod tests {
 
     #[test]
     fn arity_errors_are_reported_and_safe() {
-        for line in [
-            "get",
-            "get a b",
-            "mset",
-            "mset a",
-            "eval",
-            "eval s",
-            "xgroup create",
-        ] {
+        for line in ["get", "get a b", "mset", "mset a", "eval", "eval s", "xgroup create"] {
             let (_, r) = keys(line);
             assert_eq!(r, Err(KeysError::Arity), "{line}");
         }

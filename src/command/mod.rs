@@ -85,7 +85,9 @@ impl Refusal {
         match self {
             Refusal::Unsupported => format!("ERR unsupported command '{name}' in shardis"),
             Refusal::Transactions => {
-                format!("ERR unsupported command '{name}' in shardis: transactions (MULTI/EXEC/WATCH) are not supported yet")
+                format!(
+                    "ERR unsupported command '{name}' in shardis: transactions (MULTI/EXEC/WATCH) are not supported yet"
+                )
             }
             Refusal::Blocking => {
                 format!("ERR unsupported command '{name}' in shardis: blocking commands are not supported yet")
@@ -105,12 +107,16 @@ pub struct Lookup {
 
 /// Finds the command, checks its arity like Redis and picks its route.
 /// `Err` is the error reply to send (without the leading `-`).
-pub fn lookup<'a>(args: &[&'a [u8]]) -> Result<Lookup, String> {
-    let Some(name) = args.first() else { return Err("ERR empty command".into()) };
+pub fn lookup(args: &[&[u8]]) -> Result<Lookup, String> {
+    let Some(name) = args.first() else {
+        return Err("ERR empty command".into());
+    };
     let Some(mut spec) = spec::lookup(name) else {
         return Err(unknown_command(args));
     };
-    if !spec.subcommands.is_empty() && !(spec.name == "command" && args.len() == 1) {
+    // A bare `COMMAND` is a command of its own; every other container needs a subcommand.
+    let bare_command = spec.name == "command" && args.len() == 1;
+    if !spec.subcommands.is_empty() && !bare_command {
         match args.get(1) {
             Some(sub) if spec.name == "client" && sub.eq_ignore_ascii_case(b"setinfo") => spec = &CLIENT_SETINFO,
             Some(sub) => match spec::lookup_sub(spec, sub) {
@@ -131,7 +137,10 @@ pub fn lookup<'a>(args: &[&'a [u8]]) -> Result<Lookup, String> {
     if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
         return Err(wrong_arity(spec.name));
     }
-    Ok(Lookup { spec, route: route_of(spec, args) })
+    Ok(Lookup {
+        spec,
+        route: route_of(spec, args),
+    })
 }
 
 fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
@@ -218,7 +227,10 @@ fn wrong_arity(name: &str) -> String {
 
 /// Redis's reply for an unknown command, quoting the first arguments.
 fn unknown_command(args: &[&[u8]]) -> String {
-    let mut s = format!("ERR unknown command '{}', with args beginning with: ", printable(args[0], 128));
+    let mut s = format!(
+        "ERR unknown command '{}', with args beginning with: ",
+        printable(args[0], 128)
+    );
     for a in args.iter().skip(1).take(10) {
         s.push('\'');
         s.push_str(&printable(a, 128));
@@ -264,9 +276,18 @@ mod tests {
 
     #[test]
     fn errors_like_redis() {
-        assert_eq!(route("get").unwrap_err(), "ERR wrong number of arguments for 'get' command");
-        assert_eq!(route("client").unwrap_err(), "ERR wrong number of arguments for 'client' command");
-        assert_eq!(route("client bogus").unwrap_err(), "ERR unknown subcommand 'bogus'. Try CLIENT HELP.");
+        assert_eq!(
+            route("get").unwrap_err(),
+            "ERR wrong number of arguments for 'get' command"
+        );
+        assert_eq!(
+            route("client").unwrap_err(),
+            "ERR wrong number of arguments for 'client' command"
+        );
+        assert_eq!(
+            route("client bogus").unwrap_err(),
+            "ERR unknown subcommand 'bogus'. Try CLIENT HELP."
+        );
         assert_eq!(
             route("foo a b").unwrap_err(),
             "ERR unknown command 'foo', with args beginning with: 'a' 'b' "

@@ -49,10 +49,7 @@ pub enum BeginSearch {
     Index(i32),
     /// The first key follows `keyword`, searched from `start_from` (forwards when positive,
     /// backwards from the end when negative).
-    Keyword {
-        keyword: &'static str,
-        start_from: i32,
-    },
+    Keyword { keyword: &'static str, start_from: i32 },
     /// The keys cannot be found from the spec (e.g. SORT's BY/GET/STORE).
     Unknown,
 }

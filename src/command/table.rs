@@ -1461,12 +1461,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "eval_ro",
         arity: -3,
-        flags: F_READONLY
-            | F_NOSCRIPT
-            | F_STALE
-            | F_SKIP_MONITOR
-            | F_NO_MANDATORY_KEYS
-            | F_MOVABLEKEYS,
+        flags: F_READONLY | F_NOSCRIPT | F_STALE | F_SKIP_MONITOR | F_NO_MANDATORY_KEYS | F_MOVABLEKEYS,
         first_key: 0,
         last_key: 0,
         step: 0,
@@ -1508,12 +1503,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "evalsha_ro",
         arity: -3,
-        flags: F_READONLY
-            | F_NOSCRIPT
-            | F_STALE
-            | F_SKIP_MONITOR
-            | F_NO_MANDATORY_KEYS
-            | F_MOVABLEKEYS,
+        flags: F_READONLY | F_NOSCRIPT | F_STALE | F_SKIP_MONITOR | F_NO_MANDATORY_KEYS | F_MOVABLEKEYS,
         first_key: 0,
         last_key: 0,
         step: 0,
@@ -1663,12 +1653,7 @@ pub static COMMANDS: &[CommandSpec] = &[
     CommandSpec {
         name: "fcall_ro",
         arity: -3,
-        flags: F_READONLY
-            | F_NOSCRIPT
-            | F_STALE
-            | F_SKIP_MONITOR
-            | F_NO_MANDATORY_KEYS
-            | F_MOVABLEKEYS,
+        flags: F_READONLY | F_NOSCRIPT | F_STALE | F_SKIP_MONITOR | F_NO_MANDATORY_KEYS | F_MOVABLEKEYS,
         first_key: 0,
         last_key: 0,
         step: 0,
@@ -3402,10 +3387,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         last_key: -1,
         step: 2,
         acl_categories: &["@write", "@string", "@slow"],
-        tips: &[
-            "request_policy:multi_shard",
-            "response_policy:all_succeeded",
-        ],
+        tips: &["request_policy:multi_shard", "response_policy:all_succeeded"],
         key_specs: &[KeySpec {
             flags: KS_OW | KS_UPDATE,
             notes: "",
@@ -4336,10 +4318,7 @@ pub static COMMANDS: &[CommandSpec] = &[
                 last_key: 0,
                 step: 0,
                 acl_categories: &["@slow", "@scripting"],
-                tips: &[
-                    "request_policy:all_shards",
-                    "response_policy:agg_logical_and",
-                ],
+                tips: &["request_policy:all_shards", "response_policy:agg_logical_and"],
                 key_specs: &[],
                 subcommands: &[],
             },
@@ -4831,14 +4810,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         first_key: 1,
         last_key: 1,
         step: 1,
-        acl_categories: &[
-            "@write",
-            "@set",
-            "@sortedset",
-            "@list",
-            "@slow",
-            "@dangerous",
-        ],
+        acl_categories: &["@write", "@set", "@sortedset", "@list", "@slow", "@dangerous"],
         tips: &[],
         key_specs: &[
             KeySpec {
@@ -4873,14 +4845,7 @@ pub static COMMANDS: &[CommandSpec] = &[
         first_key: 1,
         last_key: 1,
         step: 1,
-        acl_categories: &[
-            "@read",
-            "@set",
-            "@sortedset",
-            "@list",
-            "@slow",
-            "@dangerous",
-        ],
+        acl_categories: &["@read", "@set", "@sortedset", "@list", "@slow", "@dangerous"],
         tips: &[],
         key_specs: &[
             KeySpec {

@@ -73,7 +73,8 @@ impl<'a> Encoder<'a> {
     }
 
     pub fn null(&mut self) {
-        self.buf.extend_from_slice(if self.resp3() { b"_\r\n" } else { b"$-1\r\n" });
+        self.buf
+            .extend_from_slice(if self.resp3() { b"_\r\n" } else { b"$-1\r\n" });
     }
 
     pub fn array(&mut self, n: usize) {
@@ -82,7 +83,11 @@ impl<'a> Encoder<'a> {
 
     /// A map of `n` pairs (`%n` in RESP3, a flat `*2n` array in RESP2).
     pub fn map(&mut self, n: usize) {
-        if self.resp3() { put_header(self.buf, b'%', n) } else { put_header(self.buf, b'*', 2 * n) }
+        if self.resp3() {
+            put_header(self.buf, b'%', n)
+        } else {
+            put_header(self.buf, b'*', 2 * n)
+        }
     }
 
     /// A set of `n` members (`~n` in RESP3, an array in RESP2).

@@ -40,7 +40,9 @@ impl ReplyScanner {
             if self.pos == 0 {
                 self.push = t == b'>';
             }
-            let Some(cr) = find_crlf(buf, self.pos + 1) else { return Ok(None) };
+            let Some(cr) = find_crlf(buf, self.pos + 1) else {
+                return Ok(None);
+            };
             let line = &buf[self.pos + 1..cr];
             let after = cr + 2;
             let mut children: u64 = 0;
@@ -54,7 +56,10 @@ impl ReplyScanner {
                         }
                         self.pos = after;
                     } else {
-                        let end = after + n as usize + 2;
+                        let end = usize::try_from(n)
+                            .ok()
+                            .and_then(|n| after.checked_add(n)?.checked_add(2))
+                            .ok_or(ReplyError("blob length out of range"))?;
                         if buf.len() < end {
                             return Ok(None);
                         }
@@ -219,7 +224,7 @@ mod tests {
         let input: &[u8] = b"+OK\r\n-ERR x\r\n:5\r\n$3\r\nabc\r\n$-1\r\n*-1\r\n*2\r\n$1\r\na\r\n*1\r\n:1\r\n*0\r\n\
 _\r\n,1.5\r\n#t\r\n(123\r\n!3\r\nerr\r\n=7\r\ntxt:abc\r\n%1\r\n+k\r\n+v\r\n~1\r\n:1\r\n>2\r\n+a\r\n+b\r\n|1\r\n+k\r\n+v\r\n:9\r\n%0\r\n";
         let whole = frames(input, input.len());
-        assert_eq!(whole.len(), 20);
+        assert_eq!(whole.len(), 19);
         for chunk in 1..8 {
             assert_eq!(frames(input, chunk), whole);
         }
@@ -234,7 +239,10 @@ _\r\n,1.5\r\n#t\r\n(123\r\n!3\r\nerr\r\n=7\r\ntxt:abc\r\n%1\r\n+k\r\n+v\r\n~1\r\
         assert_eq!(as_bytes(&el[0]).unwrap(), Bytes::from_static(b"a"));
         assert_eq!(as_integer(b":-42\r\n"), Some(-42));
         assert!(is_null(&el[1]));
-        assert_eq!(as_bytes(&Bytes::from_static(b"=7\r\ntxt:abc\r\n")).unwrap(), Bytes::from_static(b"abc"));
+        assert_eq!(
+            as_bytes(&Bytes::from_static(b"=7\r\ntxt:abc\r\n")).unwrap(),
+            Bytes::from_static(b"abc")
+        );
     }
 
     #[test]
@@ -245,17 +253,37 @@ _\r\n,1.5\r\n#t\r\n(123\r\n!3\r\nerr\r\n=7\r\ntxt:abc\r\n%1\r\n+k\r\n+v\r\n~1\r\
 
     fn arb_frame() -> impl Strategy<Value = redis_protocol::resp3::types::OwnedFrame> {
         use redis_protocol::resp3::types::OwnedFrame as F;
+        #[allow(unused_imports)]
+        use redis_protocol::resp3::types::Resp3Frame as _;
         let leaf = prop_oneof![
-            "[a-z]{0,8}".prop_map(|s| F::SimpleString { data: s.into_bytes(), attributes: None }),
-            prop::collection::vec(any::<u8>(), 0..20).prop_map(|d| F::BlobString { data: d, attributes: None }),
-            any::<i64>().prop_map(|n| F::Number { data: n, attributes: None }),
+            "[a-z]{0,8}".prop_map(|s| F::SimpleString {
+                data: s.into_bytes(),
+                attributes: None
+            }),
+            prop::collection::vec(any::<u8>(), 0..20).prop_map(|d| F::BlobString {
+                data: d,
+                attributes: None
+            }),
+            any::<i64>().prop_map(|n| F::Number {
+                data: n,
+                attributes: None
+            }),
             Just(F::Null),
-            any::<bool>().prop_map(|b| F::Boolean { data: b, attributes: None }),
+            any::<bool>().prop_map(|b| F::Boolean {
+                data: b,
+                attributes: None
+            }),
         ];
         leaf.prop_recursive(4, 40, 6, |inner| {
             prop_oneof![
-                prop::collection::vec(inner.clone(), 0..6).prop_map(|d| F::Array { data: d, attributes: None }),
-                prop::collection::vec(inner.clone(), 0..6).prop_map(|d| F::Push { data: d, attributes: None }),
+                prop::collection::vec(inner.clone(), 0..6).prop_map(|d| F::Array {
+                    data: d,
+                    attributes: None
+                }),
+                prop::collection::vec(inner.clone(), 0..6).prop_map(|d| F::Push {
+                    data: d,
+                    attributes: None
+                }),
             ]
         })
     }
@@ -266,6 +294,7 @@ _\r\n,1.5\r\n#t\r\n(123\r\n!3\r\nerr\r\n=7\r\ntxt:abc\r\n%1\r\n+k\r\n+v\r\n~1\r\
             let mut input = Vec::new();
             let mut lens = Vec::new();
             for f in &fs {
+                use redis_protocol::resp3::types::Resp3Frame as _;
                 let mut b = vec![0u8; f.encode_len(false)];
                 let n = redis_protocol::resp3::encode::complete::encode(&mut b, f, false).unwrap();
                 b.truncate(n);

@@ -78,7 +78,10 @@ impl Request {
             ranges.push((start as u32, (start + a.len()) as u32));
             buf.extend_from_slice(b"\r\n");
         }
-        Request { raw: buf.freeze(), args: ranges }
+        Request {
+            raw: buf.freeze(),
+            args: ranges,
+        }
     }
 
     /// Number of arguments, the command name included.
@@ -128,7 +131,11 @@ enum State {
     #[default]
     Start,
     /// Inside a multibulk: `remaining` arguments to go, scanning at `pos`.
-    Multibulk { remaining: usize, pos: usize, args: ArgRanges },
+    Multibulk {
+        remaining: usize,
+        pos: usize,
+        args: ArgRanges,
+    },
     /// Inside an inline line that has no newline yet; scanned up to `pos`.
     Inline { pos: usize },
 }
@@ -142,7 +149,10 @@ pub struct RequestParser {
 
 impl RequestParser {
     pub fn new(limits: Limits) -> Self {
-        RequestParser { limits, state: State::Start }
+        RequestParser {
+            limits,
+            state: State::Start,
+        }
     }
 
     /// Parses the next complete request from the front of `buf`, removing its
@@ -166,14 +176,20 @@ impl RequestParser {
                             buf.advance(next);
                             continue;
                         }
-                        self.state = State::Multibulk { remaining: n as usize, pos: next, args: ArgRanges::new() };
+                        self.state = State::Multibulk {
+                            remaining: n as usize,
+                            pos: next,
+                            args: ArgRanges::new(),
+                        };
                     } else {
                         self.state = State::Inline { pos: 0 };
                     }
                 }
                 State::Multibulk { remaining, pos, args } => {
                     while *remaining > 0 {
-                        let Some(&b) = buf.get(*pos) else { return self.need_more(buf) };
+                        let Some(&b) = buf.get(*pos) else {
+                            return self.need_more(buf);
+                        };
                         if b != b'$' {
                             return Err(ProtocolError(format!("expected '$', got '{}'", b as char)));
                         }
@@ -300,11 +316,17 @@ pub fn parse_i64(s: &[u8]) -> Option<i64> {
 /// and 'single quotes' with only `\'`.
 pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
     let unbalanced = || ProtocolError::new("unbalanced quotes in request");
+    // Redis splits a C string: a NUL byte ends the line.
+    let line = match line.iter().position(|&b| b == 0) {
+        Some(nul) => &line[..nul],
+        None => line,
+    };
     let mut out = Vec::new();
     let mut i = 0;
     let n = line.len();
     loop {
-        while i < n && line[i].is_ascii_whitespace() {
+        // C's isspace(): ASCII whitespace plus vertical tab.
+        while i < n && (line[i].is_ascii_whitespace() || line[i] == 0x0b) {
             i += 1;
         }
         if i >= n {
@@ -364,7 +386,7 @@ pub fn split_inline(line: &[u8]) -> Result<Vec<Vec<u8>>, ProtocolError> {
                     break;
                 }
                 match line[i] {
-                    b' ' | b'\n' | b'\r' | b'\t' | 0 => break,
+                    b' ' | b'\n' | b'\r' | b'\t' => break,
                     b'"' => in_dq = true,
                     b'\'' => in_sq = true,
                     c => cur.push(c),
@@ -419,7 +441,10 @@ mod tests {
     #[test]
     fn multibulk_and_inline() {
         let r = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\nPING\r\nset k \"a b\\x41\"\r\n\r\n", &[]).unwrap();
-        assert_eq!(r, vec![args(&["GET", "a"]), args(&["PING"]), args(&["set", "k", "a bA"])]);
+        assert_eq!(
+            r,
+            vec![args(&["GET", "a"]), args(&["PING"]), args(&["set", "k", "a bA"])]
+        );
     }
 
     #[test]
@@ -435,7 +460,10 @@ mod tests {
 
     #[test]
     fn empty_multibulk_is_skipped() {
-        assert_eq!(parse_all(b"*0\r\n*-1\r\n*1\r\n$1\r\nx\r\n", &[]).unwrap(), vec![args(&["x"])]);
+        assert_eq!(
+            parse_all(b"*0\r\n*-1\r\n*1\r\n$1\r\nx\r\n", &[]).unwrap(),
+            vec![args(&["x"])]
+        );
     }
 
     #[test]
@@ -452,7 +480,12 @@ mod tests {
 
     #[test]
     fn limits_are_enforced() {
-        let limits = Limits { max_bulk: 10, max_args: 3, max_inline: 20, max_request: 100 };
+        let limits = Limits {
+            max_bulk: 10,
+            max_args: 3,
+            max_inline: 20,
+            max_request: 50,
+        };
         let mut p = RequestParser::new(limits);
         let mut b = BytesMut::from(&b"*1\r\n$11\r\n"[..]);
         assert_eq!(p.parse(&mut b).unwrap_err().0, "invalid bulk length");
@@ -463,8 +496,13 @@ mod tests {
         let mut b = BytesMut::from(&[b'a'; 30][..]);
         assert_eq!(p.parse(&mut b).unwrap_err().0, "too big inline request");
         let mut p = RequestParser::new(limits);
-        let mut b = BytesMut::from(&b"*3\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n$10\r\n012345678"[..]);
-        assert!(p.parse(&mut b).is_err());
+        // The third bulk would end at byte 55 > 50: refused from its header,
+        // before its bytes are buffered.
+        let mut b = BytesMut::from(&b"*3\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n$10\r\n"[..]);
+        assert_eq!(
+            p.parse(&mut b).unwrap_err().0,
+            "request larger than the client query buffer limit"
+        );
     }
 
     #[test]

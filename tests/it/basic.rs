@@ -1,0 +1,278 @@
+//! Routing, fan-out, broadcast and locally answered commands.
+
+use std::collections::HashSet;
+
+use redis::{AsyncCommands, Value};
+
+use crate::support::{Proxy, three_nodes};
+
+async fn q<T: redis::FromRedisValue>(
+    c: &mut redis::aio::MultiplexedConnection,
+    args: &[&str],
+) -> redis::RedisResult<T> {
+    let mut cmd = redis::cmd(args[0]);
+    for a in &args[1..] {
+        cmd.arg(*a);
+    }
+    cmd.query_async(c).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_live_on_the_shard_the_ring_names_and_nowhere_else() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let mut c = proxy.conn().await;
+    let mut used = HashSet::new();
+    for i in 0..300 {
+        let k = format!("user:{i}");
+        let _: () = c.set(&k, i).await.unwrap();
+        used.insert(proxy.shard_of(&k));
+    }
+    assert_eq!(used.len(), 3, "300 keys should touch all three shards");
+    let mut direct: Vec<_> = nodes.iter().map(|n| n.client()).collect();
+    for i in 0..300 {
+        let k = format!("user:{i}");
+        let owner = proxy.shard_of(&k);
+        for (s, d) in direct.iter_mut().enumerate() {
+            let v: Option<i64> = redis::cmd("GET").arg(&k).query(d).unwrap();
+            assert_eq!(v, if s == owner { Some(i) } else { None }, "key {k} on shard {s}");
+        }
+        let v: i64 = c.get(&k).await.unwrap();
+        assert_eq!(v, i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn multi_key_commands_fan_out_and_merge() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let mut c = proxy.conn().await;
+    let keys: Vec<String> = (0..40).map(|i| format!("k{i}")).collect();
+    let mut mset = vec!["MSET"];
+    let vals: Vec<String> = (0..40).map(|i| format!("v{i}")).collect();
+    for (k, v) in keys.iter().zip(&vals) {
+        mset.push(k);
+        mset.push(v);
+    }
+    let ok: String = q(&mut c, &mset).await.unwrap();
+    assert_eq!(ok, "OK");
+    // MGET in request order, with missing keys as nil, and duplicates.
+    let mut mget = vec!["MGET", "missing"];
+    mget.extend(keys.iter().map(String::as_str));
+    mget.push("k3");
+    let got: Vec<Option<String>> = q(&mut c, &mget).await.unwrap();
+    let mut want: Vec<Option<String>> = vec![None];
+    want.extend(vals.iter().cloned().map(Some));
+    want.push(Some("v3".into()));
+    assert_eq!(got, want);
+    // Counts are summed; EXISTS counts repeats like Redis.
+    let n: i64 = q(&mut c, &["EXISTS", "k1", "k2", "k1", "nope", "k30"]).await.unwrap();
+    assert_eq!(n, 4);
+    let n: i64 = q(&mut c, &["TOUCH", "k1", "k2", "nope"]).await.unwrap();
+    assert_eq!(n, 2);
+    let n: i64 = q(&mut c, &["DEL", "k1", "k2", "k3", "nope"]).await.unwrap();
+    assert_eq!(n, 3);
+    let n: i64 = q(&mut c, &["UNLINK", "k4", "k5", "k4"]).await.unwrap();
+    assert_eq!(n, 2);
+    let n: i64 = q(&mut c, &["DBSIZE"]).await.unwrap();
+    assert_eq!(n, 35);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cross_shard_commands_are_refused_and_hash_tags_colocate() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let mut c = proxy.conn().await;
+    // Two keys on different shards.
+    let a = "a0".to_string();
+    let b = (0..)
+        .map(|i| format!("b{i}"))
+        .find(|k| proxy.shard_of(k) != proxy.shard_of(&a))
+        .unwrap();
+    let _: () = c.set(&a, 1).await.unwrap();
+    for cmd in [
+        vec!["RENAME", a.as_str(), b.as_str()],
+        vec!["SINTER", a.as_str(), b.as_str()],
+        vec!["LMOVE", a.as_str(), b.as_str(), "LEFT", "RIGHT"],
+        vec!["MSETNX", a.as_str(), "1", b.as_str(), "2"],
+        vec!["EVAL", "return 1", "2", a.as_str(), b.as_str()],
+    ] {
+        let e = q::<Value>(&mut c, &cmd).await.unwrap_err();
+        assert_eq!(e.code(), Some("CROSSSHARD"), "{cmd:?}: {e}");
+    }
+    // The connection is still fine.
+    let v: i64 = c.get(&a).await.unwrap();
+    assert_eq!(v, 1);
+    // Hash tags put keys together: multi-key commands then work.
+    let _: () = c.set("{user7}.name", "x").await.unwrap();
+    let _: () = q(&mut c, &["RENAME", "{user7}.name", "{user7}.alias"]).await.unwrap();
+    let _: () = q(&mut c, &["SADD", "{t}a", "1", "2"]).await.unwrap();
+    let _: () = q(&mut c, &["SADD", "{t}b", "2", "3"]).await.unwrap();
+    let inter: Vec<String> = q(&mut c, &["SINTER", "{t}a", "{t}b"]).await.unwrap();
+    assert_eq!(inter, vec!["2"]);
+    let r: i64 = q(
+        &mut c,
+        &[
+            "EVAL",
+            "return redis.call('EXISTS', KEYS[1], KEYS[2])",
+            "2",
+            "{user7}.alias",
+            "{user7}.none",
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(r, 1);
+    let keyless: i64 = q(&mut c, &["EVAL", "return 7", "0"]).await.unwrap();
+    assert_eq!(keyless, 7);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broadcast_commands() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let mut c = proxy.conn().await;
+    for i in 0..500 {
+        let _: () = c.set(format!("s{i}"), i).await.unwrap();
+    }
+    let mut keys: Vec<String> = q(&mut c, &["KEYS", "s*"]).await.unwrap();
+    keys.sort();
+    let mut want: Vec<String> = (0..500).map(|i| format!("s{i}")).collect();
+    want.sort();
+    assert_eq!(keys, want);
+    // SCAN walks every shard; every key exactly once.
+    let mut seen = Vec::new();
+    let mut cursor = "0".to_string();
+    let mut rounds = 0;
+    loop {
+        let (next, page): (String, Vec<String>) = q(&mut c, &["SCAN", &cursor, "COUNT", "50"]).await.unwrap();
+        seen.extend(page);
+        rounds += 1;
+        if next == "0" {
+            break;
+        }
+        cursor = next;
+        assert!(rounds < 1000);
+    }
+    seen.sort();
+    assert_eq!(seen, want);
+    let typed: (String, Vec<String>) = q(&mut c, &["SCAN", "0", "MATCH", "nomatch*", "TYPE", "string"])
+        .await
+        .unwrap();
+    assert!(typed.1.is_empty());
+    assert!(q::<Value>(&mut c, &["SCAN", "notanumber"]).await.is_err());
+    let rk: Option<String> = q(&mut c, &["RANDOMKEY"]).await.unwrap();
+    assert!(rk.is_some_and(|k| k.starts_with('s')));
+    // Scripts are loaded everywhere, so EVALSHA works whatever the key.
+    let sha: String = q(&mut c, &["SCRIPT", "LOAD", "return redis.call('GET', KEYS[1])"])
+        .await
+        .unwrap();
+    for i in [1, 2, 3, 250, 499] {
+        let v: String = q(&mut c, &["EVALSHA", &sha, "1", &format!("s{i}")]).await.unwrap();
+        assert_eq!(v, i.to_string());
+    }
+    let ex: Vec<i64> = q(
+        &mut c,
+        &["SCRIPT", "EXISTS", &sha, "0000000000000000000000000000000000000000"],
+    )
+    .await
+    .unwrap();
+    assert_eq!(ex, vec![1, 0]);
+    let _: () = q(&mut c, &["SCRIPT", "FLUSH"]).await.unwrap();
+    let ex: Vec<i64> = q(&mut c, &["SCRIPT", "EXISTS", &sha]).await.unwrap();
+    assert_eq!(ex, vec![0]);
+    let _: () = q(&mut c, &["FLUSHDB"]).await.unwrap();
+    let n: i64 = q(&mut c, &["DBSIZE"]).await.unwrap();
+    assert_eq!(n, 0);
+    let none: Option<String> = q(&mut c, &["RANDOMKEY"]).await.unwrap();
+    assert_eq!(none, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_commands() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let mut c = proxy.conn().await;
+    let pong: String = q(&mut c, &["PING"]).await.unwrap();
+    assert_eq!(pong, "PONG");
+    let echo: String = q(&mut c, &["ECHO", "hi there"]).await.unwrap();
+    assert_eq!(echo, "hi there");
+    let _: () = q(&mut c, &["SELECT", "0"]).await.unwrap();
+    let e = q::<Value>(&mut c, &["SELECT", "1"]).await.unwrap_err();
+    assert!(e.to_string().contains("DB index is out of range"), "{e}");
+    let _: () = q(&mut c, &["CLIENT", "SETNAME", "tester"]).await.unwrap();
+    let name: String = q(&mut c, &["CLIENT", "GETNAME"]).await.unwrap();
+    assert_eq!(name, "tester");
+    let _: () = q(&mut c, &["CLIENT", "SETINFO", "LIB-NAME", "mylib"]).await.unwrap();
+    let _: () = q(&mut c, &["CLIENT", "SETINFO", "LIB-VER", "1.2"]).await.unwrap();
+    let info: String = q(&mut c, &["CLIENT", "INFO"]).await.unwrap();
+    assert!(
+        info.contains("name=tester") && info.contains("lib-name=mylib") && info.contains("lib-ver=1.2"),
+        "{info}"
+    );
+    let id: i64 = q(&mut c, &["CLIENT", "ID"]).await.unwrap();
+    assert!(info.contains(&format!("id={id} ")));
+    let count: i64 = q(&mut c, &["COMMAND", "COUNT"]).await.unwrap();
+    assert!(count > 150, "{count}");
+    let list: Vec<String> = q(&mut c, &["COMMAND", "LIST"]).await.unwrap();
+    assert!(list.contains(&"get".to_string()) && !list.contains(&"bgsave".to_string()));
+    let info: Vec<Value> = q(&mut c, &["COMMAND", "INFO", "get", "nosuch"]).await.unwrap();
+    assert_eq!(info.len(), 2);
+    assert_eq!(info[1], Value::Nil);
+    let keys: Vec<String> = q(&mut c, &["COMMAND", "GETKEYS", "MSET", "a", "1", "b", "2"])
+        .await
+        .unwrap();
+    assert_eq!(keys, vec!["a", "b"]);
+    let cfg: Vec<String> = q(&mut c, &["CONFIG", "GET", "appendonly"]).await.unwrap();
+    assert_eq!(cfg, vec!["appendonly", "no"]);
+    let t: Vec<String> = q(&mut c, &["TIME"]).await.unwrap();
+    let secs: u64 = t[0].parse().unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    assert!(secs.abs_diff(now) < 5);
+    for i in 0..30 {
+        let _: () = c.set(format!("i{i}"), i).await.unwrap();
+    }
+    let _: () = q(&mut c, &["PEXPIRE", "i1", "100000"]).await.unwrap();
+    let text: String = q(&mut c, &["INFO"]).await.unwrap();
+    assert!(text.contains("# Proxy") && text.contains("shards:3"), "{text}");
+    assert!(text.contains("db0:keys=30,expires=1,"), "{text}");
+    let text: String = q(&mut c, &["INFO", "keyspace"]).await.unwrap();
+    assert!(!text.contains("# Server") && text.contains("db0:keys=30"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsupported_and_unknown_commands_keep_the_connection() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let mut c = proxy.conn().await;
+    let e = q::<Value>(&mut c, &["BGSAVE"]).await.unwrap_err();
+    assert!(e.to_string().contains("unsupported command 'bgsave' in shardis"), "{e}");
+    let e = q::<Value>(&mut c, &["MULTI"]).await.unwrap_err();
+    assert!(e.to_string().contains("unsupported command 'multi'"), "{e}");
+    let e = q::<Value>(&mut c, &["BLPOP", "x", "0"]).await.unwrap_err();
+    assert!(e.to_string().contains("blocking"), "{e}");
+    let e = q::<Value>(&mut c, &["SUBSCRIBE", "ch"]).await.unwrap_err();
+    assert!(e.to_string().contains("pub/sub"), "{e}");
+    let e = q::<Value>(&mut c, &["NOSUCHCMD", "a"]).await.unwrap_err();
+    assert!(e.to_string().contains("unknown command 'NOSUCHCMD'"), "{e}");
+    let e = q::<Value>(&mut c, &["GET"]).await.unwrap_err();
+    assert!(
+        e.to_string().contains("wrong number of arguments for 'get' command"),
+        "{e}"
+    );
+    let e = q::<Value>(&mut c, &["CONFIG", "SET", "maxmemory", "1"])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("unsupported command 'config set'"), "{e}");
+    let pong: String = q(&mut c, &["PING"]).await.unwrap();
+    assert_eq!(pong, "PONG");
+}

@@ -1,0 +1,213 @@
+//! Differential test: the same random command stream through shardis (three
+//! shards) and to one plain Redis must give identical replies and leave an
+//! identical keyspace.
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use redis::Value;
+
+use crate::support::{Proxy, RedisNode, three_nodes};
+
+const COMMANDS: usize = 6000;
+const BATCH: usize = 40;
+
+fn key(rng: &mut StdRng, kind: &str) -> String {
+    // A few tagged keys so same-shard multi-key commands get exercised.
+    if rng.random_bool(0.2) {
+        format!("{{tag{}}}:{kind}{}", rng.random_range(0..3), rng.random_range(0..4))
+    } else {
+        format!("{kind}:{}", rng.random_range(0..25))
+    }
+}
+
+fn tagged_pair(rng: &mut StdRng, kind: &str) -> (String, String) {
+    let t = rng.random_range(0..3);
+    (
+        format!("{{tag{t}}}:{kind}{}", rng.random_range(0..4)),
+        format!("{{tag{t}}}:{kind}{}", rng.random_range(0..4)),
+    )
+}
+
+fn val(rng: &mut StdRng) -> String {
+    match rng.random_range(0..4) {
+        0 => rng.random_range(-100..100).to_string(),
+        1 => String::new(),
+        _ => (0..rng.random_range(1..12))
+            .map(|_| rng.random_range(b'a'..=b'z') as char)
+            .collect(),
+    }
+}
+
+/// One random command, and whether its reply is an unordered collection.
+fn random_command(rng: &mut StdRng) -> (Vec<String>, bool) {
+    let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+    let n = rng.random_range(1..5);
+    let cmd = match rng.random_range(0..40) {
+        0 => s(&["SET", &key(rng, "s"), &val(rng)]),
+        1 => s(&["GET", &key(rng, "s")]),
+        2 => s(&["APPEND", &key(rng, "s"), &val(rng)]),
+        3 => s(&["INCRBY", &key(rng, "s"), &rng.random_range(-5..5).to_string()]),
+        4 => s(&["STRLEN", &key(rng, "s")]),
+        5 => s(&["GETRANGE", &key(rng, "s"), "0", "3"]),
+        6 => s(&["SETNX", &key(rng, "s"), &val(rng)]),
+        7 => {
+            let mut v = s(&["MSET"]);
+            for _ in 0..n {
+                v.push(key(rng, "s"));
+                v.push(val(rng));
+            }
+            v
+        }
+        8 => {
+            let mut v = s(&["MGET"]);
+            v.extend((0..n + 2).map(|_| key(rng, "s")));
+            v
+        }
+        9 | 10 => {
+            let mut v = s(&[["DEL", "EXISTS", "UNLINK", "TOUCH"][rng.random_range(0..4)]]);
+            let kinds = ["s", "l", "h", "z", "t"];
+            for _ in 0..n {
+                let kind = kinds[rng.random_range(0..kinds.len())];
+                v.push(key(rng, kind));
+            }
+            v
+        }
+        11 => s(&[
+            ["LPUSH", "RPUSH"][rng.random_range(0..2)],
+            &key(rng, "l"),
+            &val(rng),
+            &val(rng),
+        ]),
+        12 => s(&[["LPOP", "RPOP"][rng.random_range(0..2)], &key(rng, "l")]),
+        13 => s(&["LRANGE", &key(rng, "l"), "0", "-1"]),
+        14 => s(&["LLEN", &key(rng, "l")]),
+        15 => {
+            let (a, b) = tagged_pair(rng, "l");
+            s(&["LMOVE", &a, &b, "LEFT", "RIGHT"])
+        }
+        16 => s(&["HSET", &key(rng, "h"), &val(rng), &val(rng)]),
+        17 => s(&["HGET", &key(rng, "h"), &val(rng)]),
+        18 => s(&["HDEL", &key(rng, "h"), &val(rng)]),
+        19 => s(&["HGETALL", &key(rng, "h")]),
+        20 => s(&["HINCRBY", &key(rng, "h"), "n", "3"]),
+        21 => s(&["SADD", &key(rng, "t"), &val(rng), &val(rng)]),
+        22 => s(&["SREM", &key(rng, "t"), &val(rng)]),
+        23 => return (s(&["SMEMBERS", &key(rng, "t")]), true),
+        24 => s(&["SCARD", &key(rng, "t")]),
+        25 => {
+            let (a, b) = tagged_pair(rng, "t");
+            return (s(&["SUNION", &a, &b]), true);
+        }
+        26 => s(&[
+            "ZADD",
+            &key(rng, "z"),
+            &rng.random_range(-10..10).to_string(),
+            &val(rng),
+        ]),
+        27 => s(&["ZRANGE", &key(rng, "z"), "0", "-1", "WITHSCORES"]),
+        28 => s(&["ZINCRBY", &key(rng, "z"), "1.5", &val(rng)]),
+        29 => s(&["ZSCORE", &key(rng, "z"), &val(rng)]),
+        30 => s(&["TYPE", &key(rng, "s")]),
+        31 => {
+            let (a, b) = tagged_pair(rng, "s");
+            s(&["RENAME", &a, &b])
+        }
+        32 => s(&["EXPIRE", &key(rng, "s"), "100000"]),
+        33 => s(&["PERSIST", &key(rng, "s")]),
+        34 => s(&["GETDEL", &key(rng, "s")]),
+        35 => s(&["DBSIZE"]),
+        36 => return (s(&["KEYS", "*"]), true),
+        37 => s(&["EVAL", "return redis.call('INCR', KEYS[1])", "1", &key(rng, "s")]),
+        38 => s(&["PING"]),
+        _ => s(&["SET", &key(rng, "s"), &val(rng), "GET"]),
+    };
+    (cmd, false)
+}
+
+/// Makes replies comparable: sorts unordered collections.
+fn normalize(v: Value, unordered: bool) -> Value {
+    match v {
+        Value::Array(mut items) if unordered => {
+            items.sort_by_key(|x| format!("{x:?}"));
+            Value::Array(items)
+        }
+        Value::Set(mut items) => {
+            items.sort_by_key(|x| format!("{x:?}"));
+            Value::Array(items)
+        }
+        other => other,
+    }
+}
+
+fn keyspace(c: &mut redis::Connection) -> Vec<(String, String, Value)> {
+    let mut keys: Vec<String> = redis::cmd("KEYS").arg("*").query(c).unwrap();
+    keys.sort();
+    keys.into_iter()
+        .map(|k| {
+            let t: String = redis::cmd("TYPE").arg(&k).query(c).unwrap();
+            let (cmd, args, unordered): (&str, Vec<&str>, bool) = match t.as_str() {
+                "string" => ("GET", vec![], false),
+                "list" => ("LRANGE", vec!["0", "-1"], false),
+                "hash" => ("HGETALL", vec![], true),
+                "set" => ("SMEMBERS", vec![], true),
+                "zset" => ("ZRANGE", vec!["0", "-1", "WITHSCORES"], false),
+                other => panic!("unexpected type {other}"),
+            };
+            let v: Value = redis::cmd(cmd).arg(&k).arg(args).query(c).unwrap();
+            (k, t, normalize(v, unordered))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_replies_and_keyspace_as_one_redis() {
+    let nodes = three_nodes();
+    let reference = RedisNode::start();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, "").await;
+    let url = proxy.url();
+    let (mismatches, keys) = tokio::task::spawn_blocking(move || {
+        let mut rng = StdRng::seed_from_u64(0x5eed);
+        let mut via_proxy = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+        let mut direct = reference.client();
+        let mut mismatches = Vec::new();
+        let mut sent = 0;
+        while sent < COMMANDS {
+            let batch: Vec<(Vec<String>, bool)> = (0..BATCH).map(|_| random_command(&mut rng)).collect();
+            let mut p1 = redis::pipe();
+            let mut p2 = redis::pipe();
+            p1.ignore_errors();
+            p2.ignore_errors();
+            for (c, _) in &batch {
+                p1.cmd(&c[0]).arg(&c[1..]);
+                p2.cmd(&c[0]).arg(&c[1..]);
+            }
+            let r1: Vec<Value> = p1.query(&mut via_proxy).unwrap();
+            let r2: Vec<Value> = p2.query(&mut direct).unwrap();
+            for (((cmd, unordered), a), b) in batch.iter().zip(r1).zip(r2) {
+                let (a, b) = (normalize(a, *unordered), normalize(b, *unordered));
+                if a != b {
+                    mismatches.push(format!("{cmd:?}: proxy {a:?} vs redis {b:?}"));
+                }
+            }
+            sent += BATCH;
+        }
+        let via = keyspace(&mut via_proxy);
+        let dir = keyspace(&mut direct);
+        assert_eq!(via.len(), dir.len(), "keyspace sizes differ");
+        for (a, b) in via.iter().zip(&dir) {
+            assert_eq!(a, b, "final keyspace differs");
+        }
+        (mismatches, via.len())
+    })
+    .await
+    .unwrap();
+    assert!(
+        mismatches.is_empty(),
+        "{} of {COMMANDS} replies differ, first: {:#?}",
+        mismatches.len(),
+        &mismatches[..mismatches.len().min(5)]
+    );
+    assert!(keys > 30, "the stream should leave a real keyspace, got {keys} keys");
+    eprintln!("differential: {COMMANDS} commands, identical replies, {keys} keys identical");
+}

@@ -1,0 +1,12 @@
+//! Integration tests: real `redis-server` shards, shardis in front, real
+//! clients. One test binary (one link step) with a module per concern.
+
+#[path = "../support/mod.rs"]
+mod support;
+
+mod basic;
+mod clients;
+mod differential;
+mod failures;
+mod protocol;
+mod reload;

@@ -1,0 +1,173 @@
+//! The `shardis` binary: `--check`, start-up, and SIGHUP reloads that swap the
+//! topology while clients keep working.
+
+use std::io::Read;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::support::{RedisNode, free_port, wait_for_ping};
+
+const BIN: &str = env!("CARGO_BIN_EXE_shardis");
+
+fn config(listen: u16, nodes: &[&RedisNode], names: &[&str]) -> String {
+    let mut s = format!("listen = \"127.0.0.1:{listen}\"\n[timeouts]\ncommand_ms = 1000\n");
+    for (n, name) in nodes.iter().zip(names) {
+        s.push_str(&format!("[[backends]]\nname = \"{name}\"\naddr = \"{}\"\n", n.addr()));
+    }
+    s
+}
+
+fn info_field(c: &mut redis::Connection, field: &str) -> String {
+    let text: String = redis::cmd("INFO").arg("proxy").query(c).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
+#[test]
+fn check_flag_validates_and_names_the_problem() {
+    let dir = std::env::temp_dir().join(format!("shardis-check-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let good = dir.join("good.toml");
+    std::fs::write(&good, "[[backends]]\nname = \"a\"\naddr = \"127.0.0.1:1\"\n").unwrap();
+    let out = Command::new(BIN)
+        .args(["--check", "--config"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    for (text, needle) in [
+        ("backends = []", "backends: at least one backend"),
+        (
+            "[[backends]]\nname = \"a\"\naddr = \"h:1\"\n[[backends]]\nname = \"a\"\naddr = \"h:2\"\n",
+            "backends[1].name: duplicate",
+        ),
+        (
+            "[[backends]]\nname = \"a\"\naddr = \"h:1\"\nweight = 0\n",
+            "backends[0].weight",
+        ),
+        ("[[backends]]\nname = \"a\"\naddr = \"nohost\"\n", "backends[0].addr"),
+        (
+            "[[backends]]\nname = \"a\"\naddr = \"h:1\"\nbogus = 1\n",
+            "unknown field `bogus`",
+        ),
+    ] {
+        let bad = dir.join("bad.toml");
+        std::fs::write(&bad, text).unwrap();
+        let out = Command::new(BIN)
+            .args(["--check", "--config"])
+            .arg(&bad)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{needle}: {err}");
+    }
+    // Without --check an invalid config also starts nothing.
+    let bad = dir.join("bad.toml");
+    let out = Command::new(BIN).args(["--config"]).arg(&bad).output().unwrap();
+    assert!(!out.status.success());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn sighup_swaps_the_topology_under_load() {
+    let nodes: Vec<RedisNode> = (0..4).map(|_| RedisNode::start()).collect();
+    let port = free_port();
+    let dir = std::env::temp_dir().join(format!("shardis-reload-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    let three: Vec<&RedisNode> = nodes.iter().take(3).collect();
+    let all: Vec<&RedisNode> = nodes.iter().collect();
+    std::fs::write(&path, config(port, &three, &["a", "b", "c"])).unwrap();
+    let mut child = Command::new(BIN)
+        .arg("--config")
+        .arg(&path)
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let pid = child.id() as i32;
+    let stderr = child.stderr.take().unwrap();
+    let guard = Kill(child);
+    wait_for_ping(port);
+    let url = format!("redis://127.0.0.1:{port}/");
+    let mut c = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+    assert_eq!(info_field(&mut c, "epoch"), "1");
+    assert_eq!(info_field(&mut c, "shards"), "3");
+
+    // Clients keep writing and reading through the reload.
+    let stop = Arc::new(AtomicBool::new(false));
+    let ops = Arc::new(AtomicU64::new(0));
+    let worker = {
+        let (stop, ops, url) = (stop.clone(), ops.clone(), url.clone());
+        std::thread::spawn(move || {
+            let mut c = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                let k = format!("load:{}", i % 500);
+                let _: () = redis::cmd("SET")
+                    .arg(&k)
+                    .arg(i)
+                    .query(&mut c)
+                    .expect("SET during reload");
+                // Without data movement (a later issue) a key whose owner
+                // changed between the SET and the GET reads as missing;
+                // anything else must be the value just written.
+                let v: Option<u64> = redis::cmd("GET").arg(&k).query(&mut c).expect("GET during reload");
+                assert!(v.is_none() || v == Some(i), "read {v:?} after writing {i}");
+                i += 1;
+                ops.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    std::fs::write(&path, config(port, &all, &["a", "b", "c", "d"])).unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while info_field(&mut c, "epoch") != "2" {
+        assert!(Instant::now() < deadline, "reload not applied");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(info_field(&mut c, "shards"), "4");
+    // New keys now reach the fourth shard.
+    for i in 0..400 {
+        let _: () = redis::cmd("SET").arg(format!("new:{i}")).arg(i).query(&mut c).unwrap();
+    }
+    let on_d: i64 = redis::cmd("DBSIZE").query(&mut nodes[3].client()).unwrap();
+    assert!(on_d > 50, "the new shard got {on_d} of 400 new keys");
+
+    // An invalid file is refused and the running topology stays.
+    std::fs::write(
+        &path,
+        "[[backends]]\nname = \"a\"\naddr = \"x:1\"\n[[backends]]\nname = \"a\"\naddr = \"x:2\"\n",
+    )
+    .unwrap();
+    unsafe { libc::kill(pid, libc::SIGHUP) };
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(info_field(&mut c, "epoch"), "2");
+    assert_eq!(info_field(&mut c, "shards"), "4");
+    let pong: String = redis::cmd("PING").query(&mut c).unwrap();
+    assert_eq!(pong, "PONG");
+
+    stop.store(true, Ordering::Relaxed);
+    worker.join().expect("the client saw no error during the reloads");
+    assert!(ops.load(Ordering::Relaxed) > 100);
+    drop(guard);
+    let mut log = String::new();
+    let mut stderr = stderr;
+    let _ = stderr.read_to_string(&mut log);
+    assert!(log.contains("shardis listening") && log.contains("epoch=1"), "{log}");
+    assert!(log.contains("configuration reload refused"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -1,0 +1,55 @@
+"""redis-py with its default settings (RESP3 via HELLO 3, CLIENT SETINFO) against shardis.
+
+Usage: python3 client_smoke.py PORT. Exits non-zero on the first failure.
+"""
+import sys
+
+import redis
+
+port = int(sys.argv[1])
+
+r = redis.Redis(port=port)  # library defaults
+assert r.ping() is True
+r.set("a", 1)
+assert r.get("a") == b"1", r.get("a")
+r.mset({f"py:{i}": i for i in range(50)})
+assert r.mget([f"py:{i}" for i in range(50)] + ["missing"]) == [str(i).encode() for i in range(50)] + [None]
+assert r.delete(*[f"py:{i}" for i in range(25)]) == 25
+assert r.exists("py:30", "py:0") == 1
+r.hset("h", mapping={"f1": "v1", "f2": "v2"})
+assert r.hgetall("h") == {b"f1": b"v1", b"f2": b"v2"}
+r.sadd("s", "x", "y")
+assert r.smembers("s") == {b"x", b"y"}
+r.zadd("z", {"m": 1.5})
+assert r.zscore("z", "m") == 1.5
+assert r.incr("counter") == 1
+r.set("ttl", "v", px=100000)
+assert 0 < r.pttl("ttl") <= 100000
+assert r.client_getname() is None
+r.client_setname("pyclient")
+assert r.client_getname() == "pyclient"  # redis-py decodes this reply
+info = r.info()
+assert info["redis_version"], info
+assert "db0" in r.info("keyspace")
+assert r.dbsize() > 0
+keys = set(r.scan_iter(match="py:*", count=10))
+assert keys == {f"py:{i}".encode() for i in range(25, 50)}, keys
+with r.pipeline(transaction=False) as p:
+    for i in range(100):
+        p.set(f"pipe:{i}", i)
+        p.get(f"pipe:{i}")
+    out = p.execute()
+assert out[1::2] == [str(i).encode() for i in range(100)]
+try:
+    r.execute_command("BGSAVE")
+    raise SystemExit("BGSAVE should be refused")
+except redis.ResponseError as e:
+    assert "unsupported command" in str(e), e
+assert r.ping()
+lua = r.register_script("return redis.call('GET', KEYS[1])")
+assert lua(keys=["a"]) == b"1"
+
+r2 = redis.Redis(port=port, protocol=2, decode_responses=True)
+assert r2.get("a") == "1"
+assert r2.hgetall("h") == {"f1": "v1", "f2": "v2"}
+print("redis-py", redis.__version__, "OK")
