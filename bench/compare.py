@@ -1,0 +1,275 @@
+#!/usr/bin/env python3
+"""End-to-end comparison: direct Redis, twemproxy and shardis, same machine, same run.
+
+Owns the benchmark procedure behind `bench/compare.sh` (which builds the release binary and
+calls this). It starts 3 redis-server shards on free loopback ports, twemproxy (nutcracker) with
+an equivalent 3-shard ketama config, and shardis in front of the same shards; checks that each
+contender really serves GET/SET/MSET/MGET (real values, no error replies); then runs
+redis-benchmark row by row, interleaving the contenders run by run (A B C A B C ...), and prints
+medians as a markdown table with shardis/twemproxy ratios. It also measures each proxy's CPU time
+(user+sys from /proc/PID/stat) per million requests of every row, and the RSS of each proxy holding
+10,000 idle client connections.
+
+Environment: RUNS (default 3), N (requests per run for -P 1 rows, default 200000; -P 16 rows use
+4*N, the 10-key rows N/2), IDLE (idle connections, default 10000, 0 skips), ROWS (comma-separated
+row names to run, default all), SHARDIS (binary, default target/release/shardis), NUTCRACKER.
+"""
+
+import csv
+import io
+import os
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RUNS = int(os.environ.get("RUNS", "3"))
+N = int(os.environ.get("N", "200000"))
+IDLE = int(os.environ.get("IDLE", "10000"))
+KEYSPACE = 100000
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+PAGE = os.sysconf("SC_PAGE_SIZE")
+
+MGET10 = ["mget"] + ["key:__rand_int__"] * 10
+
+# (name, clients, pipeline, requests, redis-benchmark args after the common ones)
+ROWS = [
+    ("GET -P 1", 50, 1, N, ["-t", "get"]),
+    ("SET -P 1", 50, 1, N, ["-t", "set"]),
+    ("GET -P 16", 50, 16, 4 * N, ["-t", "get"]),
+    ("SET -P 16", 50, 16, 4 * N, ["-t", "set"]),
+    ("MSET 10 keys", 50, 1, N // 2, ["-t", "mset"]),
+    ("MGET 10 keys", 50, 1, N // 2, MGET10),
+    ("GET 1000 clients", 1000, 1, N, ["-t", "get"]),
+]
+
+
+def raise_nofile():
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
+    if soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise SystemExit(f"nothing listens on port {port}")
+
+
+def cli(port, *args):
+    out = subprocess.run(["redis-cli", "-p", str(port), *args], capture_output=True, text=True, timeout=10)
+    return out.stdout.strip()
+
+
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # fields[0] is state (field 3); utime and stime are fields 14 and 15.
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+def rss_mb(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+class Cluster:
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="shardis-bench-")
+        self.procs = []
+        self.shard_ports = [free_port() for _ in range(3)]
+        for p in self.shard_ports:
+            self.spawn(
+                ["redis-server", "--port", str(p), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+                 "--dir", self.dir, "--logfile", os.path.join(self.dir, f"redis-{p}.log")])
+        for p in self.shard_ports:
+            wait_port(p)
+        names = ["shard-a", "shard-b", "shard-c"]
+        # twemproxy: ketama over the same shards, named so placement ignores addresses.
+        self.tw_port = free_port()
+        tw_conf = os.path.join(self.dir, "nutcracker.yml")
+        with open(tw_conf, "w") as f:
+            f.write(f"bench:\n  listen: 127.0.0.1:{self.tw_port}\n  hash: fnv1a_64\n  distribution: ketama\n"
+                    "  redis: true\n  preconnect: true\n  auto_eject_hosts: false\n  servers:\n")
+            for p, n in zip(self.shard_ports, names):
+                f.write(f"   - 127.0.0.1:{p}:1 {n}\n")
+        nutcracker = os.environ.get("NUTCRACKER") or shutil.which("nutcracker") or "/usr/sbin/nutcracker"
+        self.tw = self.spawn([nutcracker, "-c", tw_conf, "-s", str(free_port()), "-o",
+                              os.path.join(self.dir, "nutcracker.log")])
+        self.sh_port = free_port()
+        sh_conf = os.path.join(self.dir, "shardis.toml")
+        with open(sh_conf, "w") as f:
+            f.write(f'listen = "127.0.0.1:{self.sh_port}"\n')
+            for p, n in zip(self.shard_ports, names):
+                f.write(f'[[backends]]\nname = "{n}"\naddr = "127.0.0.1:{p}"\n')
+        shardis = os.environ.get("SHARDIS") or os.path.join(ROOT, "target/release/shardis")
+        env = dict(os.environ, RUST_LOG="warn")
+        self.sh = self.spawn([shardis, "--config", sh_conf], env=env,
+                             stderr=open(os.path.join(self.dir, "shardis.log"), "w"))
+        wait_port(self.tw_port)
+        wait_port(self.sh_port)
+        self.contenders = [("redis", self.shard_ports[0], None), ("twemproxy", self.tw_port, self.tw),
+                           ("shardis", self.sh_port, self.sh)]
+
+    def spawn(self, argv, env=None, stderr=subprocess.DEVNULL):
+        p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env, preexec_fn=raise_nofile)
+        self.procs.append(p)
+        return p
+
+    def close(self):
+        for p in reversed(self.procs):
+            p.send_signal(signal.SIGTERM)
+        for p in self.procs:
+            try:
+                p.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    def precheck(self):
+        """Every contender must give real answers to what the benchmark sends."""
+        keys = [f"check:{i}" for i in range(10)]
+        for name, port, _ in self.contenders:
+            tag = f"v-{name}"
+            assert cli(port, "SET", "check:one", tag) == "OK", f"{name}: SET failed"
+            assert cli(port, "GET", "check:one") == tag, f"{name}: GET returned the wrong value"
+            mset = []
+            for i, k in enumerate(keys):
+                mset += [k, f"{tag}-{i}"]
+            assert cli(port, "MSET", *mset) == "OK", f"{name}: MSET failed"
+            got = cli(port, "MGET", *keys).splitlines()
+            assert got == [f"{tag}-{i}" for i in range(10)], f"{name}: MGET returned {got}"
+        # Through the proxies the 10 keys must have spread over the shards.
+        holders = sum(1 for p in self.shard_ports if cli(p, "EXISTS", *keys) not in ("0", ""))
+        assert holders >= 2, "MSET keys did not spread across shards"
+
+
+def bench(port, clients, pipeline, n, args):
+    cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(clients), "-P", str(pipeline),
+           "-n", str(n), "-r", str(KEYSPACE), "-d", "16", "--csv", "-e", *args]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=raise_nofile)
+    if "Error from server" in out.stdout or "Error from server" in out.stderr:
+        err = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line][:3]
+        raise SystemExit(f"error replies counted as operations: {' | '.join(err)}\n{' '.join(cmd)}")
+    rows = [r for r in csv.reader(io.StringIO(out.stdout)) if r and r[0] != "test"]
+    if len(rows) != 1:
+        raise SystemExit(f"unexpected redis-benchmark output for {' '.join(cmd)}:\n{out.stdout}\n{out.stderr}")
+    r = rows[0]
+    # "test","rps","avg_latency_ms","min_latency_ms","p50_latency_ms","p95_latency_ms","p99_latency_ms","max..."
+    return float(r[1]), float(r[4]), float(r[6])
+
+
+def idle_rss(pid, port, count):
+    """RSS of a proxy before and while `count` idle clients are connected."""
+    before = rss_mb(pid)
+    socks = []
+    try:
+        for _ in range(count):
+            socks.append(socket.create_connection(("127.0.0.1", port)))
+        # Each connection must be served: a PING on the last one answers.
+        socks[-1].sendall(b"*1\r\n$4\r\nPING\r\n")
+        socks[-1].settimeout(10)
+        assert socks[-1].recv(16).startswith(b"+PONG")
+        time.sleep(1.0)
+        during = rss_mb(pid)
+    finally:
+        for s in socks:
+            s.close()
+    return before, during
+
+
+def fmt_ops(x):
+    return f"{x / 1000:.1f}k"
+
+
+def main():
+    raise_nofile()
+    for tool in ("redis-server", "redis-benchmark", "redis-cli"):
+        if not shutil.which(tool):
+            raise SystemExit(f"{tool} not found: run SHARDIS_BENCH=1 scripts/install-deps.sh")
+    only = {r.strip() for r in os.environ.get("ROWS", "").split(",") if r.strip()}
+    rows = [r for r in ROWS if not only or r[0] in only]
+    c = Cluster()
+    try:
+        c.precheck()
+        results = {}  # (row, contender) -> list of (ops, p50, p99)
+        cpu = {}  # (row, contender) -> list of cpu seconds per 1M requests
+        for name, clients, pipeline, n, args in rows:
+            for run in range(RUNS):
+                for cname, port, proc in c.contenders:
+                    t0 = cpu_seconds(proc.pid) if proc else 0.0
+                    r = bench(port, clients, pipeline, n, args)
+                    if proc:
+                        cpu.setdefault((name, cname), []).append((cpu_seconds(proc.pid) - t0) / n * 1e6)
+                    results.setdefault((name, cname), []).append(r)
+                    print(f"  {name:<18} run {run + 1}/{RUNS} {cname:<10} {r[0]:>10.0f} ops/s  "
+                          f"p50 {r[1]:.3f} ms  p99 {r[2]:.3f} ms", file=sys.stderr, flush=True)
+        idle = {}
+        if IDLE > 0:
+            for cname, port, proc in c.contenders[1:]:
+                idle[cname] = idle_rss(proc.pid, port, IDLE)
+                time.sleep(1.0)
+    finally:
+        c.close()
+
+    def med(row, cname, i):
+        return statistics.median(r[i] for r in results[(row, cname)])
+
+    lines = []
+    lines.append(f"Medians of {RUNS} interleaved runs; N={N}; ops/s, p50/p99 latency in ms "
+                 "(redis-benchmark, 16-byte values, 100k random keys).\n")
+    lines.append("| test | redis (1 shard) | twemproxy | shardis | shardis/twemproxy ops | p99 shardis/twemproxy |")
+    lines.append("|---|---:|---:|---:|---:|---:|")
+    for name, *_ in rows:
+        cells = []
+        for cname in ("redis", "twemproxy", "shardis"):
+            cells.append(f"{fmt_ops(med(name, cname, 0))} ({med(name, cname, 1):.2f}/{med(name, cname, 2):.2f})")
+        ratio = med(name, "shardis", 0) / med(name, "twemproxy", 0)
+        p99r = med(name, "shardis", 2) / med(name, "twemproxy", 2)
+        lines.append(f"| {name} | {' | '.join(cells)} | {ratio:.2f}x | {p99r:.2f}x |")
+    lines.append("\nProxy CPU time (user+sys) per million requests, seconds (median):\n")
+    lines.append("| test | twemproxy | shardis | shardis/twemproxy |")
+    lines.append("|---|---:|---:|---:|")
+    for name, *_ in rows:
+        tw = statistics.median(cpu[(name, "twemproxy")])
+        sh = statistics.median(cpu[(name, "shardis")])
+        lines.append(f"| {name} | {tw:.2f} | {sh:.2f} | {sh / tw if tw else float('nan'):.2f}x |")
+    if idle:
+        lines.append(f"\nRSS with {IDLE} idle client connections (MB, before → during):\n")
+        lines.append("| proxy | before | during | per connection |")
+        lines.append("|---|---:|---:|---:|")
+        for cname, (b, d) in idle.items():
+            lines.append(f"| {cname} | {b:.1f} | {d:.1f} | {(d - b) * 1024 / IDLE:.2f} KiB |")
+    text = "\n".join(lines)
+    print(text)
+    os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with open(os.path.join(ROOT, f"bench/results/compare-{stamp}.md"), "w") as f:
+        f.write(f"# compare.sh {stamp} on {os.uname().nodename}, {os.cpu_count()} CPUs\n\n{text}\n\nRaw runs:\n\n")
+        for (row, cname), rs in results.items():
+            f.write(f"- {row} / {cname}: {rs}\n")
+
+
+if __name__ == "__main__":
+    main()
