@@ -181,22 +181,31 @@ def bench(port, clients, pipeline, n, args):
 
 
 def idle_rss(pid, port, count):
-    """RSS of a proxy before and while `count` idle clients are connected."""
+    """RSS of a proxy: before, with `count` connected idle clients, and after each of them sent one
+    PING (a client pool that was used once and now idles)."""
     before = rss_mb(pid)
     socks = []
+    ping = b"*1\r\n$4\r\nPING\r\n"
     try:
         for _ in range(count):
             socks.append(socket.create_connection(("127.0.0.1", port)))
-        # Each connection must be served: a PING on the last one answers.
-        socks[-1].sendall(b"*1\r\n$4\r\nPING\r\n")
+        # Every connection must be served: a PING on the last one answers.
+        socks[-1].sendall(ping)
         socks[-1].settimeout(10)
         assert socks[-1].recv(16).startswith(b"+PONG")
         time.sleep(1.0)
-        during = rss_mb(pid)
+        connected = rss_mb(pid)
+        for s in socks:
+            s.sendall(ping)
+        for s in socks:
+            s.settimeout(10)
+            assert s.recv(16).startswith(b"+PONG")
+        time.sleep(1.0)
+        used = rss_mb(pid)
     finally:
         for s in socks:
             s.close()
-    return before, during
+    return before, connected, used
 
 
 def fmt_ops(x):
@@ -256,11 +265,11 @@ def main():
         sh = statistics.median(cpu[(name, "shardis")])
         lines.append(f"| {name} | {tw:.2f} | {sh:.2f} | {sh / tw if tw else float('nan'):.2f}x |")
     if idle:
-        lines.append(f"\nRSS with {IDLE} idle client connections (MB, before → during):\n")
-        lines.append("| proxy | before | during | per connection |")
-        lines.append("|---|---:|---:|---:|")
-        for cname, (b, d) in idle.items():
-            lines.append(f"| {cname} | {b:.1f} | {d:.1f} | {(d - b) * 1024 / IDLE:.2f} KiB |")
+        lines.append(f"\nRSS with {IDLE} idle client connections, MB (connected; then after one PING each):\n")
+        lines.append("| proxy | before | connected | after one PING each | per connection (after PING) |")
+        lines.append("|---|---:|---:|---:|---:|")
+        for cname, (b, c, u) in idle.items():
+            lines.append(f"| {cname} | {b:.1f} | {c:.1f} | {u:.1f} | {(u - b) * 1024 / IDLE:.2f} KiB |")
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
