@@ -11,8 +11,9 @@ medians as a markdown table with shardis/twemproxy ratios. It also measures each
 10,000 idle client connections.
 
 Environment: RUNS (default 3), N (requests per run for -P 1 rows, default 200000; -P 16 rows use
-4*N, the 10-key rows N/2), IDLE (idle connections, default 10000, 0 skips), ROWS (comma-separated
-row names to run, default all), SHARDIS (binary, default target/release/shardis), NUTCRACKER.
+4*N, the 10-key rows N/2, or N at -P 16), IDLE (idle connections, default 10000, 0 skips), ROWS (comma-separated
+row names to run, default all), SHARDIS (binary, default target/release/shardis), SHARDIS_THREADS
+(comma-separated `threads` settings, one shardis each, default "0,1"), NUTCRACKER.
 """
 
 import csv
@@ -36,6 +37,8 @@ KEYSPACE = 100000
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
+# shardis variants by worker threads: 0 = one per CPU (the default), 1 = one thread like twemproxy.
+THREADS = [int(t) for t in os.environ.get("SHARDIS_THREADS", "0,1").split(",") if t.strip()]
 MGET10 = ["mget"] + ["key:__rand_int__"] * 10
 
 # (name, clients, pipeline, requests, redis-benchmark args after the common ones)
@@ -46,6 +49,8 @@ ROWS = [
     ("SET -P 16", 50, 16, 4 * N, ["-t", "set"]),
     ("MSET 10 keys", 50, 1, N // 2, ["-t", "mset"]),
     ("MGET 10 keys", 50, 1, N // 2, MGET10),
+    ("MSET 10 keys -P 16", 50, 16, N, ["-t", "mset"]),
+    ("MGET 10 keys -P 16", 50, 16, N, MGET10),
     ("GET 1000 clients", 1000, 1, N, ["-t", "get"]),
 ]
 
@@ -55,6 +60,10 @@ def raise_nofile():
     want = min(hard, 65536) if hard != resource.RLIM_INFINITY else 65536
     if soft < want:
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+
+
+def shardis_name(threads):
+    return "shardis" if threads == 0 else f"shardis {threads}t"
 
 
 def free_port():
@@ -117,20 +126,22 @@ class Cluster:
         nutcracker = os.environ.get("NUTCRACKER") or shutil.which("nutcracker") or "/usr/sbin/nutcracker"
         self.tw = self.spawn([nutcracker, "-c", tw_conf, "-s", str(free_port()), "-o",
                               os.path.join(self.dir, "nutcracker.log")])
-        self.sh_port = free_port()
-        sh_conf = os.path.join(self.dir, "shardis.toml")
-        with open(sh_conf, "w") as f:
-            f.write(f'listen = "127.0.0.1:{self.sh_port}"\n')
-            for p, n in zip(self.shard_ports, names):
-                f.write(f'[[backends]]\nname = "{n}"\naddr = "127.0.0.1:{p}"\n')
         shardis = os.environ.get("SHARDIS") or os.path.join(ROOT, "target/release/shardis")
         env = dict(os.environ, RUST_LOG="warn")
-        self.sh = self.spawn([shardis, "--config", sh_conf], env=env,
-                             stderr=open(os.path.join(self.dir, "shardis.log"), "w"))
-        wait_port(self.tw_port)
-        wait_port(self.sh_port)
-        self.contenders = [("redis", self.shard_ports[0], None), ("twemproxy", self.tw_port, self.tw),
-                           ("shardis", self.sh_port, self.sh)]
+        self.contenders = [("redis", self.shard_ports[0], None), ("twemproxy", self.tw_port, self.tw)]
+        # One shardis per thread setting (0: one worker thread per CPU, the default).
+        for threads in THREADS:
+            port = free_port()
+            conf = os.path.join(self.dir, f"shardis-{threads}.toml")
+            with open(conf, "w") as f:
+                f.write(f'listen = "127.0.0.1:{port}"\nthreads = {threads}\n')
+                for p, n in zip(self.shard_ports, names):
+                    f.write(f'[[backends]]\nname = "{n}"\naddr = "127.0.0.1:{p}"\n')
+            log = open(os.path.join(self.dir, f"shardis-{threads}.log"), "w")
+            proc = self.spawn([shardis, "--config", conf], env=env, stderr=log)
+            self.contenders.append((shardis_name(threads), port, proc))
+        for _, port, _ in self.contenders:
+            wait_port(port)
 
     def spawn(self, argv, env=None, stderr=subprocess.DEVNULL):
         p = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=stderr, env=env, preexec_fn=raise_nofile)
@@ -220,10 +231,11 @@ def main():
     only = {r.strip() for r in os.environ.get("ROWS", "").split(",") if r.strip()}
     rows = [r for r in ROWS if not only or r[0] in only]
     c = Cluster()
+    contenders = c.contenders
     try:
         c.precheck()
         results = {}  # (row, contender) -> list of (ops, p50, p99)
-        cpu = {}  # (row, contender) -> list of cpu seconds per 1M requests
+        cpu = {}  # (row, contender) -> list of CPU seconds per 1M requests
         for name, clients, pipeline, n, args in rows:
             for run in range(RUNS):
                 for cname, port, proc in c.contenders:
@@ -245,25 +257,31 @@ def main():
     def med(row, cname, i):
         return statistics.median(r[i] for r in results[(row, cname)])
 
+    names = [c[0] for c in contenders]
+    shardises = [n for n in names if n.startswith("shardis")]
     lines = []
-    lines.append(f"Medians of {RUNS} interleaved runs; N={N}; ops/s, p50/p99 latency in ms "
-                 "(redis-benchmark, 16-byte values, 100k random keys).\n")
-    lines.append("| test | redis (1 shard) | twemproxy | shardis | shardis/twemproxy ops | p99 shardis/twemproxy |")
-    lines.append("|---|---:|---:|---:|---:|---:|")
+    lines.append(f"Medians of {RUNS} interleaved runs; N={N}; ops/s (p50/p99 latency, ms); redis-benchmark, "
+                 f"16-byte values, {KEYSPACE} random keys. \"shardis\" uses one worker thread per CPU "
+                 "(the default), \"shardis 1t\" one thread (threads = 1), as twemproxy.\n")
+    ratio_heads = [f"{n}/twemproxy ops (p99)" for n in shardises]
+    lines.append("| test | " + " | ".join(names) + " | " + " | ".join(ratio_heads) + " |")
+    lines.append("|---|" + "---:|" * (len(names) + len(shardises)))
     for name, *_ in rows:
-        cells = []
-        for cname in ("redis", "twemproxy", "shardis"):
-            cells.append(f"{fmt_ops(med(name, cname, 0))} ({med(name, cname, 1):.2f}/{med(name, cname, 2):.2f})")
-        ratio = med(name, "shardis", 0) / med(name, "twemproxy", 0)
-        p99r = med(name, "shardis", 2) / med(name, "twemproxy", 2)
-        lines.append(f"| {name} | {' | '.join(cells)} | {ratio:.2f}x | {p99r:.2f}x |")
-    lines.append("\nProxy CPU time (user+sys) per million requests, seconds (median):\n")
-    lines.append("| test | twemproxy | shardis | shardis/twemproxy |")
-    lines.append("|---|---:|---:|---:|")
+        cells = [f"{fmt_ops(med(name, c, 0))} ({med(name, c, 1):.2f}/{med(name, c, 2):.2f})" for c in names]
+        for sh in shardises:
+            ratio = med(name, sh, 0) / med(name, "twemproxy", 0)
+            p99r = med(name, sh, 2) / med(name, "twemproxy", 2)
+            cells.append(f"{ratio:.2f}x ({p99r:.2f}x)")
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    lines.append("\nProxy CPU time (user+sys, /proc/PID/stat) per million requests, seconds (median):\n")
+    lines.append("| test | " + " | ".join(names[1:]) + " | " + " | ".join(f"{n}/twemproxy" for n in shardises) + " |")
+    lines.append("|---|" + "---:|" * (len(names) - 1 + len(shardises)))
     for name, *_ in rows:
-        tw = statistics.median(cpu[(name, "twemproxy")])
-        sh = statistics.median(cpu[(name, "shardis")])
-        lines.append(f"| {name} | {tw:.2f} | {sh:.2f} | {sh / tw if tw else float('nan'):.2f}x |")
+        cpus = {c: statistics.median(cpu[(name, c)]) for c in names[1:]}
+        tw = cpus["twemproxy"]
+        cells = [f"{cpus[c]:.2f}" for c in names[1:]]
+        cells += [f"{cpus[sh] / tw:.2f}x" if tw else "n/a" for sh in shardises]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     if idle:
         lines.append(f"\nRSS with {IDLE} idle client connections, MB (connected; then after one PING each):\n")
         lines.append("| proxy | before | connected | after one PING each | per connection (after PING) |")

@@ -45,7 +45,11 @@ fn main() -> ExitCode {
         println!("{}: OK ({} backends)", args.config.display(), config.backends.len());
         return ExitCode::SUCCESS;
     }
-    let rt = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if config.threads > 0 {
+        builder.worker_threads(config.threads);
+    }
+    let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("shardis: cannot start the runtime: {e}");
