@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use shardis::backend::BackendResult;
-use shardis::merge::Merge;
+use shardis::merge::{Merge, MgetParts};
 use shardis::protocol::{Encoder, Limits, Protocol, RequestParser};
 use shardis::ring::{Member, Ring};
 
@@ -117,13 +117,13 @@ fn command_lookup(c: &mut Criterion) {
 }
 
 /// An MGET of `keys` keys spread round-robin over `shards` shards: the
-/// per-shard array replies and the merge's (part, index) table.
-fn mget_parts(keys: usize, shards: usize, value: &[u8]) -> (Vec<(u32, u32)>, Vec<Bytes>) {
-    let mut slots = Vec::with_capacity(keys);
+/// per-shard array replies and the merge table (the part of each key).
+fn mget_parts(keys: usize, shards: usize, value: &[u8]) -> (MgetParts, Vec<Bytes>) {
+    let mut slots = MgetParts::with_capacity(keys);
     let mut counts = vec![0u32; shards];
     for k in 0..keys {
         let s = k % shards;
-        slots.push((s as u32, counts[s]));
+        slots.push(s as u16);
         counts[s] += 1;
     }
     let frames = counts

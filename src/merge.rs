@@ -2,6 +2,7 @@
 //! reply the client expects, in its protocol.
 
 use bytes::Bytes;
+use smallvec::SmallVec;
 
 use crate::backend::BackendResult;
 use crate::protocol::Encoder;
@@ -10,8 +11,10 @@ use crate::protocol::reply;
 /// How to combine the parts of a fanned-out request.
 #[derive(Debug)]
 pub enum Merge {
-    /// MGET: `slots[i]` = (part, index in that part's array) for key `i`.
-    Mget(Vec<(u32, u32)>),
+    /// MGET: the part that holds key `i`, for every key in request order.
+    /// Each part's keys keep their request order, so key `i`'s value is the
+    /// next unread element of its part's array.
+    Mget(MgetParts),
     /// Integer replies, summed (DEL, EXISTS, DBSIZE, ...).
     Sum,
     /// `+OK` from every part (MSET, FLUSHDB, ...).
@@ -29,6 +32,10 @@ pub enum Merge {
     /// INFO: the proxy's own text plus the shards' summed keyspace.
     Info { text: String },
 }
+
+/// Part of each MGET key. Inline up to 16 keys: a typical MGET allocates
+/// nothing for its merge table.
+pub type MgetParts = SmallVec<[u16; 16]>;
 
 /// Bits of a SCAN cursor that name the shard; the backend cursor is shifted
 /// above them. 12 bits = up to 4096 shards, the configuration's maximum.
@@ -50,7 +57,8 @@ impl Merge {
     /// Writes the merged reply. Any part that failed makes the whole request
     /// fail with the first error, in part order.
     pub fn finish(self, parts: Vec<Option<BackendResult>>, enc: &mut Encoder<'_>) {
-        let mut frames: Vec<Bytes> = Vec::with_capacity(parts.len());
+        // Inline for up to 8 parts (shards): no allocation for a typical fan-out.
+        let mut frames: SmallVec<[Bytes; 8]> = SmallVec::with_capacity(parts.len());
         for p in parts {
             match p {
                 Some(Ok(f)) if reply::is_error(&f) && !matches!(self, Merge::Mget(_)) => return enc.raw(&f),
@@ -60,17 +68,35 @@ impl Merge {
             }
         }
         match self {
-            Merge::Mget(slots) => {
+            Merge::Mget(key_parts) => {
                 if let Some(f) = frames.iter().find(|f| reply::is_error(f)) {
                     return enc.raw(f);
                 }
-                let Some(split): Option<Vec<Vec<Bytes>>> = frames.iter().map(reply::elements).collect() else {
-                    return enc.error(&protocol_error("MGET"));
-                };
-                enc.array(slots.len());
-                for (part, idx) in slots {
-                    match split.get(part as usize).and_then(|p| p.get(idx as usize)) {
-                        Some(v) => enc.raw(v),
+                // Walk the parts' arrays side by side, one read position per
+                // part, copying each value frame as it is: no per-element
+                // allocation or reference count (merge_mget/10_keys_3_shards
+                // in bench/micro.rs: 343 ns -> 187 ns).
+                let mut pos: SmallVec<[usize; 8]> = SmallVec::with_capacity(frames.len());
+                for f in &frames {
+                    match reply::elements_start(f) {
+                        Some(p) => pos.push(p),
+                        None => return enc.error(&protocol_error("MGET")),
+                    }
+                }
+                enc.array(key_parts.len());
+                for &part in &key_parts {
+                    let part = part as usize;
+                    let (Some(f), Some(p)) = (frames.get(part), pos.get_mut(part)) else {
+                        enc.null();
+                        continue;
+                    };
+                    // A frame holds exactly one reply, so past the array's
+                    // last element there is nothing and the key reads as null.
+                    match f.get(*p..).and_then(reply::frame_len) {
+                        Some(len) => {
+                            enc.raw(&f[*p..*p + len]);
+                            *p += len;
+                        }
                         None => enc.null(),
                     }
                 }
@@ -199,13 +225,26 @@ mod tests {
     #[test]
     fn mget_in_key_order() {
         let out = run(
-            Merge::Mget(vec![(1, 0), (0, 0), (1, 1)]),
+            Merge::Mget(MgetParts::from_slice(&[1, 0, 1])),
             &[b"*1\r\n$1\r\na\r\n", b"*2\r\n$-1\r\n$1\r\nc\r\n"],
             Protocol::Resp2,
         );
         assert_eq!(out, b"*3\r\n$-1\r\n$1\r\na\r\n$1\r\nc\r\n");
-        let out = run(Merge::Mget(vec![(0, 0)]), &[b"*1\r\n_\r\n"], Protocol::Resp3);
+        let out = run(
+            Merge::Mget(MgetParts::from_slice(&[0])),
+            &[b"*1\r\n_\r\n"],
+            Protocol::Resp3,
+        );
         assert_eq!(out, b"*1\r\n_\r\n");
+        // A short array (never sent by Redis) reads as nulls; a non-array is an error.
+        let out = run(
+            Merge::Mget(MgetParts::from_slice(&[0, 0])),
+            &[b"*1\r\n$1\r\na\r\n"],
+            Protocol::Resp2,
+        );
+        assert_eq!(out, b"*2\r\n$1\r\na\r\n$-1\r\n");
+        let out = run(Merge::Mget(MgetParts::from_slice(&[0])), &[b"+OK\r\n"], Protocol::Resp2);
+        assert!(out.starts_with(b"-ERR shardis"));
     }
 
     #[test]

@@ -311,7 +311,7 @@ impl Session {
         let n_keys = (args.len() - 1) / step;
         // Group keys by shard, remembering each key's place in its group.
         let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-        let mut slots: Vec<(u32, u32)> = Vec::with_capacity(n_keys);
+        let mut slots = merge::MgetParts::with_capacity(n_keys);
         for k in 0..n_keys {
             let arg = 1 + k * step;
             let s = topo.shard_of(args[arg]);
@@ -322,7 +322,7 @@ impl Session {
                     groups.len() - 1
                 }
             };
-            slots.push((g as u32, groups[g].1.len() as u32));
+            slots.push(g as u16);
             groups[g].1.push(arg);
         }
         let merge = match kind {

@@ -179,6 +179,16 @@ pub fn elements(frame: &Bytes) -> Option<Vec<Bytes>> {
     Some(out)
 }
 
+/// Offset of the first element of an array-like reply (`*`, `~`, `>`), just
+/// past its header line; `None` if `frame` is not one. A null array (`*-1`)
+/// has no elements: its offset is the end of the frame.
+pub fn elements_start(frame: &[u8]) -> Option<usize> {
+    if !matches!(frame.first(), Some(b'*') | Some(b'~') | Some(b'>')) {
+        return None;
+    }
+    Some(find_crlf(frame, 1)? + 2)
+}
+
 /// The payload of a simple string, bulk string or verbatim string frame.
 pub fn as_bytes(frame: &Bytes) -> Option<Bytes> {
     match frame.first()? {
