@@ -1,7 +1,7 @@
 //! Heap allocations per request through the proxy.
 //!
-//! A counting global allocator wraps the system one. The example spawns one
-//! `redis-server`, starts an in-process shardis in front of it (the same
+//! A counting global allocator wraps the system one. The example spawns three
+//! `redis-server` shards, starts an in-process shardis in front of them (the same
 //! multi-threaded tokio runtime as the binary), warms up, then sends requests
 //! over a raw TCP socket from a client thread that does not allocate while
 //! measuring, and divides the process's allocation count by the number of
@@ -226,10 +226,19 @@ fn cases() -> Vec<Case> {
             .flat_map(|i| resp(&[b"SET", format!("key:{}", i % KEYS).as_bytes(), VALUE]))
             .collect()
     };
-    let mget: Vec<Vec<u8>> = std::iter::once(b"MGET".to_vec())
-        .chain((0..10).map(|i| format!("key:{i}").into_bytes()))
-        .collect();
-    let mget_refs: Vec<&[u8]> = mget.iter().map(|a| a.as_slice()).collect();
+    let multi = |cmd: &[u8], keys: &dyn Fn(usize) -> String, with_values: bool| -> Vec<u8> {
+        let mut args: Vec<Vec<u8>> = vec![cmd.to_vec()];
+        for i in 0..10 {
+            args.push(keys(i).into_bytes());
+            if with_values {
+                args.push(VALUE.to_vec());
+            }
+        }
+        let refs: Vec<&[u8]> = args.iter().map(|a| a.as_slice()).collect();
+        resp(&refs)
+    };
+    let spread = |i: usize| format!("key:{i}");
+    let tagged = |i: usize| format!("{{tag}}:{i}");
     vec![
         Case {
             name: "GET -P 1",
@@ -250,9 +259,21 @@ fn cases() -> Vec<Case> {
             reply_len: 16 * 5,
         },
         Case {
-            name: "MGET 10 keys -P 1 (1 shard)",
+            name: "MGET 10 keys -P 1 (3 shards)",
             pipeline: 1,
-            batch: resp(&mget_refs),
+            batch: multi(b"MGET", &spread, false),
+            reply_len: 5 + 10 * get_reply,
+        },
+        Case {
+            name: "MSET 10 keys -P 1 (3 shards)",
+            pipeline: 1,
+            batch: multi(b"MSET", &spread, true),
+            reply_len: 5,
+        },
+        Case {
+            name: "MGET 10 keys -P 1 (1 shard, hash tag)",
+            pipeline: 1,
+            batch: multi(b"MGET", &tagged, false),
             reply_len: 5 + 10 * get_reply,
         },
     ]
@@ -279,33 +300,37 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
 
-    let redis_port = free_port();
     let dir = std::env::temp_dir().join(format!("shardis-alloc-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("temp dir");
-    let child = Command::new("redis-server")
-        .args([
-            "--port",
-            &redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .arg("--dir")
-        .arg(&dir)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("redis-server must be installed");
-    let _redis = Redis(child);
-    wait_for_ping(redis_port);
+    let mut shards = Vec::new();
+    let mut backends = String::new();
+    for name in ["shard-a", "shard-b", "shard-c"] {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&dir)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server must be installed");
+        shards.push(Redis(child));
+        wait_for_ping(port);
+        backends.push_str(&format!(
+            "[[backends]]\nname = \"{name}\"\naddr = \"127.0.0.1:{port}\"\n"
+        ));
+    }
 
-    let config = shardis::config::Config::parse(&format!(
-        "listen = \"127.0.0.1:0\"\n[[backends]]\nname = \"shard-a\"\naddr = \"127.0.0.1:{redis_port}\"\n"
-    ))
-    .expect("config");
+    let config = shardis::config::Config::parse(&format!("listen = \"127.0.0.1:0\"\n{backends}")).expect("config");
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -323,15 +348,19 @@ fn main() {
     // Load the keys, then warm up every case (buffers reach their working
     // size, lazily started tasks and connections exist).
     let load: Vec<u8> = (0..KEYS)
-        .flat_map(|i| resp(&[b"SET", format!("key:{i}").as_bytes(), VALUE]))
+        .flat_map(|i| {
+            let mut r = resp(&[b"SET", format!("key:{i}").as_bytes(), VALUE]);
+            r.extend(resp(&[b"SET", format!("{{tag}}:{i}").as_bytes(), VALUE]));
+            r
+        })
         .collect();
     run(
         &mut sock,
         &Case {
             name: "load",
-            pipeline: KEYS,
+            pipeline: 2 * KEYS,
             batch: load,
-            reply_len: KEYS * 5,
+            reply_len: 2 * KEYS * 5,
         },
         1,
         &mut buf,
@@ -342,7 +371,7 @@ fn main() {
     }
     std::thread::sleep(Duration::from_millis(100));
 
-    println!("# Heap allocations per request through shardis (1 backend, pool of 2 connections)\n");
+    println!("# Heap allocations per request through shardis (3 backends, pool of 2 connections each)\n");
     println!("| case | requests | allocs/req | reallocs/req | deallocs/req | bytes allocated/req |");
     println!("|---|---:|---:|---:|---:|---:|");
     let mut size_tables = Vec::new();

@@ -14,6 +14,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -23,6 +24,7 @@ use crate::backend::{BackendResult, Completion, Job, ReplyTo};
 use crate::command::{self, Broadcast, Fanout, Lookup, Route};
 use crate::local;
 use crate::merge::{self, Merge};
+use crate::protocol::request::{put_bulk, put_header};
 use crate::protocol::{Encoder, Protocol, Request, RequestParser};
 use crate::server::Shared;
 use crate::topology::Topology;
@@ -309,44 +311,58 @@ impl Session {
             return self.error("ERR wrong number of arguments for 'mset' command");
         }
         let n_keys = (args.len() - 1) / step;
-        // Group keys by shard, remembering each key's place in its group.
-        let mut groups: Vec<(usize, Vec<usize>)> = Vec::new();
-        let mut slots = merge::MgetParts::with_capacity(n_keys);
+        // Group keys by shard: `shards[p]` is part p's shard (parts in order
+        // of first appearance), `key_parts[k]` key k's part. Both inline for
+        // typical sizes, so grouping allocates nothing.
+        let mut shards: SmallVec<[usize; 8]> = SmallVec::new();
+        let mut key_parts = merge::MgetParts::with_capacity(n_keys);
         for k in 0..n_keys {
-            let arg = 1 + k * step;
-            let s = topo.shard_of(args[arg]);
-            let g = match groups.iter().position(|(sh, _)| *sh == s) {
-                Some(g) => g,
+            let s = topo.shard_of(args[1 + k * step]);
+            let part = match shards.iter().position(|&x| x == s) {
+                Some(p) => p,
                 None => {
-                    groups.push((s, Vec::new()));
-                    groups.len() - 1
+                    shards.push(s);
+                    shards.len() - 1
                 }
             };
-            slots.push(g as u16);
-            groups[g].1.push(arg);
+            key_parts.push(part as u16);
+        }
+        if shards.len() == 1 {
+            // All keys on one shard: forward the request untouched.
+            let seq = self.push(Slot::One(None));
+            return self.send(topo, shards[0], req.raw.clone(), seq, 0);
+        }
+        // Encode every part's sub-request into one buffer and split each off:
+        // one allocation for all of them (the client's request plus a header
+        // per part is enough room). With the merge table inline, MGET and
+        // MSET of 10 keys over 3 shards: 22 and 20 allocations per request
+        // -> 5 (bench/alloc_count.rs).
+        let n_parts = shards.len();
+        let mut buf = BytesMut::with_capacity(req.raw.len() + n_parts * (24 + args[0].len()));
+        let mut subs: SmallVec<[Bytes; 8]> = SmallVec::with_capacity(n_parts);
+        for part in 0..n_parts {
+            let n = key_parts.iter().filter(|&&p| p as usize == part).count();
+            put_header(&mut buf, b'*', 1 + n * step);
+            put_bulk(&mut buf, args[0]);
+            for k in (0..n_keys).filter(|&k| key_parts[k] as usize == part) {
+                for a in &args[1 + k * step..1 + (k + 1) * step] {
+                    put_bulk(&mut buf, a);
+                }
+            }
+            subs.push(buf.split().freeze());
         }
         let merge = match kind {
-            Fanout::Mget => Merge::Mget(slots),
+            Fanout::Mget => Merge::Mget(key_parts),
             Fanout::Mset => Merge::AllOk,
             Fanout::SumKeys => Merge::Sum,
         };
-        if groups.len() == 1 {
-            // All keys on one shard: forward the request untouched.
-            let seq = self.push(Slot::One(None));
-            return self.send(topo, groups[0].0, req.raw.clone(), seq, 0);
-        }
         let seq = self.push(Slot::Many {
             merge,
-            parts: (0..groups.len()).map(|_| None).collect(),
-            left: groups.len(),
+            parts: (0..n_parts).map(|_| None).collect(),
+            left: n_parts,
         });
-        for (part, (shard, arg_idx)) in groups.iter().enumerate() {
-            let mut sub: Vec<&[u8]> = Vec::with_capacity(1 + arg_idx.len() * step);
-            sub.push(args[0]);
-            for &a in arg_idx {
-                sub.extend_from_slice(&args[a..a + step]);
-            }
-            self.send(topo, *shard, Request::from_args(&sub).raw, seq, part as u32);
+        for (part, (sub, &shard)) in subs.into_iter().zip(&shards).enumerate() {
+            self.send(topo, shard, sub, seq, part as u32);
         }
     }
 

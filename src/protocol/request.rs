@@ -125,6 +125,13 @@ pub fn put_header(buf: &mut BytesMut, prefix: u8, n: usize) {
     buf.extend_from_slice(b"\r\n");
 }
 
+/// Writes `data` as a RESP bulk string.
+pub fn put_bulk(buf: &mut BytesMut, data: &[u8]) {
+    put_header(buf, b'$', data.len());
+    buf.extend_from_slice(data);
+    buf.extend_from_slice(b"\r\n");
+}
+
 /// Parser state carried across reads, so a large request is scanned once.
 #[derive(Debug, Default)]
 enum State {
