@@ -24,7 +24,7 @@ use crate::backend::{BackendResult, Completion, Job, ReplyTo};
 use crate::command::{self, Broadcast, Fanout, Lookup, Route};
 use crate::local;
 use crate::merge::{self, Merge};
-use crate::protocol::request::{put_bulk, put_header};
+use crate::protocol::request::{INLINE_ARGS, put_bulk, put_header};
 use crate::protocol::{Encoder, Protocol, Request, RequestParser};
 use crate::server::Shared;
 use crate::topology::Topology;
@@ -231,7 +231,7 @@ impl Session {
     }
 
     fn dispatch(&mut self, topo: &Topology, req: Request) {
-        let args: smallvec::SmallVec<[&[u8]; 8]> = req.args().collect();
+        let args: SmallVec<[&[u8]; INLINE_ARGS]> = req.args().collect();
         let Lookup { spec, route } = match command::lookup(&args) {
             Ok(l) => l,
             Err(msg) => return self.error(&msg),
