@@ -350,7 +350,7 @@ fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology)
         t.push_str(&format!(
             "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
             shared.stats.connections.load(Ordering::Relaxed),
-            shared.stats.commands.load(Ordering::Relaxed),
+            shared.stats.commands.get(),
             shared.stats.rejected.load(Ordering::Relaxed),
         ));
     }

@@ -21,7 +21,37 @@ pub struct Stats {
     pub clients: AtomicUsize,
     pub connections: AtomicU64,
     pub rejected: AtomicU64,
-    pub commands: AtomicU64,
+    /// Bumped on every read of every client: striped, see [`StripedCounter`].
+    pub commands: StripedCounter,
+}
+
+/// Stripes of [`StripedCounter`]; threads beyond this share stripes.
+const STRIPES: usize = 16;
+
+/// One stripe on its own cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+/// A counter written by every worker thread and read rarely (INFO). Each
+/// thread adds to its own cache line, so sessions on different threads never
+/// contend for one line as they would with a single `AtomicU64`.
+#[derive(Debug, Default)]
+pub struct StripedCounter([Stripe; STRIPES]);
+
+impl StripedCounter {
+    pub fn add(&self, n: u64) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        }
+        let i = MINE.with(|i| *i);
+        self.0[i].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
 }
 
 /// State shared by every session.

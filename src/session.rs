@@ -158,7 +158,9 @@ impl Session {
     }
 
     fn parse_and_dispatch(&mut self, rbuf: &mut BytesMut) {
-        let topo = self.shared.topology.load_full();
+        // A guard, not `load_full`: cloning the Arc would bump one reference
+        // count shared by every session on every thread, once per read.
+        let topo = self.shared.topology.load();
         let mut n = 0u64;
         while !self.closing && self.pending.len() < self.max_pipeline {
             match self.parser.parse(rbuf) {
@@ -176,10 +178,7 @@ impl Session {
                 }
             }
         }
-        self.shared
-            .stats
-            .commands
-            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.shared.stats.commands.add(n);
     }
 
     /// Reserves the next reply slot and returns its sequence number.
