@@ -29,6 +29,8 @@ static ALLOCS: AtomicU64 = AtomicU64::new(0);
 static REALLOCS: AtomicU64 = AtomicU64::new(0);
 static DEALLOCS: AtomicU64 = AtomicU64::new(0);
 static BYTES: AtomicU64 = AtomicU64::new(0);
+/// Bytes currently allocated (allocated minus freed).
+static LIVE: AtomicU64 = AtomicU64::new(0);
 /// Allocation count by requested size (the last bucket: larger than 4 KiB).
 static BY_SIZE: [AtomicU64; 4098] = [const { AtomicU64::new(0) }; 4098];
 
@@ -44,6 +46,7 @@ thread_local! {
 }
 
 fn note(size: usize) {
+    LIVE.fetch_add(size as u64, Relaxed);
     if IN_TRACE.with(|t| t.get()) {
         return;
     }
@@ -75,12 +78,15 @@ unsafe impl GlobalAlloc for Counting {
         if !IN_TRACE.with(|t| t.get()) {
             REALLOCS.fetch_add(1, Relaxed);
         }
+        LIVE.fetch_add(new_size as u64, Relaxed);
+        LIVE.fetch_sub(layout.size() as u64, Relaxed);
         unsafe { System.realloc(ptr, layout, new_size) }
     }
     unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
         if !IN_TRACE.with(|t| t.get()) {
             DEALLOCS.fetch_add(1, Relaxed);
         }
+        LIVE.fetch_sub(layout.size() as u64, Relaxed);
         unsafe { System.dealloc(ptr, layout) }
     }
 }
@@ -412,6 +418,46 @@ fn main() {
         let parts: Vec<String> = by.iter().take(8).map(|(s, n)| format!("{s} B: {n:.2}")).collect();
         println!("- {name}: {}", parts.join(", "));
     }
+    // What one idle client costs: connect, one PING (answered by the proxy
+    // itself), then nothing. Live bytes = allocated minus freed.
+    let idle = 1000;
+    let a = snapshot();
+    let live0 = LIVE.load(Relaxed);
+    let mut clients = Vec::with_capacity(idle);
+    let trace_idle: usize = std::env::var("ALLOC_TRACE_IDLE")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if trace_idle > 0 {
+        TRACES.lock().expect("traces").clear();
+        TRACE_LEFT.store(trace_idle, Relaxed);
+        TRACING.store(true, Relaxed);
+    }
+    for _ in 0..idle {
+        let mut c = TcpStream::connect(addr).expect("connect idle client");
+        c.write_all(b"*1\r\n$4\r\nPING\r\n").expect("ping");
+        let mut pong = [0u8; 7];
+        c.read_exact(&mut pong).expect("pong");
+        clients.push(c);
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    TRACING.store(false, Relaxed);
+    let b = snapshot();
+    let live = LIVE.load(Relaxed) as i64 - live0 as i64;
+    println!(
+        "\nPer idle client connection (connected, one PING): {:.1} allocations, {:.0} bytes live on the heap",
+        (b.allocs - a.allocs) as f64 / idle as f64,
+        live as f64 / idle as f64
+    );
+    drop(clients);
+    if trace_idle > 0 {
+        let traces = std::mem::take(&mut *TRACES.lock().expect("traces"));
+        println!("\n## Stacks of the first {trace_idle} allocations made for idle clients\n");
+        for t in traces {
+            println!("{t}\n");
+        }
+    }
+
     if trace > 0 {
         let traces = std::mem::take(&mut *TRACES.lock().expect("traces"));
         let mut grouped: BTreeMap<String, usize> = BTreeMap::new();

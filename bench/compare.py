@@ -134,7 +134,9 @@ class Cluster:
             port = free_port()
             conf = os.path.join(self.dir, f"shardis-{threads}.toml")
             with open(conf, "w") as f:
-                f.write(f'listen = "127.0.0.1:{port}"\nthreads = {threads}\n')
+                f.write(f'listen = "127.0.0.1:{port}"\n')
+                if threads:
+                    f.write(f"threads = {threads}\n")
                 for p, n in zip(self.shard_ports, names):
                     f.write(f'[[backends]]\nname = "{n}"\naddr = "127.0.0.1:{p}"\n')
             log = open(os.path.join(self.dir, f"shardis-{threads}.log"), "w")
