@@ -236,6 +236,12 @@ def main():
     contenders = c.contenders
     try:
         c.precheck()
+        # Idle clients on the (nearly) fresh proxies, and again after all the load below.
+        idle_fresh = {}
+        if IDLE > 0:
+            for cname, port, proc in c.contenders[1:]:
+                idle_fresh[cname] = idle_rss(proc.pid, port, IDLE)
+                time.sleep(1.0)
         results = {}  # (row, contender) -> list of (ops, p50, p99)
         cpu = {}  # (row, contender) -> list of CPU seconds per 1M requests
         for name, clients, pipeline, n, args in rows:
@@ -285,11 +291,14 @@ def main():
         cells += [f"{cpus[sh] / tw:.2f}x" if tw else "n/a" for sh in shardises]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     if idle:
-        lines.append(f"\nRSS with {IDLE} idle client connections, MB (connected; then after one PING each):\n")
-        lines.append("| proxy | before | connected | after one PING each | per connection (after PING) |")
-        lines.append("|---|---:|---:|---:|---:|")
-        for cname, (b, c, u) in idle.items():
-            lines.append(f"| {cname} | {b:.1f} | {c:.1f} | {u:.1f} | {(u - b) * 1024 / IDLE:.2f} KiB |")
+        lines.append(f"\nRSS with {IDLE} idle client connections, MB: on the fresh proxy (before the load above) "
+                     "and again after it; each time without clients, with them connected, and after one PING "
+                     "on each:\n")
+        lines.append("| proxy | when | no clients | connected | after one PING each | per connection |")
+        lines.append("|---|---|---:|---:|---:|---:|")
+        for when, table in (("fresh", idle_fresh), ("after load", idle)):
+            for cname, (b, c, u) in table.items():
+                lines.append(f"| {cname} | {when} | {b:.1f} | {c:.1f} | {u:.1f} | {(u - b) * 1024 / IDLE:.2f} KiB |")
     text = "\n".join(lines)
     print(text)
     os.makedirs(os.path.join(ROOT, "bench/results"), exist_ok=True)
