@@ -12,6 +12,8 @@
 //! - [`command`]: the Redis 7.0 command table (generated), key extraction from
 //!   key specs, and the routing policy ([`command::Route`]).
 //! - [`local`]: commands the proxy answers itself (HELLO, CLIENT, COMMAND, INFO ...).
+//! - [`lock`]: Redlock for keys in the lock namespace: quorum, validity,
+//!   fencing tokens, majority answers, lock-group changes.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`topology`]: ring + backend pools + epoch, swapped atomically (`ArcSwap`).
 //! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
@@ -22,6 +24,7 @@ pub mod backend;
 pub mod command;
 pub mod config;
 pub mod local;
+pub mod lock;
 pub mod merge;
 pub mod protocol;
 pub mod ring;
