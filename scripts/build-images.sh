@@ -2,8 +2,8 @@
 # Builds the two local images, offline (no registry, no base image, no builder):
 #
 #   shardis/redis:local    redis-server + redis-cli from the host's Debian packages
-#   shardis/shardis:local  target/release/shardis, config at /etc/shardis/proxy.toml,
-#                          runs as uid 65534 (nobody)
+#   shardis/shardis:local  target/release/shardis (+ redis-cli for healthchecks),
+#                          config at /etc/shardis/proxy.toml, runs as uid 65534 (nobody)
 #
 # Each image is a `docker import` of a rootfs tarball: the binaries plus the
 # shared libraries `ldd` lists. Works on any Docker engine (no BuildKit, no
@@ -135,6 +135,9 @@ import "$prefix/redis:$tag" "$redis_root" \
 shardis_root="$work/shardis"
 skeleton "$shardis_root"
 copy_with_libs "$shardis_root" "$bin" /usr/bin/shardis
+# redis-cli, for healthchecks (`redis-cli -p 6380 ping`, answered by shardis
+# itself) and for debugging from inside the network.
+copy_with_libs "$shardis_root" "$(command -v redis-cli)" /usr/bin/redis-cli
 # The release profile keeps line tables for profiling; the image does not need them.
 if command -v strip >/dev/null 2>&1; then
   strip --strip-debug "$shardis_root/usr/bin/shardis"
