@@ -17,6 +17,9 @@
 //! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`backend`]: per-shard pipelined connections, timeouts, reconnects.
 //! - [`config`]: `proxy.toml` schema and validation.
+//!
+//! With the cargo feature `testing`, `testing` starts shardis and N Redis
+//! shards in Docker containers for your own tests (see docs/containers.md).
 
 pub mod backend;
 pub mod command;
@@ -27,4 +30,6 @@ pub mod protocol;
 pub mod ring;
 pub mod server;
 pub mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topology;
