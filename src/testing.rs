@@ -260,8 +260,7 @@ impl ClusterBuilder {
             .collect();
         let ring = Ring::build(&members, parsed.ring.slot_bits);
         let config_path = dir.0.join("proxy.toml");
-        std::fs::write(&config_path, &config)
-            .map_err(|e| Error::Setup(format!("{}: {e}", config_path.display())))?;
+        std::fs::write(&config_path, &config).map_err(|e| Error::Setup(format!("{}: {e}", config_path.display())))?;
 
         let (shardis_name, shardis_tag) = split_image(&self.shardis_image);
         let image = GenericImage::new(shardis_name, shardis_tag)

@@ -22,10 +22,10 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use shardis::testing::{self, Cluster};
+use testcontainers::GenericImage;
 use testcontainers::RunnableImage;
 use testcontainers::clients::Cli;
 use testcontainers::core::WaitFor;
-use testcontainers::GenericImage;
 
 /// Serializes the tests of this binary: one cluster at a time.
 static LOCK: Mutex<()> = Mutex::new(());
@@ -87,7 +87,8 @@ fn connect(url: &str) -> redis::Connection {
     let con = client
         .get_connection_with_timeout(Duration::from_secs(5))
         .expect("connect to shardis");
-    con.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    con.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("read timeout");
     con
 }
 
@@ -214,7 +215,10 @@ fn restarted_shard_with_new_ip_is_found_by_name() {
     cluster.start_shard(1).expect("docker start");
     let new_ip = cluster.shard_ip(1).expect("shard ip");
     eprintln!("restarted shard: address {old_ip} -> {new_ip}");
-    assert_ne!(new_ip, old_ip, "precondition: Docker gave the restarted shard its old address");
+    assert_ne!(
+        new_ip, old_ip,
+        "precondition: Docker gave the restarted shard its old address"
+    );
 
     let (v, took) = wait_recovered(&mut con, &keys[1]);
     eprintln!("restarted shard: served again {took:?} after start");
@@ -228,7 +232,10 @@ fn restarted_shard_with_new_ip_is_found_by_name() {
     let on_filler = testing::docker(&["exec", filler.id(), "redis-cli", "GET", &keys[1]]).expect("redis-cli");
     assert_eq!(on_filler, "", "the write went to the container holding an old address");
     for i in [0, 2] {
-        assert_eq!(get(&mut con, &keys[i]).expect("GET").as_deref(), Some(format!("v-{i}").as_str()));
+        assert_eq!(
+            get(&mut con, &keys[i]).expect("GET").as_deref(),
+            Some(format!("v-{i}").as_str())
+        );
     }
     assert_eq!(started_at(&cluster), proxy_started, "the proxy container restarted");
     drop(filler); // before the cluster's network goes
@@ -246,7 +253,11 @@ fn partitioned_shard_errors_and_recovers() {
     let keys = seed(&cluster, &mut con);
 
     cluster.disconnect_shard(1).expect("docker network disconnect");
-    assert_eq!(cluster.shard_ip(1).expect("inspect"), "", "the shard is still on the network");
+    assert_eq!(
+        cluster.shard_ip(1).expect("inspect"),
+        "",
+        "the shard is still on the network"
+    );
     assert_only_shard_down(&mut con, &keys, 1);
     // The shard itself is alive the whole time: only the network is cut.
     assert_eq!(cluster.shard_cli(1, &["GET", &keys[1]]).expect("redis-cli"), "v-1");
@@ -254,7 +265,11 @@ fn partitioned_shard_errors_and_recovers() {
     cluster.connect_shard(1).expect("docker network connect");
     let (v, took) = wait_recovered(&mut con, &keys[1]);
     eprintln!("partitioned shard: served again {took:?} after reconnect");
-    assert_eq!(v.as_deref(), Some("v-1"), "the shard kept its data through the partition");
+    assert_eq!(
+        v.as_deref(),
+        Some("v-1"),
+        "the shard kept its data through the partition"
+    );
     set(&mut con, &keys[1], "after").expect("SET after reconnect");
     assert_eq!(cluster.shard_cli(1, &["GET", &keys[1]]).expect("redis-cli"), "after");
     assert_eq!(started_at(&cluster), proxy_started, "the proxy container restarted");
@@ -275,10 +290,17 @@ fn proxy_container_serves_host_clients_as_documented() {
     let cluster = Cluster::start(&docker, 3).expect("shardis cluster");
     let client = redis::Client::open(cluster.proxy_url()).expect("url");
     let mut con = client.get_connection().expect("connect to shardis");
-    redis::cmd("SET").arg("greeting").arg("hello").exec(&mut con).expect("SET");
+    redis::cmd("SET")
+        .arg("greeting")
+        .arg("hello")
+        .exec(&mut con)
+        .expect("SET");
     // Which shard got the key, and a look at it from inside that shard:
     let shard = cluster.shard_of("greeting");
-    assert_eq!(cluster.shard_cli(shard, &["GET", "greeting"]).expect("redis-cli"), "hello");
+    assert_eq!(
+        cluster.shard_cli(shard, &["GET", "greeting"]).expect("redis-cli"),
+        "hello"
+    );
     // --- docs/containers.md example, end ---
 
     assert!(cluster.proxy_addr().ip().is_loopback());
@@ -385,7 +407,11 @@ fn compose_up_serves_redis_cli() {
     };
     let start = Instant::now();
     let up = project.run(&["up", "--detach"]);
-    assert!(up.status.success(), "compose up: {}", String::from_utf8_lossy(&up.stderr));
+    assert!(
+        up.status.success(),
+        "compose up: {}",
+        String::from_utf8_lossy(&up.stderr)
+    );
 
     // shardis' own healthcheck (redis-cli in its image) must turn healthy.
     let ps = project.run(&["ps", "-q", "shardis"]);
@@ -405,10 +431,23 @@ fn compose_up_serves_redis_cli() {
     let port = project.port;
     assert_eq!(redis_cli(port, &["PING"]), "PONG");
     assert_eq!(redis_cli(port, &["SET", "compose:a", "1"]), "OK");
-    assert_eq!(redis_cli(port, &["MSET", "compose:b", "2", "compose:c", "3", "compose:d", "4"]), "OK");
+    assert_eq!(
+        redis_cli(port, &["MSET", "compose:b", "2", "compose:c", "3", "compose:d", "4"]),
+        "OK"
+    );
     assert_eq!(redis_cli(port, &["GET", "compose:a"]), "1");
     assert_eq!(
-        redis_cli(port, &["MGET", "compose:a", "compose:b", "compose:c", "compose:d", "compose:none"]),
+        redis_cli(
+            port,
+            &[
+                "MGET",
+                "compose:a",
+                "compose:b",
+                "compose:c",
+                "compose:d",
+                "compose:none"
+            ]
+        ),
         "1\n2\n3\n4\n"
     );
     // The keys are spread over the three Redis services, by hostname.
