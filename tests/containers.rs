@@ -53,11 +53,15 @@ fn docker_or_skip(test: &str) -> Option<MutexGuard<'static, ()>> {
         }
         Err(e) if required => panic!("SHARDIS_REQUIRE_DOCKER=1 but the Docker engine is unreachable: {e}"),
         Err(e) => {
-            eprintln!(
+            // Straight to the process' stderr: libtest captures eprintln!,
+            // and a skip must be seen.
+            use std::io::Write;
+            let _ = writeln!(
+                std::io::stderr(),
                 "\n**********************************************************************\n\
                  SKIP {test}: no reachable Docker engine ({e}).\n\
                  Set SHARDIS_REQUIRE_DOCKER=1 to make this a failure.\n\
-                 **********************************************************************\n"
+                 **********************************************************************"
             );
             return None;
         }
