@@ -66,6 +66,8 @@ fn docker_or_skip(test: &str) -> Option<MutexGuard<'static, ()>> {
             return None;
         }
     }
+    static SWEPT: OnceLock<()> = OnceLock::new();
+    SWEPT.get_or_init(sweep_stale);
     static IMAGES: OnceLock<Result<(), String>> = OnceLock::new();
     let built = IMAGES.get_or_init(|| {
         let status = Command::new(repo_root().join("scripts/build-images.sh"))
@@ -82,6 +84,31 @@ fn docker_or_skip(test: &str) -> Option<MutexGuard<'static, ()>> {
         panic!("{e}");
     }
     Some(guard)
+}
+
+/// Removes what earlier runs that were killed (no unwinding, no Drop) left
+/// behind: containers and networks named `shardis-<pid>-...` (see
+/// `shardis::testing`) and compose projects `shardis-test-<pid>` whose test
+/// process is gone. Never touches anything of a live process.
+fn sweep_stale() {
+    let dead = |name: &str| -> bool {
+        let rest = name
+            .strip_prefix("shardis-test-")
+            .or_else(|| name.strip_prefix("shardis-"))
+            .unwrap_or("");
+        let pid: String = rest.chars().take_while(char::is_ascii_digit).collect();
+        !pid.is_empty() && pid != std::process::id().to_string() && !Path::new(&format!("/proc/{pid}")).exists()
+    };
+    let containers = testing::docker(&["ps", "-a", "--filter", "name=^/?shardis-", "--format", "{{.Names}}"]);
+    for name in containers.unwrap_or_default().lines().filter(|n| dead(n)) {
+        eprintln!("containers: removing stale container {name}");
+        let _ = testing::docker(&["rm", "-f", "-v", name]);
+    }
+    let networks = testing::docker(&["network", "ls", "--filter", "name=shardis-", "--format", "{{.Name}}"]);
+    for name in networks.unwrap_or_default().lines().filter(|n| dead(n)) {
+        eprintln!("containers: removing stale network {name}");
+        let _ = testing::docker(&["network", "rm", name]);
+    }
 }
 
 /// A redis-rs connection to `url` whose own read timeout (10 s) is far above
