@@ -382,7 +382,9 @@ impl<'d> Cluster<'d> {
     }
 
     /// A key (`{prefix}0`, `{prefix}1`, ...) owned by shard `index`.
+    /// Panics if there is no shard `index`.
     pub fn key_on_shard(&self, index: usize, prefix: &str) -> String {
+        assert!(index < self.shards.len(), "no shard {index}");
         (0u64..)
             .map(|i| format!("{prefix}{i}"))
             .find(|k| self.shard_of(k) == index)

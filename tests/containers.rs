@@ -148,6 +148,7 @@ fn seed(cluster: &Cluster<'_>, con: &mut redis::Connection) -> Vec<String> {
 /// The key of `down` fails with an error naming the shard, in time; the keys
 /// of the other shards still read back their values, without waiting for it.
 fn assert_only_shard_down(con: &mut redis::Connection, keys: &[String], down: usize) {
+    let mut slowest = Duration::ZERO;
     for round in 0..3 {
         let start = Instant::now();
         let r = get(con, &keys[down]);
@@ -159,6 +160,7 @@ fn assert_only_shard_down(con: &mut redis::Connection, keys: &[String], down: us
         let name = format!("backend shard-{} unavailable", down + 1);
         assert!(e.to_string().contains(&name), "round {round}: {e}");
         assert!(took < FAIL_WITHIN, "round {round}: the error took {took:?}");
+        slowest = slowest.max(took);
         for (i, k) in keys.iter().enumerate().filter(|(i, _)| *i != down) {
             let start = Instant::now();
             let v = get(con, k).unwrap_or_else(|e| panic!("round {round}: GET {k} on healthy shard {i}: {e}"));
@@ -167,6 +169,7 @@ fn assert_only_shard_down(con: &mut redis::Connection, keys: &[String], down: us
             assert!(took < COMMAND_TIMEOUT, "GET on healthy shard {i} took {took:?}");
         }
     }
+    eprintln!("shard {down} down: slowest error reply {slowest:?}");
 }
 
 /// Polls GET `key` until it succeeds; returns its value and how long it took.
