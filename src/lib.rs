@@ -19,6 +19,9 @@
 //! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`backend`]: per-shard pipelined connections, timeouts, reconnects.
 //! - [`config`]: `proxy.toml` schema and validation.
+//!
+//! With the cargo feature `testing`, `testing` starts shardis and N Redis
+//! shards in Docker containers for your own tests (see docs/containers.md).
 
 pub mod backend;
 pub mod command;
@@ -30,4 +33,6 @@ pub mod protocol;
 pub mod ring;
 pub mod server;
 pub mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topology;
