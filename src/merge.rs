@@ -58,8 +58,13 @@ impl Merge {
     /// fail with the first error, in part order.
     pub fn finish(self, parts: Vec<Option<BackendResult>>, enc: &mut Encoder<'_>) {
         let mut frames: Vec<Bytes> = Vec::with_capacity(parts.len());
+        // INFO is what operators run when something is wrong: a shard that
+        // fails only leaves its keys out of the summed keyspace.
+        let tolerant = matches!(self, Merge::Info { .. });
         for p in parts {
             match p {
+                Some(Ok(f)) if tolerant && reply::is_error(&f) => {}
+                Some(Err(_)) | None if tolerant => {}
                 Some(Ok(f)) if reply::is_error(&f) && !matches!(self, Merge::Mget(_)) => return enc.raw(&f),
                 Some(Ok(f)) => frames.push(f),
                 Some(Err(e)) => return enc.error(e.message()),

@@ -772,7 +772,9 @@ async fn vote(shared: &Shared, topo: &Topology, fan: &mut Fan, m: &Members, r: &
         noscript[pos] = matches!(&res, Ok(f) if f.starts_with(b"-NOSCRIPT"));
         results[pos] = Some(res);
         answered += 1;
-        if early && quorum::agreed(&results, &m.groups).is_some() {
+        // Stop at a majority's answer, unless that answer is NOSCRIPT: then
+        // wait for every member, since one that ran the script must count.
+        if early && quorum::agreed(&results, &m.groups).is_some_and(|f| !f.starts_with(b"-NOSCRIPT")) {
             break;
         }
     }
