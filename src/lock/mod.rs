@@ -530,6 +530,18 @@ impl Fan {
     }
 }
 
+/// Members of the lock group that are out of lock quorums because their
+/// server restarted less than the longest granted TTL ago, with the reason.
+pub fn resting_members(topo: &Topology, svc: &LockService) -> Vec<String> {
+    let m = Members::of(topo);
+    (0..m.names.len())
+        .filter_map(|pos| {
+            m.resting(topo, svc, pos)
+                .map(|why| format!("{} ({})", m.names[pos], why.message()))
+        })
+        .collect()
+}
+
 /// The members of a request: names, backend indices, groups.
 struct Members {
     names: Vec<Arc<str>>,
@@ -542,6 +554,26 @@ impl Members {
         let (names, groups) = topo.locks.plan();
         let targets = names.iter().map(|n| topo.shard_index_by_name(n)).collect();
         Members { names, targets, groups }
+    }
+
+    /// Why member `pos` must not vote: its server restarted (lost its data)
+    /// less than the longest granted TTL ago, so it may have lost a lock it
+    /// had granted (Redlock's delayed restart, automated).
+    fn resting(&self, topo: &Topology, svc: &LockService, pos: usize) -> Option<BackendError> {
+        let target = (*self.targets.get(pos)?)?;
+        let at = topo.shards.get(target)?.identity.restarted_at()?;
+        let rest = svc
+            .max_ttl()
+            .map_or(Duration::MAX, |ttl| ttl.saturating_sub(at.elapsed()));
+        (!rest.is_zero()).then(|| {
+            BackendError(
+                format!(
+                    "restarted {} ms ago, out of lock quorums until the longest lock TTL has passed",
+                    at.elapsed().as_millis()
+                )
+                .into(),
+            )
+        })
     }
 
     fn failed(&self, results: &[Option<BackendResult>]) -> String {
@@ -639,6 +671,12 @@ async fn acquire(
             break;
         };
         if pos < n {
+            // Checked when the vote arrives: the handshake that sees a
+            // restart runs before any request is served on that connection.
+            let res = match m.resting(topo, svc, pos) {
+                Some(why) => Err(why),
+                None => res,
+            };
             votes[pos] = quorum::acquire_vote(Some(&res));
             results[pos] = Some(res);
         }
@@ -663,7 +701,7 @@ async fn acquire(
             .max()
             .unwrap_or(0)
             + 1;
-        if write_back_fence(topo, fan, m, proto, fence, start + 2 * wait).await {
+        if write_back_fence(topo, svc, fan, m, proto, fence, start + 2 * wait).await {
             let validity = ttl_ms.map(|ttl| quorum::validity_us(ttl, start.elapsed(), group.drift_factor));
             match validity {
                 Some(v) if v <= 0 => {
@@ -702,6 +740,7 @@ async fn acquire(
 /// every group acknowledged before `deadline`.
 async fn write_back_fence(
     topo: &Topology,
+    svc: &LockService,
     fan: &mut Fan,
     m: &Members,
     proto: Protocol,
@@ -722,9 +761,10 @@ async fn write_back_fence(
         let Some((pos, res)) = fan.next(round, deadline).await else {
             return false;
         };
+        let resting = m.resting(topo, svc, pos).is_some();
         if let Some(a) = acked.get_mut(pos) {
             *a = match res {
-                Ok(f) if reply::as_integer(&f) == Some(1) => AcquireVote::Granted(0),
+                Ok(f) if reply::as_integer(&f) == Some(1) && !resting => AcquireVote::Granted(0),
                 _ => AcquireVote::Failed,
             };
         }

@@ -327,10 +327,10 @@ async fn majority_down_or_hung_fails_fast_and_recovers() {
     nodes[0].pause();
     nodes[1].pause();
     let start = Instant::now();
-    assert!(!acquire(&mut c, "lock:h", "t1", 10_000).await.unwrap());
+    assert!(!acquire(&mut c, "lock:h", "t1", 1000).await.unwrap());
     let took = start.elapsed();
     assert!(took < Duration::from_millis(450), "took {took:?}");
-    let e = acquire(&mut s, "lock:h", "t2", 10_000).await.unwrap_err();
+    let e = acquire(&mut s, "lock:h", "t2", 1000).await.unwrap_err();
     assert!(
         e.to_string().contains("lock quorum unavailable") && e.to_string().contains("shard-0"),
         "{e}"
@@ -339,7 +339,7 @@ async fn majority_down_or_hung_fails_fast_and_recovers() {
     nodes[1].resume();
     // The late grants on the resumed members were undone; the lock is free.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !acquire(&mut c, "lock:h", "t3", 10_000).await.unwrap_or(false) {
+    while !acquire(&mut c, "lock:h", "t3", 1000).await.unwrap_or(false) {
         assert!(Instant::now() < deadline, "no acquisition after the members came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -349,14 +349,14 @@ async fn majority_down_or_hung_fails_fast_and_recovers() {
     nodes[0].kill();
     nodes[1].kill();
     let start = Instant::now();
-    assert!(!acquire(&mut c, "lock:d", "t1", 10_000).await.unwrap());
+    assert!(!acquire(&mut c, "lock:d", "t1", 1000).await.unwrap());
     assert!(start.elapsed() < Duration::from_millis(450));
-    let e = acquire(&mut s, "lock:d", "t1", 10_000).await.unwrap_err();
+    let e = acquire(&mut s, "lock:d", "t1", 1000).await.unwrap_err();
     assert!(e.to_string().contains("shard-1"), "{e}");
     nodes[0].restart();
     nodes[1].restart();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !acquire(&mut c, "lock:d", "t2", 10_000).await.unwrap_or(false) {
+    while !acquire(&mut c, "lock:d", "t2", 1000).await.unwrap_or(false) {
         assert!(Instant::now() < deadline, "no acquisition after the members came back");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -452,7 +452,7 @@ async fn fencing_tokens_strictly_increase_across_member_failures() {
         let r: Option<(i64, i64)> = redis::cmd("SHARDIS.LOCK")
             .arg("lock:fenced")
             .arg(&token)
-            .arg(5000)
+            .arg(300)
             .query_async(c)
             .await
             .unwrap();
@@ -460,7 +460,7 @@ async fn fencing_tokens_strictly_increase_across_member_failures() {
             continue; // a member connection was still failing over
         };
         assert!(fence > last, "fencing token {fence} after {last} (grant {granted})");
-        assert!(validity > 0 && validity <= 5000, "{validity}");
+        assert!(validity > 0 && validity <= 300, "{validity}");
         let looked_up: Option<i64> = redis::cmd("SHARDIS.FENCE")
             .arg("lock:fenced")
             .arg(&token)
@@ -564,4 +564,46 @@ async fn redis_py_lock_behaves_as_against_one_redis() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_member_stays_out_of_quorums_for_the_longest_ttl() {
+    let mut nodes = three_nodes();
+    let proxy = {
+        let refs: Vec<_> = nodes.iter().collect();
+        proxy_with(&refs, "").await
+    };
+    let mut c = proxy.conn().await;
+    // The holder gets its majority from members 0 and 1 while 2 is down.
+    nodes[2].kill();
+    assert!(acquire(&mut c, "lock:r", "holder", 2500).await.unwrap());
+    let granted_at = Instant::now();
+    // Member 2 returns empty, and member 0 crashes and returns empty: two
+    // empty members would now make a majority for anyone, unless a member
+    // that restarted stays out until the holder's TTL has passed.
+    nodes[2].restart();
+    nodes[0].restart();
+    let mut attempts = 0;
+    while granted_at.elapsed() < Duration::from_millis(2000) {
+        assert!(
+            !acquire(&mut c, "lock:r", "intruder", 2500).await.unwrap(),
+            "granted to a second client while the holder's lock was live ({attempts} attempts)"
+        );
+        attempts += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let info: String = redis::cmd("INFO").arg("locks").query_async(&mut c).await.unwrap();
+    assert!(info.contains("restarted"), "{info}");
+    // Once the longest TTL has passed, the restarted members vote again.
+    loop {
+        if acquire(&mut c, "lock:r", "intruder", 2500).await.unwrap() {
+            break;
+        }
+        assert!(
+            granted_at.elapsed() < Duration::from_secs(8),
+            "restarted members never came back into quorums"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(granted_at.elapsed() >= Duration::from_millis(2400));
 }
