@@ -428,7 +428,7 @@ impl Session {
             Broadcast::Dbsize => Merge::Sum,
             Broadcast::AllOk => Merge::AllOk,
             Broadcast::Keys => Merge::Concat {
-                lock_keys: topo.locks.enabled().then(|| topo.locks.namespace.clone()),
+                lock_keys: topo.locks.enabled().then(|| topo.locks.listed_once()),
             },
             Broadcast::RandomKey => Merge::AnyNonNull {
                 start: rand_index(topo.shards.len()),
@@ -465,7 +465,7 @@ impl Session {
         let merge = Merge::Scan {
             shard,
             shards: topo.shards.len(),
-            drop_lock_keys: drop_lock_keys.then(|| topo.locks.namespace.clone()),
+            drop_lock_keys: drop_lock_keys.then(|| topo.locks.listed_once()),
         };
         let seq = self.push(Slot::Many {
             merge,

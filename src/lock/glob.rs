@@ -44,6 +44,12 @@ impl Namespace {
         Namespace { patterns }
     }
 
+    /// The same set plus one more pattern.
+    pub fn with(mut self, pattern: &str) -> Namespace {
+        self.patterns.extend(Namespace::new(&[pattern]).patterns);
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         self.patterns.is_empty()
     }

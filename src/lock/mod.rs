@@ -144,6 +144,12 @@ impl LockGroup {
         !self.current.is_empty() && !self.namespace.is_empty()
     }
 
+    /// Keys every member holds, which KEYS and SCAN list once: lock keys
+    /// and the fencing counter.
+    pub fn listed_once(&self) -> Namespace {
+        self.namespace.clone().with(FENCE_KEY)
+    }
+
     #[inline]
     pub fn is_lock_key(&self, key: &[u8]) -> bool {
         self.enabled() && self.namespace.matches(key)
