@@ -38,7 +38,7 @@ use testcontainers::core::WaitFor;
 use testcontainers::{Container, GenericImage, RunnableImage};
 
 use crate::config::Timeouts;
-use crate::ring::{Member, Ring};
+use crate::ring::Ring;
 
 /// The Redis image `scripts/build-images.sh` builds.
 pub const REDIS_IMAGE: &str = "shardis/redis:local";
@@ -250,15 +250,7 @@ impl ClusterBuilder {
         }
         let parsed = crate::config::Config::parse(&config)
             .map_err(|e| Error::Setup(format!("generated configuration is invalid: {e}\n{config}")))?;
-        let members: Vec<Member> = parsed
-            .backends
-            .iter()
-            .map(|b| Member {
-                name: b.name.clone(),
-                weight: b.weight,
-            })
-            .collect();
-        let ring = Ring::build(&members, parsed.ring.slot_bits);
+        let ring = Ring::for_config(&parsed);
         let config_path = dir.0.join("proxy.toml");
         std::fs::write(&config_path, &config).map_err(|e| Error::Setup(format!("{}: {e}", config_path.display())))?;
 

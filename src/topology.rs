@@ -14,7 +14,7 @@ use arc_swap::ArcSwap;
 use crate::backend::{BackendSpec, Shard};
 use crate::config::Config;
 use crate::lock::LockGroup;
-use crate::ring::{Member, Ring};
+use crate::ring::Ring;
 
 /// One immutable view of the cluster.
 #[derive(Debug)]
@@ -42,15 +42,7 @@ impl Topology {
         max_lock_ttl: Option<std::time::Duration>,
     ) -> Topology {
         let locks = LockGroup::build(&config, previous.map(|p| &p.locks), max_lock_ttl);
-        let members: Vec<Member> = config
-            .backends
-            .iter()
-            .map(|b| Member {
-                name: b.name.clone(),
-                weight: b.weight,
-            })
-            .collect();
-        let ring = Ring::build(&members, config.ring.slot_bits);
+        let ring = Ring::for_config(&config);
         let shards = config
             .backends
             .iter()

@@ -17,6 +17,12 @@ async fn proxy_with(nodes: &[&RedisNode], redlock: &str) -> Proxy {
     Proxy::start_with(nodes, &format!("{TIMEOUTS}[redlock]\n{redlock}\n")).await
 }
 
+/// A proxy in front of `nodes` (which the test keeps mutable, to kill and restart them).
+async fn proxy_for(nodes: &[RedisNode], redlock: &str) -> Proxy {
+    let refs: Vec<_> = nodes.iter().collect();
+    proxy_with(&refs, redlock).await
+}
+
 async fn acquire(c: &mut MultiplexedConnection, key: &str, token: &str, px: u64) -> redis::RedisResult<bool> {
     let r: Option<String> = redis::cmd("SET")
         .arg(key)
@@ -199,10 +205,7 @@ async fn lock_keys_live_on_every_member_and_answer_by_majority() {
 async fn mutual_exclusion_with_a_member_hung_then_killed() {
     let mut nodes = three_nodes();
     let check = RedisNode::start(); // the independent store: not behind the proxy
-    let proxy = {
-        let refs: Vec<_> = nodes.iter().collect();
-        proxy_with(&refs, "").await
-    };
+    let proxy = proxy_for(&nodes, "").await;
     let stop = Arc::new(AtomicBool::new(false));
     let entries = Arc::new(AtomicU64::new(0));
     let overlaps = Arc::new(AtomicU64::new(0));
@@ -311,14 +314,8 @@ async fn mutual_exclusion_with_a_member_hung_then_killed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn majority_down_or_hung_fails_fast_and_recovers() {
     let mut nodes = three_nodes();
-    let proxy = {
-        let refs: Vec<_> = nodes.iter().collect();
-        proxy_with(&refs, "member_timeout_ms = 150").await
-    };
-    let strict = {
-        let refs: Vec<_> = nodes.iter().collect();
-        proxy_with(&refs, "member_timeout_ms = 150\non_no_quorum = \"error\"").await
-    };
+    let proxy = proxy_for(&nodes, "member_timeout_ms = 150").await;
+    let strict = proxy_for(&nodes, "member_timeout_ms = 150\non_no_quorum = \"error\"").await;
     let mut c = proxy.conn().await;
     let mut s = strict.conn().await;
 
@@ -364,10 +361,7 @@ async fn majority_down_or_hung_fails_fast_and_recovers() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_member_delayed_past_the_ttl_denies_and_cleans_up_everywhere() {
     let mut nodes = three_nodes();
-    let proxy = {
-        let refs: Vec<_> = nodes.iter().collect();
-        proxy_with(&refs, "member_timeout_ms = 150").await
-    };
+    let proxy = proxy_for(&nodes, "member_timeout_ms = 150").await;
     let mut c = proxy.conn().await;
     // One member dead, one hung: the only member that answers grants, which is
     // not a majority.
@@ -568,10 +562,7 @@ async fn redis_py_lock_behaves_as_against_one_redis() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_restarted_member_stays_out_of_quorums_for_the_longest_ttl() {
     let mut nodes = three_nodes();
-    let proxy = {
-        let refs: Vec<_> = nodes.iter().collect();
-        proxy_with(&refs, "").await
-    };
+    let proxy = proxy_for(&nodes, "").await;
     let mut c = proxy.conn().await;
     // The holder gets its majority from members 0 and 1 while 2 is down.
     nodes[2].kill();
