@@ -2,8 +2,8 @@
 # Builds the two local images, offline (no registry, no base image, no builder):
 #
 #   shardis/redis:local    redis-server + redis-cli from the host's Debian packages
-#   shardis/shardis:local  target/release/shardis, config at /etc/shardis/proxy.toml,
-#                          runs as uid 65534 (nobody)
+#   shardis/shardis:local  target/release/shardis (+ redis-cli for healthchecks),
+#                          config at /etc/shardis/proxy.toml, runs as uid 65534 (nobody)
 #
 # Each image is a `docker import` of a rootfs tarball: the binaries plus the
 # shared libraries `ldd` lists. Works on any Docker engine (no BuildKit, no
@@ -12,12 +12,12 @@
 #
 # Idempotent: each image carries a label with a hash of its rootfs and
 # settings, and is re-imported only when that hash changes. The release binary
-# is rebuilt (cargo build --release) when missing or older than the sources.
+# is built first (cargo build --release; a no-op when it is up to date).
 #
 # Environment:
 #   SHARDIS_IMAGE_PREFIX  repository prefix (default "shardis")
 #   SHARDIS_IMAGE_TAG     tag (default "local")
-#   SHARDIS_NO_CARGO=1    never run cargo; fail if the binary is missing
+#   SHARDIS_NO_CARGO=1    never run cargo; use the binary as it is (fail if missing)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$(pwd)
@@ -43,17 +43,12 @@ if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/nul
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q redis-server redis-tools
 fi
 
-# The release binary: rebuilt when missing or older than any source file.
-stale=""
-if [ ! -x "$bin" ]; then
-  stale="missing"
-elif [ -n "$(find src Cargo.toml Cargo.lock -newer "$bin" -print -quit 2>/dev/null)" ]; then
-  stale="older than the sources"
-fi
-if [ -n "$stale" ]; then
-  [ "${SHARDIS_NO_CARGO:-0}" = 1 ] && die "$bin is $stale and SHARDIS_NO_CARGO=1"
-  say "release binary $stale: cargo build --release"
-  cargo build --release --bin shardis >&2
+# The release binary: cargo rebuilds it if any source it is made of changed
+# (and does nothing, in about a second, when it is up to date).
+if [ "${SHARDIS_NO_CARGO:-0}" = 1 ]; then
+  [ -x "$bin" ] || die "$bin is missing and SHARDIS_NO_CARGO=1"
+else
+  cargo build --release --locked --bin shardis >&2
   [ -x "$bin" ] || die "cargo did not produce $bin"
 fi
 
@@ -135,6 +130,9 @@ import "$prefix/redis:$tag" "$redis_root" \
 shardis_root="$work/shardis"
 skeleton "$shardis_root"
 copy_with_libs "$shardis_root" "$bin" /usr/bin/shardis
+# redis-cli, for healthchecks (`redis-cli -p 6380 ping`, answered by shardis
+# itself) and for debugging from inside the network.
+copy_with_libs "$shardis_root" "$(command -v redis-cli)" /usr/bin/redis-cli
 # The release profile keeps line tables for profiling; the image does not need them.
 if command -v strip >/dev/null 2>&1; then
   strip --strip-debug "$shardis_root/usr/bin/shardis"

@@ -14,7 +14,7 @@
 //! sent to another shard.
 
 use std::collections::VecDeque;
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -110,6 +110,35 @@ impl BackendSpec {
     }
 }
 
+/// What the proxy knows of the server process behind a shard: its `run_id`
+/// (read in every connection's handshake) and when it last changed. A changed
+/// run_id is a restart, after which the server has lost every key it held in
+/// memory, lock keys included; the lock module keeps such a member out of
+/// lock quorums for a while (Redlock's "delayed restart").
+#[derive(Debug, Default)]
+pub struct Identity {
+    state: Mutex<(Option<String>, Option<std::time::Instant>)>,
+}
+
+impl Identity {
+    fn observe(&self, shard: &str, run_id: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &st.0 {
+            Some(old) if old == run_id => {}
+            Some(old) => {
+                warn!(shard, old_run_id = %old, run_id, "backend restarted (its run_id changed): it lost its in-memory data");
+                *st = (Some(run_id.to_string()), Some(std::time::Instant::now()));
+            }
+            None => st.0 = Some(run_id.to_string()),
+        }
+    }
+
+    /// When the server was last seen to restart, if this proxy saw it.
+    pub fn restarted_at(&self) -> Option<std::time::Instant> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+}
+
 /// A shard's connection pool: RESP2 connections, started eagerly, and RESP3
 /// connections, started when the first RESP3 client needs one. Each protocol
 /// gets its own connections so replies are forwarded in the client's
@@ -117,6 +146,7 @@ impl BackendSpec {
 #[derive(Debug)]
 pub struct Shard {
     pub spec: Arc<BackendSpec>,
+    pub identity: Arc<Identity>,
     resp2: Vec<mpsc::UnboundedSender<Job>>,
     resp3: OnceLock<Vec<mpsc::UnboundedSender<Job>>>,
 }
@@ -125,9 +155,11 @@ impl Shard {
     /// Starts the RESP2 connections. Needs a tokio runtime.
     pub fn start(spec: BackendSpec) -> Arc<Shard> {
         let spec = Arc::new(spec);
-        let resp2 = spawn_conns(&spec, Protocol::Resp2);
+        let identity = Arc::new(Identity::default());
+        let resp2 = spawn_conns(&spec, &identity, Protocol::Resp2);
         Arc::new(Shard {
             spec,
+            identity,
             resp2,
             resp3: OnceLock::new(),
         })
@@ -142,7 +174,9 @@ impl Shard {
     pub fn send(&self, proto: Protocol, lane: usize, job: Job) {
         let conns = match proto {
             Protocol::Resp2 => &self.resp2,
-            Protocol::Resp3 => self.resp3.get_or_init(|| spawn_conns(&self.spec, Protocol::Resp3)),
+            Protocol::Resp3 => self
+                .resp3
+                .get_or_init(|| spawn_conns(&self.spec, &self.identity, Protocol::Resp3)),
         };
         let tx = &conns[lane % conns.len()];
         if let Err(mpsc::error::SendError(job)) = tx.send(job) {
@@ -153,11 +187,11 @@ impl Shard {
     }
 }
 
-fn spawn_conns(spec: &Arc<BackendSpec>, proto: Protocol) -> Vec<mpsc::UnboundedSender<Job>> {
+fn spawn_conns(spec: &Arc<BackendSpec>, identity: &Arc<Identity>, proto: Protocol) -> Vec<mpsc::UnboundedSender<Job>> {
     (0..spec.connections.max(1))
         .map(|i| {
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(conn_task(spec.clone(), proto, i, rx));
+            tokio::spawn(conn_task(spec.clone(), identity.clone(), proto, i, rx));
             tx
         })
         .collect()
@@ -170,11 +204,17 @@ const BATCH: usize = 512;
 
 /// Supervises one connection: connect, serve, and on failure fail fast until
 /// the next reconnect attempt.
-async fn conn_task(spec: Arc<BackendSpec>, proto: Protocol, lane: usize, mut rx: mpsc::UnboundedReceiver<Job>) {
+async fn conn_task(
+    spec: Arc<BackendSpec>,
+    identity: Arc<Identity>,
+    proto: Protocol,
+    lane: usize,
+    mut rx: mpsc::UnboundedReceiver<Job>,
+) {
     let mut backoff = spec.reconnect_min;
     let mut was_up = true; // log the first failure loudly
     loop {
-        let reason = match connect(&spec, proto).await {
+        let reason = match connect(&spec, &identity, proto).await {
             Ok(stream) => {
                 if !was_up {
                     info!(shard = %spec.name, addr = %spec.addr, ?proto, lane, "backend connection restored");
@@ -212,8 +252,9 @@ async fn conn_task(spec: Arc<BackendSpec>, proto: Protocol, lane: usize, mut rx:
 }
 
 /// Resolves (again, every time: container IPs change), connects and runs the
-/// handshake, all within the connect timeout.
-async fn connect(spec: &BackendSpec, proto: Protocol) -> Result<TcpStream, String> {
+/// handshake (AUTH/HELLO, PING, and INFO server for the run_id), all within
+/// the connect timeout.
+async fn connect(spec: &BackendSpec, identity: &Identity, proto: Protocol) -> Result<TcpStream, String> {
     let attempt = async {
         let mut stream = TcpStream::connect(spec.addr.as_str())
             .await
@@ -233,6 +274,7 @@ async fn connect(spec: &BackendSpec, proto: Protocol) -> Result<TcpStream, Strin
             (Protocol::Resp2, None) => {}
         }
         hs.push(Request::from_args(&["PING"]));
+        hs.push(Request::from_args(&["INFO", "server"]));
         let mut out = Vec::new();
         for r in &hs {
             out.extend_from_slice(&r.raw);
@@ -246,12 +288,21 @@ async fn connect(spec: &BackendSpec, proto: Protocol) -> Result<TcpStream, Strin
                 return Err("connection closed during handshake".to_string());
             }
             while let Some(n) = sc.next_frame(&buf).map_err(|e| e.to_string())? {
-                let frame = buf.split_to(n);
+                let frame = buf.split_to(n).freeze();
                 if reply::is_error(&frame) {
                     let text = String::from_utf8_lossy(&frame[1..]).trim_end().to_string();
                     return Err(format!("handshake refused: {text}"));
                 }
                 answered += 1;
+                if answered == hs.len() {
+                    let info = reply::as_bytes(&frame).unwrap_or_default();
+                    let run_id = String::from_utf8_lossy(&info)
+                        .lines()
+                        .find_map(|l| l.strip_prefix("run_id:").map(|v| v.trim().to_string()));
+                    if let Some(run_id) = run_id {
+                        identity.observe(&spec.name, &run_id);
+                    }
+                }
             }
         }
         Ok(stream)

@@ -34,7 +34,68 @@ pub struct Config {
     /// GET than 2).
     #[serde(default)]
     pub threads: usize,
+    #[serde(default)]
+    pub redlock: RedlockConfig,
     pub backends: Vec<Backend>,
+}
+
+/// Redlock: keys in the lock namespace live on every member of the lock
+/// group and every command on them answers by majority. See [`crate::lock`].
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RedlockConfig {
+    /// Glob patterns (`*`, `?`, `[...]`, `\` escapes, as Redis's KEYS) that
+    /// name lock keys. Default `["lock:*"]`; an empty list turns Redlock off.
+    #[serde(default = "default_lock_keys")]
+    pub keys: Vec<String>,
+    /// Backend names of the lock group (3 or more, independent masters).
+    /// Default: every backend at start-up, when there are at least 3; a
+    /// reload without `group` keeps the group the proxy started with.
+    #[serde(default)]
+    pub group: Option<Vec<String>>,
+    /// Longest wait for one member's answer. An acquisition waits at most
+    /// the smaller of this and a third of the lock's TTL.
+    #[serde(default = "default_member_timeout_ms")]
+    pub member_timeout_ms: u64,
+    /// Clock drift allowance: validity = ttl - elapsed - (ttl * drift_factor + 2 ms).
+    #[serde(default = "default_drift_factor")]
+    pub drift_factor: f64,
+    /// The reply to `SET k v NX PX ms` when a majority of the group could
+    /// not be reached: `"nil"` (as for contention) or `"error"` (naming the
+    /// unreachable members).
+    #[serde(default)]
+    pub on_no_quorum: NoQuorum,
+}
+
+impl Default for RedlockConfig {
+    fn default() -> Self {
+        RedlockConfig {
+            keys: default_lock_keys(),
+            group: None,
+            member_timeout_ms: default_member_timeout_ms(),
+            drift_factor: default_drift_factor(),
+            on_no_quorum: NoQuorum::default(),
+        }
+    }
+}
+
+/// See [`RedlockConfig::on_no_quorum`].
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum NoQuorum {
+    #[default]
+    Nil,
+    Error,
+}
+
+fn default_lock_keys() -> Vec<String> {
+    vec!["lock:*".to_string()]
+}
+fn default_member_timeout_ms() -> u64 {
+    200
+}
+fn default_drift_factor() -> f64 {
+    0.01
 }
 
 /// How keys map to shards. See [`crate::ring`].
@@ -329,7 +390,56 @@ impl Config {
         if self.pool.connections == 0 || self.pool.connections > 64 {
             return Err(invalid("pool.connections", "must be between 1 and 64"));
         }
+        self.validate_redlock(&names)
+    }
+
+    fn validate_redlock(&self, backends: &HashSet<&str>) -> Result<(), ConfigError> {
+        let r = &self.redlock;
+        for (i, k) in r.keys.iter().enumerate() {
+            if k.is_empty() {
+                return Err(invalid(format!("redlock.keys[{i}]"), "must not be empty"));
+            }
+        }
+        if let Some(group) = &r.group {
+            if group.len() < 3 {
+                return Err(invalid("redlock.group", "Redlock needs at least 3 independent members"));
+            }
+            let mut seen = HashSet::new();
+            for (i, name) in group.iter().enumerate() {
+                if !backends.contains(name.as_str()) {
+                    return Err(invalid(
+                        format!("redlock.group[{i}]"),
+                        format!("'{name}' is not the name of a backend"),
+                    ));
+                }
+                if !seen.insert(name.as_str()) {
+                    return Err(invalid(
+                        format!("redlock.group[{i}]"),
+                        format!("duplicate member '{name}'"),
+                    ));
+                }
+            }
+        }
+        if r.member_timeout_ms == 0 || r.member_timeout_ms > 60_000 {
+            return Err(invalid("redlock.member_timeout_ms", "must be between 1 and 60000 ms"));
+        }
+        if !(0.0..0.5).contains(&r.drift_factor) {
+            return Err(invalid("redlock.drift_factor", "must be at least 0 and below 0.5"));
+        }
         Ok(())
+    }
+
+    /// The lock group this configuration names, if Redlock is on: the
+    /// configured group, else every backend when there are at least 3.
+    pub fn lock_group(&self) -> Option<Vec<String>> {
+        if self.redlock.keys.is_empty() {
+            return None;
+        }
+        match &self.redlock.group {
+            Some(g) => Some(g.clone()),
+            None if self.backends.len() >= 3 => Some(self.backends.iter().map(|b| b.name.clone()).collect()),
+            None => None,
+        }
     }
 
     /// The request parser limits.

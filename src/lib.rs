@@ -12,19 +12,27 @@
 //! - [`command`]: the Redis 7.0 command table (generated), key extraction from
 //!   key specs, and the routing policy ([`command::Route`]).
 //! - [`local`]: commands the proxy answers itself (HELLO, CLIENT, COMMAND, INFO ...).
+//! - [`lock`]: Redlock for keys in the lock namespace: quorum, validity,
+//!   fencing tokens, majority answers, lock-group changes.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`topology`]: ring + backend pools + epoch, swapped atomically (`ArcSwap`).
 //! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`backend`]: per-shard pipelined connections, timeouts, reconnects.
 //! - [`config`]: `proxy.toml` schema and validation.
+//!
+//! With the cargo feature `testing`, `testing` starts shardis and N Redis
+//! shards in Docker containers for your own tests (see docs/containers.md).
 
 pub mod backend;
 pub mod command;
 pub mod config;
 pub mod local;
+pub mod lock;
 pub mod merge;
 pub mod protocol;
 pub mod ring;
 pub mod server;
 pub mod session;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod topology;

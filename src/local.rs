@@ -372,5 +372,19 @@ fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology)
         }
         t.push_str("\r\n");
     }
+    if want("locks") {
+        let l = &shared.locks;
+        let group: Vec<&str> = topo.locks.current.iter().map(|m| &**m).collect();
+        t.push_str(&format!(
+            "# Locks\r\nlock_group:{}\r\nlock_group_joint:{}\r\nlock_granted:{}\r\nlock_denied:{}\r\nlock_no_quorum:{}\r\nlock_member_vote_failures:{}\r\nlock_members_resting:{}\r\n\r\n",
+            group.join(","),
+            topo.locks.previous.len(),
+            l.granted.load(Ordering::Relaxed),
+            l.denied.load(Ordering::Relaxed),
+            l.no_quorum.load(Ordering::Relaxed),
+            l.member_failures(),
+            crate::lock::resting_members(topo, l).join(","),
+        ));
+    }
     t
 }

@@ -5,6 +5,7 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 
 use crate::backend::BackendResult;
+use crate::lock::Namespace;
 use crate::protocol::Encoder;
 use crate::protocol::reply;
 
@@ -19,10 +20,16 @@ pub enum Merge {
     Sum,
     /// `+OK` from every part (MSET, FLUSHDB, ...).
     AllOk,
-    /// Arrays concatenated (KEYS).
-    Concat,
-    /// SCAN on shard `shard` of `shards`: rewrite the cursor.
-    Scan { shard: usize, shards: usize },
+    /// Arrays concatenated (KEYS); lock keys, which every lock group member
+    /// holds, listed once.
+    Concat { lock_keys: Option<Namespace> },
+    /// SCAN on shard `shard` of `shards`: rewrite the cursor, and leave out
+    /// lock keys when this shard is not the one that reports them.
+    Scan {
+        shard: usize,
+        shards: usize,
+        drop_lock_keys: Option<Namespace>,
+    },
     /// A random non-null reply (RANDOMKEY); `start` is where to start looking.
     AnyNonNull { start: usize },
     /// Integer arrays combined with AND (SCRIPT EXISTS).
@@ -59,8 +66,13 @@ impl Merge {
     pub fn finish(self, parts: Vec<Option<BackendResult>>, enc: &mut Encoder<'_>) {
         // Inline for up to 8 parts (shards): no allocation for a typical fan-out.
         let mut frames: SmallVec<[Bytes; 8]> = SmallVec::with_capacity(parts.len());
+        // INFO is what operators run when something is wrong: a shard that
+        // fails only leaves its keys out of the summed keyspace.
+        let tolerant = matches!(self, Merge::Info { .. });
         for p in parts {
             match p {
+                Some(Ok(f)) if tolerant && reply::is_error(&f) => {}
+                Some(Err(_)) | None if tolerant => {}
                 Some(Ok(f)) if reply::is_error(&f) && !matches!(self, Merge::Mget(_)) => return enc.raw(&f),
                 Some(Ok(f)) => frames.push(f),
                 Some(Err(e)) => return enc.error(e.message()),
@@ -115,16 +127,34 @@ impl Merge {
                 Some(f) => enc.raw(f),
                 None => enc.ok(),
             },
-            Merge::Concat => {
+            Merge::Concat { lock_keys } => {
                 let Some(split): Option<Vec<Vec<Bytes>>> = frames.iter().map(reply::elements).collect() else {
                     return enc.error(&protocol_error("KEYS"));
                 };
-                enc.array(split.iter().map(Vec::len).sum());
-                for v in split.iter().flatten() {
-                    enc.raw(v);
+                let all = split.iter().flatten();
+                match lock_keys {
+                    None => {
+                        enc.array(split.iter().map(Vec::len).sum());
+                        all.for_each(|v| enc.raw(v));
+                    }
+                    Some(ns) => {
+                        let mut seen = std::collections::HashSet::new();
+                        let keep: Vec<&Bytes> = all
+                            .filter(|v| match reply::as_bytes(v) {
+                                Some(k) if ns.matches(&k) => seen.insert(k),
+                                _ => true,
+                            })
+                            .collect();
+                        enc.array(keep.len());
+                        keep.into_iter().for_each(|v| enc.raw(v));
+                    }
                 }
             }
-            Merge::Scan { shard, shards } => {
+            Merge::Scan {
+                shard,
+                shards,
+                drop_lock_keys,
+            } => {
                 let parsed = frames.first().and_then(reply::elements).and_then(|el| {
                     let cursor = std::str::from_utf8(&reply::as_bytes(el.first()?)?)
                         .ok()?
@@ -144,7 +174,17 @@ impl Merge {
                 };
                 enc.array(2);
                 enc.bulk(itoa::Buffer::new().format(next).as_bytes());
-                enc.raw(&keys);
+                match (drop_lock_keys, reply::elements(&keys)) {
+                    (Some(ns), Some(els)) => {
+                        let keep: Vec<&Bytes> = els
+                            .iter()
+                            .filter(|v| reply::as_bytes(v).is_none_or(|k| !ns.matches(&k)))
+                            .collect();
+                        enc.array(keep.len());
+                        keep.into_iter().for_each(|v| enc.raw(v));
+                    }
+                    _ => enc.raw(&keys),
+                }
             }
             Merge::AnyNonNull { start } => {
                 let n = frames.len();
@@ -266,19 +306,31 @@ mod tests {
     #[test]
     fn scan_cursor_walks_shards() {
         let out = run(
-            Merge::Scan { shard: 0, shards: 3 },
+            Merge::Scan {
+                shard: 0,
+                shards: 3,
+                drop_lock_keys: None,
+            },
             &[b"*2\r\n$1\r\n0\r\n*0\r\n"],
             Protocol::Resp2,
         );
         assert_eq!(out, b"*2\r\n$1\r\n1\r\n*0\r\n");
         let out = run(
-            Merge::Scan { shard: 2, shards: 3 },
+            Merge::Scan {
+                shard: 2,
+                shards: 3,
+                drop_lock_keys: None,
+            },
             &[b"*2\r\n$1\r\n0\r\n*0\r\n"],
             Protocol::Resp2,
         );
         assert_eq!(out, b"*2\r\n$1\r\n0\r\n*0\r\n");
         let out = run(
-            Merge::Scan { shard: 1, shards: 3 },
+            Merge::Scan {
+                shard: 1,
+                shards: 3,
+                drop_lock_keys: None,
+            },
             &[b"*2\r\n$1\r\n5\r\n*1\r\n$1\r\nk\r\n"],
             Protocol::Resp2,
         );
@@ -299,10 +351,35 @@ mod tests {
         );
         assert_eq!(out, b"*2\r\n:1\r\n:0\r\n");
         let out = run(
-            Merge::Concat,
+            Merge::Concat { lock_keys: None },
             &[b"*1\r\n$1\r\na\r\n", b"*0\r\n", b"*1\r\n$1\r\nb\r\n"],
             Protocol::Resp2,
         );
         assert_eq!(out, b"*2\r\n$1\r\na\r\n$1\r\nb\r\n");
+    }
+
+    #[test]
+    fn lock_keys_are_listed_once() {
+        let ns = Some(Namespace::new(&["lock:*"]));
+        let out = run(
+            Merge::Concat { lock_keys: ns.clone() },
+            &[
+                b"*2\r\n$6\r\nlock:a\r\n$1\r\nx\r\n",
+                b"*1\r\n$6\r\nlock:a\r\n",
+                b"*1\r\n$1\r\ny\r\n",
+            ],
+            Protocol::Resp2,
+        );
+        assert_eq!(out, b"*3\r\n$6\r\nlock:a\r\n$1\r\nx\r\n$1\r\ny\r\n");
+        let out = run(
+            Merge::Scan {
+                shard: 1,
+                shards: 3,
+                drop_lock_keys: ns,
+            },
+            &[b"*2\r\n$1\r\n0\r\n*2\r\n$6\r\nlock:a\r\n$1\r\nz\r\n"],
+            Protocol::Resp2,
+        );
+        assert_eq!(out, b"*2\r\n$1\r\n2\r\n*1\r\n$1\r\nz\r\n");
     }
 }

@@ -69,6 +69,19 @@ fn mix(mut z: u64) -> u64 {
 }
 
 impl Ring {
+    /// The ring a configuration describes: its backends' names and weights.
+    pub fn for_config(config: &crate::config::Config) -> Ring {
+        let members: Vec<Member> = config
+            .backends
+            .iter()
+            .map(|b| Member {
+                name: b.name.clone(),
+                weight: b.weight,
+            })
+            .collect();
+        Ring::build(&members, config.ring.slot_bits)
+    }
+
     /// Builds the table for `members` (at least one, at most 65,535) over
     /// 2^`slot_bits` slots. Member indices in the table follow `members`.
     pub fn build(members: &[Member], slot_bits: u8) -> Ring {

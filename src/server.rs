@@ -58,6 +58,7 @@ impl StripedCounter {
 pub struct Shared {
     pub topology: TopologyCell,
     pub stats: Stats,
+    pub locks: crate::lock::LockService,
     pub started: Instant,
     next_id: AtomicU64,
 }
@@ -77,6 +78,7 @@ impl Server {
         let shared = Arc::new(Shared {
             topology: TopologyCell::new(Arc::new(config)),
             stats: Stats::default(),
+            locks: crate::lock::LockService::default(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
         });
@@ -152,13 +154,20 @@ pub fn reload(shared: &Shared, path: &std::path::Path) -> Option<u64> {
             if cfg.listen != old.config.listen {
                 warn!(old = %old.config.listen, new = %cfg.listen, "listen address changes need a restart; keeping the old one");
             }
-            let epoch = shared.topology.apply(Arc::new(cfg));
+            let epoch = shared.topology.apply(Arc::new(cfg), shared.locks.max_ttl());
             let topo = shared.topology.load();
             info!(
                 epoch,
                 shards = topo.shards.len(),
                 "configuration reloaded, new topology in service"
             );
+            if !topo.locks.previous.is_empty() {
+                warn!(
+                    group = ?topo.locks.current,
+                    joint_with = ?topo.locks.previous.iter().map(|(g, _)| g).collect::<Vec<_>>(),
+                    "lock group changed: grants need a majority of the old and the new group until the longest granted TTL has passed"
+                );
+            }
             Some(epoch)
         }
         Err(e) => {

@@ -23,6 +23,7 @@ use tracing::debug;
 use crate::backend::{BackendResult, Completion, Job, ReplyTo};
 use crate::command::{self, Broadcast, Fanout, Lookup, Route};
 use crate::local;
+use crate::lock::{self, LockRequest};
 use crate::merge::{self, Merge};
 use crate::protocol::request::{INLINE_ARGS, put_bulk, put_header};
 use crate::protocol::{Encoder, Protocol, Request, RequestParser};
@@ -86,6 +87,8 @@ pub struct Session {
     /// Close after writing what is pending (QUIT, protocol error).
     closing: bool,
     keys: Vec<usize>,
+    /// This session's lock worker, started by its first lock command.
+    lock_tx: Option<mpsc::UnboundedSender<LockRequest>>,
 }
 
 impl Session {
@@ -113,6 +116,7 @@ impl Session {
             max_pipeline: cfg.limits.max_pipeline,
             closing: false,
             keys: Vec::new(),
+            lock_tx: None,
             shared,
         }
     }
@@ -234,6 +238,12 @@ impl Session {
         let args: SmallVec<[&[u8]; INLINE_ARGS]> = req.args().collect();
         let Lookup { spec, route } = match command::lookup(&args) {
             Ok(l) => l,
+            Err(_) if is_proxy_command(args[0]) && self.state.authenticated => {
+                return match lock::classify_proxy_command(args[0], &args, &topo.locks) {
+                    Ok(op) => self.lock_request(req.clone(), op),
+                    Err(e) => self.error(&e),
+                };
+            }
             Err(msg) => return self.error(&msg),
         };
         if !self.state.authenticated
@@ -261,6 +271,14 @@ impl Session {
                         None => shard = Some(s),
                         Some(prev) if prev != s => cross = true,
                         _ => {}
+                    }
+                }
+                if topo.locks.enabled() {
+                    let lock_keys = keys.iter().filter(|&&i| topo.locks.is_lock_key(args[i])).count();
+                    if lock_keys > 0 {
+                        let all = lock_keys == keys.len();
+                        self.keys = keys;
+                        return self.lock_command(spec.name, &args, &req, all);
                     }
                 }
                 self.keys = keys;
@@ -292,6 +310,48 @@ impl Session {
         }
     }
 
+    /// A command on lock keys: served by this session's lock worker when
+    /// every key is a lock key, refused when it mixes them with other keys.
+    fn lock_command(&mut self, name: &str, args: &[&[u8]], req: &Request, all_lock_keys: bool) {
+        if !all_lock_keys {
+            return self
+                .error("ERR shardis: lock keys (redlock.keys) cannot be combined with other keys in one command");
+        }
+        match lock::classify(name, args) {
+            Ok(op) => {
+                if matches!(name, "eval" | "eval_ro") {
+                    self.shared.locks.remember_script(args[1]);
+                }
+                self.lock_request(req.clone(), op)
+            }
+            Err(e) => self.error(&e),
+        }
+    }
+
+    /// Queues a request on this session's lock worker, which answers in its slot.
+    fn lock_request(&mut self, req: Request, op: lock::Op) {
+        let seq = self.push(Slot::One(None));
+        let (shared, lane, inbox) = (&self.shared, self.lane, &mut self.inbox);
+        let worker = self.lock_tx.get_or_insert_with(|| {
+            let (sink, _) = inbox.get_or_insert_with(mpsc::unbounded_channel);
+            lock::spawn_worker(shared.clone(), lane, sink.clone())
+        });
+        let r = LockRequest {
+            seq,
+            req,
+            proto: self.state.proto,
+            op,
+        };
+        if worker.send(r).is_err() {
+            self.lock_tx = None;
+            self.complete(Completion {
+                seq,
+                part: 0,
+                result: Err(crate::backend::BackendError("ERR shardis: lock worker stopped".into())),
+            });
+        }
+    }
+
     /// Sends the same request to every shard and merges the answers.
     fn send_to_all(&mut self, topo: &Topology, merge: Merge, req: Bytes) {
         let n = topo.shards.len();
@@ -311,6 +371,19 @@ impl Session {
             return self.error("ERR wrong number of arguments for 'mset' command");
         }
         let n_keys = (args.len() - 1) / step;
+        if topo.locks.enabled() {
+            let lock_keys = (0..n_keys)
+                .filter(|k| topo.locks.is_lock_key(args[1 + k * step]))
+                .count();
+            if lock_keys > 0 {
+                let name = match kind {
+                    Fanout::Mget => "mget",
+                    Fanout::Mset => "mset",
+                    Fanout::SumKeys => spec_name_of(args[0]),
+                };
+                return self.lock_command(name, args, req, lock_keys == n_keys);
+            }
+        }
         // Group keys by shard: `shards[p]` is part p's shard (parts in order
         // of first appearance), `key_parts[k]` key k's part. Both inline for
         // typical sizes, so grouping allocates nothing.
@@ -370,12 +443,21 @@ impl Session {
         let merge = match kind {
             Broadcast::Dbsize => Merge::Sum,
             Broadcast::AllOk => Merge::AllOk,
-            Broadcast::Keys => Merge::Concat,
+            Broadcast::Keys => Merge::Concat {
+                lock_keys: topo.locks.enabled().then(|| topo.locks.listed_once()),
+            },
             Broadcast::RandomKey => Merge::AnyNonNull {
                 start: rand_index(topo.shards.len()),
             },
             Broadcast::ScriptExists => Merge::AndArrays,
-            Broadcast::First => Merge::First,
+            Broadcast::First => {
+                if args.len() == 3 && args[1].eq_ignore_ascii_case(b"load") {
+                    // SCRIPT LOAD: kept so a lock member that lacks the script
+                    // can be given it (NOSCRIPT recovery).
+                    self.shared.locks.remember_script(args[2]);
+                }
+                Merge::First
+            }
             Broadcast::Scan => return self.scan(topo, args),
         };
         self.send_to_all(topo, merge, req.raw.clone());
@@ -392,9 +474,14 @@ impl Session {
         }
         let mut sub: Vec<Vec<u8>> = args.iter().map(|a| a.to_vec()).collect();
         sub[1] = itoa::Buffer::new().format(backend_cursor).as_bytes().to_vec();
+        // Lock keys live on every lock group member: SCAN lists them only from
+        // the first member of the group.
+        let reporter = topo.locks.current.first().and_then(|m| topo.shard_index_by_name(m));
+        let drop_lock_keys = topo.locks.enabled() && reporter != Some(shard);
         let merge = Merge::Scan {
             shard,
             shards: topo.shards.len(),
+            drop_lock_keys: drop_lock_keys.then(|| topo.locks.listed_once()),
         };
         let seq = self.push(Slot::Many {
             merge,
@@ -474,4 +561,17 @@ fn rand_index(n: usize) -> usize {
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_usize(n);
     (h.finish() as usize) % n.max(1)
+}
+
+/// `SHARDIS.*`: the proxy's own commands, not in the Redis command table.
+fn is_proxy_command(name: &[u8]) -> bool {
+    name.len() > 8 && name[..8].eq_ignore_ascii_case(b"shardis.")
+}
+
+/// The command table's name for the counting fan-out commands.
+fn spec_name_of(name: &[u8]) -> &'static str {
+    ["del", "unlink", "exists", "touch"]
+        .into_iter()
+        .find(|n| name.eq_ignore_ascii_case(n.as_bytes()))
+        .unwrap_or("del")
 }

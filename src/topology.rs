@@ -13,7 +13,8 @@ use arc_swap::ArcSwap;
 
 use crate::backend::{BackendSpec, Shard};
 use crate::config::Config;
-use crate::ring::{Member, Ring};
+use crate::lock::LockGroup;
+use crate::ring::Ring;
 
 /// One immutable view of the cluster.
 #[derive(Debug)]
@@ -23,21 +24,25 @@ pub struct Topology {
     /// In configuration order; the ring's member indices point here.
     pub shards: Vec<Arc<Shard>>,
     pub config: Arc<Config>,
+    /// The Redlock group and namespace; versioned with the topology but never
+    /// derived from the ring.
+    pub locks: LockGroup,
 }
 
 impl Topology {
     /// Builds a topology from a validated config, reusing the pools of
-    /// `previous` where a backend is unchanged. Needs a tokio runtime.
-    pub fn build(config: Arc<Config>, epoch: u64, previous: Option<&Topology>) -> Topology {
-        let members: Vec<Member> = config
-            .backends
-            .iter()
-            .map(|b| Member {
-                name: b.name.clone(),
-                weight: b.weight,
-            })
-            .collect();
-        let ring = Ring::build(&members, config.ring.slot_bits);
+    /// `previous` where a backend is unchanged. `max_lock_ttl` is the longest
+    /// lock TTL granted so far (`None`: a lock without expiry), which decides
+    /// how long a changed lock group keeps the old one in the quorum. Needs a
+    /// tokio runtime.
+    pub fn build(
+        config: Arc<Config>,
+        epoch: u64,
+        previous: Option<&Topology>,
+        max_lock_ttl: Option<std::time::Duration>,
+    ) -> Topology {
+        let locks = LockGroup::build(&config, previous.map(|p| &p.locks), max_lock_ttl);
+        let ring = Ring::for_config(&config);
         let shards = config
             .backends
             .iter()
@@ -54,6 +59,7 @@ impl Topology {
             ring,
             shards,
             config,
+            locks,
         }
     }
 
@@ -79,7 +85,7 @@ pub struct TopologyCell {
 impl TopologyCell {
     pub fn new(config: Arc<Config>) -> TopologyCell {
         TopologyCell {
-            current: ArcSwap::from_pointee(Topology::build(config, 1, None)),
+            current: ArcSwap::from_pointee(Topology::build(config, 1, None, None)),
             change: std::sync::Mutex::new(()),
         }
     }
@@ -95,11 +101,12 @@ impl TopologyCell {
         self.current.load_full()
     }
 
-    /// Replaces the topology with one built from `config`; returns the new epoch.
-    pub fn apply(&self, config: Arc<Config>) -> u64 {
+    /// Replaces the topology with one built from `config`; returns the new
+    /// epoch. `max_lock_ttl`: see [`Topology::build`].
+    pub fn apply(&self, config: Arc<Config>, max_lock_ttl: Option<std::time::Duration>) -> u64 {
         let _guard = self.change.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let next = Topology::build(config, old.epoch + 1, Some(&old));
+        let next = Topology::build(config, old.epoch + 1, Some(&old), max_lock_ttl);
         let epoch = next.epoch;
         self.current.store(Arc::new(next));
         epoch

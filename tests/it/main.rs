@@ -8,5 +8,6 @@ mod basic;
 mod clients;
 mod differential;
 mod failures;
+mod locks;
 mod protocol;
 mod reload;
