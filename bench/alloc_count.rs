@@ -395,7 +395,7 @@ fn main() {
         let s1 = sizes();
         TRACING.store(false, Relaxed);
         println!(
-            "| {} | {} | {:.2} | {:.2} | {:.2} | {:.0} |",
+            "| {} | {} | {:.3} | {:.3} | {:.3} | {:.0} |",
             c.name,
             reqs,
             (b.allocs - a.allocs) as f64 / reqs,

@@ -30,7 +30,7 @@ pub struct Config {
     /// Worker threads; 0 (the default) means one per CPU. Read at start-up
     /// only. Fewer threads than CPUs cost less CPU per request when the
     /// proxy shares a small machine with its clients or with Redis (see
-    /// bench/README.md: on 2 cores, 1 thread used about 30% less CPU per
+    /// bench/README.md: on 2 cores, 1 thread used about 15% less CPU per
     /// GET than 2).
     #[serde(default)]
     pub threads: usize,
