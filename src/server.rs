@@ -61,6 +61,9 @@ pub struct Shared {
     pub locks: crate::lock::LockService,
     pub started: Instant,
     next_id: AtomicU64,
+    /// The file `SHARDIS.RELOAD` and SIGHUP re-read (none for a proxy built
+    /// from a configuration in memory).
+    pub config_path: std::sync::OnceLock<PathBuf>,
 }
 
 /// A running proxy.
@@ -81,6 +84,7 @@ impl Server {
             locks: crate::lock::LockService::default(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
+            config_path: std::sync::OnceLock::new(),
         });
         Ok(Server { shared, listener })
     }
@@ -135,19 +139,22 @@ impl Server {
 
 /// Re-reads `path` on every SIGHUP and applies a valid new configuration.
 /// An invalid file is logged and the running topology stays.
+/// `path` also becomes the file `SHARDIS.RELOAD` reads.
 pub fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hup = signal(SignalKind::hangup())?;
+    let _ = shared.config_path.set(path.clone());
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
-            reload(&shared, &path);
+            let _ = reload(&shared, &path);
         }
     });
     Ok(())
 }
 
-/// Applies the configuration in `path`; returns the new epoch.
-pub fn reload(shared: &Shared, path: &std::path::Path) -> Option<u64> {
+/// Applies the configuration in `path`; returns the new epoch, or why the
+/// file was refused (the running topology then stays).
+pub fn reload(shared: &Shared, path: &std::path::Path) -> Result<u64, String> {
     match Config::load(path) {
         Ok(cfg) => {
             let old = shared.topology.load_full();
@@ -168,11 +175,11 @@ pub fn reload(shared: &Shared, path: &std::path::Path) -> Option<u64> {
                     "lock group changed: grants need a majority of the old and the new group until the longest granted TTL has passed"
                 );
             }
-            Some(epoch)
+            Ok(epoch)
         }
         Err(e) => {
             error!(error = %e, "configuration reload refused; keeping the running topology");
-            None
+            Err(e.to_string())
         }
     }
 }

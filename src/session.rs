@@ -238,6 +238,9 @@ impl Session {
         let args: SmallVec<[&[u8]; INLINE_ARGS]> = req.args().collect();
         let Lookup { spec, route } = match command::lookup(&args) {
             Ok(l) => l,
+            Err(_) if args[0].eq_ignore_ascii_case(b"shardis.reload") && self.state.authenticated => {
+                return self.reload(&args);
+            }
             Err(_) if is_proxy_command(args[0]) && self.state.authenticated => {
                 return match lock::classify_proxy_command(args[0], &args, &topo.locks) {
                     Ok(op) => self.lock_request(req.clone(), op),
@@ -307,6 +310,25 @@ impl Session {
                 }
             }
             Route::Refuse(r) => self.error(&r.message(&spec.name.replace('|', " "))),
+        }
+    }
+
+    /// `SHARDIS.RELOAD`: re-reads the configuration file, as SIGHUP does, and
+    /// answers the new topology epoch, or why the file was refused. The file
+    /// is small and read on the session's thread; the new topology is built
+    /// and swapped in before the reply.
+    fn reload(&mut self, args: &[&[u8]]) {
+        if args.len() != 1 {
+            return self.error("ERR wrong number of arguments for 'shardis.reload' command");
+        }
+        let Some(path) = self.shared.config_path.get() else {
+            return self.error("ERR shardis: this proxy was not started from a configuration file");
+        };
+        match crate::server::reload(&self.shared, path) {
+            Ok(epoch) => self.reply_with(|e| e.integer(epoch as i64)),
+            Err(why) => self.error(&format!(
+                "ERR shardis: configuration refused, topology unchanged: {why}"
+            )),
         }
     }
 

@@ -160,6 +160,16 @@ fn sighup_swaps_the_topology_under_load() {
     let pong: String = redis::cmd("PING").query(&mut c).unwrap();
     assert_eq!(pong, "PONG");
 
+    // The admin command does the same and answers: the error for a bad file,
+    // the new epoch for a good one.
+    let e = redis::cmd("SHARDIS.RELOAD").query::<i64>(&mut c).unwrap_err();
+    assert!(e.to_string().contains("duplicate backend name"), "{e}");
+    assert_eq!(info_field(&mut c, "epoch"), "2");
+    std::fs::write(&path, config(port, &three, &["a", "b", "c"])).unwrap();
+    let epoch: i64 = redis::cmd("shardis.reload").query(&mut c).unwrap();
+    assert_eq!(epoch, 3);
+    assert_eq!(info_field(&mut c, "shards"), "3");
+
     stop.store(true, Ordering::Relaxed);
     worker.join().expect("the client saw no error during the reloads");
     assert!(ops.load(Ordering::Relaxed) > 100);
