@@ -35,6 +35,15 @@ async fn acquire(c: &mut MultiplexedConnection, key: &str, token: &str, px: u64)
     Ok(r.as_deref() == Some("OK"))
 }
 
+/// Retries an acquisition (errors count as "not yet") until it is granted;
+/// fails the test if that takes until `deadline`. Returns when it was granted.
+async fn acquire_before(c: &mut MultiplexedConnection, key: &str, token: &str, px: u64, deadline: Instant, why: &str) {
+    while !acquire(c, key, token, px).await.unwrap_or(false) {
+        assert!(Instant::now() < deadline, "{why}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 const RELEASE: &str =
     "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
 
@@ -335,10 +344,15 @@ async fn majority_down_or_hung_fails_fast_and_recovers() {
     nodes[1].resume();
     // The late grants on the resumed members were undone; the lock is free.
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !acquire(&mut c, "lock:h", "t3", 1000).await.unwrap_or(false) {
-        assert!(Instant::now() < deadline, "no acquisition after the members came back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    acquire_before(
+        &mut c,
+        "lock:h",
+        "t3",
+        1000,
+        deadline,
+        "no acquisition after the members came back",
+    )
+    .await;
     assert!(release(&mut c, "lock:h", "t3").await.unwrap() == 1);
 
     // Dead majority: fails at once, then works again when they return.
@@ -352,10 +366,15 @@ async fn majority_down_or_hung_fails_fast_and_recovers() {
     nodes[0].restart();
     nodes[1].restart();
     let deadline = Instant::now() + Duration::from_secs(5);
-    while !acquire(&mut c, "lock:d", "t2", 1000).await.unwrap_or(false) {
-        assert!(Instant::now() < deadline, "no acquisition after the members came back");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    acquire_before(
+        &mut c,
+        "lock:d",
+        "t2",
+        1000,
+        deadline,
+        "no acquisition after the members came back",
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,16 +415,15 @@ async fn a_crashed_owners_lock_is_not_granted_before_its_ttl() {
     let granted_at = Instant::now();
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "OK");
     let mut c = proxy.conn().await;
-    loop {
-        if acquire(&mut c, "lock:owner", "next", 5000).await.unwrap() {
-            break;
-        }
-        assert!(
-            granted_at.elapsed() < Duration::from_secs(4),
-            "never granted after the TTL"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    acquire_before(
+        &mut c,
+        "lock:owner",
+        "next",
+        5000,
+        granted_at + Duration::from_secs(4),
+        "never granted after the TTL",
+    )
+    .await;
     let waited = granted_at.elapsed();
     assert!(
         waited >= Duration::from_millis(1400),
@@ -524,16 +542,15 @@ async fn a_changed_lock_group_needs_both_majorities_until_the_longest_ttl() {
         assert_eq!(get_direct(n, "lock:g"), None, "the denied attempt was released");
     }
     // After the old lock's TTL the grant comes from both groups.
-    loop {
-        if acquire(&mut c, "lock:g", "new", 2500).await.unwrap() {
-            break;
-        }
-        assert!(
-            granted_at.elapsed() < Duration::from_secs(6),
-            "never granted after the TTL"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    acquire_before(
+        &mut c,
+        "lock:g",
+        "new",
+        2500,
+        granted_at + Duration::from_secs(6),
+        "never granted after the TTL",
+    )
+    .await;
     assert!(granted_at.elapsed() >= Duration::from_millis(2300));
     for n in &nodes[3..] {
         assert_eq!(get_direct(n, "lock:g").as_deref(), Some("new"));
@@ -585,15 +602,14 @@ async fn a_restarted_member_stays_out_of_quorums_for_the_longest_ttl() {
     let info: String = redis::cmd("INFO").arg("locks").query_async(&mut c).await.unwrap();
     assert!(info.contains("restarted"), "{info}");
     // Once the longest TTL has passed, the restarted members vote again.
-    loop {
-        if acquire(&mut c, "lock:r", "intruder", 2500).await.unwrap() {
-            break;
-        }
-        assert!(
-            granted_at.elapsed() < Duration::from_secs(8),
-            "restarted members never came back into quorums"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    acquire_before(
+        &mut c,
+        "lock:r",
+        "intruder",
+        2500,
+        granted_at + Duration::from_secs(8),
+        "restarted members never came back into quorums",
+    )
+    .await;
     assert!(granted_at.elapsed() >= Duration::from_millis(2400));
 }
