@@ -116,31 +116,42 @@ pub fn reachable(results: &[Option<BackendResult>], groups: &[Vec<usize>]) -> bo
         .all(|g| g.iter().filter(|&&i| matches!(results[i], Some(Ok(_)))).count() >= quorum(g.len()))
 }
 
-/// The reply that a majority of every group sent, byte for byte.
-pub fn agreed(results: &[Option<BackendResult>], groups: &[Vec<usize>]) -> Option<Bytes> {
+/// The reply a majority of one group sent, byte for byte.
+fn agreed_in(results: &[Option<BackendResult>], group: &[usize]) -> Option<Bytes> {
     let frame = |i: usize| match &results[i] {
         Some(Ok(f)) => Some(f),
         _ => None,
     };
-    let first = groups.first()?;
-    // A candidate must be held by a majority of the first group; try each
-    // distinct frame there.
-    for &i in first {
-        let Some(candidate) = frame(i) else { continue };
-        let ok = groups
-            .iter()
-            .all(|g| g.iter().filter(|&&j| frame(j) == Some(candidate)).count() >= quorum(g.len()));
-        if ok {
-            return Some(candidate.clone());
-        }
+    group.iter().find_map(|&i| {
+        let candidate = frame(i)?;
+        let votes = group.iter().filter(|&&j| frame(j) == Some(candidate)).count();
+        (votes >= quorum(group.len())).then(|| candidate.clone())
+    })
+}
+
+/// "Nothing there": a null, `:0`, `:-2` or `+none` reply.
+fn is_empty_answer(f: &[u8]) -> bool {
+    reply::is_null(f) || f == b":0\r\n" || f == b":-2\r\n" || f == b"+none\r\n"
+}
+
+/// The majority's reply. Every group must have one; when the groups of a
+/// lock-group change disagree, a lock granted before the change lives only
+/// on the old group, so the answer that finds something (a value, a count,
+/// a release that happened) wins over one that finds nothing.
+pub fn agreed(results: &[Option<BackendResult>], groups: &[Vec<usize>]) -> Option<Bytes> {
+    let answers: Vec<Bytes> = groups.iter().map(|g| agreed_in(results, g)).collect::<Option<_>>()?;
+    let first = answers.first()?;
+    if answers.iter().all(|a| a == first) {
+        return Some(first.clone());
     }
-    None
+    Some(answers.iter().find(|a| !is_empty_answer(a)).unwrap_or(first).clone())
 }
 
 /// PTTL/TTL by majority: the time until fewer than a majority of the group
 /// still holds the key, i.e. the quorum-th largest answer (no expiry, `-1`,
-/// ranks above everything; a missing key, `-2`, below). Over several groups,
-/// the smallest. `None` when a group has fewer than a majority of answers.
+/// ranks above everything; a missing key, `-2`, below). Over the groups of a
+/// lock-group change, the largest: the key is held while any group still
+/// holds it. `None` when a group has fewer than a majority of answers.
 pub fn majority_ttl(results: &[Option<BackendResult>], groups: &[Vec<usize>]) -> Option<i64> {
     let mut best: Option<i64> = None;
     for g in groups {
@@ -158,7 +169,7 @@ pub fn majority_ttl(results: &[Option<BackendResult>], groups: &[Vec<usize>]) ->
         }
         vals.sort_unstable_by(|a, b| b.cmp(a));
         let v = vals[q - 1];
-        best = Some(best.map_or(v, |b| b.min(v)));
+        best = Some(best.map_or(v, |b| b.max(v)));
     }
     best.map(|v| if v == i64::MAX { -1 } else { v })
 }
@@ -254,15 +265,44 @@ mod tests {
         assert_eq!(agreed(&[ok(b":1\r\n"), ok(b":0\r\n"), err()], &g), None);
         assert!(reachable(&[ok(b":1\r\n"), ok(b":0\r\n"), err()], &g));
         assert!(!reachable(&[ok(b":1\r\n"), None, err()], &g));
+        // During a group change: the old group (second) holds what the new one lacks.
         let joint = vec![vec![0, 1, 2], vec![2, 3, 4]];
+        let r = [
+            ok(b":0\r\n"),
+            ok(b":0\r\n"),
+            ok(b":1\r\n"),
+            ok(b":1\r\n"),
+            ok(b":1\r\n"),
+        ];
+        assert_eq!(agreed(&r, &joint).as_deref(), Some(&b":1\r\n"[..]));
+        let r = [
+            ok(b"$-1\r\n"),
+            ok(b"$-1\r\n"),
+            ok(b"$1\r\nt\r\n"),
+            ok(b"$1\r\nt\r\n"),
+            None,
+        ];
+        assert_eq!(agreed(&r, &joint).as_deref(), Some(&b"$1\r\nt\r\n"[..]));
         let r = [
             ok(b":1\r\n"),
             ok(b":1\r\n"),
             ok(b":0\r\n"),
-            ok(b":0\r\n"),
-            ok(b":1\r\n"),
+            ok(b":5\r\n"),
+            ok(b":6\r\n"),
         ];
-        assert_eq!(agreed(&r, &joint), None, "the second group's majority says 0");
+        assert_eq!(agreed(&r, &joint), None, "no majority in the second group");
+        let r = [
+            ok(b":900\r\n"),
+            ok(b":-2\r\n"),
+            ok(b":-2\r\n"),
+            ok(b":900\r\n"),
+            ok(b":800\r\n"),
+        ];
+        assert_eq!(
+            majority_ttl(&r, &joint),
+            Some(800),
+            "held by the old group for 800 ms more"
+        );
     }
 
     #[test]

@@ -541,6 +541,11 @@ async fn a_changed_lock_group_needs_both_majorities_until_the_longest_ttl() {
     for n in &nodes[3..] {
         assert_eq!(get_direct(n, "lock:g"), None, "the denied attempt was released");
     }
+    // Reads see the lock the old group still holds.
+    let v: Option<String> = redis::cmd("GET").arg("lock:g").query_async(&mut c).await.unwrap();
+    assert_eq!(v.as_deref(), Some("old"));
+    let pttl: i64 = redis::cmd("PTTL").arg("lock:g").query_async(&mut c).await.unwrap();
+    assert!(pttl > 0 && pttl <= 2500, "{pttl}");
     // After the old lock's TTL the grant comes from both groups.
     acquire_before(
         &mut c,
