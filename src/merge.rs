@@ -56,6 +56,12 @@ pub fn split_scan_cursor(cursor: u64) -> (usize, u64) {
     )
 }
 
+/// An array of frames that are already encoded.
+fn raw_array(enc: &mut Encoder<'_>, items: &[&Bytes]) {
+    enc.array(items.len());
+    items.iter().for_each(|v| enc.raw(v));
+}
+
 fn protocol_error(what: &str) -> String {
     format!("ERR shardis: unexpected reply from backend to {what}")
 }
@@ -145,8 +151,7 @@ impl Merge {
                                 _ => true,
                             })
                             .collect();
-                        enc.array(keep.len());
-                        keep.into_iter().for_each(|v| enc.raw(v));
+                        raw_array(enc, &keep);
                     }
                 }
             }
@@ -180,8 +185,7 @@ impl Merge {
                             .iter()
                             .filter(|v| reply::as_bytes(v).is_none_or(|k| !ns.matches(&k)))
                             .collect();
-                        enc.array(keep.len());
-                        keep.into_iter().for_each(|v| enc.raw(v));
+                        raw_array(enc, &keep);
                     }
                     _ => enc.raw(&keys),
                 }

@@ -162,44 +162,21 @@ async fn lock_keys_live_on_every_member_and_answer_by_majority() {
     }
 
     // Clear errors for what cannot be served; the connection stays usable.
-    let e = redis::cmd("INCR")
-        .arg("lock:a")
-        .query_async::<i64>(&mut c)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("not supported on lock keys"), "{e}");
-    let e = redis::cmd("DEL")
-        .arg("lock:a")
-        .arg("x1")
-        .query_async::<i64>(&mut c)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("cannot be combined"), "{e}");
-    let e = redis::cmd("EVAL")
-        .arg("return 1")
-        .arg(2)
-        .arg("lock:a")
-        .arg("x1")
-        .query_async::<i64>(&mut c)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("cannot be combined"), "{e}");
-    let e = redis::cmd("WATCH")
-        .arg("lock:a")
-        .query_async::<()>(&mut c)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("transactions"), "{e}");
-    let e = redis::cmd("SET")
-        .arg("lock:a")
-        .arg("t")
-        .arg("NX")
-        .arg("PXAT")
-        .arg(1)
-        .query_async::<()>(&mut c)
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("PX or EX"), "{e}");
+    let refused: [(&[&str], &str); 5] = [
+        (&["INCR", "lock:a"], "not supported on lock keys"),
+        (&["DEL", "lock:a", "x1"], "cannot be combined"),
+        (&["EVAL", "return 1", "2", "lock:a", "x1"], "cannot be combined"),
+        (&["WATCH", "lock:a"], "transactions"),
+        (&["SET", "lock:a", "t", "NX", "PXAT", "1"], "PX or EX"),
+    ];
+    for (args, expected) in refused {
+        let e = redis::Cmd::new()
+            .arg(args)
+            .query_async::<redis::Value>(&mut c)
+            .await
+            .expect_err(args[0]);
+        assert!(e.to_string().contains(expected), "{args:?}: {e}");
+    }
     let pong: String = redis::cmd("PING").query_async(&mut c).await.unwrap();
     assert_eq!(pong, "PONG");
 
