@@ -13,7 +13,9 @@ medians as a markdown table with shardis/twemproxy ratios. It also measures each
 Environment: RUNS (default 3), N (requests per run for -P 1 rows, default 200000; -P 16 rows use
 4*N, the 10-key rows N/2, or N at -P 16), IDLE (idle connections, default 10000, 0 skips), ROWS (comma-separated
 row names to run, default all), SHARDIS (binary, default target/release/shardis), SHARDIS_THREADS
-(comma-separated `threads` settings, one shardis each, default "0,1"), NUTCRACKER.
+(comma-separated `threads` settings, one shardis each, default "0,1"), NUTCRACKER, and SHARDIS_B: a
+second shardis binary (say, the build before a change) run as extra contenders "shardis B ..."
+with the same thread settings, for an interleaved A/B of one change.
 """
 
 import csv
@@ -62,8 +64,9 @@ def raise_nofile():
         resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
 
 
-def shardis_name(threads):
-    return "shardis" if threads == 0 else f"shardis {threads}t"
+def shardis_name(threads, variant=""):
+    name = f"shardis {variant}".strip()
+    return name if threads == 0 else f"{name} {threads}t"
 
 
 def free_port():
@@ -126,22 +129,25 @@ class Cluster:
         nutcracker = os.environ.get("NUTCRACKER") or shutil.which("nutcracker") or "/usr/sbin/nutcracker"
         self.tw = self.spawn([nutcracker, "-c", tw_conf, "-s", str(free_port()), "-o",
                               os.path.join(self.dir, "nutcracker.log")])
-        shardis = os.environ.get("SHARDIS") or os.path.join(ROOT, "target/release/shardis")
+        binaries = [("", os.environ.get("SHARDIS") or os.path.join(ROOT, "target/release/shardis"))]
+        if os.environ.get("SHARDIS_B"):
+            binaries.append(("B", os.environ["SHARDIS_B"]))
         env = dict(os.environ, RUST_LOG="warn")
         self.contenders = [("redis", self.shard_ports[0], None), ("twemproxy", self.tw_port, self.tw)]
         # One shardis per thread setting (0: one worker thread per CPU, the default).
-        for threads in THREADS:
-            port = free_port()
-            conf = os.path.join(self.dir, f"shardis-{threads}.toml")
-            with open(conf, "w") as f:
-                f.write(f'listen = "127.0.0.1:{port}"\n')
-                if threads:
-                    f.write(f"threads = {threads}\n")
-                for p, n in zip(self.shard_ports, names):
-                    f.write(f'[[backends]]\nname = "{n}"\naddr = "127.0.0.1:{p}"\n')
-            log = open(os.path.join(self.dir, f"shardis-{threads}.log"), "w")
-            proc = self.spawn([shardis, "--config", conf], env=env, stderr=log)
-            self.contenders.append((shardis_name(threads), port, proc))
+        for variant, shardis in binaries:
+            for threads in THREADS:
+                port = free_port()
+                conf = os.path.join(self.dir, f"shardis{variant}-{threads}.toml")
+                with open(conf, "w") as f:
+                    f.write(f'listen = "127.0.0.1:{port}"\n')
+                    if threads:
+                        f.write(f"threads = {threads}\n")
+                    for p, n in zip(self.shard_ports, names):
+                        f.write(f'[[backends]]\nname = "{n}"\naddr = "127.0.0.1:{p}"\n')
+                log = open(os.path.join(self.dir, f"shardis{variant}-{threads}.log"), "w")
+                proc = self.spawn([shardis, "--config", conf], env=env, stderr=log)
+                self.contenders.append((shardis_name(threads, variant), port, proc))
         for _, port, _ in self.contenders:
             wait_port(port)
 

@@ -45,10 +45,18 @@ fn main() -> ExitCode {
         println!("{}: OK ({} backends)", args.config.display(), config.backends.len());
         return ExitCode::SUCCESS;
     }
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if config.threads > 0 {
-        builder.worker_threads(config.threads);
-    }
+    // One thread: tokio's current-thread scheduler, which has no work
+    // stealing and no cross-thread wake-ups to pay for. Otherwise the
+    // work-stealing scheduler with `threads` workers (0: one per CPU).
+    let mut builder = if config.threads == 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        if config.threads > 0 {
+            b.worker_threads(config.threads);
+        }
+        b
+    };
     // Look at the runtime's shared queue every 4 task polls instead of
     // tokio's self-tuned interval. A backend reply batch wakes hundreds of
     // sessions at once; those that overflow a worker's local queue land in the
