@@ -1,5 +1,6 @@
 //! Backend pools: per shard, a few long-lived pipelined connections shared by
-//! every client session.
+//! every client session of a worker thread (each worker has its own; see
+//! [`crate::workers`]).
 //!
 //! A connection is one task that owns the socket. Sessions hand it [`Job`]s
 //! over a channel; the task writes whatever jobs are queued in one batch,
@@ -28,6 +29,7 @@ use crate::config;
 use crate::protocol::Protocol;
 use crate::protocol::reply::{self, ReplyScanner};
 use crate::protocol::request::Request;
+use crate::workers::Executors;
 
 /// Why a backend could not answer. Cheap to clone: one error often fails
 /// many requests.
@@ -147,19 +149,24 @@ impl Identity {
 pub struct Shard {
     pub spec: Arc<BackendSpec>,
     pub identity: Arc<Identity>,
-    resp2: Vec<mpsc::UnboundedSender<Job>>,
-    resp3: OnceLock<Vec<mpsc::UnboundedSender<Job>>>,
+    /// Where the connection tasks run: one group of connections per worker.
+    executors: Executors,
+    /// `[group][connection]`: each worker's own connections.
+    resp2: Vec<Vec<mpsc::UnboundedSender<Job>>>,
+    resp3: OnceLock<Vec<Vec<mpsc::UnboundedSender<Job>>>>,
 }
 
 impl Shard {
-    /// Starts the RESP2 connections. Needs a tokio runtime.
-    pub fn start(spec: BackendSpec) -> Arc<Shard> {
+    /// Starts the RESP2 connections: `spec.connections` on each of the
+    /// executors' workers (or on the current runtime, which then must exist).
+    pub fn start(spec: BackendSpec, executors: &Executors) -> Arc<Shard> {
         let spec = Arc::new(spec);
         let identity = Arc::new(Identity::default());
-        let resp2 = spawn_conns(&spec, &identity, Protocol::Resp2);
+        let resp2 = spawn_conns(&spec, &identity, Protocol::Resp2, executors);
         Arc::new(Shard {
             spec,
             identity,
+            executors: executors.clone(),
             resp2,
             resp3: OnceLock::new(),
         })
@@ -170,14 +177,17 @@ impl Shard {
     }
 
     /// Queues a job on connection `lane` (taken modulo the pool size) of the
-    /// given protocol. The same lane keeps one client's requests in order.
+    /// given protocol, among the calling worker's connections, so the job
+    /// never leaves the thread. The same lane on the same thread keeps one
+    /// client's requests in order (a session never changes thread).
     pub fn send(&self, proto: Protocol, lane: usize, job: Job) {
-        let conns = match proto {
+        let groups = match proto {
             Protocol::Resp2 => &self.resp2,
             Protocol::Resp3 => self
                 .resp3
-                .get_or_init(|| spawn_conns(&self.spec, &self.identity, Protocol::Resp3)),
+                .get_or_init(|| spawn_conns(&self.spec, &self.identity, Protocol::Resp3, &self.executors)),
         };
+        let conns = &groups[self.executors.group_here() % groups.len()];
         let tx = &conns[lane % conns.len()];
         if let Err(mpsc::error::SendError(job)) = tx.send(job) {
             // The task only stops when the pool is dropped; answer anyway.
@@ -187,12 +197,23 @@ impl Shard {
     }
 }
 
-fn spawn_conns(spec: &Arc<BackendSpec>, identity: &Arc<Identity>, proto: Protocol) -> Vec<mpsc::UnboundedSender<Job>> {
-    (0..spec.connections.max(1))
-        .map(|i| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(conn_task(spec.clone(), identity.clone(), proto, i, rx));
-            tx
+fn spawn_conns(
+    spec: &Arc<BackendSpec>,
+    identity: &Arc<Identity>,
+    proto: Protocol,
+    executors: &Executors,
+) -> Vec<Vec<mpsc::UnboundedSender<Job>>> {
+    let per_group = spec.connections.max(1);
+    (0..executors.groups())
+        .map(|g| {
+            (0..per_group)
+                .map(|i| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let lane = g * per_group + i;
+                    executors.spawn_on(g, conn_task(spec.clone(), identity.clone(), proto, lane, rx));
+                    tx
+                })
+                .collect()
         })
         .collect()
 }

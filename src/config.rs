@@ -28,10 +28,11 @@ pub struct Config {
     #[serde(default)]
     pub password: Option<String>,
     /// Worker threads; 0 (the default) means one per CPU. Read at start-up
-    /// only. Fewer threads than CPUs cost less CPU per request when the
-    /// proxy shares a small machine with its clients or with Redis (see
-    /// bench/README.md: on 2 cores, 1 thread used about 15% less CPU per
-    /// GET than 2).
+    /// only. Each worker runs its own clients and its own backend
+    /// connections (see [`crate::workers`]). Fewer threads than CPUs cost
+    /// less CPU per request when the proxy shares a small machine with its
+    /// clients or with Redis (see bench/README.md: on 2 cores, 1 thread used
+    /// about 20% less CPU per GET than 2).
     #[serde(default)]
     pub threads: usize,
     #[serde(default)]
@@ -198,9 +199,9 @@ impl Default for LimitsConfig {
 #[derive(Debug, Clone, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
-    /// Pipelined connections per shard (and per protocol version), shared by
-    /// all clients. A client always uses the same one, so its requests to a
-    /// shard stay in order.
+    /// Pipelined connections per shard, per worker thread (and per protocol
+    /// version), shared by that worker's clients. A client always uses the
+    /// same one, so its requests to a shard stay in order.
     #[serde(default = "default_connections")]
     pub connections: usize,
 }

@@ -6,6 +6,8 @@
 //! # Map of the crate
 //! A request flows top to bottom:
 //! - [`server`]: the listener, client limit, SIGHUP reload.
+//! - [`workers`]: thread-per-core worker runtimes; each has its own sessions
+//!   and its own backend connections.
 //! - [`session`]: one client connection: parse, dispatch, replies in order.
 //! - [`protocol`]: client request parser (hand-written, with limits), backend
 //!   reply framing, reply encoding for RESP2/RESP3.
@@ -36,3 +38,4 @@ pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topology;
+pub mod workers;

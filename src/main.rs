@@ -45,24 +45,37 @@ fn main() -> ExitCode {
         println!("{}: OK ({} backends)", args.config.display(), config.backends.len());
         return ExitCode::SUCCESS;
     }
-    // One thread: tokio's current-thread scheduler, which has no work
-    // stealing and no cross-thread wake-ups to pay for. Otherwise the
-    // work-stealing scheduler with `threads` workers (0: one per CPU).
-    let mut builder = if config.threads == 1 {
-        tokio::runtime::Builder::new_current_thread()
-    } else {
-        let mut b = tokio::runtime::Builder::new_multi_thread();
-        if config.threads > 0 {
-            b.worker_threads(config.threads);
-        }
-        b
+    let threads = match config.threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
     };
-    // Look at the runtime's shared queue every 4 task polls instead of
-    // tokio's self-tuned interval. A backend reply batch wakes hundreds of
-    // sessions at once; those that overflow a worker's local queue land in the
-    // shared one and otherwise wait behind every newer wake-up. GET with 1000
-    // clients, threads = 1: p99 58-101 ms -> 33-38 ms, same throughput and CPU.
-    builder.global_queue_interval(4);
+    // Look at the runtime's queue of wake-ups from other threads every 4 task
+    // polls instead of tokio's self-tuned interval. A backend reply batch
+    // wakes hundreds of sessions at once; GET with 1000 clients, one
+    // thread: p99 58-101 ms -> 33-38 ms, same throughput and CPU.
+    let tune = |b: &mut tokio::runtime::Builder| {
+        b.global_queue_interval(4);
+    };
+    // One thread: everything on one current-thread runtime. More: one
+    // current-thread runtime per worker thread, each with its own sessions
+    // and backend connections (shardis::workers), and this thread's runtime
+    // only accepts clients and handles SIGHUP. Both avoid the work-stealing
+    // scheduler, whose cross-thread wake-ups cost more than they bring to a
+    // proxy (bench/README.md).
+    let workers = if threads > 1 {
+        match shardis::workers::Workers::start(threads, tune) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("shardis: cannot start {threads} worker threads: {e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let executors = workers.as_ref().map(|w| w.executors()).unwrap_or_default();
+    let mut builder = tokio::runtime::Builder::new_current_thread();
+    tune(&mut builder);
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -71,7 +84,7 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
-        let server = match Server::bind(config, args.listen.as_deref()).await {
+        let server = match Server::bind_on(config, args.listen.as_deref(), executors).await {
             Ok(s) => s,
             Err(e) => {
                 error!(error = %e, "cannot listen");

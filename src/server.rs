@@ -8,12 +8,13 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::session::Session;
 use crate::topology::TopologyCell;
+use crate::workers::Executors;
 
 /// Counters shared by every session.
 #[derive(Debug, Default)]
@@ -70,23 +71,36 @@ pub struct Shared {
 pub struct Server {
     pub shared: Arc<Shared>,
     listener: TcpListener,
+    /// Where sessions run: the worker runtimes, or this runtime if none.
+    executors: Executors,
 }
 
 impl Server {
     /// Binds the listen address (`listen` overrides the config's) and starts
-    /// the backend pools. Needs a tokio runtime.
+    /// the backend pools, sessions and pools all on the current runtime.
     pub async fn bind(config: Config, listen: Option<&str>) -> std::io::Result<Server> {
+        Server::bind_on(config, listen, Executors::current()).await
+    }
+
+    /// As [`Server::bind`], with sessions and backend connections on the
+    /// given worker runtimes (thread per core, see [`crate::workers`]); the
+    /// listener stays on the current runtime.
+    pub async fn bind_on(config: Config, listen: Option<&str>, executors: Executors) -> std::io::Result<Server> {
         let addr = listen.unwrap_or(&config.listen).to_string();
         let listener = TcpListener::bind(&addr).await?;
         let shared = Arc::new(Shared {
-            topology: TopologyCell::new(Arc::new(config)),
+            topology: TopologyCell::new(Arc::new(config), executors.clone()),
             stats: Stats::default(),
             locks: crate::lock::LockService::default(),
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             config_path: std::sync::OnceLock::new(),
         });
-        Ok(Server { shared, listener })
+        Ok(Server {
+            shared,
+            listener,
+            executors,
+        })
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
@@ -104,6 +118,7 @@ impl Server {
             "shardis listening"
         );
         drop(topo);
+        let mut next_worker = 0usize;
         loop {
             let (mut sock, peer) = match self.listener.accept().await {
                 Ok(c) => c,
@@ -128,9 +143,34 @@ impl Server {
             let _ = sock.set_nodelay(true);
             let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
             let laddr = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            tokio::spawn(async move {
-                let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
-                session.run(sock).await;
+            if self.executors.is_empty() {
+                tokio::spawn(async move {
+                    let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
+                    session.run(sock).await;
+                    shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
+                });
+                continue;
+            }
+            // Hand the socket to the next worker (round robin): it leaves this
+            // runtime's reactor here and joins the worker's in the task, where
+            // the session then lives for good.
+            let std_sock = match sock.into_std() {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(error = %e, "cannot hand a client to a worker");
+                    shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
+            };
+            next_worker = next_worker.wrapping_add(1);
+            self.executors.spawn_on(next_worker, async move {
+                match TcpStream::from_std(std_sock) {
+                    Ok(sock) => {
+                        let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
+                        session.run(sock).await;
+                    }
+                    Err(e) => warn!(error = %e, "a worker cannot take a client"),
+                }
                 shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
             });
         }

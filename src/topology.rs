@@ -15,6 +15,7 @@ use crate::backend::{BackendSpec, Shard};
 use crate::config::Config;
 use crate::lock::LockGroup;
 use crate::ring::Ring;
+use crate::workers::Executors;
 
 /// One immutable view of the cluster.
 #[derive(Debug)]
@@ -40,6 +41,7 @@ impl Topology {
         epoch: u64,
         previous: Option<&Topology>,
         max_lock_ttl: Option<std::time::Duration>,
+        executors: &Executors,
     ) -> Topology {
         let locks = LockGroup::build(&config, previous.map(|p| &p.locks), max_lock_ttl);
         let ring = Ring::for_config(&config);
@@ -51,7 +53,7 @@ impl Topology {
                 previous
                     .and_then(|p| p.shards.iter().find(|s| *s.spec == spec))
                     .cloned()
-                    .unwrap_or_else(|| Shard::start(spec))
+                    .unwrap_or_else(|| Shard::start(spec, executors))
             })
             .collect();
         Topology {
@@ -78,14 +80,18 @@ impl Topology {
 /// The live topology, shared by every session.
 pub struct TopologyCell {
     current: ArcSwap<Topology>,
+    /// Where new shards start their connections.
+    executors: Executors,
     /// Serialises changes so two reloads cannot both take epoch + 1.
     change: std::sync::Mutex<()>,
 }
 
 impl TopologyCell {
-    pub fn new(config: Arc<Config>) -> TopologyCell {
+    /// The first topology; its shards start their connections on `executors`.
+    pub fn new(config: Arc<Config>, executors: Executors) -> TopologyCell {
         TopologyCell {
-            current: ArcSwap::from_pointee(Topology::build(config, 1, None, None)),
+            current: ArcSwap::from_pointee(Topology::build(config, 1, None, None, &executors)),
+            executors,
             change: std::sync::Mutex::new(()),
         }
     }
@@ -106,7 +112,7 @@ impl TopologyCell {
     pub fn apply(&self, config: Arc<Config>, max_lock_ttl: Option<std::time::Duration>) -> u64 {
         let _guard = self.change.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let next = Topology::build(config, old.epoch + 1, Some(&old), max_lock_ttl);
+        let next = Topology::build(config, old.epoch + 1, Some(&old), max_lock_ttl, &self.executors);
         let epoch = next.epoch;
         self.current.store(Arc::new(next));
         epoch

@@ -276,3 +276,79 @@ async fn unsupported_and_unknown_commands_keep_the_connection() {
     let pong: String = q(&mut c, &["PING"]).await.unwrap();
     assert_eq!(pong, "PONG");
 }
+
+/// The binary's default (`threads` > 1): sessions and backend connections on
+/// thread-per-core worker runtimes. Clients land on different workers, each
+/// with its own connections to every shard; every write must reach the shard
+/// the ring names, fan-out must merge across them, a RESP3 client's lazily
+/// started pools must start on the workers, and a reload must start the new
+/// shard's connections there too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_and_backend_connections_on_worker_threads() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_on(&refs, "[timeouts]\ncommand_ms = 2000\n", 3).await;
+    let mut tasks = Vec::new();
+    for c in 0..6 {
+        let mut conn = proxy.conn().await;
+        tasks.push(tokio::spawn(async move {
+            for i in 0..100 {
+                let k = format!("w{c}:{i}");
+                let _: () = conn.set(&k, i).await.unwrap();
+            }
+            let keys: Vec<String> = (0..100).map(|i| format!("w{c}:{i}")).collect();
+            let got: Vec<i64> = conn.mget(&keys).await.unwrap();
+            assert_eq!(got, (0..100).collect::<Vec<i64>>());
+            let n: i64 = conn.del(&keys[..50]).await.unwrap();
+            assert_eq!(n, 50);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let mut direct: Vec<_> = nodes.iter().map(|n| n.client()).collect();
+    let mut per_shard = [0usize; 3];
+    for c in 0..6 {
+        for i in 50..100 {
+            let k = format!("w{c}:{i}");
+            let owner = proxy.shard_of(&k);
+            per_shard[owner] += 1;
+            let v: Option<i64> = redis::cmd("GET").arg(&k).query(&mut direct[owner]).unwrap();
+            assert_eq!(v, Some(i), "{k} on its shard {owner}");
+        }
+    }
+    assert!(per_shard.iter().all(|&n| n > 0), "{per_shard:?}");
+    // RESP3 pools start on first use, from a session on a worker.
+    let addr = proxy.addr;
+    tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+        s.write_all(b"HELLO 3\r\nMGET w0:60 w1:70 w2:80 nope\r\n").unwrap();
+        let want = b"*4\r\n$2\r\n60\r\n$2\r\n70\r\n$2\r\n80\r\n_\r\n";
+        let mut out = Vec::new();
+        let mut buf = [0u8; 4096];
+        while !out.ends_with(want) {
+            let n = s.read(&mut buf).unwrap();
+            assert!(n > 0, "closed: {}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+    })
+    .await
+    .unwrap();
+    // A fourth shard joins: its connections start on the workers.
+    let fourth = crate::support::RedisNode::start();
+    let all: Vec<_> = nodes.iter().chain(std::iter::once(&fourth)).collect();
+    let path = std::env::temp_dir().join(format!("shardis-workers-{}.toml", std::process::id()));
+    std::fs::write(&path, crate::support::config_text(&all, "")).unwrap();
+    assert_eq!(shardis::server::reload(&proxy.shared, &path), Ok(2));
+    let _ = std::fs::remove_file(&path);
+    let k = (0..1000)
+        .map(|i| format!("new:{i}"))
+        .find(|k| proxy.shard_of(k) == 3)
+        .expect("some key on the new shard");
+    let mut c = proxy.conn().await;
+    let _: () = c.set(&k, "on-four").await.unwrap();
+    let v: String = redis::cmd("GET").arg(&k).query(&mut fourth.client()).unwrap();
+    assert_eq!(v, "on-four");
+}

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use shardis::config::Config;
 use shardis::server::{Server, Shared};
+use shardis::workers::Workers;
 
 /// A free loopback port (bound then released; good enough for tests).
 pub fn free_port() -> u16 {
@@ -149,11 +150,14 @@ pub fn config_text(nodes: &[&RedisNode], extra: &str) -> String {
     s
 }
 
-/// An in-process proxy on an ephemeral port, served by the test's runtime.
+/// An in-process proxy on an ephemeral port: the listener on the test's
+/// runtime, sessions and backend connections there too or on worker threads.
 pub struct Proxy {
     pub addr: SocketAddr,
     pub shared: Arc<Shared>,
     task: tokio::task::JoinHandle<()>,
+    /// Stopped (and joined) when the proxy is dropped.
+    workers: Option<Workers>,
 }
 
 impl Proxy {
@@ -166,12 +170,26 @@ impl Proxy {
     }
 
     pub async fn start_with(nodes: &[&RedisNode], extra: &str) -> Proxy {
+        Proxy::start_on(nodes, extra, 0).await
+    }
+
+    /// As [`Proxy::start_with`], with `workers` thread-per-core worker
+    /// runtimes as the binary runs with `threads = workers` (0: none, all on
+    /// the test's runtime).
+    pub async fn start_on(nodes: &[&RedisNode], extra: &str, workers: usize) -> Proxy {
         let cfg = Config::parse(&config_text(nodes, extra)).expect("valid test config");
-        let server = Server::bind(cfg, None).await.expect("bind");
+        let workers = (workers > 0).then(|| Workers::start(workers, |_| {}).expect("worker threads"));
+        let executors = workers.as_ref().map(|w| w.executors()).unwrap_or_default();
+        let server = Server::bind_on(cfg, None, executors).await.expect("bind");
         let addr = server.local_addr().expect("addr");
         let shared = server.shared.clone();
         let task = tokio::spawn(server.run());
-        Proxy { addr, shared, task }
+        Proxy {
+            addr,
+            shared,
+            task,
+            workers,
+        }
     }
 
     pub fn url(&self) -> String {
