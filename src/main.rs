@@ -24,6 +24,13 @@ struct Args {
     check: bool,
 }
 
+/// jemalloc rather than glibc's malloc: after load and client churn glibc
+/// keeps freed buffers in fragmented arenas, jemalloc purges them back to
+/// the OS (bench/README.md: RSS with 10,000 idle clients after load).
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     tracing_subscriber::fmt()
