@@ -18,6 +18,8 @@
 //!   fencing tokens, majority answers, lock-group changes.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`topology`]: ring + backend pools + epoch, swapped atomically (`ArcSwap`).
+//! - [`migration`]: after a ring change, moving keys to their new owners
+//!   (background walk + on-demand moves by the sessions).
 //! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`backend`]: per-shard pipelined connections, timeouts, reconnects.
 //! - [`config`]: `proxy.toml` schema and validation.
@@ -31,6 +33,7 @@ pub mod config;
 pub mod local;
 pub mod lock;
 pub mod merge;
+pub mod migration;
 pub mod protocol;
 pub mod ring;
 pub mod server;

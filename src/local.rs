@@ -317,6 +317,30 @@ fn command_cmd(args: &[&[u8]], enc: &mut Encoder<'_>) {
     }
 }
 
+/// `# Migration`: the key move of the last topology change, if it moved any
+/// slot (see [`crate::migration`]).
+fn migration_info(topo: &Topology) -> String {
+    let Some(m) = &topo.migration else {
+        return "# Migration\r\nmigration_in_progress:0\r\n\r\n".to_string();
+    };
+    let st = &m.stats;
+    let secs = m.finished_after().map(|d| d.as_secs_f64());
+    format!(
+        "# Migration\r\nmigration_in_progress:{}\r\nmigration_from_epoch:{}\r\nmigration_to_epoch:{}\r\nmigration_shards_left:{}\r\nmigration_keys_scanned:{}\r\nmigration_keys_moved:{}\r\nmigration_keys_moved_on_demand:{}\r\nmigration_keys_superseded:{}\r\nmigration_errors:{}\r\nmigration_abandoned:{}\r\nmigration_seconds:{}\r\n\r\n",
+        u8::from(m.active()),
+        m.from_epoch,
+        m.to_epoch,
+        m.sources_left(),
+        st.scanned.load(Ordering::Relaxed),
+        st.moved.load(Ordering::Relaxed),
+        st.moved_on_demand.load(Ordering::Relaxed),
+        st.superseded.load(Ordering::Relaxed),
+        st.errors.load(Ordering::Relaxed),
+        u8::from(m.abandoned()),
+        secs.map_or_else(|| "running".to_string(), |s| format!("{s:.3}")),
+    )
+}
+
 /// The INFO text for the sections the proxy knows, without `# Keyspace`,
 /// which the session appends from the shards' answers.
 fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology) -> String {
@@ -371,6 +395,9 @@ fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology)
             ));
         }
         t.push_str("\r\n");
+    }
+    if want("migration") {
+        t.push_str(&migration_info(topo));
     }
     if want("locks") {
         let l = &shared.locks;

@@ -149,6 +149,12 @@ impl Ring {
         self.table[(h >> self.shift) as usize] as usize
     }
 
+    /// The member index that owns slot `slot` (below [`Ring::slots`]).
+    #[inline]
+    pub fn owner_of_slot(&self, slot: usize) -> usize {
+        self.table[slot] as usize
+    }
+
     /// Number of slots.
     pub fn slots(&self) -> usize {
         self.table.len()

@@ -193,15 +193,23 @@ pub fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) -> std::io::Result<(
 }
 
 /// Applies the configuration in `path`; returns the new epoch, or why the
-/// file was refused (the running topology then stays).
+/// file was refused (the running topology then stays). Refused while a
+/// migration runs; see [`reload_forced`].
 pub fn reload(shared: &Shared, path: &std::path::Path) -> Result<u64, String> {
-    match Config::load(path) {
-        Ok(cfg) => {
-            let old = shared.topology.load_full();
-            if cfg.listen != old.config.listen {
-                warn!(old = %old.config.listen, new = %cfg.listen, "listen address changes need a restart; keeping the old one");
-            }
-            let epoch = shared.topology.apply(Arc::new(cfg), shared.locks.max_ttl());
+    reload_forced(shared, path, false)
+}
+
+/// As [`reload`]; with `force`, a migration still running is abandoned
+/// rather than the reload refused.
+pub fn reload_forced(shared: &Shared, path: &std::path::Path, force: bool) -> Result<u64, String> {
+    match Config::load(path).map_err(|e| e.to_string()).and_then(|cfg| {
+        let old = shared.topology.load_full();
+        if cfg.listen != old.config.listen {
+            warn!(old = %old.config.listen, new = %cfg.listen, "listen address changes need a restart; keeping the old one");
+        }
+        shared.topology.apply(Arc::new(cfg), shared.locks.max_ttl(), force)
+    }) {
+        Ok(epoch) => {
             let topo = shared.topology.load();
             info!(
                 epoch,
@@ -219,7 +227,7 @@ pub fn reload(shared: &Shared, path: &std::path::Path) -> Result<u64, String> {
         }
         Err(e) => {
             error!(error = %e, "configuration reload refused; keeping the running topology");
-            Err(e.to_string())
+            Err(e)
         }
     }
 }

@@ -25,6 +25,7 @@ use crate::command::{self, Broadcast, Fanout, Lookup, Route};
 use crate::local;
 use crate::lock::{self, LockRequest};
 use crate::merge::{self, Merge};
+use crate::migration::{self, Migration};
 use crate::protocol::request::{INLINE_ARGS, put_bulk, put_header};
 use crate::protocol::{Encoder, Protocol, Request, RequestParser};
 use crate::server::Shared;
@@ -57,7 +58,25 @@ enum Slot {
         parts: Vec<Option<BackendResult>>,
         left: usize,
     },
+    /// During a migration: waiting for the request's keys to move to their
+    /// new owners; then the request is dispatched into this slot. Boxed: rare,
+    /// and large next to the others.
+    Migrating(Box<Parked>),
 }
+
+/// A request parked until its keys have moved (see [`Slot::Migrating`]).
+struct Parked {
+    req: Request,
+    /// Per part: the key's old shard index and the key.
+    moves: SmallVec<[(usize, Bytes); 4]>,
+    left: usize,
+    /// The first failure: the request is then answered with it.
+    failed: Option<String>,
+}
+
+/// Marks the completion of a `DEL` of a superseded source copy (the low bits
+/// are the key's part), as opposed to its `MIGRATE`.
+const DEL_PART: u32 = 1 << 31;
 
 impl Slot {
     fn is_done(&self) -> bool {
@@ -65,6 +84,7 @@ impl Slot {
             Slot::Ready(_) => true,
             Slot::One(r) => r.is_some(),
             Slot::Many { left, .. } => *left == 0,
+            Slot::Migrating(_) => false,
         }
     }
 }
@@ -89,6 +109,9 @@ pub struct Session {
     keys: Vec<usize>,
     /// This session's lock worker, started by its first lock command.
     lock_tx: Option<mpsc::UnboundedSender<LockRequest>>,
+    /// Set while a request whose keys were just migrated is dispatched
+    /// again: the slot it already holds, which `push` fills.
+    redispatch: Option<u64>,
 }
 
 impl Session {
@@ -117,6 +140,7 @@ impl Session {
             closing: false,
             keys: Vec::new(),
             lock_tx: None,
+            redispatch: None,
             shared,
         }
     }
@@ -185,8 +209,15 @@ impl Session {
         self.shared.stats.commands.add(n);
     }
 
-    /// Reserves the next reply slot and returns its sequence number.
+    /// Reserves the next reply slot and returns its sequence number (or,
+    /// for a request dispatched again after a migration, fills its slot).
     fn push(&mut self, slot: Slot) -> u64 {
+        if let Some(seq) = self.redispatch.take() {
+            if let Some(s) = self.pending.get_mut((seq - self.head_seq) as usize) {
+                *s = slot;
+            }
+            return seq;
+        }
         self.pending.push_back(slot);
         self.head_seq + self.pending.len() as u64 - 1
     }
@@ -257,6 +288,19 @@ impl Session {
         {
             return self.error("NOAUTH Authentication required.");
         }
+        if self.redispatch.is_none()
+            && let Some(m) = topo.migration.as_deref().filter(|m| m.active())
+        {
+            match route {
+                Route::Keyed | Route::Fanout(_) if self.migrate_first(topo, m, spec, &args, &req) => return,
+                Route::Broadcast(_) if spec.name.starts_with("flush") => {
+                    return self.error(
+                        "ERR shardis: keys are moving between shards (INFO migration); FLUSHALL/FLUSHDB would miss the keys not moved yet, retry when it is done",
+                    );
+                }
+                _ => {}
+            }
+        }
         match route {
             Route::Keyed => {
                 let mut keys = std::mem::take(&mut self.keys);
@@ -318,13 +362,15 @@ impl Session {
     /// is small and read on the session's thread; the new topology is built
     /// and swapped in before the reply.
     fn reload(&mut self, args: &[&[u8]]) {
-        if args.len() != 1 {
-            return self.error("ERR wrong number of arguments for 'shardis.reload' command");
-        }
+        let force = match args {
+            [_] => false,
+            [_, f] if f.eq_ignore_ascii_case(b"force") => true,
+            _ => return self.error("ERR syntax error: SHARDIS.RELOAD [FORCE]"),
+        };
         let Some(path) = self.shared.config_path.get() else {
             return self.error("ERR shardis: this proxy was not started from a configuration file");
         };
-        match crate::server::reload(&self.shared, path) {
+        match crate::server::reload_forced(&self.shared, path, force) {
             Ok(epoch) => self.reply_with(|e| e.integer(epoch as i64)),
             Err(why) => self.error(&format!(
                 "ERR shardis: configuration refused, topology unchanged: {why}"
@@ -513,10 +559,168 @@ impl Session {
         self.send(topo, shard, Request::from_args(&sub).raw, seq, 0);
     }
 
+    /// During a migration: sends a MIGRATE from its old owner for every key
+    /// of the request whose owner changed and that may not have moved yet,
+    /// and parks the request in a [`Slot::Migrating`] until they have. False
+    /// (nothing sent) when no key needs moving.
+    fn migrate_first(
+        &mut self,
+        topo: &Topology,
+        m: &Migration,
+        spec: &command::spec::CommandSpec,
+        args: &[&[u8]],
+        req: &Request,
+    ) -> bool {
+        let mut keys = std::mem::take(&mut self.keys);
+        let _ = command::keys::key_indices(spec, args, &mut keys);
+        let mut moves: SmallVec<[(usize, Bytes); 4]> = SmallVec::new();
+        let mut targets: SmallVec<[usize; 4]> = SmallVec::new();
+        for &i in &keys {
+            let key = args[i];
+            if topo.locks.enabled() && topo.locks.is_lock_key(key) {
+                continue; // lock keys live on the lock group, not the ring
+            }
+            let owner = topo.shard_of(key);
+            if let Some(src) = m.source_of(key, topo.shards[owner].name())
+                && !moves.iter().any(|(_, k)| &k[..] == key)
+                && let Some(k) = req.arg_bytes(i)
+            {
+                moves.push((src, k));
+                targets.push(owner);
+            }
+        }
+        self.keys = keys;
+        if moves.is_empty() {
+            return false;
+        }
+        let jobs: SmallVec<[(Option<Arc<crate::backend::Shard>>, Bytes); 4]> = moves
+            .iter()
+            .zip(&targets)
+            .map(|((src, key), &owner)| {
+                let spec = &topo.shards[owner].spec;
+                (
+                    m.old_shard(*src),
+                    migration::migrate_request(spec, std::iter::once(&key[..])),
+                )
+            })
+            .collect();
+        let seq = self.push(Slot::Migrating(Box::new(Parked {
+            req: req.clone(),
+            left: moves.len(),
+            moves,
+            failed: None,
+        })));
+        for (part, (shard, job)) in jobs.into_iter().enumerate() {
+            let part = part as u32;
+            match shard {
+                Some(shard) => {
+                    let reply = self.reply_to(seq, part);
+                    shard.send(Protocol::Resp2, self.lane, Job { req: job, reply });
+                }
+                // The migration ended meanwhile: nothing left to move.
+                None => self.complete(Completion {
+                    seq,
+                    part,
+                    result: Ok(Bytes::from_static(b"+NOKEY\r\n")),
+                }),
+            }
+        }
+        true
+    }
+
+    /// A MIGRATE (or DEL of a superseded copy) for a [`Slot::Migrating`]
+    /// answered; once all have, the request runs, or fails with TRYAGAIN.
+    fn migration_step(&mut self, idx: usize, c: Completion) {
+        let Some(Slot::Migrating(parked)) = self.pending.get_mut(idx) else {
+            return;
+        };
+        let Parked {
+            moves, left, failed, ..
+        } = &mut **parked;
+        let part = (c.part & !DEL_PART) as usize;
+        let Some((src, key)) = moves.get(part).cloned() else {
+            return;
+        };
+        let topo = self.shared.topology.load_full();
+        let m = topo.migration.clone();
+        if c.part & DEL_PART != 0 {
+            match &c.result {
+                Ok(f) if !crate::protocol::reply::is_error(f) => {
+                    if let Some(m) = &m {
+                        m.stats.superseded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                r => *failed = Some(format!("DEL of the superseded copy failed: {r:?}")),
+            }
+            *left -= 1;
+        } else {
+            match migration::outcome(&c.result) {
+                migration::Outcome::Moved => {
+                    if let (Some(m), Ok(f)) = (&m, &c.result)
+                        && crate::protocol::reply::is_ok(f)
+                    {
+                        m.stats
+                            .moved_on_demand
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    *left -= 1;
+                }
+                // The new owner already has it (newer): drop the old copy
+                // before the request runs, so it can never come back.
+                migration::Outcome::Busy => match m.as_ref().and_then(|m| m.old_shard(src)) {
+                    Some(shard) => {
+                        let reply = self.reply_to(c.seq, c.part | DEL_PART);
+                        shard.send(
+                            Protocol::Resp2,
+                            self.lane,
+                            Job {
+                                req: migration::del_request(&key),
+                                reply,
+                            },
+                        );
+                    }
+                    None => *left -= 1,
+                },
+                migration::Outcome::Failed(why) => {
+                    let from = m.as_ref().map(|m| m.old_name(src).to_string()).unwrap_or_default();
+                    *failed = Some(format!(
+                        "TRYAGAIN shardis: key '{}' is moving from shard {from} and could not be moved yet: {why}",
+                        String::from_utf8_lossy(&key)
+                    ));
+                    *left -= 1;
+                }
+            }
+        }
+        if !matches!(self.pending.get(idx), Some(Slot::Migrating(p)) if p.left == 0) {
+            return;
+        }
+        let Slot::Migrating(parked) = std::mem::replace(&mut self.pending[idx], Slot::One(None)) else {
+            return;
+        };
+        let Parked { req, failed, .. } = *parked;
+        if let Some(why) = failed {
+            let mut b = BytesMut::new();
+            Encoder::new(&mut b, self.state.proto).error(&why);
+            self.pending[idx] = Slot::Ready(b.freeze());
+            return;
+        }
+        // Every key is on its new owner: run the request there, in its slot.
+        self.redispatch = Some(c.seq);
+        self.dispatch(&topo, req);
+        if self.redispatch.take().is_some() {
+            let mut b = BytesMut::new();
+            Encoder::new(&mut b, self.state.proto).error("ERR shardis: request not dispatched after migration");
+            self.pending[idx] = Slot::Ready(b.freeze());
+        }
+    }
+
     fn complete(&mut self, c: Completion) {
         let Some(idx) = c.seq.checked_sub(self.head_seq) else {
             return;
         };
+        if let Some(Slot::Migrating(_)) = self.pending.get(idx as usize) {
+            return self.migration_step(idx as usize, c);
+        }
         match self.pending.get_mut(idx as usize) {
             Some(Slot::One(r)) => *r = Some(c.result),
             Some(Slot::Many { parts, left, .. }) => {
@@ -540,7 +744,7 @@ impl Session {
                 Slot::Ready(b) => self.out.extend_from_slice(&b),
                 Slot::One(Some(Ok(frame))) => self.out.extend_from_slice(&frame),
                 Slot::One(Some(Err(e))) => Encoder::new(&mut self.out, self.state.proto).error(e.message()),
-                Slot::One(None) => {}
+                Slot::One(None) | Slot::Migrating(_) => {}
                 Slot::Many { merge, parts, .. } => {
                     merge.finish(parts, &mut Encoder::new(&mut self.out, self.state.proto))
                 }

@@ -14,6 +14,7 @@ use arc_swap::ArcSwap;
 use crate::backend::{BackendSpec, Shard};
 use crate::config::Config;
 use crate::lock::LockGroup;
+use crate::migration::Migration;
 use crate::ring::Ring;
 use crate::workers::Executors;
 
@@ -28,6 +29,9 @@ pub struct Topology {
     /// The Redlock group and namespace; versioned with the topology but never
     /// derived from the ring.
     pub locks: LockGroup,
+    /// The move of keys from the previous topology, when this one changed
+    /// which shard owns some slots (see [`crate::migration`]).
+    pub migration: Option<Arc<Migration>>,
 }
 
 impl Topology {
@@ -45,7 +49,7 @@ impl Topology {
     ) -> Topology {
         let locks = LockGroup::build(&config, previous.map(|p| &p.locks), max_lock_ttl);
         let ring = Ring::for_config(&config);
-        let shards = config
+        let shards: Vec<Arc<Shard>> = config
             .backends
             .iter()
             .map(|b| {
@@ -56,12 +60,17 @@ impl Topology {
                     .unwrap_or_else(|| Shard::start(spec, executors))
             })
             .collect();
+        let migration = previous.and_then(|p| {
+            let names: Vec<Arc<str>> = shards.iter().map(|s| Arc::from(s.name())).collect();
+            Migration::plan(p, &ring, &names, epoch).map(Arc::new)
+        });
         Topology {
             epoch,
             ring,
             shards,
             config,
             locks,
+            migration,
         }
     }
 
@@ -107,14 +116,48 @@ impl TopologyCell {
         self.current.load_full()
     }
 
-    /// Replaces the topology with one built from `config`; returns the new
-    /// epoch. `max_lock_ttl`: see [`Topology::build`].
-    pub fn apply(&self, config: Arc<Config>, max_lock_ttl: Option<std::time::Duration>) -> u64 {
+    /// Replaces the topology with one built from `config` and, when slots
+    /// change owner, starts moving their keys; returns the new epoch.
+    /// Refused while an earlier migration runs, unless `force`, which
+    /// abandons it (its keys not yet moved stay where they are).
+    /// `max_lock_ttl`: see [`Topology::build`]. Needs a tokio runtime.
+    pub fn apply(
+        &self,
+        config: Arc<Config>,
+        max_lock_ttl: Option<std::time::Duration>,
+        force: bool,
+    ) -> Result<u64, String> {
         let _guard = self.change.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let next = Topology::build(config, old.epoch + 1, Some(&old), max_lock_ttl, &self.executors);
+        if let Some(m) = old.migration.as_ref().filter(|m| m.active()) {
+            if !force {
+                return Err(format!(
+                    "a migration (epoch {} -> {}) is still moving keys off {} shard(s) (INFO migration); \
+                     wait for it, or SHARDIS.RELOAD FORCE to abandon it",
+                    m.from_epoch,
+                    m.to_epoch,
+                    m.sources_left()
+                ));
+            }
+            m.abandon();
+            tracing::warn!(
+                from_epoch = m.from_epoch,
+                to_epoch = m.to_epoch,
+                "migration abandoned by a forced reload: keys not moved yet stay on their old shards"
+            );
+        }
+        let next = Arc::new(Topology::build(
+            config,
+            old.epoch + 1,
+            Some(&old),
+            max_lock_ttl,
+            &self.executors,
+        ));
         let epoch = next.epoch;
-        self.current.store(Arc::new(next));
-        epoch
+        self.current.store(next.clone());
+        if let Some(m) = next.migration.clone() {
+            tokio::spawn(crate::migration::run(m, next));
+        }
+        Ok(epoch)
     }
 }

@@ -9,5 +9,6 @@ mod clients;
 mod differential;
 mod failures;
 mod locks;
+mod migration;
 mod protocol;
 mod reload;

@@ -19,6 +19,13 @@ fn config(listen: u16, nodes: &[&RedisNode], names: &[&str]) -> String {
     s
 }
 
+fn migration_field(c: &mut redis::Connection, field: &str) -> String {
+    let text: String = redis::cmd("INFO").arg("migration").query(c).unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")).map(|v| v.trim().to_string()))
+        .unwrap_or_default()
+}
+
 fn info_field(c: &mut redis::Connection, field: &str) -> String {
     let text: String = redis::cmd("INFO").arg("proxy").query(c).unwrap();
     text.lines()
@@ -121,11 +128,10 @@ fn sighup_swaps_the_topology_under_load() {
                     .arg(i)
                     .query(&mut c)
                     .expect("SET during reload");
-                // Without data movement (a later issue) a key whose owner
-                // changed between the SET and the GET reads as missing;
-                // anything else must be the value just written.
+                // Keys follow the ring: even when the key's owner changed
+                // between the SET and the GET, the GET reads what was written.
                 let v: Option<u64> = redis::cmd("GET").arg(&k).query(&mut c).expect("GET during reload");
-                assert!(v.is_none() || v == Some(i), "read {v:?} after writing {i}");
+                assert_eq!(v, Some(i), "read {v:?} after writing {i}");
                 i += 1;
                 ops.fetch_add(1, Ordering::Relaxed);
             }
@@ -165,12 +171,26 @@ fn sighup_swaps_the_topology_under_load() {
     let e = redis::cmd("SHARDIS.RELOAD").query::<i64>(&mut c).unwrap_err();
     assert!(e.to_string().contains("duplicate backend name"), "{e}");
     assert_eq!(info_field(&mut c, "epoch"), "2");
-    // The same four shards (going back to three while the client writes would
-    // show it older values: keys do not move yet).
-    std::fs::write(&path, config(port, &all, &["a", "b", "c", "d"])).unwrap();
+    // Back to three shards while the client writes: d's keys move back.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while migration_field(&mut c, "migration_in_progress") != "0" {
+        assert!(Instant::now() < deadline, "the first migration did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(&path, config(port, &three, &["a", "b", "c"])).unwrap();
     let epoch: i64 = redis::cmd("shardis.reload").query(&mut c).unwrap();
     assert_eq!(epoch, 3);
-    assert_eq!(info_field(&mut c, "shards"), "4");
+    assert_eq!(info_field(&mut c, "shards"), "3");
+    while migration_field(&mut c, "migration_in_progress") != "0" {
+        assert!(Instant::now() < deadline, "the second migration did not finish");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let on_d: i64 = redis::cmd("DBSIZE").query(&mut nodes[3].client()).unwrap();
+    assert_eq!(on_d, 0, "the removed shard was drained");
+    for i in 0..400 {
+        let v: Option<i64> = redis::cmd("GET").arg(format!("new:{i}")).query(&mut c).unwrap();
+        assert_eq!(v, Some(i), "new:{i} after the shard that held it left");
+    }
 
     stop.store(true, Ordering::Relaxed);
     worker.join().expect("the client saw no error during the reloads");

@@ -177,7 +177,12 @@ impl Proxy {
     /// runtimes as the binary runs with `threads = workers` (0: none, all on
     /// the test's runtime).
     pub async fn start_on(nodes: &[&RedisNode], extra: &str, workers: usize) -> Proxy {
-        let cfg = Config::parse(&config_text(nodes, extra)).expect("valid test config");
+        Proxy::start_text(&config_text(nodes, extra), workers).await
+    }
+
+    /// A proxy from a whole configuration text (`listen` should be port 0).
+    pub async fn start_text(text: &str, workers: usize) -> Proxy {
+        let cfg = Config::parse(text).expect("valid test config");
         let workers = (workers > 0).then(|| Workers::start(workers, |_| {}).expect("worker threads"));
         let executors = workers.as_ref().map(|w| w.executors()).unwrap_or_default();
         let server = Server::bind_on(cfg, None, executors).await.expect("bind");

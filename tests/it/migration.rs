@@ -1,0 +1,226 @@
+//! Data migration: after a shard joins or leaves, keys move to the shard the
+//! new ring names, and clients read every value throughout (real Redis
+//! servers, real MIGRATE between them).
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use redis::AsyncCommands;
+
+use crate::support::{Proxy, RedisNode};
+
+const TIMEOUTS: &str = "[timeouts]\ncommand_ms = 1000\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
+
+/// A configuration naming each node explicitly (a shard's name is its place
+/// on the ring, so a removed shard must not shift the others' names).
+fn config_named(nodes: &[(&str, &RedisNode)]) -> String {
+    let mut s = format!("listen = \"127.0.0.1:0\"\n{TIMEOUTS}\n");
+    for (name, n) in nodes {
+        s.push_str(&format!("[[backends]]\nname = \"{name}\"\naddr = \"{}\"\n", n.addr()));
+    }
+    s
+}
+
+/// Writes `text` to a fresh file and reloads the proxy from it.
+fn reload(proxy: &Proxy, text: &str, tag: &str, force: bool) -> Result<u64, String> {
+    let dir = std::env::temp_dir().join(format!("shardis-migration-{tag}-{}", proxy.addr.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    let r = shardis::server::reload_forced(&proxy.shared, &path, force);
+    let _ = std::fs::remove_dir_all(&dir);
+    r
+}
+
+async fn info_migration(c: &mut redis::aio::MultiplexedConnection) -> HashMap<String, String> {
+    let text: String = redis::cmd("INFO").arg("migration").query_async(c).await.unwrap();
+    text.lines()
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.to_string(), v.trim().to_string()))
+        .collect()
+}
+
+async fn wait_until_done(c: &mut redis::aio::MultiplexedConnection) -> HashMap<String, String> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let info = info_migration(c).await;
+        if info.get("migration_in_progress").map(String::as_str) == Some("0") {
+            return info;
+        }
+        assert!(Instant::now() < deadline, "migration did not finish: {info:?}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn dbsize(n: &RedisNode) -> i64 {
+    redis::cmd("DBSIZE").query(&mut n.client()).unwrap()
+}
+
+fn get_direct(n: &RedisNode, key: &str) -> Option<String> {
+    redis::cmd("GET").arg(key).query(&mut n.client()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_shard_receives_its_keys_and_no_read_misses_meanwhile() {
+    let nodes: Vec<RedisNode> = (0..4).map(|_| RedisNode::start()).collect();
+    let named: Vec<(&str, &RedisNode)> = ["a", "b", "c", "d"].into_iter().zip(nodes.iter()).collect();
+    // The proxy on 2 worker threads, as the binary runs by default.
+    let proxy = Proxy::start_text(&config_named(&named[..3]), 2).await;
+    let mut c = proxy.conn().await;
+    assert_eq!(info_migration(&mut c).await["migration_in_progress"], "0");
+    let n = 3000;
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.set(format!("s:{i}"), format!("v{i}")).ignore();
+    }
+    for i in 0..100 {
+        pipe.hset(format!("h:{i}"), "f", i).ignore();
+        pipe.rpush(format!("l:{i}"), &[1, 2, 3]).ignore();
+        pipe.set_ex(format!("t:{i}"), i, 1000).ignore();
+    }
+    let () = pipe.query_async(&mut c).await.unwrap();
+
+    // The fourth shard joins.
+    assert!(reload(&proxy, &config_named(&named), "a4", false).is_ok());
+    let moving = (0..n).filter(|i| proxy.shard_of(&format!("s:{i}")) == 3).count();
+    assert!(moving > n / 8, "about a quarter of the keys change owner ({moving})");
+    // Every read right away sees its value: keys not moved yet are moved by
+    // the command that touches them.
+    for i in 0..n {
+        let v: Option<String> = c.get(format!("s:{i}")).await.unwrap();
+        assert_eq!(v, Some(format!("v{i}")), "s:{i} right after the reload");
+    }
+    let keys: Vec<String> = (0..100).map(|i| format!("t:{i}")).collect();
+    let got: Vec<Option<i64>> = c.mget(&keys).await.unwrap();
+    assert_eq!(got, (0..100).map(Some).collect::<Vec<_>>(), "MGET across shards");
+    let info = wait_until_done(&mut c).await;
+    let moved: u64 = info["migration_keys_moved"].parse().unwrap();
+    let on_demand: u64 = info["migration_keys_moved_on_demand"].parse().unwrap();
+    assert!(moved + on_demand >= moving as u64, "{info:?}");
+    assert_eq!(info["migration_abandoned"], "0");
+
+    // Every key now lives on exactly the shard the ring names, with its type and TTL.
+    for i in 0..n {
+        let k = format!("s:{i}");
+        let owner = proxy.shard_of(&k);
+        for (s, node) in nodes.iter().enumerate() {
+            let want = (s == owner).then(|| format!("v{i}"));
+            assert_eq!(get_direct(node, &k), want, "{k}: owner {owner}, shard {s}");
+        }
+    }
+    for i in 0..100 {
+        let owner = &nodes[proxy.shard_of(&format!("h:{i}"))];
+        let v: i64 = redis::cmd("HGET")
+            .arg(format!("h:{i}"))
+            .arg("f")
+            .query(&mut owner.client())
+            .unwrap();
+        assert_eq!(v, i);
+        let owner = &nodes[proxy.shard_of(&format!("l:{i}"))];
+        let l: Vec<i64> = redis::cmd("LRANGE")
+            .arg(format!("l:{i}"))
+            .arg(0)
+            .arg(-1)
+            .query(&mut owner.client())
+            .unwrap();
+        assert_eq!(l, vec![1, 2, 3]);
+        let owner = &nodes[proxy.shard_of(&format!("t:{i}"))];
+        let ttl: i64 = redis::cmd("TTL")
+            .arg(format!("t:{i}"))
+            .query(&mut owner.client())
+            .unwrap();
+        assert!((900..=1000).contains(&ttl), "t:{i} kept its TTL: {ttl}");
+    }
+    let total: i64 = nodes.iter().map(dbsize).sum();
+    assert_eq!(total, n as i64 + 300, "no key lost or duplicated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_shard_is_drained_and_deleted_keys_stay_deleted() {
+    let nodes: Vec<RedisNode> = (0..3).map(|_| RedisNode::start()).collect();
+    let named: Vec<(&str, &RedisNode)> = ["a", "b", "c"].into_iter().zip(nodes.iter()).collect();
+    let proxy = Proxy::start_text(&config_named(&named), 0).await;
+    let mut c = proxy.conn().await;
+    let n = 2000;
+    let mut pipe = redis::pipe();
+    for i in 0..n {
+        pipe.set(format!("k:{i}"), format!("v{i}")).ignore();
+    }
+    let () = pipe.query_async(&mut c).await.unwrap();
+    let on_b: Vec<usize> = (0..n).filter(|i| proxy.shard_of(&format!("k:{i}")) == 1).collect();
+    assert!(on_b.len() > 300, "{}", on_b.len());
+
+    // "b" leaves; at once, delete some of its keys and overwrite others.
+    let remaining = [named[0], named[2]];
+    assert!(reload(&proxy, &config_named(&remaining), "r2", false).is_ok());
+    let (deleted, rewritten) = on_b.split_at(on_b.len() / 2);
+    for i in deleted {
+        let d: i64 = c.del(format!("k:{i}")).await.unwrap();
+        assert_eq!(d, 1, "k:{i} existed (on the leaving shard) and is deleted");
+    }
+    for i in rewritten {
+        let () = c.set(format!("k:{i}"), "new").await.unwrap();
+    }
+    let info = wait_until_done(&mut c).await;
+    assert_eq!(info["migration_shards_left"], "0", "{info:?}");
+    assert_eq!(dbsize(&nodes[1]), 0, "the removed shard is empty");
+    for i in 0..n {
+        let v: Option<String> = c.get(format!("k:{i}")).await.unwrap();
+        let want = if deleted.contains(&i) {
+            None
+        } else if rewritten.contains(&i) {
+            Some("new".to_string())
+        } else {
+            Some(format!("v{i}"))
+        };
+        assert_eq!(v, want, "k:{i}");
+    }
+    assert_eq!(dbsize(&nodes[0]) + dbsize(&nodes[2]), (n - deleted.len()) as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_source_gives_tryagain_and_a_forced_reload_abandons() {
+    let nodes: Vec<RedisNode> = (0..3).map(|_| RedisNode::start()).collect();
+    let named: Vec<(&str, &RedisNode)> = ["a", "b", "c"].into_iter().zip(nodes.iter()).collect();
+    let proxy = Proxy::start_text(&config_named(&named[..2]), 0).await;
+    let mut c = proxy.conn().await;
+    for i in 0..500 {
+        let () = c.set(format!("k:{i}"), i).await.unwrap();
+    }
+    // "a" hangs; "c" joins and takes some of a's keys, which cannot move.
+    nodes[0].pause();
+    assert!(reload(&proxy, &config_named(&named), "u3", false).is_ok());
+    let stuck = (0..500)
+        .map(|i| format!("k:{i}"))
+        .find(|k| {
+            proxy.shard_of(k) == 2 && {
+                let t = proxy.shared.topology.load();
+                t.migration.as_ref().and_then(|m| m.source_of(k.as_bytes(), "c")) == Some(0)
+            }
+        })
+        .expect("a key moving from a to c");
+    let e = c.get::<_, Option<i64>>(&stuck).await.unwrap_err();
+    assert!(
+        e.code() == Some("TRYAGAIN") && e.to_string().contains("moving from shard a"),
+        "{e}"
+    );
+    // Another reload waits for the migration...
+    let e = reload(&proxy, &config_named(&named), "u3b", false).unwrap_err();
+    assert!(e.contains("migration") && e.contains("FORCE"), "{e}");
+    // ... unless forced, which abandons it: the key stays on "a".
+    assert!(reload(&proxy, &config_named(&named), "u3c", true).is_ok());
+    let info = info_migration(&mut c).await;
+    assert_eq!(info["migration_in_progress"], "0", "{info:?}");
+    nodes[0].resume();
+    // A MIGRATE the proxy gave up on may still run once "a" wakes (it was in
+    // a's socket buffer); either way the key is in exactly one place.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let via_proxy: Option<i64> = c.get(&stuck).await.unwrap();
+    let on_a = get_direct(&nodes[0], &stuck);
+    let want = stuck.trim_start_matches("k:").parse::<i64>().unwrap();
+    match (via_proxy, on_a) {
+        (Some(v), None) => assert_eq!(v, want, "moved to c by the late MIGRATE"),
+        (None, Some(v)) => assert_eq!(v, want.to_string(), "abandoned on a"),
+        other => panic!("{stuck} must be in exactly one place: {other:?}"),
+    }
+}
