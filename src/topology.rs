@@ -118,9 +118,11 @@ impl TopologyCell {
 
     /// Replaces the topology with one built from `config` and, when slots
     /// change owner, starts moving their keys; returns the new epoch.
-    /// Refused while an earlier migration runs, unless `force`, which
-    /// abandons it (its keys not yet moved stay where they are).
-    /// `max_lock_ttl`: see [`Topology::build`]. Needs a tokio runtime.
+    /// While an earlier migration runs, `force` abandons it (its keys not yet
+    /// moved stay where they are); otherwise a change that keeps the slot
+    /// owners (new timeouts, say) carries it over, and one that moves slots
+    /// again is refused. `max_lock_ttl`: see [`Topology::build`].
+    /// Needs a tokio runtime.
     pub fn apply(
         &self,
         config: Arc<Config>,
@@ -129,33 +131,33 @@ impl TopologyCell {
     ) -> Result<u64, String> {
         let _guard = self.change.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        if let Some(m) = old.migration.as_ref().filter(|m| m.active()) {
-            if !force {
+        let mut next = Topology::build(config, old.epoch + 1, Some(&old), max_lock_ttl, &self.executors);
+        let start = next.migration.clone();
+        if let Some(running) = old.migration.as_ref().filter(|m| m.active()) {
+            if force {
+                running.abandon();
+                tracing::warn!(
+                    from_epoch = running.from_epoch,
+                    to_epoch = running.to_epoch,
+                    "migration abandoned by a forced reload: keys not moved yet stay on their old shards"
+                );
+            } else if next.migration.is_none() {
+                // Same slot owners: the running migration goes on as it was.
+                next.migration = Some(running.clone());
+            } else {
                 return Err(format!(
                     "a migration (epoch {} -> {}) is still moving keys off {} shard(s) (INFO migration); \
                      wait for it, or SHARDIS.RELOAD FORCE to abandon it",
-                    m.from_epoch,
-                    m.to_epoch,
-                    m.sources_left()
+                    running.from_epoch,
+                    running.to_epoch,
+                    running.sources_left()
                 ));
             }
-            m.abandon();
-            tracing::warn!(
-                from_epoch = m.from_epoch,
-                to_epoch = m.to_epoch,
-                "migration abandoned by a forced reload: keys not moved yet stay on their old shards"
-            );
         }
-        let next = Arc::new(Topology::build(
-            config,
-            old.epoch + 1,
-            Some(&old),
-            max_lock_ttl,
-            &self.executors,
-        ));
+        let next = Arc::new(next);
         let epoch = next.epoch;
         self.current.store(next.clone());
-        if let Some(m) = next.migration.clone() {
+        if let Some(m) = start {
             tokio::spawn(crate::migration::run(m, next));
         }
         Ok(epoch)

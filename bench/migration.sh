@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# Data migration under load: 3 shards holding KEYS keys, a fourth joins
+# (SHARDIS.RELOAD), and GETs keep running through the proxy. Prints how long
+# the migration took (INFO migration), how many keys moved (by the migrator
+# and on demand), GET throughput before and during the move, any error
+# replies seen, and checks that no key was lost or duplicated.
+#
+# Usage: bench/migration.sh [KEYS]   (default 1000000)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+keys=${1:-1000000}
+scripts/install-deps.sh >/dev/null
+cargo build --release --bin shardis >&2
+dir=$(mktemp -d -t shardis-migration.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+ports=()
+for i in 0 1 2 3; do
+  p=$(free_port); ports+=("$p")
+  redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --logfile "$dir/r$i.log" &
+  pids+=($!)
+done
+proxy=$(free_port)
+config() { # NUMBER-OF-SHARDS
+  echo "listen = \"127.0.0.1:$proxy\""
+  for i in $(seq 0 $(($1 - 1))); do printf '[[backends]]\nname = "shard-%s"\naddr = "127.0.0.1:%s"\n' "$i" "${ports[$i]}"; done
+}
+config 3 >"$dir/proxy.toml"
+RUST_LOG=info target/release/shardis --config "$dir/proxy.toml" 2>"$dir/shardis.log" &
+pids+=($!)
+for p in "${ports[@]}" "$proxy"; do
+  for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
+done
+info() { redis-cli -p "$proxy" info migration | tr -d '\r' | grep "^$1:" | cut -d: -f2; }
+total() { local t=0; for p in "${ports[@]}"; do t=$((t + $(redis-cli -p "$p" dbsize))); done; echo "$t"; }
+
+# Load: key:0 .. key:KEYS-1, 16-byte values, pipelined through the proxy.
+python3 - "$proxy" "$keys" <<'EOF'
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+batch = 1000
+for start in range(0, n, batch):
+    buf = bytearray()
+    for i in range(start, min(n, start + batch)):
+        k = b"key:%012d" % i
+        buf += b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$16\r\n%016d\r\n" % (len(k), k, i)
+    s.sendall(buf)
+    want, got = (min(n, start + batch) - start) * 5, 0
+    while got < want:
+        got += len(s.recv(1 << 20))
+EOF
+before=$(total)
+echo "loaded: $before keys on 3 shards"
+
+gets() { # LABEL REQUESTS
+  redis-benchmark -p "$proxy" -c 50 -n "$2" -r "$keys" GET 'key:__rand_int__' 2>&1 | tr '\r' '\n' |
+    awk -v label="$1" '/^Error|rror from server/ { errors++ } /throughput summary/ { rps=$3 }
+      END { print label, "GET ops/s=" rps, "error replies=" errors+0 }'
+}
+gets "before:" 200000
+gets "during:" 400000 >"$dir/during.txt" &
+load=$!
+sleep 0.5
+config 4 >"$dir/proxy.toml"
+t0=$(date +%s.%N)
+echo "SHARDIS.RELOAD -> epoch $(redis-cli -p "$proxy" shardis.reload)"
+while [ "$(info migration_in_progress)" != 0 ]; do sleep 0.05; done
+t1=$(date +%s.%N)
+wait "$load"
+cat "$dir/during.txt"
+after=$(total)
+echo "migration: $(info migration_seconds) s (INFO; polled: $(python3 -c "print(round($t1 - $t0, 2))") s)," \
+  "scanned $(info migration_keys_scanned), moved $(info migration_keys_moved)," \
+  "moved on demand $(info migration_keys_moved_on_demand), superseded $(info migration_keys_superseded)," \
+  "errors $(info migration_errors)"
+echo "keys per shard after: $(for p in "${ports[@]}"; do printf '%s ' "$(redis-cli -p "$p" dbsize)"; done)"
+echo "keys before: $before, after: $after"
+[ "$before" = "$after" ] || { echo "FAIL: key count changed"; exit 1; }
+# Every key reads back through the proxy with its value (a sample of 1000).
+python3 - "$proxy" "$keys" <<'EOF'
+import random, socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+f = s.makefile("rb")
+for i in random.sample(range(n), min(n, 1000)):
+    k = b"key:%012d" % i
+    s.sendall(b"*2\r\n$3\r\nGET\r\n$%d\r\n%s\r\n" % (len(k), k))
+    head = f.readline()
+    assert head == b"$16\r\n", (k, head)
+    assert f.readline() == b"%016d\r\n" % i, k
+print("sample of 1000 keys: every value read back through the proxy")
+EOF
