@@ -112,6 +112,10 @@ pub struct Session {
     /// Set while a request whose keys were just migrated is dispatched
     /// again: the slot it already holds, which `push` fills.
     redispatch: Option<u64>,
+    /// Requests parked in [`Slot::Migrating`]. While there are any, every
+    /// keyed request parks behind them, so none overtakes an earlier one on
+    /// the same key when the migration ends or a shard finishes meanwhile.
+    parked: usize,
 }
 
 impl Session {
@@ -141,6 +145,7 @@ impl Session {
             keys: Vec::new(),
             lock_tx: None,
             redispatch: None,
+            parked: 0,
             shared,
         }
     }
@@ -288,12 +293,11 @@ impl Session {
         {
             return self.error("NOAUTH Authentication required.");
         }
-        if self.redispatch.is_none()
-            && let Some(m) = topo.migration.as_deref().filter(|m| m.active())
-        {
+        let migration = topo.migration.as_deref().filter(|m| m.active());
+        if self.redispatch.is_none() && (migration.is_some() || self.parked > 0) {
             match route {
-                Route::Keyed | Route::Fanout(_) if self.migrate_first(topo, m, spec, &args, &req) => return,
-                Route::Broadcast(_) if spec.name.starts_with("flush") => {
+                Route::Keyed | Route::Fanout(_) if self.migrate_first(topo, migration, spec, &args, &req) => return,
+                Route::Broadcast(_) if migration.is_some() && spec.name.starts_with("flush") => {
                     return self.error(
                         "ERR shardis: keys are moving between shards (INFO migration); FLUSHALL/FLUSHDB would miss the keys not moved yet, retry when it is done",
                     );
@@ -561,12 +565,13 @@ impl Session {
 
     /// During a migration: sends a MIGRATE from its old owner for every key
     /// of the request whose owner changed and that may not have moved yet,
-    /// and parks the request in a [`Slot::Migrating`] until they have. False
-    /// (nothing sent) when no key needs moving.
+    /// and parks the request in a [`Slot::Migrating`] until they have (and
+    /// every request parked before it has been dispatched). False (nothing
+    /// parked) when no key needs moving and nothing is parked.
     fn migrate_first(
         &mut self,
         topo: &Topology,
-        m: &Migration,
+        m: Option<&Migration>,
         spec: &command::spec::CommandSpec,
         args: &[&[u8]],
         req: &Request,
@@ -575,7 +580,8 @@ impl Session {
         let _ = command::keys::key_indices(spec, args, &mut keys);
         let mut moves: SmallVec<[(usize, Bytes); 4]> = SmallVec::new();
         let mut targets: SmallVec<[usize; 4]> = SmallVec::new();
-        for &i in &keys {
+        for &i in keys.iter().filter(|_| m.is_some()) {
+            let Some(m) = m else { break };
             let key = args[i];
             if topo.locks.enabled() && topo.locks.is_lock_key(key) {
                 continue; // lock keys live on the lock group, not the ring
@@ -590,7 +596,7 @@ impl Session {
             }
         }
         self.keys = keys;
-        if moves.is_empty() {
+        if moves.is_empty() && self.parked == 0 {
             return false;
         }
         let jobs: SmallVec<[(Option<Arc<crate::backend::Shard>>, Bytes); 4]> = moves
@@ -598,12 +604,11 @@ impl Session {
             .zip(&targets)
             .map(|((src, key), &owner)| {
                 let spec = &topo.shards[owner].spec;
-                (
-                    m.old_shard(*src),
-                    migration::migrate_request(spec, std::iter::once(&key[..])),
-                )
+                let shard = m.and_then(|m| m.old_shard(*src));
+                (shard, migration::migrate_request(spec, std::iter::once(&key[..])))
             })
             .collect();
+        self.parked += 1;
         let seq = self.push(Slot::Migrating(Box::new(Parked {
             req: req.clone(),
             left: moves.len(),
@@ -691,26 +696,43 @@ impl Session {
                 }
             }
         }
-        if !matches!(self.pending.get(idx), Some(Slot::Migrating(p)) if p.left == 0) {
-            return;
-        }
-        let Slot::Migrating(parked) = std::mem::replace(&mut self.pending[idx], Slot::One(None)) else {
-            return;
-        };
-        let Parked { req, failed, .. } = *parked;
-        if let Some(why) = failed {
-            let mut b = BytesMut::new();
-            Encoder::new(&mut b, self.state.proto).error(&why);
-            self.pending[idx] = Slot::Ready(b.freeze());
-            return;
-        }
-        // Every key is on its new owner: run the request there, in its slot.
-        self.redispatch = Some(c.seq);
-        self.dispatch(&topo, req);
-        if self.redispatch.take().is_some() {
-            let mut b = BytesMut::new();
-            Encoder::new(&mut b, self.state.proto).error("ERR shardis: request not dispatched after migration");
-            self.pending[idx] = Slot::Ready(b.freeze());
+        self.release_parked();
+    }
+
+    /// Dispatches, in request order, every parked request whose keys have
+    /// all moved, up to the first that still waits.
+    fn release_parked(&mut self) {
+        let mut idx = 0;
+        while self.parked > 0 && idx < self.pending.len() {
+            match &self.pending[idx] {
+                Slot::Migrating(p) if p.left > 0 => return,
+                Slot::Migrating(_) => {}
+                _ => {
+                    idx += 1;
+                    continue;
+                }
+            }
+            let Slot::Migrating(parked) = std::mem::replace(&mut self.pending[idx], Slot::One(None)) else {
+                return;
+            };
+            self.parked -= 1;
+            let Parked { req, failed, .. } = *parked;
+            if let Some(why) = failed {
+                let mut b = BytesMut::new();
+                Encoder::new(&mut b, self.state.proto).error(&why);
+                self.pending[idx] = Slot::Ready(b.freeze());
+            } else {
+                // Its keys are on their new owners: run it there, in its slot.
+                let topo = self.shared.topology.load_full();
+                self.redispatch = Some(self.head_seq + idx as u64);
+                self.dispatch(&topo, req);
+                if self.redispatch.take().is_some() {
+                    let mut b = BytesMut::new();
+                    Encoder::new(&mut b, self.state.proto).error("ERR shardis: request not dispatched after migration");
+                    self.pending[idx] = Slot::Ready(b.freeze());
+                }
+            }
+            idx += 1;
         }
     }
 
