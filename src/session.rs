@@ -70,7 +70,7 @@ struct Parked {
     /// Per part: the key's old shard index and the key.
     moves: SmallVec<[(usize, Bytes); 4]>,
     left: usize,
-    /// The first failure: the request is then answered with it.
+    /// Why a key could not be moved: the request is then answered with it.
     failed: Option<String>,
 }
 
@@ -655,7 +655,16 @@ impl Session {
                         m.stats.superseded.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                 }
-                r => *failed = Some(format!("DEL of the superseded copy failed: {r:?}")),
+                r => {
+                    let why = match r {
+                        Ok(f) => String::from_utf8_lossy(f).trim_end().to_string(),
+                        Err(e) => e.message().to_string(),
+                    };
+                    *failed = Some(format!(
+                        "TRYAGAIN shardis: key '{}' is moving and its superseded copy could not be deleted yet: {why}",
+                        String::from_utf8_lossy(&key)
+                    ));
+                }
             }
             *left -= 1;
         } else {
