@@ -15,7 +15,8 @@ Environment: RUNS (default 3), N (requests per run for -P 1 rows, default 200000
 row names to run, default all), SHARDIS (binary, default target/release/shardis), SHARDIS_THREADS
 (comma-separated `threads` settings, one shardis each, default "0,1"), NUTCRACKER, and SHARDIS_B: a
 second shardis binary (say, the build before a change) run as extra contenders "shardis B ..."
-with the same thread settings, for an interleaved A/B of one change.
+with the same thread settings, for an interleaved A/B of one change; SHARDIS_B_CONFIG: TOML lines
+added to the B contenders' configuration (say "[pool]\\nconnections = 1"), to A/B a setting.
 """
 
 import csv
@@ -143,6 +144,8 @@ class Cluster:
                     f.write(f'listen = "127.0.0.1:{port}"\n')
                     if threads:
                         f.write(f"threads = {threads}\n")
+                    if variant == "B" and os.environ.get("SHARDIS_B_CONFIG"):
+                        f.write(os.environ["SHARDIS_B_CONFIG"].replace("\\n", "\n") + "\n")
                     for p, n in zip(self.shard_ports, names):
                         f.write(f'[[backends]]\nname = "{n}"\naddr = "127.0.0.1:{p}"\n')
                 log = open(os.path.join(self.dir, f"shardis{variant}-{threads}.log"), "w")

@@ -368,6 +368,16 @@ impl<'d> Cluster<'d> {
         &self.config
     }
 
+    /// Rewrites the configuration file mounted into the proxy's container,
+    /// in place (the bind mount keeps seeing the same file); `SHARDIS.RELOAD`
+    /// or a SIGHUP to the container then applies it. [`Cluster::shard_of`]
+    /// keeps answering for the ring the cluster started with.
+    pub fn rewrite_config(&self, text: &str) -> Result<(), Error> {
+        crate::config::Config::parse(text).map_err(|e| Error::Setup(format!("invalid configuration: {e}")))?;
+        let path = self._dir.0.join("proxy.toml");
+        std::fs::write(&path, text).map_err(|e| Error::Setup(format!("{}: {e}", path.display())))
+    }
+
     /// Index into [`Cluster::shards`] of the shard that owns `key`.
     pub fn shard_of(&self, key: &str) -> usize {
         self.ring.shard_of(key.as_bytes())

@@ -369,6 +369,60 @@ fn proxy_container_serves_host_clients_as_documented() {
     assert_eq!(user, "65534");
 }
 
+/// A shard container leaves the configuration: SHARDIS.RELOAD in the proxy
+/// container starts a migration, and its keys move to the other shard
+/// containers over the private network (MIGRATE between the Redis
+/// containers, addressed by their hostnames as in the configuration).
+#[test]
+fn removed_shard_container_is_drained_to_the_others() {
+    let Some(_lock) = docker_or_skip("removed_shard_container_is_drained_to_the_others") else {
+        return;
+    };
+    let docker = Cli::default();
+    let cluster = Cluster::start(&docker, 3).expect("cluster");
+    let mut con = connect(&cluster.proxy_url());
+    let keys: Vec<String> = (0..300).map(|i| format!("item:{i}")).collect();
+    for k in &keys {
+        set(&mut con, k, &format!("{k}!")).expect("SET");
+    }
+    let on_third = keys.iter().filter(|k| cluster.shard_of(k) == 2).count();
+    assert!(on_third > 30, "{on_third}");
+    // The same configuration without shard-3.
+    let without: Vec<&str> = cluster
+        .config()
+        .split("\n[[backends]]")
+        .filter(|block| !block.contains("\"shard-3\""))
+        .collect();
+    cluster
+        .rewrite_config(&without.join("\n[[backends]]"))
+        .expect("rewrite");
+    let epoch: i64 = redis::cmd("SHARDIS.RELOAD").query(&mut con).expect("SHARDIS.RELOAD");
+    assert_eq!(epoch, 2);
+    // Every key reads its value at once (moved on demand or already moved).
+    for k in &keys {
+        assert_eq!(get(&mut con, k).expect("GET"), Some(format!("{k}!")), "{k}");
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let info: String = redis::cmd("INFO").arg("migration").query(&mut con).expect("INFO");
+        if info.contains("migration_in_progress:0") {
+            assert!(info.contains("migration_errors:0"), "{info}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "migration did not finish: {info}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let dbsize = |i: usize| -> usize {
+        cluster
+            .shard_cli(i, &["DBSIZE"])
+            .expect("redis-cli")
+            .parse()
+            .expect("n")
+    };
+    assert_eq!(dbsize(2), 0, "the removed shard container was drained");
+    assert_eq!(dbsize(0) + dbsize(1), keys.len(), "every key is on a remaining shard");
+}
+
 /// A free TCP port on loopback (bound, then released).
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
