@@ -64,6 +64,17 @@ fn get_direct(node: &RedisNode, key: &str) -> Option<String> {
         .expect("GET on a member")
 }
 
+/// Waits (up to 2 s) until `node` holds `want` at `key`, then asserts it. An
+/// answer needs only a majority, so the last member's write may land just
+/// after the client has it.
+async fn settled(node: &RedisNode, key: &str, want: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while get_direct(node, key).as_deref() != want && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(get_direct(node, key).as_deref(), want, "{key} on member {}", node.port);
+}
+
 fn python(script: &str, args: &[String]) -> std::process::Child {
     let path = format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"));
     Command::new("python3")
@@ -84,11 +95,7 @@ async fn lock_keys_live_on_every_member_and_answer_by_majority() {
 
     assert!(acquire(&mut c, "lock:a", "t1", 10_000).await.unwrap());
     for n in &nodes {
-        assert_eq!(
-            get_direct(n, "lock:a").as_deref(),
-            Some("t1"),
-            "every member holds the lock"
-        );
+        settled(n, "lock:a", Some("t1")).await;
     }
     assert!(
         !acquire(&mut c, "lock:a", "t2", 10_000).await.unwrap(),
@@ -108,7 +115,7 @@ async fn lock_keys_live_on_every_member_and_answer_by_majority() {
     let v: Option<String> = redis::cmd("GET").arg("lock:a").query_async(&mut c).await.unwrap();
     assert_eq!(v.as_deref(), Some("t1"));
     assert_eq!(release(&mut c, "lock:a", "t1").await.unwrap(), 1);
-    assert_eq!(get_direct(&nodes[1], "lock:a"), None);
+    settled(&nodes[1], "lock:a", None).await;
     assert_eq!(
         get_direct(&nodes[0], "lock:a").as_deref(),
         Some("rogue"),
@@ -124,6 +131,9 @@ async fn lock_keys_live_on_every_member_and_answer_by_majority() {
 
     // KEYS and SCAN list a lock key once, next to ordinary keys.
     assert!(acquire(&mut c, "lock:listed", "t", 10_000).await.unwrap());
+    for n in &nodes {
+        settled(n, "lock:listed", Some("t")).await;
+    }
     redis::cmd("MSET")
         .arg("x1")
         .arg(1)
