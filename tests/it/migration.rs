@@ -285,3 +285,61 @@ async fn pipelined_writes_keep_their_order_and_count_through_a_migration() {
         assert_eq!(v, 300, "{k} on its new owner");
     }
 }
+
+/// Shards that want credentials: the proxy logs in (AUTH, or AUTH with a
+/// username for an ACL user) and MIGRATE passes the target's credentials on
+/// (AUTH / AUTH2), against real servers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_move_between_shards_that_want_credentials() {
+    let acl = [
+        "--user",
+        "shardis",
+        "on",
+        ">acl-pw",
+        "~*",
+        "&*",
+        "+@all",
+        "--requirepass",
+        "pw",
+    ];
+    let nodes = [
+        RedisNode::start_with(&["--requirepass", "pw"]),
+        RedisNode::start_with(&acl),
+        RedisNode::start_with(&acl),
+    ];
+    let backend = |name: &str, n: &RedisNode, acl_user: bool| {
+        let creds = if acl_user {
+            "username = \"shardis\"\npassword = \"acl-pw\"\n"
+        } else {
+            "password = \"pw\"\n"
+        };
+        format!("[[backends]]\nname = \"{name}\"\naddr = \"{}\"\n{creds}", n.addr())
+    };
+    let head = format!("listen = \"127.0.0.1:0\"\n{TIMEOUTS}\n");
+    let two = format!(
+        "{head}{}{}",
+        backend("a", &nodes[0], false),
+        backend("b", &nodes[1], true)
+    );
+    let proxy = Proxy::start_text(&two, 0).await;
+    let mut c = proxy.conn().await;
+    for i in 0..500 {
+        let () = c.set(format!("k:{i}"), i).await.unwrap();
+    }
+    // "c" (an ACL user) joins: keys move from "a" (AUTH) and "b" (AUTH2 user).
+    let three = format!("{two}{}", backend("c", &nodes[2], true));
+    assert!(reload(&proxy, &three, "auth3", false).is_ok());
+    for i in 0..500 {
+        let v: Option<i64> = c.get(format!("k:{i}")).await.unwrap();
+        assert_eq!(v, Some(i), "k:{i}");
+    }
+    let info = wait_until_done(&mut c).await;
+    assert_eq!(info["migration_errors"], "0", "{info:?}");
+    let mut on_c = redis::Client::open(format!("redis://shardis:acl-pw@{}/", nodes[2].addr()))
+        .and_then(|cl| cl.get_connection())
+        .unwrap();
+    let n: i64 = redis::cmd("DBSIZE").query(&mut on_c).unwrap();
+    let want = (0..500).filter(|i| proxy.shard_of(&format!("k:{i}")) == 2).count() as i64;
+    assert!(want > 50, "{want}");
+    assert_eq!(n, want, "c holds exactly the keys the ring gives it");
+}

@@ -25,14 +25,27 @@ pub struct RedisNode {
     pub port: u16,
     child: Option<Child>,
     dir: PathBuf,
+    /// Extra `redis-server` arguments (`--requirepass`, `--user`, ...).
+    extra: Vec<String>,
 }
 
 impl RedisNode {
     pub fn start() -> RedisNode {
+        RedisNode::start_with(&[])
+    }
+
+    /// A server started with extra arguments, say `["--requirepass", "pw"]`.
+    pub fn start_with(extra: &[&str]) -> RedisNode {
         let port = free_port();
         let dir = std::env::temp_dir().join(format!("shardis-test-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let mut node = RedisNode { port, child: None, dir };
+        let extra = extra.iter().map(|a| a.to_string()).collect();
+        let mut node = RedisNode {
+            port,
+            child: None,
+            dir,
+            extra,
+        };
         node.spawn();
         node
     }
@@ -51,6 +64,7 @@ impl RedisNode {
             ])
             .args(["--protected-mode", "no", "--dir"])
             .arg(&self.dir)
+            .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -117,7 +131,8 @@ fn unsafe_kill(pid: i32, sig: i32) {
     }
 }
 
-/// Waits until something answers PING on the port.
+/// Waits until something answers PING on the port (`+PONG`, or `-NOAUTH`
+/// from a server that wants a password).
 pub fn wait_for_ping(port: u16) {
     let deadline = Instant::now() + Duration::from_secs(10);
     while Instant::now() < deadline {
@@ -127,7 +142,7 @@ pub fn wait_for_ping(port: u16) {
             let mut buf = [0u8; 64];
             if s.write_all(b"PING\r\n").is_ok()
                 && s.read(&mut buf)
-                    .map(|n| buf[..n].starts_with(b"+PONG"))
+                    .map(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
                     .unwrap_or(false)
             {
                 return;
