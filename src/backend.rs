@@ -77,9 +77,20 @@ impl ReplyTo {
 /// One request for a backend.
 #[derive(Debug)]
 pub struct Job {
-    /// RESP bytes to write, exactly one command.
+    /// RESP bytes to write: one command, or a batch that must reach the
+    /// server back to back (a transaction: MULTI ... EXEC).
     pub req: Bytes,
     pub reply: ReplyTo,
+    /// Reply frames `req` produces; only the last is delivered (for
+    /// MULTI ... EXEC, EXEC's). 1 for a single command.
+    pub frames: u32,
+}
+
+impl Job {
+    /// A job of one command.
+    pub fn new(req: Bytes, reply: ReplyTo) -> Job {
+        Job { req, reply, frames: 1 }
+    }
 }
 
 /// How to reach and talk to one backend.
@@ -338,7 +349,9 @@ async fn connect(spec: &BackendSpec, identity: &Identity, proto: Protocol) -> Re
 /// is dropped and every job has been answered (`Ok`).
 async fn serve(stream: TcpStream, rx: &mut mpsc::UnboundedReceiver<Job>, spec: &BackendSpec) -> Result<(), String> {
     let (mut rd, mut wr) = stream.into_split();
-    let mut inflight: VecDeque<(ReplyTo, Instant)> = VecDeque::new();
+    // Outstanding jobs in write order: where the answer goes, when it was
+    // written, and how many reply frames are still due.
+    let mut inflight: VecDeque<(ReplyTo, Instant, u32)> = VecDeque::new();
     let mut rbuf = BytesMut::with_capacity(16 * 1024);
     let mut wbuf = BytesMut::with_capacity(16 * 1024);
     let mut batch = Vec::with_capacity(BATCH);
@@ -351,7 +364,7 @@ async fn serve(stream: TcpStream, rx: &mut mpsc::UnboundedReceiver<Job>, spec: &
         if closing && inflight.is_empty() {
             break Ok(());
         }
-        let deadline = inflight.front().map(|(_, t)| *t + cmd_timeout);
+        let deadline = inflight.front().map(|(_, t, _)| *t + cmd_timeout);
         if rbuf.capacity() - rbuf.len() < 4096 {
             rbuf.reserve(16 * 1024);
         }
@@ -371,8 +384,14 @@ async fn serve(stream: TcpStream, rx: &mut mpsc::UnboundedReceiver<Job>, spec: &
                             if scanner.was_push() {
                                 continue; // out-of-band RESP3 push: no request waits for it
                             }
-                            match inflight.pop_front() {
-                                Some((to, _)) => to.complete(Ok(frame)),
+                            match inflight.front_mut() {
+                                // An earlier frame of a batch (MULTI's +OK, a +QUEUED).
+                                Some((_, _, left)) if *left > 1 => *left -= 1,
+                                Some(_) => {
+                                    if let Some((to, _, _)) = inflight.pop_front() {
+                                        to.complete(Ok(frame));
+                                    }
+                                }
                                 None => {
                                     failed = Some("reply without a request".to_string());
                                     break;
@@ -418,7 +437,7 @@ async fn serve(stream: TcpStream, rx: &mut mpsc::UnboundedReceiver<Job>, spec: &
                 let now = Instant::now();
                 for job in batch.drain(..) {
                     wbuf.extend_from_slice(&job.req);
-                    inflight.push_back((job.reply, now));
+                    inflight.push_back((job.reply, now, job.frames.max(1)));
                 }
                 match timeout(cmd_timeout, wr.write_all_buf(&mut wbuf)).await {
                     Ok(Ok(())) => {}
@@ -436,7 +455,7 @@ async fn serve(stream: TcpStream, rx: &mut mpsc::UnboundedReceiver<Job>, spec: &
     };
     if let Err(reason) = &result {
         let err = BackendError(format!("ERR backend {} unavailable: {reason}", spec.name).into());
-        for (to, _) in inflight.drain(..) {
+        for (to, _, _) in inflight.drain(..) {
             to.complete(Err(err.clone()));
         }
         for job in batch.drain(..) {

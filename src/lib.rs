@@ -17,6 +17,7 @@
 //! - [`lock`]: Redlock for keys in the lock namespace: quorum, validity,
 //!   fencing tokens, majority answers, lock-group changes.
 //! - [`merge`]: combining the replies of fanned-out requests.
+//! - [`transaction`]: MULTI/EXEC when every key is on one shard.
 //! - [`topology`]: ring + backend pools + epoch, swapped atomically (`ArcSwap`).
 //! - [`migration`]: after a ring change, moving keys to their new owners
 //!   (background walk + on-demand moves by the sessions).
@@ -41,4 +42,5 @@ pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topology;
+pub mod transaction;
 pub mod workers;

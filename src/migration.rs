@@ -256,7 +256,7 @@ impl Caller {
             seq: 0,
             part: 0,
         };
-        shard.send(Protocol::Resp2, 0, Job { req, reply });
+        shard.send(Protocol::Resp2, 0, Job::new(req, reply));
         match self.rx.recv().await {
             Some(c) => c.result,
             // The caller holds a sender: the channel cannot close.

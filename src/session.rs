@@ -30,6 +30,7 @@ use crate::protocol::request::{INLINE_ARGS, put_bulk, put_header};
 use crate::protocol::{Encoder, Protocol, Request, RequestParser};
 use crate::server::Shared;
 use crate::topology::Topology;
+use crate::transaction::Transaction;
 
 /// Per-connection state that commands can read and change (HELLO, CLIENT
 /// SETNAME, AUTH, ...).
@@ -116,6 +117,8 @@ pub struct Session {
     /// keyed request parks behind them, so none overtakes an earlier one on
     /// the same key when the migration ends or a shard finishes meanwhile.
     parked: usize,
+    /// The transaction this client opened with MULTI, if any.
+    tx: Option<Box<Transaction>>,
 }
 
 impl Session {
@@ -146,6 +149,7 @@ impl Session {
             lock_tx: None,
             redispatch: None,
             parked: 0,
+            tx: None,
             shared,
         }
     }
@@ -260,20 +264,26 @@ impl Session {
     }
 
     fn send(&mut self, topo: &Topology, shard: usize, req: Bytes, seq: u64, part: u32) {
-        topo.shards[shard].send(
-            self.state.proto,
-            self.lane,
-            Job {
-                req,
-                reply: self.reply_to(seq, part),
-            },
-        );
+        topo.shards[shard].send(self.state.proto, self.lane, Job::new(req, self.reply_to(seq, part)));
     }
 
     fn dispatch(&mut self, topo: &Topology, req: Request) {
         let args: SmallVec<[&[u8]; INLINE_ARGS]> = req.args().collect();
         let Lookup { spec, route } = match command::lookup(&args) {
             Ok(l) => l,
+            Err(msg) if self.tx.is_some() => {
+                // Unknown, wrong arity, or a proxy command: not queued, and
+                // EXEC will answer EXECABORT, as Redis does.
+                if let Some(tx) = &mut self.tx {
+                    tx.abort();
+                }
+                let msg = if is_proxy_command(args[0]) {
+                    "ERR shardis: SHARDIS.* commands cannot be used inside MULTI".to_string()
+                } else {
+                    msg
+                };
+                return self.error(&msg);
+            }
             Err(_) if args[0].eq_ignore_ascii_case(b"shardis.reload") && self.state.authenticated => {
                 return self.reload(&args);
             }
@@ -292,6 +302,15 @@ impl Session {
             )
         {
             return self.error("NOAUTH Authentication required.");
+        }
+        match spec.name {
+            "multi" => return self.multi(),
+            "exec" => return self.exec(topo),
+            "discard" => return self.discard(),
+            _ if self.tx.is_some() && self.redispatch.is_none() => {
+                return self.queue(topo, spec, route, &args, req.clone());
+            }
+            _ => {}
         }
         let migration = topo.migration.as_deref().filter(|m| m.active());
         if self.redispatch.is_none() && (migration.is_some() || self.parked > 0) {
@@ -359,6 +378,105 @@ impl Session {
             }
             Route::Refuse(r) => self.error(&r.message(&spec.name.replace('|', " "))),
         }
+    }
+
+    /// MULTI: opens a transaction (see [`crate::transaction`]).
+    fn multi(&mut self) {
+        if self.tx.is_some() {
+            return self.error("ERR MULTI calls can not be nested");
+        }
+        self.tx = Some(Box::default());
+        self.reply_with(|e| e.simple("OK"));
+    }
+
+    fn discard(&mut self) {
+        match self.tx.take() {
+            Some(_) => self.reply_with(|e| e.simple("OK")),
+            None => self.error("ERR DISCARD without MULTI"),
+        }
+    }
+
+    /// A command inside MULTI: checked and queued, answered `+QUEUED`.
+    fn queue(
+        &mut self,
+        topo: &Topology,
+        spec: &command::spec::CommandSpec,
+        route: Route,
+        args: &[&[u8]],
+        req: Request,
+    ) {
+        let name = spec.name.replace('|', " ");
+        let refuse = |s: &mut Session, msg: String| {
+            if let Some(tx) = &mut s.tx {
+                tx.abort();
+            }
+            s.error(&msg);
+        };
+        if !matches!(route, Route::Keyed | Route::Fanout(_)) && !matches!(spec.name, "ping" | "echo") {
+            let msg = match route {
+                Route::Refuse(r) => r.message(&name),
+                _ => format!("ERR shardis: '{name}' cannot be used inside MULTI: a transaction runs on one shard"),
+            };
+            return refuse(self, msg);
+        }
+        let mut keys = std::mem::take(&mut self.keys);
+        let _ = command::keys::key_indices(spec, args, &mut keys);
+        let lock_key = topo.locks.enabled() && keys.iter().any(|&i| topo.locks.is_lock_key(args[i]));
+        let key_bytes: Vec<Bytes> = keys.iter().filter_map(|&i| req.arg_bytes(i)).collect();
+        self.keys = keys;
+        if lock_key {
+            return refuse(
+                self,
+                "ERR shardis: lock keys (redlock.keys) cannot be used inside MULTI".to_string(),
+            );
+        }
+        let limits = &topo.config.limits;
+        let (max_commands, max_bytes) = (limits.max_pipeline, limits.max_request);
+        let queued = match &mut self.tx {
+            Some(tx) => tx.queue(req, key_bytes, |k| topo.shard_of(k), max_commands, max_bytes),
+            None => return,
+        };
+        match queued {
+            Ok(()) => self.reply_with(|e| e.simple("QUEUED")),
+            Err(e) => self.error(&e),
+        }
+    }
+
+    /// EXEC: the queued commands go to their shard as one batch; the
+    /// client gets EXEC's reply from it.
+    fn exec(&mut self, topo: &Topology) {
+        let Some(tx) = self.tx.take() else {
+            return self.error("ERR EXEC without MULTI");
+        };
+        let ex = match tx.exec(|k| topo.shard_of(k)) {
+            Ok(Some(ex)) => ex,
+            Ok(None) => return self.reply_with(|e| e.array(0)),
+            Err(e) => return self.error(&e),
+        };
+        // While keys move (or earlier requests of this client wait for
+        // theirs), a transaction on a moving key could run before its key
+        // arrived: the client retries instead.
+        let moving = topo.migration.as_deref().filter(|m| m.active()).is_some_and(|m| {
+            ex.keys
+                .iter()
+                .any(|k| m.source_of(k, topo.shards[topo.shard_of(k)].name()).is_some())
+        });
+        if moving || self.parked > 0 {
+            return self.error(
+                "TRYAGAIN shardis: keys of this transaction are moving to another shard (INFO migration); retry",
+            );
+        }
+        let seq = self.push(Slot::One(None));
+        let reply = self.reply_to(seq, 0);
+        topo.shards[ex.shard].send(
+            self.state.proto,
+            self.lane,
+            Job {
+                req: ex.batch,
+                reply,
+                frames: ex.frames,
+            },
+        );
     }
 
     /// `SHARDIS.RELOAD`: re-reads the configuration file, as SIGHUP does, and
@@ -620,7 +738,7 @@ impl Session {
             match shard {
                 Some(shard) => {
                     let reply = self.reply_to(seq, part);
-                    shard.send(Protocol::Resp2, self.lane, Job { req: job, reply });
+                    shard.send(Protocol::Resp2, self.lane, Job::new(job, reply));
                 }
                 // The migration ended meanwhile: nothing left to move.
                 None => self.complete(Completion {
@@ -687,10 +805,7 @@ impl Session {
                         shard.send(
                             Protocol::Resp2,
                             self.lane,
-                            Job {
-                                req: migration::del_request(&key),
-                                reply,
-                            },
+                            Job::new(migration::del_request(&key), reply),
                         );
                     }
                     None => *left -= 1,

@@ -86,7 +86,7 @@ impl Refusal {
             Refusal::Unsupported => format!("ERR unsupported command '{name}' in shardis"),
             Refusal::Transactions => {
                 format!(
-                    "ERR unsupported command '{name}' in shardis: transactions (MULTI/EXEC/WATCH) are not supported yet"
+                    "ERR unsupported command '{name}' in shardis: WATCH is not supported (MULTI/EXEC are, when every key is on one shard)"
                 )
             }
             Refusal::Blocking => {

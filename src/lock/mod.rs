@@ -513,7 +513,7 @@ impl Fan {
             part: pos as u32,
         };
         match target.and_then(|t| topo.shards.get(t)) {
-            Some(shard) => shard.send(proto, self.lane, Job { req, reply }),
+            Some(shard) => shard.send(proto, self.lane, Job::new(req, reply)),
             None => {
                 let _ = self.tx.send(Completion {
                     seq: round,

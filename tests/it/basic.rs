@@ -256,8 +256,8 @@ async fn unsupported_and_unknown_commands_keep_the_connection() {
     let mut c = proxy.conn().await;
     let e = q::<Value>(&mut c, &["BGSAVE"]).await.unwrap_err();
     assert!(e.to_string().contains("unsupported command 'bgsave' in shardis"), "{e}");
-    let e = q::<Value>(&mut c, &["MULTI"]).await.unwrap_err();
-    assert!(e.to_string().contains("unsupported command 'multi'"), "{e}");
+    let e = q::<Value>(&mut c, &["WATCH", "k"]).await.unwrap_err();
+    assert!(e.to_string().contains("unsupported command 'watch'"), "{e}");
     let e = q::<Value>(&mut c, &["BLPOP", "x", "0"]).await.unwrap_err();
     assert!(e.to_string().contains("blocking"), "{e}");
     let e = q::<Value>(&mut c, &["SUBSCRIBE", "ch"]).await.unwrap_err();

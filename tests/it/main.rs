@@ -12,3 +12,4 @@ mod locks;
 mod migration;
 mod protocol;
 mod reload;
+mod transactions;

@@ -40,6 +40,24 @@ with r.pipeline(transaction=False) as p:
         p.get(f"pipe:{i}")
     out = p.execute()
 assert out[1::2] == [str(i).encode() for i in range(100)]
+# redis-py's default pipeline is a transaction (MULTI ... EXEC): served when
+# every key is on one shard (hash tags), refused with CROSSSHARD otherwise.
+with r.pipeline() as p:
+    p.set("{cart:7}:items", 3)
+    p.incrby("{cart:7}:items", 2)
+    p.hset("{cart:7}:meta", "owner", "ann")
+    p.get("{cart:7}:items")
+    assert p.execute() == [True, 5, 1, b"5"]
+try:
+    with r.pipeline() as p:
+        p.set("tx:a", 1)
+        for i in range(50):
+            p.set(f"tx:other:{i}", i)
+        p.execute()
+    raise SystemExit("a cross-shard transaction should be refused")
+except redis.ResponseError as e:
+    assert "CROSSSHARD" in str(e) or "EXECABORT" in str(e), e
+assert r.get("tx:a") is None, "nothing of an aborted transaction ran"
 try:
     r.execute_command("BGSAVE")
     raise SystemExit("BGSAVE should be refused")

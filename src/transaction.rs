@@ -1,0 +1,207 @@
+//! MULTI / EXEC / DISCARD, for transactions whose keys all live on one shard.
+//!
+//! A client's MULTI opens a [`Transaction`] in its session. Each command
+//! after it is checked (known, allowed in a transaction, its keys on the same
+//! shard as the keys queued before) and queued by the proxy, which answers
+//! `+QUEUED` as Redis does. EXEC sends `MULTI`, the queued commands and
+//! `EXEC` to that shard as one contiguous batch on one backend connection
+//! (a [`crate::backend::Job`] with several reply frames), so no other
+//! client's command can land between them on that shared connection, and
+//! the client gets EXEC's own reply. A command that cannot be queued gets its
+//! error at once and makes EXEC answer `EXECABORT`, as in Redis.
+//!
+//! Not offered: WATCH (a backend connection shared by many clients cannot
+//! hold one client's watched keys), commands that do not run on one shard
+//! (KEYS, DBSIZE, FLUSHALL ...), lock keys (they live on a quorum), and the
+//! proxy's own commands. Limits: at most `limits.max_pipeline` commands and
+//! `limits.max_request` bytes per transaction, so a client cannot make the
+//! proxy buffer without bound.
+
+use bytes::{Bytes, BytesMut};
+
+use crate::protocol::request::{Request, put_bulk, put_header};
+
+/// What EXEC answers when a command could not be queued.
+pub const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
+
+/// A transaction being queued.
+#[derive(Debug, Default)]
+pub struct Transaction {
+    queued: Vec<Request>,
+    /// Every key of every queued command (slices of the requests).
+    keys: Vec<Bytes>,
+    bytes: usize,
+    /// The shard the keys queued so far live on.
+    shard: Option<usize>,
+    aborted: bool,
+}
+
+/// A transaction ready to send.
+#[derive(Debug)]
+pub struct Exec {
+    /// The shard every key lives on (0 when no command had a key).
+    pub shard: usize,
+    /// `MULTI`, the queued commands, `EXEC`, back to back.
+    pub batch: Bytes,
+    /// Reply frames the batch produces: one per command plus MULTI's and EXEC's.
+    pub frames: u32,
+    /// The keys, for a last check against a running migration.
+    pub keys: Vec<Bytes>,
+}
+
+impl Transaction {
+    /// Makes EXEC answer EXECABORT (a command could not be queued).
+    pub fn abort(&mut self) {
+        self.aborted = true;
+    }
+
+    /// Queues `req`, whose keys are `keys`. Refused (and the transaction
+    /// aborted) past the size limits or when a key lives on another shard
+    /// than those queued before.
+    pub fn queue(
+        &mut self,
+        req: Request,
+        keys: Vec<Bytes>,
+        shard_of: impl Fn(&[u8]) -> usize,
+        max_commands: usize,
+        max_bytes: usize,
+    ) -> Result<(), String> {
+        if self.queued.len() >= max_commands || self.bytes + req.raw.len() > max_bytes {
+            self.aborted = true;
+            return Err(format!(
+                "ERR shardis: transaction too large: at most {max_commands} commands and {max_bytes} bytes (limits.max_pipeline, limits.max_request)"
+            ));
+        }
+        for k in &keys {
+            let s = shard_of(k);
+            match self.shard {
+                Some(prev) if prev != s => {
+                    self.aborted = true;
+                    return Err("CROSSSHARD keys in transaction don't hash to the same shard".to_string());
+                }
+                _ => self.shard = Some(s),
+            }
+        }
+        self.bytes += req.raw.len();
+        self.queued.push(req);
+        self.keys.extend(keys);
+        Ok(())
+    }
+
+    /// EXEC: the batch to send, `Ok(None)` for an empty transaction (EXEC
+    /// answers an empty array), or the error EXEC answers. `shard_of` is the
+    /// topology at EXEC time, which may have changed since the commands were
+    /// queued.
+    pub fn exec(self, shard_of: impl Fn(&[u8]) -> usize) -> Result<Option<Exec>, String> {
+        if self.aborted {
+            return Err(EXECABORT.to_string());
+        }
+        if self.queued.is_empty() {
+            return Ok(None);
+        }
+        let mut shard = None;
+        for k in &self.keys {
+            let s = shard_of(k);
+            if shard.is_some_and(|prev| prev != s) {
+                return Err(
+                    "EXECABORT shardis: the transaction's keys no longer share a shard (the topology changed); retry"
+                        .to_string(),
+                );
+            }
+            shard = Some(s);
+        }
+        let mut buf = BytesMut::with_capacity(self.bytes + 32);
+        put_header(&mut buf, b'*', 1);
+        put_bulk(&mut buf, b"MULTI");
+        for r in &self.queued {
+            buf.extend_from_slice(&r.raw);
+        }
+        put_header(&mut buf, b'*', 1);
+        put_bulk(&mut buf, b"EXEC");
+        Ok(Some(Exec {
+            shard: shard.unwrap_or(0),
+            batch: buf.freeze(),
+            frames: self.queued.len() as u32 + 2,
+            keys: self.keys,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(args: &[&str]) -> Request {
+        Request::from_args(args)
+    }
+
+    fn keys(ks: &[&'static str]) -> Vec<Bytes> {
+        ks.iter().map(|k| Bytes::from_static(k.as_bytes())).collect()
+    }
+
+    /// Shard by the key's first letter: a..m on 0, the rest on 1.
+    fn by_letter(k: &[u8]) -> usize {
+        usize::from(k.first().is_some_and(|c| *c > b'm'))
+    }
+
+    #[test]
+    fn a_transaction_on_one_shard_becomes_one_batch() {
+        let mut tx = Transaction::default();
+        tx.queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 1000)
+            .unwrap();
+        tx.queue(req(&["PING"]), vec![], by_letter, 10, 1000).unwrap();
+        tx.queue(req(&["INCR", "b"]), keys(&["b"]), by_letter, 10, 1000)
+            .unwrap();
+        let ex = tx.exec(by_letter).unwrap().expect("commands queued");
+        assert_eq!(ex.shard, 0);
+        assert_eq!(ex.frames, 5);
+        let want = "*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*1\r\n$4\r\nPING\r\n\
+                    *2\r\n$4\r\nINCR\r\n$1\r\nb\r\n*1\r\n$4\r\nEXEC\r\n";
+        assert_eq!(std::str::from_utf8(&ex.batch).unwrap(), want);
+    }
+
+    #[test]
+    fn keys_on_two_shards_abort_the_transaction() {
+        let mut tx = Transaction::default();
+        tx.queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 1000)
+            .unwrap();
+        let e = tx
+            .queue(req(&["SET", "z", "1"]), keys(&["z"]), by_letter, 10, 1000)
+            .unwrap_err();
+        assert!(e.starts_with("CROSSSHARD"), "{e}");
+        assert_eq!(tx.exec(by_letter).unwrap_err(), EXECABORT);
+    }
+
+    #[test]
+    fn limits_abort_and_empty_transactions_are_empty() {
+        let mut tx = Transaction::default();
+        tx.queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 1, 1000)
+            .unwrap();
+        let e = tx
+            .queue(req(&["SET", "b", "1"]), keys(&["b"]), by_letter, 1, 1000)
+            .unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert_eq!(tx.exec(by_letter).unwrap_err(), EXECABORT);
+        let mut tx = Transaction::default();
+        let e = tx
+            .queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 8)
+            .unwrap_err();
+        assert!(e.contains("too large"), "{e}");
+        assert!(Transaction::default().exec(by_letter).unwrap().is_none());
+        let mut tx = Transaction::default();
+        tx.abort();
+        assert_eq!(tx.exec(by_letter).unwrap_err(), EXECABORT);
+    }
+
+    #[test]
+    fn a_topology_change_before_exec_is_caught() {
+        let mut tx = Transaction::default();
+        tx.queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 1000)
+            .unwrap();
+        tx.queue(req(&["SET", "b", "1"]), keys(&["b"]), by_letter, 10, 1000)
+            .unwrap();
+        // Now "a" and "b" live apart.
+        let e = tx.exec(|k| usize::from(k == b"b")).unwrap_err();
+        assert!(e.starts_with("EXECABORT"), "{e}");
+    }
+}
