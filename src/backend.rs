@@ -208,6 +208,47 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// Runs one blocking command (BLPOP, XREAD BLOCK ...) on a connection of
+    /// its own, opened for it and closed after it: a command that may wait
+    /// for minutes must not hold up the pipelined connections every other
+    /// client shares. No command timeout applies (the command carries its
+    /// own); a backend that goes away fails it. Gives up, closing the
+    /// connection, when the client's session is gone.
+    pub fn send_blocking(&self, proto: Protocol, req: Bytes, reply: ReplyTo) {
+        let spec = self.spec.clone();
+        let identity = self.identity.clone();
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                r = blocking_call(&spec, &identity, proto, &req) => r,
+                _ = reply.sink.closed() => return,
+            };
+            reply.complete(
+                result.map_err(|e| BackendError(format!("ERR backend {} unavailable: {e}", spec.name).into())),
+            );
+        });
+    }
+}
+
+/// Connects (with the usual handshake), writes `req` and reads its one reply.
+async fn blocking_call(spec: &BackendSpec, identity: &Identity, proto: Protocol, req: &[u8]) -> Result<Bytes, String> {
+    let mut stream = connect(spec, identity, proto).await?;
+    stream.write_all(req).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut scanner = ReplyScanner::default();
+    loop {
+        while let Some(n) = scanner.next_frame(&buf).map_err(|e| e.to_string())? {
+            let frame = buf.split_to(n).freeze();
+            if !scanner.was_push() {
+                return Ok(frame);
+            }
+        }
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("connection closed by backend".to_string());
+        }
+    }
+}
+
 fn spawn_conns(
     spec: &Arc<BackendSpec>,
     identity: &Arc<Identity>,

@@ -119,6 +119,9 @@ pub struct Session {
     parked: usize,
     /// The transaction this client opened with MULTI, if any.
     tx: Option<Box<Transaction>>,
+    /// The slot of a blocking command (BLPOP ...) still waiting: until it
+    /// answers, nothing more is read or dispatched, as Redis blocks a client.
+    blocked: Option<u64>,
 }
 
 impl Session {
@@ -150,6 +153,7 @@ impl Session {
             redispatch: None,
             parked: 0,
             tx: None,
+            blocked: None,
             shared,
         }
     }
@@ -159,7 +163,12 @@ impl Session {
         // Allocated when the client first sends something (see `read_some`).
         let mut rbuf = BytesMut::new();
         loop {
-            let can_read = !self.closing && self.pending.len() < self.max_pipeline;
+            // While blocked the socket is still read (up to a bound), not
+            // parsed: a client that leaves must be noticed, so its blocking
+            // command's backend connection is closed, as Redis would.
+            let can_read = !self.closing
+                && self.pending.len() < self.max_pipeline
+                && (self.blocked.is_none() || rbuf.len() < BLOCKED_READ_MAX);
             tokio::select! {
                 biased;
                 c = recv(&mut self.inbox) => {
@@ -168,6 +177,11 @@ impl Session {
                     self.complete(c);
                     while let Some(Ok(c)) = self.inbox.as_mut().map(|(_, rx)| rx.try_recv()) {
                         self.complete(c);
+                    }
+                    // A blocking command answered: go on with what the
+                    // client pipelined behind it.
+                    if self.blocked.is_none() && !rbuf.is_empty() {
+                        self.parse_and_dispatch(&mut rbuf);
                     }
                 }
                 r = read_some(&mut sock, &mut rbuf), if can_read => {
@@ -199,7 +213,7 @@ impl Session {
         // count shared by every session on every thread, once per read.
         let topo = self.shared.topology.load();
         let mut n = 0u64;
-        while !self.closing && self.pending.len() < self.max_pipeline {
+        while !self.closing && self.blocked.is_none() && self.pending.len() < self.max_pipeline {
             match self.parser.parse(rbuf) {
                 Ok(Some(req)) => {
                     n += 1;
@@ -315,7 +329,11 @@ impl Session {
         let migration = topo.migration.as_deref().filter(|m| m.active());
         if self.redispatch.is_none() && (migration.is_some() || self.parked > 0) {
             match route {
-                Route::Keyed | Route::Fanout(_) if self.migrate_first(topo, migration, spec, &args, &req) => return,
+                Route::Keyed | Route::Blocking | Route::Fanout(_)
+                    if self.migrate_first(topo, migration, spec, &args, &req) =>
+                {
+                    return;
+                }
                 Route::Broadcast(_) if migration.is_some() && spec.name.starts_with("flush") => {
                     return self.error(
                         "ERR shardis: keys are moving between shards (INFO migration); FLUSHALL/FLUSHDB would miss the keys not moved yet, retry when it is done",
@@ -325,7 +343,7 @@ impl Session {
             }
         }
         match route {
-            Route::Keyed => {
+            Route::Keyed | Route::Blocking => {
                 let mut keys = std::mem::take(&mut self.keys);
                 keys.clear();
                 // An `Err` means Redis itself would refuse the arguments (bad
@@ -356,7 +374,16 @@ impl Session {
                     return self.error("CROSSSHARD keys in request don't hash to the same shard");
                 }
                 let seq = self.push(Slot::One(None));
-                self.send(topo, shard.unwrap_or(0), req.raw.clone(), seq, 0);
+                let shard = shard.unwrap_or(0);
+                if route == Route::Blocking {
+                    // Like Redis, this client is served nothing more until
+                    // the blocking command answers.
+                    self.blocked = Some(seq);
+                    let reply = self.reply_to(seq, 0);
+                    topo.shards[shard].send_blocking(self.state.proto, req.raw.clone(), reply);
+                } else {
+                    self.send(topo, shard, req.raw.clone(), seq, 0);
+                }
             }
             Route::Fanout(kind) => self.fanout(topo, kind, &args, &req),
             Route::Broadcast(kind) => self.broadcast(topo, kind, &args, &req),
@@ -412,7 +439,9 @@ impl Session {
             }
             s.error(&msg);
         };
-        if !matches!(route, Route::Keyed | Route::Fanout(_)) && !matches!(spec.name, "ping" | "echo") {
+        // Blocking commands do not block inside MULTI (Redis runs them once).
+        if !matches!(route, Route::Keyed | Route::Blocking | Route::Fanout(_)) && !matches!(spec.name, "ping" | "echo")
+        {
             let msg = match route {
                 Route::Refuse(r) => r.message(&name),
                 _ => format!("ERR shardis: '{name}' cannot be used inside MULTI: a transaction runs on one shard"),
@@ -861,6 +890,9 @@ impl Session {
     }
 
     fn complete(&mut self, c: Completion) {
+        if self.blocked == Some(c.seq) {
+            self.blocked = None;
+        }
         let Some(idx) = c.seq.checked_sub(self.head_seq) else {
             return;
         };
@@ -909,6 +941,10 @@ async fn recv(inbox: &mut Option<Inbox>) -> Option<Completion> {
         None => std::future::pending().await,
     }
 }
+
+/// Most bytes read from a blocked client (and kept until its blocking
+/// command answers); past it the socket is left alone.
+const BLOCKED_READ_MAX: usize = 64 * 1024;
 
 /// Size of a client's read buffer, allocated when the client first sends.
 const READ_BUF: usize = 16 * 1024;

@@ -117,7 +117,16 @@ impl Conn {
                 return reply;
             }
             let mut chunk = [0u8; 65536];
-            let n = self.sock.read(&mut chunk).expect("read from redis-server");
+            let n = match self.sock.read(&mut chunk) {
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => panic!(
+                    "read from redis-server at {:?}: {e} ({:?}), {} bytes buffered",
+                    self.sock.peer_addr(),
+                    e.kind(),
+                    self.buf.len()
+                ),
+            };
             assert!(n > 0, "redis-server closed the connection");
             self.buf.extend_from_slice(&chunk[..n]);
         }

@@ -20,6 +20,9 @@ pub enum Route {
     /// Sent to the shard that owns its keys; refused with CROSSSHARD when the
     /// keys live on different shards. Keyless scripts go to the first shard.
     Keyed,
+    /// A blocking command (BLPOP, XREAD BLOCK ...): routed like [`Route::Keyed`],
+    /// but sent on a connection of its own, since it may wait for minutes.
+    Blocking,
     /// Split per shard and merged.
     Fanout(Fanout),
     /// Sent to every shard (or, for SCAN, to the shard the cursor names).
@@ -176,6 +179,7 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "move" | "migrate" | "copy" if spec.name != "copy" || has_arg(args, b"db") => Route::Refuse(R::Unsupported),
         "xread" | "xreadgroup" if !has_arg(args, b"block") => Route::Keyed,
         _ if spec.flags & F_PUBSUB != 0 => Route::Refuse(R::PubSub),
+        _ if spec.flags & F_BLOCKING != 0 && has_keys(spec) => Route::Blocking,
         _ if spec.flags & F_BLOCKING != 0 => Route::Refuse(R::Blocking),
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Route::Keyed,
         _ if has_keys(spec) => Route::Keyed,
@@ -262,9 +266,9 @@ mod tests {
         assert_eq!(route("ping"), Ok(Route::Local(Local::Ping)));
         assert_eq!(route("client setinfo lib-name x"), Ok(Route::Local(Local::Client)));
         assert_eq!(route("object encoding k"), Ok(Route::Keyed));
-        assert_eq!(route("blpop a 0"), Ok(Route::Refuse(Refusal::Blocking)));
+        assert_eq!(route("blpop a 0"), Ok(Route::Blocking));
         assert_eq!(route("xread count 1 streams s 0"), Ok(Route::Keyed));
-        assert_eq!(route("xread block 0 streams s 0"), Ok(Route::Refuse(Refusal::Blocking)));
+        assert_eq!(route("xread block 0 streams s 0"), Ok(Route::Blocking));
         assert_eq!(route("subscribe c"), Ok(Route::Refuse(Refusal::PubSub)));
         assert_eq!(route("multi"), Ok(Route::Refuse(Refusal::Transactions)));
         assert_eq!(route("copy a b"), Ok(Route::Keyed));

@@ -5,6 +5,7 @@
 mod support;
 
 mod basic;
+mod blocking;
 mod clients;
 mod differential;
 mod failures;
