@@ -317,14 +317,17 @@ impl Session {
         {
             return self.error("NOAUTH Authentication required.");
         }
-        match spec.name {
-            "multi" => return self.multi(),
-            "exec" => return self.exec(topo),
-            "discard" => return self.discard(),
-            _ if self.tx.is_some() && self.redispatch.is_none() => {
-                return self.queue(topo, spec, route, &args, req.clone());
+        // Transactions: one enum test on the hot path, names only when it hits.
+        if self.tx.is_some() || route == Route::Refuse(command::Refusal::Transactions) {
+            match spec.name {
+                "multi" => return self.multi(),
+                "exec" => return self.exec(topo),
+                "discard" => return self.discard(),
+                _ if self.tx.is_some() && self.redispatch.is_none() => {
+                    return self.queue(topo, spec, route, &args, req.clone());
+                }
+                _ => {}
             }
-            _ => {}
         }
         let migration = topo.migration.as_deref().filter(|m| m.active());
         if self.redispatch.is_none() && (migration.is_some() || self.parked > 0) {
