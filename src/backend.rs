@@ -230,6 +230,14 @@ impl Shard {
     }
 }
 
+impl Shard {
+    /// A connection of its own to this shard, after the usual handshake (a
+    /// subscriber's, see `Route::Subscribe`).
+    pub async fn connect_dedicated(&self, proto: Protocol) -> Result<TcpStream, String> {
+        connect(&self.spec, &self.identity, proto).await
+    }
+}
+
 /// Connects (with the usual handshake), writes `req` and reads its one reply.
 async fn blocking_call(spec: &BackendSpec, identity: &Identity, proto: Protocol, req: &[u8]) -> Result<Bytes, String> {
     let mut stream = connect(spec, identity, proto).await?;

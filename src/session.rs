@@ -122,6 +122,9 @@ pub struct Session {
     /// The slot of a blocking command (BLPOP ...) still waiting: until it
     /// answers, nothing more is read or dispatched, as Redis blocks a client.
     blocked: Option<u64>,
+    /// A SUBSCRIBE / PSUBSCRIBE to forward once every earlier reply is
+    /// written; the connection then becomes a subscriber (see `subscriber`).
+    subscribing: Option<Bytes>,
 }
 
 impl Session {
@@ -154,6 +157,7 @@ impl Session {
             parked: 0,
             tx: None,
             blocked: None,
+            subscribing: None,
             shared,
         }
     }
@@ -167,6 +171,7 @@ impl Session {
             // parsed: a client that leaves must be noticed, so its blocking
             // command's backend connection is closed, as Redis would.
             let can_read = !self.closing
+                && self.subscribing.is_none()
                 && self.pending.len() < self.max_pipeline
                 && (self.blocked.is_none() || rbuf.len() < BLOCKED_READ_MAX);
             tokio::select! {
@@ -205,7 +210,44 @@ impl Session {
                 let _ = sock.shutdown().await;
                 return;
             }
+            if self.pending.is_empty()
+                && let Some(first) = self.subscribing.take()
+            {
+                match self.subscriber(&mut sock, &mut rbuf, first).await {
+                    Ok(()) => return,
+                    Err(e) => {
+                        let msg = format!("ERR backend {e}");
+                        Encoder::new(&mut self.out, self.state.proto).error(&msg);
+                        if sock.write_all_buf(&mut self.out).await.is_err() {
+                            return;
+                        }
+                        // Back to normal service for what follows.
+                        self.parse_and_dispatch(&mut rbuf);
+                    }
+                }
+            }
         }
+    }
+
+    /// The connection becomes a subscriber: a connection of its own to the
+    /// pub/sub shard (the first backend) gets the SUBSCRIBE and whatever
+    /// the client sent after it, and from then on bytes are copied both ways
+    /// until either side closes. Every PUBLISH goes to that shard too, so
+    /// subscribers hear every publisher. `Err` (the shard cannot be reached)
+    /// leaves the client in normal service.
+    async fn subscriber(&mut self, sock: &mut TcpStream, rbuf: &mut BytesMut, first: Bytes) -> Result<(), String> {
+        let shard = self.shared.topology.load().shards[PUBSUB_SHARD].clone();
+        let mut backend = shard
+            .connect_dedicated(self.state.proto)
+            .await
+            .map_err(|e| format!("{} unavailable: {e}", shard.name()))?;
+        backend.write_all(&first).await.map_err(|e| e.to_string())?;
+        if !rbuf.is_empty() {
+            backend.write_all_buf(rbuf).await.map_err(|e| e.to_string())?;
+        }
+        debug!(client = self.state.id, shard = shard.name(), "client subscribed");
+        let _ = tokio::io::copy_bidirectional(sock, &mut backend).await;
+        Ok(())
     }
 
     fn parse_and_dispatch(&mut self, rbuf: &mut BytesMut) {
@@ -213,7 +255,11 @@ impl Session {
         // count shared by every session on every thread, once per read.
         let topo = self.shared.topology.load();
         let mut n = 0u64;
-        while !self.closing && self.blocked.is_none() && self.pending.len() < self.max_pipeline {
+        while !self.closing
+            && self.blocked.is_none()
+            && self.subscribing.is_none()
+            && self.pending.len() < self.max_pipeline
+        {
             match self.parser.parse(rbuf) {
                 Ok(Some(req)) => {
                     n += 1;
@@ -388,6 +434,11 @@ impl Session {
                     self.send(topo, shard, req.raw.clone(), seq, 0);
                 }
             }
+            Route::PubSub => {
+                let seq = self.push(Slot::One(None));
+                self.send(topo, PUBSUB_SHARD, req.raw.clone(), seq, 0);
+            }
+            Route::Subscribe => self.subscribing = Some(req.raw.clone()),
             Route::Fanout(kind) => self.fanout(topo, kind, &args, &req),
             Route::Broadcast(kind) => self.broadcast(topo, kind, &args, &req),
             Route::Local(cmd) => {
@@ -944,6 +995,9 @@ async fn recv(inbox: &mut Option<Inbox>) -> Option<Completion> {
         None => std::future::pending().await,
     }
 }
+
+/// The shard every pub/sub message goes through: the first backend.
+const PUBSUB_SHARD: usize = 0;
 
 /// Most bytes read from a blocked client (and kept until its blocking
 /// command answers); past it the socket is left alone.

@@ -23,6 +23,12 @@ pub enum Route {
     /// A blocking command (BLPOP, XREAD BLOCK ...): routed like [`Route::Keyed`],
     /// but sent on a connection of its own, since it may wait for minutes.
     Blocking,
+    /// PUBLISH, PUBSUB CHANNELS/NUMSUB/NUMPAT, (P)UNSUBSCRIBE outside a
+    /// subscription: sent to the pub/sub shard (the first backend).
+    PubSub,
+    /// SUBSCRIBE / PSUBSCRIBE: the connection becomes a subscriber, piped to
+    /// a connection of its own on the pub/sub shard.
+    Subscribe,
     /// Split per shard and merged.
     Fanout(Fanout),
     /// Sent to every shard (or, for SCAN, to the shard the cursor names).
@@ -178,6 +184,11 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         // Keyed, but they act on other databases or servers.
         "move" | "migrate" | "copy" if spec.name != "copy" || has_arg(args, b"db") => Route::Refuse(R::Unsupported),
         "xread" | "xreadgroup" if !has_arg(args, b"block") => Route::Keyed,
+        "subscribe" | "psubscribe" => Route::Subscribe,
+        "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" | "unsubscribe" | "punsubscribe" => {
+            Route::PubSub
+        }
+        // Sharded pub/sub (SSUBSCRIBE, SPUBLISH ...) is Redis Cluster's.
         _ if spec.flags & F_PUBSUB != 0 => Route::Refuse(R::PubSub),
         _ if spec.flags & F_BLOCKING != 0 && has_keys(spec) => Route::Blocking,
         _ if spec.flags & F_BLOCKING != 0 => Route::Refuse(R::Blocking),
@@ -269,7 +280,9 @@ mod tests {
         assert_eq!(route("blpop a 0"), Ok(Route::Blocking));
         assert_eq!(route("xread count 1 streams s 0"), Ok(Route::Keyed));
         assert_eq!(route("xread block 0 streams s 0"), Ok(Route::Blocking));
-        assert_eq!(route("subscribe c"), Ok(Route::Refuse(Refusal::PubSub)));
+        assert_eq!(route("subscribe c"), Ok(Route::Subscribe));
+        assert_eq!(route("publish c m"), Ok(Route::PubSub));
+        assert_eq!(route("ssubscribe c"), Ok(Route::Refuse(Refusal::PubSub)));
         assert_eq!(route("multi"), Ok(Route::Refuse(Refusal::Transactions)));
         assert_eq!(route("copy a b"), Ok(Route::Keyed));
         assert_eq!(route("copy a b db 1"), Ok(Route::Refuse(Refusal::Unsupported)));

@@ -260,7 +260,7 @@ async fn unsupported_and_unknown_commands_keep_the_connection() {
     assert!(e.to_string().contains("unsupported command 'watch'"), "{e}");
     let e = q::<Value>(&mut c, &["WAIT", "0", "0"]).await.unwrap_err();
     assert!(e.to_string().contains("unsupported command 'wait'"), "{e}");
-    let e = q::<Value>(&mut c, &["SUBSCRIBE", "ch"]).await.unwrap_err();
+    let e = q::<Value>(&mut c, &["SSUBSCRIBE", "ch"]).await.unwrap_err();
     assert!(e.to_string().contains("pub/sub"), "{e}");
     let e = q::<Value>(&mut c, &["NOSUCHCMD", "a"]).await.unwrap_err();
     assert!(e.to_string().contains("unknown command 'NOSUCHCMD'"), "{e}");

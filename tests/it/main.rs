@@ -12,5 +12,6 @@ mod failures;
 mod locks;
 mod migration;
 mod protocol;
+mod pubsub;
 mod reload;
 mod transactions;

@@ -58,6 +58,14 @@ try:
 except redis.ResponseError as e:
     assert "CROSSSHARD" in str(e) or "EXECABORT" in str(e), e
 assert r.get("tx:a") is None, "nothing of an aborted transaction ran"
+# Pub/sub through the proxy, redis-py's own PubSub object.
+ps = r.pubsub()
+ps.subscribe("py-news")
+assert ps.get_message(timeout=5)["type"] == "subscribe"
+assert r.publish("py-news", "hi") == 1
+msg = ps.get_message(timeout=5)
+assert msg and msg["type"] == "message" and msg["data"] == b"hi", msg
+ps.close()
 try:
     r.execute_command("BGSAVE")
     raise SystemExit("BGSAVE should be refused")

@@ -1,0 +1,95 @@
+//! Pub/sub: SUBSCRIBE / PSUBSCRIBE turn the client's connection into a
+//! subscriber on the pub/sub shard; PUBLISH from any client reaches it.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::support::Proxy;
+use crate::support::three_nodes;
+
+/// Reads until `want` has arrived (or 5 s): what arrived.
+fn read_until(s: &mut TcpStream, want: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&out).contains(want) && Instant::now() < deadline {
+        if let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn command(addr: SocketAddr, input: &str, want: &str) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(input.as_bytes()).unwrap();
+    read_until(&mut s, want)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribers_hear_every_publisher() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let addr = proxy.addr;
+    tokio::task::spawn_blocking(move || {
+        // Replies to what the client sent before SUBSCRIBE come first, in order.
+        let mut sub = TcpStream::connect(addr).unwrap();
+        sub.write_all(b"SET before 1\r\nGET before\r\nSUBSCRIBE news\r\n")
+            .unwrap();
+        let got = read_until(&mut sub, "$4\r\nnews\r\n:1\r\n");
+        assert_eq!(got, "+OK\r\n$1\r\n1\r\n*3\r\n$9\r\nsubscribe\r\n$4\r\nnews\r\n:1\r\n");
+        let mut psub = TcpStream::connect(addr).unwrap();
+        psub.write_all(b"PSUBSCRIBE n*\r\n").unwrap();
+        let got = read_until(&mut psub, ":1\r\n");
+        assert!(
+            got.starts_with("*3\r\n$10\r\npsubscribe\r\n$2\r\nn*\r\n:1\r\n"),
+            "{got}"
+        );
+
+        // PUBLISH from other clients (on any worker, any lane) reaches both.
+        let n = command(addr, "PUBLISH news hello\r\n", ":");
+        assert_eq!(n, ":2\r\n", "one subscriber and one pattern subscriber");
+        assert_eq!(
+            read_until(&mut sub, "hello\r\n"),
+            "*3\r\n$7\r\nmessage\r\n$4\r\nnews\r\n$5\r\nhello\r\n"
+        );
+        assert_eq!(
+            read_until(&mut psub, "hello\r\n"),
+            "*4\r\n$8\r\npmessage\r\n$2\r\nn*\r\n$4\r\nnews\r\n$5\r\nhello\r\n"
+        );
+        let numsub = command(addr, "PUBSUB NUMSUB news\r\n", ":1\r\n");
+        assert_eq!(numsub, "*2\r\n$4\r\nnews\r\n:1\r\n");
+        // The subscriber can add channels and ping, as on Redis.
+        sub.write_all(b"SUBSCRIBE sport\r\nPING\r\n").unwrap();
+        let got = read_until(&mut sub, "pong");
+        assert!(
+            got.contains("$5\r\nsport\r\n:2\r\n") && got.contains("$4\r\npong\r\n"),
+            "{got}"
+        );
+        // A subscriber that leaves is gone from the shard.
+        drop(sub);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            if command(addr, "PUBSUB NUMSUB news\r\n", "\r\n:") == "*2\r\n$4\r\nnews\r\n:0\r\n" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the subscriber's backend connection outlived it"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // Sharded pub/sub is refused; the connection stays usable.
+        let got = command(addr, "SSUBSCRIBE c\r\nPING\r\n", "PONG");
+        assert!(got.starts_with("-ERR unsupported command 'ssubscribe'"), "{got}");
+        assert!(got.ends_with("+PONG\r\n"), "{got}");
+    })
+    .await
+    .unwrap();
+}
