@@ -85,7 +85,16 @@ pub fn run(
         Local::Hello => hello(args, st, topo, enc),
         Local::Client => client(args, st, enc),
         Local::Command => command_cmd(args, enc),
-        Local::Info => return Outcome::Info(info_text(args, st, shared, topo)),
+        Local::Info => {
+            let text = info_text(args, st, shared, topo);
+            // Only a request for the keyspace asks the shards (INFO,
+            // INFO keyspace, all, default, everything).
+            if !wants_section(args, "keyspace") {
+                enc.verbatim(text.as_bytes());
+                return Outcome::Reply;
+            }
+            return Outcome::Info(text);
+        }
     }
     Outcome::Reply
 }
@@ -343,16 +352,20 @@ fn migration_info(topo: &Topology) -> String {
 
 /// The INFO text for the sections the proxy knows, without `# Keyspace`,
 /// which the session appends from the shards' answers.
+/// Whether `INFO args...` asks for `section`: no argument, the section's
+/// name, or all / default / everything.
+fn wants_section(args: &[&[u8]], section: &str) -> bool {
+    args.len() == 1
+        || args[1..].iter().any(|a| {
+            a.eq_ignore_ascii_case(section.as_bytes())
+                || a.eq_ignore_ascii_case(b"all")
+                || a.eq_ignore_ascii_case(b"default")
+                || a.eq_ignore_ascii_case(b"everything")
+        })
+}
+
 fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology) -> String {
-    let want = |s: &str| {
-        args.len() == 1
-            || args[1..].iter().any(|a| {
-                a.eq_ignore_ascii_case(s.as_bytes())
-                    || a.eq_ignore_ascii_case(b"all")
-                    || a.eq_ignore_ascii_case(b"default")
-                    || a.eq_ignore_ascii_case(b"everything")
-            })
-    };
+    let want = |s: &str| wants_section(args, s);
     let mut t = String::new();
     if want("server") {
         t.push_str(&format!(

@@ -246,6 +246,10 @@ async fn local_commands() {
     assert!(text.contains("db0:keys=30,expires=1,"), "{text}");
     let text: String = q(&mut c, &["INFO", "keyspace"]).await.unwrap();
     assert!(!text.contains("# Server") && text.contains("db0:keys=30"), "{text}");
+    // One section is that section only, as on Redis.
+    let text: String = q(&mut c, &["INFO", "proxy"]).await.unwrap();
+    assert!(text.starts_with("# Proxy\r\n") && text.contains("shards:3"), "{text}");
+    assert!(!text.contains("# Keyspace") && !text.contains("# Server"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
