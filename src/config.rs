@@ -27,6 +27,11 @@ pub struct Config {
     /// Password clients must give (AUTH / HELLO AUTH); none by default.
     #[serde(default)]
     pub password: Option<String>,
+    /// Password of the proxy's admin commands (`SHARDIS.RELOAD`): when set,
+    /// a client must first run `SHARDIS.ADMIN <password>`. Unset (the
+    /// default), any authenticated client may reload.
+    #[serde(default)]
+    pub admin_password: Option<String>,
     /// Worker threads; 0 (the default) means one per CPU. Read at start-up
     /// only. Each worker runs its own clients and its own backend
     /// connections (see [`crate::workers`]). Fewer threads than CPUs cost
@@ -387,6 +392,9 @@ impl Config {
         }
         if self.threads > 1024 {
             return Err(invalid("threads", "must be at most 1024 (0: one per CPU)"));
+        }
+        if self.admin_password.as_deref().is_some_and(str::is_empty) {
+            return Err(invalid("admin_password", "must not be empty (leave it out for none)"));
         }
         if self.pool.connections == 0 || self.pool.connections > 64 {
             return Err(invalid("pool.connections", "must be between 1 and 64"));

@@ -62,6 +62,7 @@ pub fn run(
             st.proto = Protocol::Resp2;
             st.name = None;
             st.authenticated = topo.config.password.is_none();
+            st.admin = false;
             enc.proto = Protocol::Resp2;
             enc.simple("RESET");
         }

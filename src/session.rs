@@ -42,6 +42,8 @@ pub struct ClientState {
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
     pub authenticated: bool,
+    /// Gave `SHARDIS.ADMIN` the admin password (see `admin_password`).
+    pub admin: bool,
     pub addr: String,
     pub laddr: String,
     pub connected_at: std::time::Instant,
@@ -138,6 +140,7 @@ impl Session {
                 lib_name: None,
                 lib_ver: None,
                 authenticated: cfg.password.is_none(),
+                admin: false,
                 addr,
                 laddr,
                 connected_at: std::time::Instant::now(),
@@ -343,6 +346,9 @@ impl Session {
                     msg
                 };
                 return self.error(&msg);
+            }
+            Err(_) if args[0].eq_ignore_ascii_case(b"shardis.admin") && self.state.authenticated => {
+                return self.admin_login(topo, &args);
             }
             Err(_) if args[0].eq_ignore_ascii_case(b"shardis.reload") && self.state.authenticated => {
                 return self.reload(&args);
@@ -562,11 +568,30 @@ impl Session {
         );
     }
 
+    /// `SHARDIS.ADMIN <password>`: unlocks the admin commands on this
+    /// connection when `admin_password` is set.
+    fn admin_login(&mut self, topo: &Topology, args: &[&[u8]]) {
+        let [_, given] = args else {
+            return self.error("ERR wrong number of arguments for 'shardis.admin' command");
+        };
+        match &topo.config.admin_password {
+            None => self.error("ERR shardis: no admin_password is configured; admin commands are open to every client"),
+            Some(pw) if pw.as_bytes() == *given => {
+                self.state.admin = true;
+                self.reply_with(|e| e.simple("OK"));
+            }
+            Some(_) => self.error("WRONGPASS invalid admin password"),
+        }
+    }
+
     /// `SHARDIS.RELOAD`: re-reads the configuration file, as SIGHUP does, and
     /// answers the new topology epoch, or why the file was refused. The file
     /// is small and read on the session's thread; the new topology is built
     /// and swapped in before the reply.
     fn reload(&mut self, args: &[&[u8]]) {
+        if self.shared.topology.load().config.admin_password.is_some() && !self.state.admin {
+            return self.error("NOPERM shardis: SHARDIS.RELOAD needs SHARDIS.ADMIN <admin_password> first");
+        }
         let force = match args {
             [_] => false,
             [_, f] if f.eq_ignore_ascii_case(b"force") => true,

@@ -57,6 +57,10 @@ fn check_flag_validates_and_names_the_problem() {
         ),
         ("[[backends]]\nname = \"a\"\naddr = \"nohost\"\n", "backends[0].addr"),
         (
+            "admin_password = \"\"\n[[backends]]\nname = \"a\"\naddr = \"h:1\"\n",
+            "admin_password",
+        ),
+        (
             "[[backends]]\nname = \"a\"\naddr = \"h:1\"\nbogus = 1\n",
             "unknown field `bogus`",
         ),
@@ -201,5 +205,47 @@ fn sighup_swaps_the_topology_under_load() {
     let _ = stderr.read_to_string(&mut log);
     assert!(log.contains("shardis listening") && log.contains("epoch=1"), "{log}");
     assert!(log.contains("configuration reload refused"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// With `admin_password` set, SHARDIS.RELOAD needs SHARDIS.ADMIN first, on
+/// each connection; a wrong password is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_password_guards_reload() {
+    let nodes: Vec<RedisNode> = (0..3).map(|_| RedisNode::start()).collect();
+    let refs: Vec<&RedisNode> = nodes.iter().collect();
+    let extra = "admin_password = \"s3cret\"\n";
+    let proxy = crate::support::Proxy::start_with(&refs, extra).await;
+    let dir = std::env::temp_dir().join(format!("shardis-admin-{}", proxy.addr.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, crate::support::config_text(&refs, extra)).unwrap();
+    proxy.shared.config_path.set(path).unwrap();
+    let mut c = proxy.conn().await;
+    let e = redis::cmd("SHARDIS.RELOAD")
+        .query_async::<i64>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("NOPERM"), "{e}");
+    let e = redis::cmd("SHARDIS.ADMIN")
+        .arg("guess")
+        .query_async::<String>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("invalid admin password"), "{e}");
+    let ok: String = redis::cmd("SHARDIS.ADMIN")
+        .arg("s3cret")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(ok, "OK");
+    let epoch: i64 = redis::cmd("SHARDIS.RELOAD").query_async(&mut c).await.unwrap();
+    assert_eq!(epoch, 2);
+    let mut other = proxy.conn().await;
+    let e = redis::cmd("SHARDIS.RELOAD")
+        .query_async::<i64>(&mut other)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("NOPERM"), "another connection is not admin: {e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
