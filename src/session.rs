@@ -30,7 +30,7 @@ use crate::protocol::request::{INLINE_ARGS, put_bulk, put_header};
 use crate::protocol::{Encoder, Protocol, Request, RequestParser};
 use crate::server::Shared;
 use crate::topology::Topology;
-use crate::transaction::Transaction;
+use crate::transaction::{Exec, Transaction};
 
 /// Per-connection state that commands can read and change (HELLO, CLIENT
 /// SETNAME, AUTH, ...).
@@ -69,12 +69,21 @@ enum Slot {
 
 /// A request parked until its keys have moved (see [`Slot::Migrating`]).
 struct Parked {
-    req: Request,
+    /// What runs once the keys have moved.
+    then: Then,
     /// Per part: the key's old shard index and the key.
     moves: SmallVec<[(usize, Bytes); 4]>,
     left: usize,
     /// Why a key could not be moved: the request is then answered with it.
     failed: Option<String>,
+}
+
+/// What a parked request is.
+enum Then {
+    /// A request, dispatched again into its slot.
+    Dispatch(Request),
+    /// A transaction's EXEC, sent to its shard.
+    Exec(Exec),
 }
 
 /// Marks the completion of a `DEL` of a superseded source copy (the low bits
@@ -542,22 +551,32 @@ impl Session {
             Ok(None) => return self.reply_with(|e| e.array(0)),
             Err(e) => return self.error(&e),
         };
-        // While keys move (or earlier requests of this client wait for
-        // theirs), a transaction on a moving key could run before its key
-        // arrived: the client retries instead.
-        let moving = topo.migration.as_deref().filter(|m| m.active()).is_some_and(|m| {
-            ex.keys
-                .iter()
-                .any(|k| m.source_of(k, topo.shards[topo.shard_of(k)].name()).is_some())
-        });
-        if moving || self.parked > 0 {
+        // While keys move, the transaction's keys are moved first (and it
+        // waits behind this client's earlier parked requests), as for any
+        // keyed command.
+        let m = topo.migration.as_deref().filter(|m| m.active());
+        if m.is_some() || self.parked > 0 {
+            let moves = moves_of(topo, m, ex.keys.iter().cloned());
+            if !moves.is_empty() || self.parked > 0 {
+                return self.park(topo, m, moves, Then::Exec(ex));
+            }
+        }
+        self.send_exec(topo, ex);
+    }
+
+    /// Sends a transaction's batch to the shard of its keys in `topo` (which
+    /// may be newer than the one it was queued under).
+    fn send_exec(&mut self, topo: &Topology, ex: Exec) {
+        let mut shards = ex.keys.iter().map(|k| topo.shard_of(k));
+        let shard = shards.next().unwrap_or(ex.shard);
+        if shards.any(|s| s != shard) {
             return self.error(
-                "TRYAGAIN shardis: keys of this transaction are moving to another shard (INFO migration); retry",
+                "EXECABORT shardis: the transaction's keys no longer share a shard (the topology changed); retry",
             );
         }
         let seq = self.push(Slot::One(None));
         let reply = self.reply_to(seq, 0);
-        topo.shards[ex.shard].send(
+        topo.shards[shard].send(
             self.state.proto,
             self.lane,
             Job {
@@ -804,39 +823,30 @@ impl Session {
     ) -> bool {
         let mut keys = std::mem::take(&mut self.keys);
         let _ = command::keys::key_indices(spec, args, &mut keys);
-        let mut moves: SmallVec<[(usize, Bytes); 4]> = SmallVec::new();
-        let mut targets: SmallVec<[usize; 4]> = SmallVec::new();
-        for &i in keys.iter().filter(|_| m.is_some()) {
-            let Some(m) = m else { break };
-            let key = args[i];
-            if topo.locks.enabled() && topo.locks.is_lock_key(key) {
-                continue; // lock keys live on the lock group, not the ring
-            }
-            let owner = topo.shard_of(key);
-            if let Some(src) = m.source_of(key, topo.shards[owner].name())
-                && !moves.iter().any(|(_, k)| &k[..] == key)
-                && let Some(k) = req.arg_bytes(i)
-            {
-                moves.push((src, k));
-                targets.push(owner);
-            }
-        }
+        let moves = moves_of(topo, m, keys.iter().filter_map(|&i| req.arg_bytes(i)));
         self.keys = keys;
         if moves.is_empty() && self.parked == 0 {
             return false;
         }
+        self.park(topo, m, moves, Then::Dispatch(req.clone()));
+        true
+    }
+
+    /// Parks `then` in a [`Slot::Migrating`] and sends a MIGRATE for each of
+    /// `moves` (old shard, key, new owner).
+    fn park(&mut self, topo: &Topology, m: Option<&Migration>, moves: Moves, then: Then) {
         let jobs: SmallVec<[(Option<Arc<crate::backend::Shard>>, Bytes); 4]> = moves
             .iter()
-            .zip(&targets)
-            .map(|((src, key), &owner)| {
-                let spec = &topo.shards[owner].spec;
+            .map(|(src, key, owner)| {
+                let spec = &topo.shards[*owner].spec;
                 let shard = m.and_then(|m| m.old_shard(*src));
                 (shard, migration::migrate_request(spec, std::iter::once(&key[..])))
             })
             .collect();
+        let moves: SmallVec<[(usize, Bytes); 4]> = moves.into_iter().map(|(src, k, _)| (src, k)).collect();
         self.parked += 1;
         let seq = self.push(Slot::Migrating(Box::new(Parked {
-            req: req.clone(),
+            then,
             left: moves.len(),
             moves,
             failed: None,
@@ -856,7 +866,6 @@ impl Session {
                 }),
             }
         }
-        true
     }
 
     /// A MIGRATE (or DEL of a superseded copy) for a [`Slot::Migrating`]
@@ -948,7 +957,7 @@ impl Session {
                 return;
             };
             self.parked -= 1;
-            let Parked { req, failed, .. } = *parked;
+            let Parked { then, failed, .. } = *parked;
             if let Some(why) = failed {
                 let mut b = BytesMut::new();
                 Encoder::new(&mut b, self.state.proto).error(&why);
@@ -957,7 +966,10 @@ impl Session {
                 // Its keys are on their new owners: run it there, in its slot.
                 let topo = self.shared.topology.load_full();
                 self.redispatch = Some(self.head_seq + idx as u64);
-                self.dispatch(&topo, req);
+                match then {
+                    Then::Dispatch(req) => self.dispatch(&topo, req),
+                    Then::Exec(ex) => self.send_exec(&topo, ex),
+                }
                 if self.redispatch.take().is_some() {
                     let mut b = BytesMut::new();
                     Encoder::new(&mut b, self.state.proto).error("ERR shardis: request not dispatched after migration");
@@ -1019,6 +1031,28 @@ async fn recv(inbox: &mut Option<Inbox>) -> Option<Completion> {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Keys to move before a request runs: (old shard, key, new owner).
+type Moves = SmallVec<[(usize, Bytes, usize); 4]>;
+
+/// The keys among `keys` that may still be on an old owner while `m` runs
+/// (none without a migration), once each; lock keys never move.
+fn moves_of(topo: &Topology, m: Option<&Migration>, keys: impl Iterator<Item = Bytes>) -> Moves {
+    let mut moves = Moves::new();
+    let Some(m) = m else { return moves };
+    for key in keys {
+        if topo.locks.enabled() && topo.locks.is_lock_key(&key) {
+            continue; // lock keys live on the lock group, not the ring
+        }
+        let owner = topo.shard_of(&key);
+        if let Some(src) = m.source_of(&key, topo.shards[owner].name())
+            && !moves.iter().any(|(_, k, _)| *k == key)
+        {
+            moves.push((src, key, owner));
+        }
+    }
+    moves
 }
 
 /// The shard every pub/sub message goes through: the first backend.

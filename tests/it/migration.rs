@@ -230,9 +230,9 @@ async fn an_unreachable_source_gives_tryagain_and_a_forced_reload_abandons() {
     }
 }
 
-/// Pipelined INCRs on keys that change owner, running through the reload
-/// and the whole migration: every counter must answer 1, 2, 3, ... in
-/// order. A lost update, a stale read from the old owner or a request that
+/// Pipelined INCRs and MULTI/EXEC transactions on keys that change owner,
+/// running through the reload and the whole migration: every counter must
+/// answer 1, 2, 3, ... in order. A lost update, a stale read from the old owner or a request that
 /// overtook an earlier one on the same key would break the sequence.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pipelined_writes_keep_their_order_and_count_through_a_migration() {
@@ -272,10 +272,30 @@ async fn pipelined_writes_keep_their_order_and_count_through_a_migration() {
             seen
         })
     };
+    // Transactions (MULTI/EXEC, one hash tag each) on moving keys too: their
+    // keys are moved first, like any command's, and none fails.
+    let transactor = {
+        let mut c = proxy.conn().await;
+        tokio::spawn(async move {
+            for round in 1..=60i64 {
+                for j in 0..20 {
+                    let (a, b): (i64, i64) = redis::pipe()
+                        .atomic()
+                        .incr(format!("{{tx{j}}}:a"), 1)
+                        .incr(format!("{{tx{j}}}:b"), 2)
+                        .query_async(&mut c)
+                        .await
+                        .unwrap();
+                    assert_eq!((a, b), (round, 2 * round), "{{tx{j}}} in round {round}");
+                }
+            }
+        })
+    };
     tokio::time::sleep(Duration::from_millis(50)).await;
     assert!(reload(&proxy, &config_named(&named), "p4", false).is_ok());
     let seen = writer.await.unwrap();
     assert!(seen.iter().all(|&v| v == 300), "{seen:?}");
+    transactor.await.unwrap();
     wait_until_done(&mut c).await;
     let moved = counters.iter().filter(|k| proxy.shard_of(k) == 3).count();
     assert!(moved > 0, "some counters changed owner");
