@@ -206,9 +206,7 @@ impl Shard {
             job.reply.complete(Err(err));
         }
     }
-}
 
-impl Shard {
     /// Runs one blocking command (BLPOP, XREAD BLOCK ...) on a connection of
     /// its own, opened for it and closed after it: a command that may wait
     /// for minutes must not hold up the pipelined connections every other
@@ -228,9 +226,7 @@ impl Shard {
             );
         });
     }
-}
 
-impl Shard {
     /// A connection of its own to this shard, after the usual handshake (a
     /// subscriber's, see `Route::Subscribe`).
     pub async fn connect_dedicated(&self, proto: Protocol) -> Result<TcpStream, String> {
