@@ -546,7 +546,7 @@ impl Session {
         let Some(tx) = self.tx.take() else {
             return self.error("ERR EXEC without MULTI");
         };
-        let ex = match tx.exec(|k| topo.shard_of(k)) {
+        let ex = match tx.exec() {
             Ok(Some(ex)) => ex,
             Ok(None) => return self.reply_with(|e| e.array(0)),
             Err(e) => return self.error(&e),
@@ -567,13 +567,10 @@ impl Session {
     /// Sends a transaction's batch to the shard of its keys in `topo` (which
     /// may be newer than the one it was queued under).
     fn send_exec(&mut self, topo: &Topology, ex: Exec) {
-        let mut shards = ex.keys.iter().map(|k| topo.shard_of(k));
-        let shard = shards.next().unwrap_or(ex.shard);
-        if shards.any(|s| s != shard) {
-            return self.error(
-                "EXECABORT shardis: the transaction's keys no longer share a shard (the topology changed); retry",
-            );
-        }
+        let shard = match ex.shard(|k| topo.shard_of(k)) {
+            Ok(s) => s,
+            Err(e) => return self.error(&e),
+        };
         let seq = self.push(Slot::One(None));
         let reply = self.reply_to(seq, 0);
         topo.shards[shard].send(

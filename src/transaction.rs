@@ -39,14 +39,31 @@ pub struct Transaction {
 /// A transaction ready to send.
 #[derive(Debug)]
 pub struct Exec {
-    /// The shard every key lives on (0 when no command had a key).
-    pub shard: usize,
     /// `MULTI`, the queued commands, `EXEC`, back to back.
     pub batch: Bytes,
     /// Reply frames the batch produces: one per command plus MULTI's and EXEC's.
     pub frames: u32,
-    /// The keys, for a last check against a running migration.
+    /// Every key of every command: they pick the shard at send time, and a
+    /// running migration moves them first.
     pub keys: Vec<Bytes>,
+}
+
+impl Exec {
+    /// The shard to send the batch to under `shard_of` (the topology when it
+    /// is sent, which may be newer than the one the commands were queued
+    /// under): the one all keys live on, 0 without keys, or the EXECABORT
+    /// answer when the keys no longer share a shard.
+    pub fn shard(&self, shard_of: impl Fn(&[u8]) -> usize) -> Result<usize, String> {
+        let mut shards = self.keys.iter().map(|k| shard_of(k));
+        let first = shards.next().unwrap_or(0);
+        if shards.any(|s| s != first) {
+            return Err(
+                "EXECABORT shardis: the transaction's keys no longer share a shard (the topology changed); retry"
+                    .to_string(),
+            );
+        }
+        Ok(first)
+    }
 }
 
 impl Transaction {
@@ -88,27 +105,14 @@ impl Transaction {
         Ok(())
     }
 
-    /// EXEC: the batch to send, `Ok(None)` for an empty transaction (EXEC
-    /// answers an empty array), or the error EXEC answers. `shard_of` is the
-    /// topology at EXEC time, which may have changed since the commands were
-    /// queued.
-    pub fn exec(self, shard_of: impl Fn(&[u8]) -> usize) -> Result<Option<Exec>, String> {
+    /// EXEC: the batch to send (its shard: [`Exec::shard`]), `Ok(None)` for
+    /// an empty transaction (EXEC answers an empty array), or EXECABORT.
+    pub fn exec(self) -> Result<Option<Exec>, String> {
         if self.aborted {
             return Err(EXECABORT.to_string());
         }
         if self.queued.is_empty() {
             return Ok(None);
-        }
-        let mut shard = None;
-        for k in &self.keys {
-            let s = shard_of(k);
-            if shard.is_some_and(|prev| prev != s) {
-                return Err(
-                    "EXECABORT shardis: the transaction's keys no longer share a shard (the topology changed); retry"
-                        .to_string(),
-                );
-            }
-            shard = Some(s);
         }
         let mut buf = BytesMut::with_capacity(self.bytes + 32);
         put_header(&mut buf, b'*', 1);
@@ -119,7 +123,6 @@ impl Transaction {
         put_header(&mut buf, b'*', 1);
         put_bulk(&mut buf, b"EXEC");
         Ok(Some(Exec {
-            shard: shard.unwrap_or(0),
             batch: buf.freeze(),
             frames: self.queued.len() as u32 + 2,
             keys: self.keys,
@@ -152,8 +155,8 @@ mod tests {
         tx.queue(req(&["PING"]), vec![], by_letter, 10, 1000).unwrap();
         tx.queue(req(&["INCR", "b"]), keys(&["b"]), by_letter, 10, 1000)
             .unwrap();
-        let ex = tx.exec(by_letter).unwrap().expect("commands queued");
-        assert_eq!(ex.shard, 0);
+        let ex = tx.exec().unwrap().expect("commands queued");
+        assert_eq!(ex.shard(by_letter), Ok(0));
         assert_eq!(ex.frames, 5);
         let want = "*1\r\n$5\r\nMULTI\r\n*3\r\n$3\r\nSET\r\n$1\r\na\r\n$1\r\n1\r\n*1\r\n$4\r\nPING\r\n\
                     *2\r\n$4\r\nINCR\r\n$1\r\nb\r\n*1\r\n$4\r\nEXEC\r\n";
@@ -169,7 +172,7 @@ mod tests {
             .queue(req(&["SET", "z", "1"]), keys(&["z"]), by_letter, 10, 1000)
             .unwrap_err();
         assert!(e.starts_with("CROSSSHARD"), "{e}");
-        assert_eq!(tx.exec(by_letter).unwrap_err(), EXECABORT);
+        assert_eq!(tx.exec().unwrap_err(), EXECABORT);
     }
 
     #[test]
@@ -181,16 +184,16 @@ mod tests {
             .queue(req(&["SET", "b", "1"]), keys(&["b"]), by_letter, 1, 1000)
             .unwrap_err();
         assert!(e.contains("too large"), "{e}");
-        assert_eq!(tx.exec(by_letter).unwrap_err(), EXECABORT);
+        assert_eq!(tx.exec().unwrap_err(), EXECABORT);
         let mut tx = Transaction::default();
         let e = tx
             .queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 8)
             .unwrap_err();
         assert!(e.contains("too large"), "{e}");
-        assert!(Transaction::default().exec(by_letter).unwrap().is_none());
+        assert!(Transaction::default().exec().unwrap().is_none());
         let mut tx = Transaction::default();
         tx.abort();
-        assert_eq!(tx.exec(by_letter).unwrap_err(), EXECABORT);
+        assert_eq!(tx.exec().unwrap_err(), EXECABORT);
     }
 
     #[test]
@@ -201,7 +204,8 @@ mod tests {
         tx.queue(req(&["SET", "b", "1"]), keys(&["b"]), by_letter, 10, 1000)
             .unwrap();
         // Now "a" and "b" live apart.
-        let e = tx.exec(|k| usize::from(k == b"b")).unwrap_err();
+        let ex = tx.exec().unwrap().expect("commands queued");
+        let e = ex.shard(|k| usize::from(k == b"b")).unwrap_err();
         assert!(e.starts_with("EXECABORT"), "{e}");
     }
 }
