@@ -6,33 +6,15 @@
 # replies seen, and checks that no key was lost or duplicated.
 #
 # Usage: bench/migration.sh [KEYS]   (default 1000000)
-set -euo pipefail
-cd "$(dirname "$0")/.."
 keys=${1:-1000000}
-scripts/install-deps.sh >/dev/null
-cargo build --release --bin shardis >&2
-dir=$(mktemp -d -t shardis-migration.XXXXXX)
-pids=()
-cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-ports=()
-for i in 0 1 2 3; do
-  p=$(free_port); ports+=("$p")
-  redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --logfile "$dir/r$i.log" &
-  pids+=($!)
-done
+source "$(dirname "$0")/lib.sh"
+start_shards 4
 proxy=$(free_port)
-config() { # NUMBER-OF-SHARDS
-  echo "listen = \"127.0.0.1:$proxy\""
-  for i in $(seq 0 $(($1 - 1))); do printf '[[backends]]\nname = "shard-%s"\naddr = "127.0.0.1:%s"\n' "$i" "${ports[$i]}"; done
-}
+config() { shardis_config "$proxy" "$1"; } # NUMBER-OF-SHARDS
 config 3 >"$dir/proxy.toml"
 RUST_LOG=info target/release/shardis --config "$dir/proxy.toml" 2>"$dir/shardis.log" &
 pids+=($!)
-for p in "${ports[@]}" "$proxy"; do
-  for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
-done
+wait_ports "${ports[@]}" "$proxy"
 info() { redis-cli -p "$proxy" info migration | tr -d '\r' | grep "^$1:" | cut -d: -f2; }
 total() { local t=0; for p in "${ports[@]}"; do t=$((t + $(redis-cli -p "$p" dbsize))); done; echo "$t"; }
 

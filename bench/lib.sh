@@ -1,0 +1,40 @@
+# Shared by the bench/*.sh scripts (sourced, not run): build, a temp dir
+# cleaned up on exit, redis-server shards on free loopback ports, and a
+# shardis configuration over them.
+
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+scripts/install-deps.sh >/dev/null
+cargo build --release --bin shardis >&2
+dir=$(mktemp -d -t shardis-bench.XXXXXX)
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -rf "$dir"; }
+trap cleanup EXIT
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+
+# start_shards N: N redis-servers; their ports in ${ports[@]}.
+ports=()
+start_shards() {
+  local i p
+  for i in $(seq 0 $(($1 - 1))); do
+    p=$(free_port); ports+=("$p")
+    redis-server --port "$p" --bind 127.0.0.1 --save '' --appendonly no --dir "$dir" --logfile "$dir/r$i.log" &
+    pids+=($!)
+  done
+}
+
+# shardis_config PORT N: a configuration listening on PORT over the first N shards.
+shardis_config() {
+  local i
+  echo "listen = \"127.0.0.1:$1\""
+  for i in $(seq 0 $(($2 - 1))); do printf '[[backends]]\nname = "shard-%s"\naddr = "127.0.0.1:%s"\n' "$i" "${ports[$i]}"; done
+}
+
+# wait_ports PORT...: until each answers PING.
+wait_ports() {
+  local p
+  for p in "$@"; do
+    for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
+  done
+}
