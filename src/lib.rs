@@ -4,41 +4,60 @@
 //! shardis spreads keys over many Redis shards and merges multi-key commands.
 //!
 //! # Map of the crate
-//! A request flows top to bottom:
-//! - [`server`]: the listener, client limit, SIGHUP reload.
-//! - [`workers`]: thread-per-core worker runtimes; each has its own sessions
-//!   and its own backend connections.
-//! - [`session`]: one client connection: parse, dispatch, replies in order.
+//! In dependency order: each module uses only those listed before it (the
+//! generated command table aside). docs/architecture.md follows a request
+//! and a reload through these files.
+//! - [`error`]: typed errors: reply errors with a kind, backend errors.
 //! - [`protocol`]: client request parser (hand-written, with limits), backend
 //!   reply framing, reply encoding for RESP2/RESP3.
+//! - [`config`]: `proxy.toml` schema and validation.
+//! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`command`]: the Redis 7.0 command table (generated), key extraction from
-//!   key specs, and the routing policy ([`command::Route`]).
-//! - [`local`]: commands the proxy answers itself (HELLO, CLIENT, COMMAND, INFO ...).
-//! - [`lock`]: Redlock for keys in the lock namespace: quorum, validity,
-//!   fencing tokens, majority answers, lock-group changes.
+//!   key specs, and each command's [`command::Route`].
+//! - [`workers`]: thread-per-core worker runtimes.
+//! - [`backend`]: per-shard pipelined connections, timeouts, reconnects; the
+//!   one way to call a backend.
+//! - [`lock`] (data): the lock group, lock-key classification, quorum
+//!   arithmetic, the lock service's shared state.
+//! - [`migration`]: the plan of a key move after a ring change (data), and
+//!   the migrator that carries it out ([`migration::mover`]).
+//! - [`topology`]: ring + backend pools + lock group + epoch, swapped
+//!   atomically (`ArcSwap`).
+//! - [`state`]: what every session shares: the topology cell, lock service,
+//!   counters.
+//! - [`lock`] (actors): [`lock::members`] and the per-session
+//!   [`lock::worker`] that runs Redlock against the members.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`transaction`]: MULTI/EXEC when every key is on one shard.
-//! - [`topology`]: ring + backend pools + epoch, swapped atomically (`ArcSwap`).
-//! - [`migration`]: after a ring change, moving keys to their new owners
-//!   (background walk + on-demand moves by the sessions).
-//! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
-//! - [`backend`]: per-shard pipelined connections, timeouts, reconnects.
-//! - [`config`]: `proxy.toml` schema and validation.
+//! - [`client`]: one connection's state (protocol, name, authentication).
+//! - [`router`]: the pure routing decision: request + topology + client
+//!   state -> a [`router::Plan`], with no I/O.
+//! - [`local`]: commands the proxy answers itself (HELLO, CLIENT, COMMAND, INFO ...).
+//! - [`control`]: configuration reloads (SIGHUP, `SHARDIS.RELOAD`), starting
+//!   the migrator.
+//! - [`session`]: one client connection: parse, route, execute the plan,
+//!   replies in order.
+//! - [`server`]: the listener and client limit.
 //!
 //! With the cargo feature `testing`, `testing` starts shardis and N Redis
 //! shards in Docker containers for your own tests (see docs/containers.md).
 
 pub mod backend;
+pub mod client;
 pub mod command;
 pub mod config;
+pub mod control;
+pub mod error;
 pub mod local;
 pub mod lock;
 pub mod merge;
 pub mod migration;
 pub mod protocol;
 pub mod ring;
+pub mod router;
 pub mod server;
 pub mod session;
+pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod topology;

@@ -6,15 +6,14 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
+use crate::client::ClientState;
+use crate::command::table::REDIS_VERSION;
 use crate::command::{self, Local, info, keys, spec, table};
+use crate::error::{ErrorKind, ReplyError};
+use crate::lock::members::resting_members;
 use crate::protocol::{Encoder, Protocol};
-use crate::server::Shared;
-use crate::session::ClientState;
+use crate::state::Shared;
 use crate::topology::Topology;
-
-/// The Redis version the proxy presents itself as: the command set it
-/// implements is Redis 7.0's.
-pub const REDIS_VERSION: &str = "7.0.15";
 
 /// What the session does after a local command.
 pub enum Outcome {
@@ -80,7 +79,7 @@ pub fn run(
                     st.authenticated = true;
                     enc.ok();
                 }
-                Err(e) => enc.error(e),
+                Err(e) => e.encode(enc),
             }
         }
         Local::Hello => hello(args, st, topo, enc),
@@ -100,15 +99,18 @@ pub fn run(
     Outcome::Reply
 }
 
-fn auth(user: Option<&[u8]>, pass: &[u8], topo: &Topology) -> Result<(), &'static str> {
+fn auth(user: Option<&[u8]>, pass: &[u8], topo: &Topology) -> Result<(), ReplyError> {
     match &topo.config.password {
-        None if user.is_none() => Err(
-            "ERR AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        ),
+        None if user.is_none() => Err(ReplyError::err(
+            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
+        )),
         // The default user has no password: any password is accepted, as by Redis.
         None if user == Some(b"default") => Ok(()),
         Some(pw) if user.is_none_or(|u| u == b"default") && pass == pw.as_bytes() => Ok(()),
-        _ => Err("WRONGPASS invalid username-password pair or user is disabled."),
+        _ => Err(ReplyError::new(
+            ErrorKind::WrongPass,
+            "invalid username-password pair or user is disabled.",
+        )),
     }
 }
 
@@ -139,7 +141,7 @@ fn hello(args: &[&[u8]], st: &mut ClientState, topo: &Topology, enc: &mut Encode
         let more = args.len() - i - 1;
         if args[i].eq_ignore_ascii_case(b"auth") && more >= 2 {
             if let Err(e) = auth(Some(args[i + 1]), args[i + 2], topo) {
-                return enc.error(e);
+                return e.encode(enc);
             }
             authed = true;
             i += 3;
@@ -297,7 +299,7 @@ fn command_cmd(args: &[&[u8]], enc: &mut Encoder<'_>) {
         // clients such as redis-cli to go on without hints.
         b"docs" => enc.map(0),
         b"getkeys" => match command::lookup(&args[2..]) {
-            Err(e) => enc.error(&e),
+            Err(e) => e.encode(enc),
             Ok(l) => {
                 let mut idx = Vec::new();
                 if keys::key_indices(l.spec, &args[2..], &mut idx).is_err() || idx.is_empty() {
@@ -351,8 +353,6 @@ fn migration_info(topo: &Topology) -> String {
     )
 }
 
-/// The INFO text for the sections the proxy knows, without `# Keyspace`,
-/// which the session appends from the shards' answers.
 /// Whether `INFO args...` asks for `section`: no argument, the section's
 /// name, or all / default / everything.
 fn wants_section(args: &[&[u8]], section: &str) -> bool {
@@ -365,6 +365,8 @@ fn wants_section(args: &[&[u8]], section: &str) -> bool {
         })
 }
 
+/// The INFO text for the sections the proxy knows, without `# Keyspace`,
+/// which the session appends from the shards' answers.
 fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology) -> String {
     let want = |s: &str| wants_section(args, s);
     let mut t = String::new();
@@ -424,7 +426,7 @@ fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology)
             l.denied.load(Ordering::Relaxed),
             l.no_quorum.load(Ordering::Relaxed),
             l.member_failures(),
-            crate::lock::resting_members(topo, l).join(","),
+            resting_members(topo, l).join(","),
         ));
     }
     t

@@ -6,7 +6,8 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use shardis::config::Config;
-use shardis::server::{Server, reload_on_sighup};
+use shardis::control::reload_on_sighup;
+use shardis::server::Server;
 use tracing::error;
 
 /// A Redis-protocol sharding proxy.

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use smallvec::SmallVec;
 
 use crate::backend::BackendResult;
-use crate::lock::Namespace;
+use crate::lock::glob::Namespace;
 use crate::protocol::Encoder;
 use crate::protocol::reply;
 
@@ -81,7 +81,7 @@ impl Merge {
                 Some(Err(_)) | None if tolerant => {}
                 Some(Ok(f)) if reply::is_error(&f) && !matches!(self, Merge::Mget(_)) => return enc.raw(&f),
                 Some(Ok(f)) => frames.push(f),
-                Some(Err(e)) => return enc.error(e.message()),
+                Some(Err(e)) => return enc.error(&e.to_string()),
                 None => return enc.error("ERR shardis: missing reply part"),
             }
         }
@@ -255,7 +255,7 @@ impl Merge {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendError;
+    use crate::backend::{BackendError, BackendErrorKind};
     use crate::protocol::Protocol;
     use bytes::BytesMut;
 
@@ -301,10 +301,14 @@ mod tests {
         let mut buf = BytesMut::new();
         let parts = vec![
             Some(Ok(Bytes::from_static(b"+OK\r\n"))),
-            Some(Err(BackendError("ERR backend b down".into()))),
+            Some(Err(BackendError::new(
+                BackendErrorKind::Unavailable,
+                &"b".into(),
+                "down",
+            ))),
         ];
         Merge::AllOk.finish(parts, &mut Encoder::new(&mut buf, Protocol::Resp2));
-        assert_eq!(&buf[..], b"-ERR backend b down\r\n");
+        assert_eq!(&buf[..], b"-ERR backend b unavailable: down\r\n");
     }
 
     #[test]

@@ -1,11 +1,9 @@
-//! The listener: accepts clients, enforces the client limit, and applies
-//! configuration reloads (SIGHUP) to the topology.
+//! The listener: accepts clients, enforces the client limit, and hands each
+//! connection to a worker, where its session runs.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::time::Instant;
+use std::sync::atomic::Ordering;
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -13,59 +11,8 @@ use tracing::{error, info, warn};
 
 use crate::config::Config;
 use crate::session::Session;
-use crate::topology::TopologyCell;
+use crate::state::Shared;
 use crate::workers::Executors;
-
-/// Counters shared by every session.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub clients: AtomicUsize,
-    pub connections: AtomicU64,
-    pub rejected: AtomicU64,
-    /// Bumped on every read of every client: striped, see [`StripedCounter`].
-    pub commands: StripedCounter,
-}
-
-/// Stripes of [`StripedCounter`]; threads beyond this share stripes.
-const STRIPES: usize = 16;
-
-/// One stripe on its own cache line.
-#[derive(Debug, Default)]
-#[repr(align(128))]
-struct Stripe(AtomicU64);
-
-/// A counter written by every worker thread and read rarely (INFO). Each
-/// thread adds to its own cache line, so sessions on different threads never
-/// contend for one line as they would with a single `AtomicU64`.
-#[derive(Debug, Default)]
-pub struct StripedCounter([Stripe; STRIPES]);
-
-impl StripedCounter {
-    pub fn add(&self, n: u64) {
-        static NEXT: AtomicUsize = AtomicUsize::new(0);
-        thread_local! {
-            static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
-        }
-        let i = MINE.with(|i| *i);
-        self.0[i].0.fetch_add(n, Ordering::Relaxed);
-    }
-
-    pub fn get(&self) -> u64 {
-        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
-    }
-}
-
-/// State shared by every session.
-pub struct Shared {
-    pub topology: TopologyCell,
-    pub stats: Stats,
-    pub locks: crate::lock::LockService,
-    pub started: Instant,
-    next_id: AtomicU64,
-    /// The file `SHARDIS.RELOAD` and SIGHUP re-read (none for a proxy built
-    /// from a configuration in memory).
-    pub config_path: std::sync::OnceLock<PathBuf>,
-}
 
 /// A running proxy.
 pub struct Server {
@@ -88,14 +35,7 @@ impl Server {
     pub async fn bind_on(config: Config, listen: Option<&str>, executors: Executors) -> std::io::Result<Server> {
         let addr = listen.unwrap_or(&config.listen).to_string();
         let listener = TcpListener::bind(&addr).await?;
-        let shared = Arc::new(Shared {
-            topology: TopologyCell::new(Arc::new(config), executors.clone()),
-            stats: Stats::default(),
-            locks: crate::lock::LockService::default(),
-            started: Instant::now(),
-            next_id: AtomicU64::new(1),
-            config_path: std::sync::OnceLock::new(),
-        });
+        let shared = Shared::new(config, executors.clone());
         Ok(Server {
             shared,
             listener,
@@ -141,7 +81,7 @@ impl Server {
                 continue;
             }
             let _ = sock.set_nodelay(true);
-            let id = shared.next_id.fetch_add(1, Ordering::Relaxed);
+            let id = shared.next_client_id();
             let laddr = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
             if self.executors.is_empty() {
                 tokio::spawn(async move {
@@ -173,61 +113,6 @@ impl Server {
                 }
                 shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
             });
-        }
-    }
-}
-
-/// Re-reads `path` on every SIGHUP and applies a valid new configuration.
-/// An invalid file is logged and the running topology stays.
-/// `path` also becomes the file `SHARDIS.RELOAD` reads.
-pub fn reload_on_sighup(shared: Arc<Shared>, path: PathBuf) -> std::io::Result<()> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = signal(SignalKind::hangup())?;
-    let _ = shared.config_path.set(path.clone());
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            let _ = reload(&shared, &path);
-        }
-    });
-    Ok(())
-}
-
-/// Applies the configuration in `path`; returns the new epoch, or why the
-/// file was refused (the running topology then stays). Refused while a
-/// migration runs; see [`reload_forced`].
-pub fn reload(shared: &Shared, path: &std::path::Path) -> Result<u64, String> {
-    reload_forced(shared, path, false)
-}
-
-/// As [`reload`]; with `force`, a migration still running is abandoned
-/// rather than the reload refused.
-pub fn reload_forced(shared: &Shared, path: &std::path::Path, force: bool) -> Result<u64, String> {
-    match Config::load(path).map_err(|e| e.to_string()).and_then(|cfg| {
-        let old = shared.topology.load_full();
-        if cfg.listen != old.config.listen {
-            warn!(old = %old.config.listen, new = %cfg.listen, "listen address changes need a restart; keeping the old one");
-        }
-        shared.topology.apply(Arc::new(cfg), shared.locks.max_ttl(), force)
-    }) {
-        Ok(epoch) => {
-            let topo = shared.topology.load();
-            info!(
-                epoch,
-                shards = topo.shards.len(),
-                "configuration reloaded, new topology in service"
-            );
-            if !topo.locks.previous.is_empty() {
-                warn!(
-                    group = ?topo.locks.current,
-                    joint_with = ?topo.locks.previous.iter().map(|(g, _)| g).collect::<Vec<_>>(),
-                    "lock group changed: grants need a majority of the old and the new group until the longest granted TTL has passed"
-                );
-            }
-            Ok(epoch)
-        }
-        Err(e) => {
-            error!(error = %e, "configuration reload refused; keeping the running topology");
-            Err(e)
         }
     }
 }

@@ -2,10 +2,12 @@
 //! immutable value behind an [`ArcSwap`].
 //!
 //! A request loads the current topology once, routes with it and never sees a
-//! mix of two. A change (SIGHUP reload, admin command) builds a whole new
+//! mix of two. A change (see [`crate::control`]) builds a whole new
 //! [`Topology`] with epoch + 1 and swaps it in; requests already sent finish
 //! on the connections they were sent to. Shards whose name, address and
 //! credentials are unchanged keep their connection pool across the swap.
+//! This module starts no task of its own: the control plane starts the
+//! migrator for a topology that needs one.
 
 use std::sync::Arc;
 
@@ -13,7 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::backend::{BackendSpec, Shard};
 use crate::config::Config;
-use crate::lock::LockGroup;
+use crate::lock::group::LockGroup;
 use crate::migration::Migration;
 use crate::ring::Ring;
 use crate::workers::Executors;
@@ -25,6 +27,8 @@ pub struct Topology {
     pub ring: Ring,
     /// In configuration order; the ring's member indices point here.
     pub shards: Vec<Arc<Shard>>,
+    /// The shards' names, in the same order (a shard's identity on the ring).
+    pub names: Vec<Arc<str>>,
     pub config: Arc<Config>,
     /// The Redlock group and namespace; versioned with the topology but never
     /// derived from the ring.
@@ -39,7 +43,7 @@ impl Topology {
     /// `previous` where a backend is unchanged. `max_lock_ttl` is the longest
     /// lock TTL granted so far (`None`: a lock without expiry), which decides
     /// how long a changed lock group keeps the old one in the quorum. Needs a
-    /// tokio runtime.
+    /// tokio runtime (new shards start their connections).
     pub fn build(
         config: Arc<Config>,
         epoch: u64,
@@ -60,14 +64,15 @@ impl Topology {
                     .unwrap_or_else(|| Shard::start(spec, executors))
             })
             .collect();
+        let names: Vec<Arc<str>> = shards.iter().map(|s| s.spec.name.clone()).collect();
         let migration = previous.and_then(|p| {
-            let names: Vec<Arc<str>> = shards.iter().map(|s| Arc::from(s.name())).collect();
-            Migration::plan(p, &ring, &names, epoch).map(Arc::new)
+            Migration::plan(p.epoch, &p.ring, &p.names, p.shards.clone(), &ring, &names, epoch).map(Arc::new)
         });
         Topology {
             epoch,
             ring,
             shards,
+            names,
             config,
             locks,
             migration,
@@ -80,10 +85,28 @@ impl Topology {
         self.ring.shard_of(key)
     }
 
-    /// Shards ordered by name: a stable order for cursors that walk them all.
+    /// The index of the shard named `name`.
     pub fn shard_index_by_name(&self, name: &str) -> Option<usize> {
-        self.shards.iter().position(|s| s.name() == name)
+        self.names.iter().position(|s| &**s == name)
     }
+
+    /// The migration still moving keys, if any.
+    #[inline]
+    pub fn active_migration(&self) -> Option<&Migration> {
+        self.migration.as_deref().filter(|m| m.active())
+    }
+}
+
+/// Why a topology change was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "a migration (epoch {from_epoch} -> {to_epoch}) is still moving keys off {sources_left} shard(s) (INFO migration); \
+     wait for it, or SHARDIS.RELOAD FORCE to abandon it"
+)]
+pub struct MigrationRunning {
+    pub from_epoch: u64,
+    pub to_epoch: u64,
+    pub sources_left: usize,
 }
 
 /// The live topology, shared by every session.
@@ -116,8 +139,8 @@ impl TopologyCell {
         self.current.load_full()
     }
 
-    /// Replaces the topology with one built from `config` and, when slots
-    /// change owner, starts moving their keys; returns the new epoch.
+    /// Replaces the topology with one built from `config` and returns it;
+    /// when its `migration` is new (`started`), the caller starts moving keys.
     /// While an earlier migration runs, `force` abandons it (its keys not yet
     /// moved stay where they are); otherwise a change that keeps the slot
     /// owners (new timeouts, say) carries it over, and one that moves slots
@@ -128,12 +151,12 @@ impl TopologyCell {
         config: Arc<Config>,
         max_lock_ttl: Option<std::time::Duration>,
         force: bool,
-    ) -> Result<u64, String> {
+    ) -> Result<Applied, MigrationRunning> {
         let _guard = self.change.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         let mut next = Topology::build(config, old.epoch + 1, Some(&old), max_lock_ttl, &self.executors);
-        let start = next.migration.clone();
-        if let Some(running) = old.migration.as_ref().filter(|m| m.active()) {
+        let started = next.migration.is_some();
+        if let Some(running) = old.active_migration() {
             if force {
                 running.abandon();
                 tracing::warn!(
@@ -143,23 +166,27 @@ impl TopologyCell {
                 );
             } else if next.migration.is_none() {
                 // Same slot owners: the running migration goes on as it was.
-                next.migration = Some(running.clone());
+                next.migration = old.migration.clone();
             } else {
-                return Err(format!(
-                    "a migration (epoch {} -> {}) is still moving keys off {} shard(s) (INFO migration); \
-                     wait for it, or SHARDIS.RELOAD FORCE to abandon it",
-                    running.from_epoch,
-                    running.to_epoch,
-                    running.sources_left()
-                ));
+                return Err(MigrationRunning {
+                    from_epoch: running.from_epoch,
+                    to_epoch: running.to_epoch,
+                    sources_left: running.sources_left(),
+                });
             }
         }
         let next = Arc::new(next);
-        let epoch = next.epoch;
         self.current.store(next.clone());
-        if let Some(m) = start {
-            tokio::spawn(crate::migration::run(m, next));
-        }
-        Ok(epoch)
+        Ok(Applied {
+            topology: next,
+            started_migration: started,
+        })
     }
+}
+
+/// A topology now in service.
+pub struct Applied {
+    pub topology: Arc<Topology>,
+    /// Its migration is new and must be started.
+    pub started_migration: bool,
 }

@@ -10,7 +10,8 @@
 //! the client gets EXEC's own reply. A command that cannot be queued gets its
 //! error at once and makes EXEC answer `EXECABORT`, as in Redis.
 //!
-//! Not offered: WATCH (a backend connection shared by many clients cannot
+//! The session executes these steps (`session/transaction.rs`); the router
+//! decides which step a request is. Not offered: WATCH (a backend connection shared by many clients cannot
 //! hold one client's watched keys), commands that do not run on one shard
 //! (KEYS, DBSIZE, FLUSHALL ...), lock keys (they live on a quorum), and the
 //! proxy's own commands. Limits: at most `limits.max_pipeline` commands and
@@ -19,10 +20,16 @@
 
 use bytes::{Bytes, BytesMut};
 
+use crate::error::{ErrorKind, ReplyError};
 use crate::protocol::request::{Request, put_bulk, put_header};
 
 /// What EXEC answers when a command could not be queued.
-pub const EXECABORT: &str = "EXECABORT Transaction discarded because of previous errors.";
+pub fn execabort() -> ReplyError {
+    ReplyError::new(
+        ErrorKind::ExecAbort,
+        "Transaction discarded because of previous errors.",
+    )
+}
 
 /// A transaction being queued.
 #[derive(Debug, Default)]
@@ -53,14 +60,14 @@ impl Exec {
     /// is sent, which may be newer than the one the commands were queued
     /// under): the one all keys live on, 0 without keys, or the EXECABORT
     /// answer when the keys no longer share a shard.
-    pub fn shard(&self, shard_of: impl Fn(&[u8]) -> usize) -> Result<usize, String> {
+    pub fn shard(&self, shard_of: impl Fn(&[u8]) -> usize) -> Result<usize, ReplyError> {
         let mut shards = self.keys.iter().map(|k| shard_of(k));
         let first = shards.next().unwrap_or(0);
         if shards.any(|s| s != first) {
-            return Err(
-                "EXECABORT shardis: the transaction's keys no longer share a shard (the topology changed); retry"
-                    .to_string(),
-            );
+            return Err(ReplyError::new(
+                ErrorKind::ExecAbort,
+                "shardis: the transaction's keys no longer share a shard (the topology changed); retry",
+            ));
         }
         Ok(first)
     }
@@ -82,19 +89,22 @@ impl Transaction {
         shard_of: impl Fn(&[u8]) -> usize,
         max_commands: usize,
         max_bytes: usize,
-    ) -> Result<(), String> {
+    ) -> Result<(), ReplyError> {
         if self.queued.len() >= max_commands || self.bytes + req.raw.len() > max_bytes {
             self.aborted = true;
-            return Err(format!(
-                "ERR shardis: transaction too large: at most {max_commands} commands and {max_bytes} bytes (limits.max_pipeline, limits.max_request)"
-            ));
+            return Err(ReplyError::err(format!(
+                "shardis: transaction too large: at most {max_commands} commands and {max_bytes} bytes (limits.max_pipeline, limits.max_request)"
+            )));
         }
         for k in &keys {
             let s = shard_of(k);
             match self.shard {
                 Some(prev) if prev != s => {
                     self.aborted = true;
-                    return Err("CROSSSHARD keys in transaction don't hash to the same shard".to_string());
+                    return Err(ReplyError::new(
+                        ErrorKind::CrossShard,
+                        "keys in transaction don't hash to the same shard",
+                    ));
                 }
                 _ => self.shard = Some(s),
             }
@@ -107,9 +117,9 @@ impl Transaction {
 
     /// EXEC: the batch to send (its shard: [`Exec::shard`]), `Ok(None)` for
     /// an empty transaction (EXEC answers an empty array), or EXECABORT.
-    pub fn exec(self) -> Result<Option<Exec>, String> {
+    pub fn exec(self) -> Result<Option<Exec>, ReplyError> {
         if self.aborted {
-            return Err(EXECABORT.to_string());
+            return Err(execabort());
         }
         if self.queued.is_empty() {
             return Ok(None);
@@ -171,8 +181,8 @@ mod tests {
         let e = tx
             .queue(req(&["SET", "z", "1"]), keys(&["z"]), by_letter, 10, 1000)
             .unwrap_err();
-        assert!(e.starts_with("CROSSSHARD"), "{e}");
-        assert_eq!(tx.exec().unwrap_err(), EXECABORT);
+        assert!(e.to_string().starts_with("CROSSSHARD"), "{e}");
+        assert_eq!(tx.exec().unwrap_err(), execabort());
     }
 
     #[test]
@@ -183,17 +193,17 @@ mod tests {
         let e = tx
             .queue(req(&["SET", "b", "1"]), keys(&["b"]), by_letter, 1, 1000)
             .unwrap_err();
-        assert!(e.contains("too large"), "{e}");
-        assert_eq!(tx.exec().unwrap_err(), EXECABORT);
+        assert!(e.to_string().contains("too large"), "{e}");
+        assert_eq!(tx.exec().unwrap_err(), execabort());
         let mut tx = Transaction::default();
         let e = tx
             .queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 8)
             .unwrap_err();
-        assert!(e.contains("too large"), "{e}");
+        assert!(e.to_string().contains("too large"), "{e}");
         assert!(Transaction::default().exec().unwrap().is_none());
         let mut tx = Transaction::default();
         tx.abort();
-        assert_eq!(tx.exec().unwrap_err(), EXECABORT);
+        assert_eq!(tx.exec().unwrap_err(), execabort());
     }
 
     #[test]
@@ -206,6 +216,6 @@ mod tests {
         // Now "a" and "b" live apart.
         let ex = tx.exec().unwrap().expect("commands queued");
         let e = ex.shard(|k| usize::from(k == b"b")).unwrap_err();
-        assert!(e.starts_with("EXECABORT"), "{e}");
+        assert!(e.to_string().starts_with("EXECABORT"), "{e}");
     }
 }

@@ -12,6 +12,8 @@ pub mod table;
 
 use spec::{BeginSearch, CommandSpec, F_BLOCKING, F_LOADING, F_NOSCRIPT, F_PUBSUB, F_STALE, FindKeys};
 
+use crate::error::ReplyError;
+
 /// How the proxy serves a command.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Route {
@@ -33,8 +35,31 @@ pub enum Route {
     Fanout(Fanout),
     /// Sent to every shard (or, for SCAN, to the shard the cursor names).
     Broadcast(Broadcast),
+    /// MULTI, EXEC, DISCARD: a transaction step (see [`crate::transaction`]).
+    Transaction(TxCommand),
+    /// `SHARDIS.*`: the proxy's own commands.
+    Proxy(ProxyCommand),
     /// Refused with an error; the connection stays open.
     Refuse(Refusal),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxCommand {
+    Multi,
+    Exec,
+    Discard,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyCommand {
+    /// `SHARDIS.ADMIN <password>`: unlocks the admin commands.
+    Admin,
+    /// `SHARDIS.RELOAD [FORCE]`: re-reads the configuration file.
+    Reload,
+    /// `SHARDIS.LOCK key token ms`: a lock acquisition with a fencing token.
+    Lock,
+    /// `SHARDIS.FENCE key token`: the fencing token of a live grant.
+    Fence,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -84,25 +109,29 @@ pub enum Broadcast {
 pub enum Refusal {
     /// Commands a proxy in front of independent shards cannot offer.
     Unsupported,
-    Transactions,
+    /// WATCH / UNWATCH.
+    Watch,
+    /// Blocking commands without keys (WAIT ...): no shard to run on.
     Blocking,
-    PubSub,
+    /// Sharded pub/sub (SSUBSCRIBE, SPUBLISH ...).
+    ShardedPubSub,
 }
 
 impl Refusal {
-    pub fn message(self, name: &str) -> String {
-        match self {
-            Refusal::Unsupported => format!("ERR unsupported command '{name}' in shardis"),
-            Refusal::Transactions => {
-                format!(
-                    "ERR unsupported command '{name}' in shardis: WATCH is not supported (MULTI/EXEC are, when every key is on one shard)"
-                )
-            }
-            Refusal::Blocking => {
-                format!("ERR unsupported command '{name}' in shardis: blocking commands are not supported yet")
-            }
-            Refusal::PubSub => format!("ERR unsupported command '{name}' in shardis: pub/sub is not supported yet"),
-        }
+    pub fn error(self, name: &str) -> ReplyError {
+        let name = name.replace('|', " ");
+        ReplyError::err(match self {
+            Refusal::Unsupported => format!("unsupported command '{name}' in shardis"),
+            Refusal::Watch => format!(
+                "unsupported command '{name}' in shardis: WATCH is not supported (MULTI/EXEC are, when every key is on one shard)"
+            ),
+            Refusal::Blocking => format!(
+                "unsupported command '{name}' in shardis: it blocks without naming a key, so no shard can serve it"
+            ),
+            Refusal::ShardedPubSub => format!(
+                "unsupported command '{name}' in shardis: sharded pub/sub is Redis Cluster's; SUBSCRIBE and PUBLISH are served"
+            ),
+        })
     }
 }
 
@@ -115,12 +144,12 @@ pub struct Lookup {
 }
 
 /// Finds the command, checks its arity like Redis and picks its route.
-/// `Err` is the error reply to send (without the leading `-`).
-pub fn lookup(args: &[&[u8]]) -> Result<Lookup, String> {
+/// `Err` is the error reply to send.
+pub fn lookup(args: &[&[u8]]) -> Result<Lookup, ReplyError> {
     let Some(name) = args.first() else {
-        return Err("ERR empty command".into());
+        return Err(ReplyError::err("empty command"));
     };
-    let Some(mut spec) = spec::lookup(name) else {
+    let Some(mut spec) = spec::lookup(name).or_else(|| proxy_command(name)) else {
         return Err(unknown_command(args));
     };
     // A bare `COMMAND` is a command of its own; every other container needs a subcommand.
@@ -131,20 +160,20 @@ pub fn lookup(args: &[&[u8]]) -> Result<Lookup, String> {
             Some(sub) => match spec::lookup_sub(spec, sub) {
                 Some(s) => spec = s,
                 None => {
-                    return Err(format!(
-                        "ERR unknown subcommand '{}'. Try {} HELP.",
+                    return Err(ReplyError::err(format!(
+                        "unknown subcommand '{}'. Try {} HELP.",
                         printable(sub, 128),
                         spec.name.to_ascii_uppercase()
-                    ));
+                    )));
                 }
             },
-            None => return Err(wrong_arity(spec.name)),
+            None => return Err(ReplyError::wrong_arity(spec.name)),
         }
     }
     let n = args.len() as i64;
     let arity = spec.arity as i64;
     if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
-        return Err(wrong_arity(spec.name));
+        return Err(ReplyError::wrong_arity(spec.name));
     }
     Ok(Lookup {
         spec,
@@ -180,7 +209,14 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "randomkey" => Route::Broadcast(B::RandomKey),
         "script|exists" => Route::Broadcast(B::ScriptExists),
         "script|load" | "config|get" => Route::Broadcast(B::First),
-        "multi" | "exec" | "discard" | "watch" | "unwatch" => Route::Refuse(R::Transactions),
+        "multi" => Route::Transaction(TxCommand::Multi),
+        "exec" => Route::Transaction(TxCommand::Exec),
+        "discard" => Route::Transaction(TxCommand::Discard),
+        "watch" | "unwatch" => Route::Refuse(R::Watch),
+        "shardis.admin" => Route::Proxy(ProxyCommand::Admin),
+        "shardis.reload" => Route::Proxy(ProxyCommand::Reload),
+        "shardis.lock" => Route::Proxy(ProxyCommand::Lock),
+        "shardis.fence" => Route::Proxy(ProxyCommand::Fence),
         // Keyed, but they act on other databases or servers.
         "move" | "migrate" | "copy" if spec.name != "copy" || has_arg(args, b"db") => Route::Refuse(R::Unsupported),
         "xread" | "xreadgroup" if !has_arg(args, b"block") => Route::Keyed,
@@ -189,7 +225,7 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
             Route::PubSub
         }
         // Sharded pub/sub (SSUBSCRIBE, SPUBLISH ...) is Redis Cluster's.
-        _ if spec.flags & F_PUBSUB != 0 => Route::Refuse(R::PubSub),
+        _ if spec.flags & F_PUBSUB != 0 => Route::Refuse(R::ShardedPubSub),
         _ if spec.flags & F_BLOCKING != 0 && has_keys(spec) => Route::Blocking,
         _ if spec.flags & F_BLOCKING != 0 => Route::Refuse(R::Blocking),
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Route::Keyed,
@@ -212,6 +248,43 @@ pub static CLIENT_SETINFO: CommandSpec = CommandSpec {
     key_specs: &[],
     subcommands: &[],
 };
+
+/// The proxy's own commands (`SHARDIS.*`), looked up after Redis's.
+static PROXY_COMMANDS: [CommandSpec; 4] = [
+    proxy_spec("shardis.admin", 2),
+    proxy_spec("shardis.reload", -1),
+    proxy_spec("shardis.lock", 4),
+    proxy_spec("shardis.fence", 3),
+];
+
+const fn proxy_spec(name: &'static str, arity: i32) -> CommandSpec {
+    CommandSpec {
+        name,
+        arity,
+        flags: F_NOSCRIPT | F_LOADING | F_STALE,
+        first_key: 0,
+        last_key: 0,
+        step: 0,
+        acl_categories: &["@admin"],
+        tips: &[],
+        key_specs: &[],
+        subcommands: &[],
+    }
+}
+
+fn proxy_command(name: &[u8]) -> Option<&'static CommandSpec> {
+    if !is_proxy_command(name) {
+        return None;
+    }
+    PROXY_COMMANDS
+        .iter()
+        .find(|s| name.eq_ignore_ascii_case(s.name.as_bytes()))
+}
+
+/// `SHARDIS.*`: the proxy's own commands, not in the Redis command table.
+pub fn is_proxy_command(name: &[u8]) -> bool {
+    name.len() > 8 && name[..8].eq_ignore_ascii_case(b"shardis.")
+}
 
 /// Whether the proxy serves the command (for COMMAND's listing): for a
 /// container command, whether it serves any subcommand.
@@ -236,14 +309,10 @@ fn has_arg(args: &[&[u8]], word: &[u8]) -> bool {
     args.iter().skip(1).any(|a| a.eq_ignore_ascii_case(word))
 }
 
-fn wrong_arity(name: &str) -> String {
-    format!("ERR wrong number of arguments for '{}' command", name.replace('|', " "))
-}
-
 /// Redis's reply for an unknown command, quoting the first arguments.
-fn unknown_command(args: &[&[u8]]) -> String {
+fn unknown_command(args: &[&[u8]]) -> ReplyError {
     let mut s = format!(
-        "ERR unknown command '{}', with args beginning with: ",
+        "unknown command '{}', with args beginning with: ",
         printable(args[0], 128)
     );
     for a in args.iter().skip(1).take(10) {
@@ -251,7 +320,7 @@ fn unknown_command(args: &[&[u8]]) -> String {
         s.push_str(&printable(a, 128));
         s.push_str("' ");
     }
-    s
+    ReplyError::err(s)
 }
 
 /// A short, single-line rendering of client bytes for error messages.
@@ -266,7 +335,7 @@ mod tests {
 
     fn route(cmd: &str) -> Result<Route, String> {
         let args: Vec<&[u8]> = cmd.split(' ').map(|s| s.as_bytes()).collect();
-        lookup(&args).map(|l| l.route)
+        lookup(&args).map(|l| l.route).map_err(|e| e.to_string())
     }
 
     #[test]
@@ -282,8 +351,20 @@ mod tests {
         assert_eq!(route("xread block 0 streams s 0"), Ok(Route::Blocking));
         assert_eq!(route("subscribe c"), Ok(Route::Subscribe));
         assert_eq!(route("publish c m"), Ok(Route::PubSub));
-        assert_eq!(route("ssubscribe c"), Ok(Route::Refuse(Refusal::PubSub)));
-        assert_eq!(route("multi"), Ok(Route::Refuse(Refusal::Transactions)));
+        assert_eq!(route("ssubscribe c"), Ok(Route::Refuse(Refusal::ShardedPubSub)));
+        assert_eq!(route("multi"), Ok(Route::Transaction(TxCommand::Multi)));
+        assert_eq!(route("watch k"), Ok(Route::Refuse(Refusal::Watch)));
+        assert_eq!(route("SHARDIS.reload force"), Ok(Route::Proxy(ProxyCommand::Reload)));
+        assert_eq!(route("shardis.lock k t 10"), Ok(Route::Proxy(ProxyCommand::Lock)));
+        assert_eq!(
+            route("shardis.lock k t").unwrap_err(),
+            "ERR wrong number of arguments for 'shardis.lock' command"
+        );
+        assert!(
+            route("shardis.nope")
+                .unwrap_err()
+                .starts_with("ERR unknown command 'shardis.nope'")
+        );
         assert_eq!(route("copy a b"), Ok(Route::Keyed));
         assert_eq!(route("copy a b db 1"), Ok(Route::Refuse(Refusal::Unsupported)));
         assert_eq!(route("bgsave"), Ok(Route::Refuse(Refusal::Unsupported)));

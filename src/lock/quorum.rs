@@ -177,13 +177,17 @@ pub fn majority_ttl(results: &[Option<BackendResult>], groups: &[Vec<usize>]) ->
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::BackendError;
+    use crate::backend::{BackendError, BackendErrorKind};
 
     fn ok(s: &'static [u8]) -> Option<BackendResult> {
         Some(Ok(Bytes::from_static(s)))
     }
     fn err() -> Option<BackendResult> {
-        Some(Err(BackendError("ERR backend x unavailable".into())))
+        Some(Err(BackendError::new(
+            BackendErrorKind::Unavailable,
+            &"x".into(),
+            "down",
+        )))
     }
 
     #[test]

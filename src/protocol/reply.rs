@@ -14,7 +14,7 @@ use bytes::Bytes;
 /// The backend sent bytes that are not RESP: the connection is unusable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid reply from backend: {0}")]
-pub struct ReplyError(pub &'static str);
+pub struct FrameError(pub &'static str);
 
 /// Resumable scanner over a read buffer that holds whole replies followed by a
 /// partial one. After [`ReplyScanner::next_frame`] returns `Some(len)`, the
@@ -34,7 +34,7 @@ const MAX_ELEMENTS: i64 = 1 << 32;
 impl ReplyScanner {
     /// Returns the length of the complete frame at the front of `buf`, or
     /// `None` if more bytes are needed.
-    pub fn next_frame(&mut self, buf: &[u8]) -> Result<Option<usize>, ReplyError> {
+    pub fn next_frame(&mut self, buf: &[u8]) -> Result<Option<usize>, FrameError> {
         loop {
             let Some(&t) = buf.get(self.pos) else { return Ok(None) };
             if self.pos == 0 {
@@ -52,19 +52,19 @@ impl ReplyScanner {
                     let n = int(line)?;
                     if n < 0 {
                         if t != b'$' {
-                            return Err(ReplyError("negative blob length"));
+                            return Err(FrameError("negative blob length"));
                         }
                         self.pos = after;
                     } else {
                         let end = usize::try_from(n)
                             .ok()
                             .and_then(|n| after.checked_add(n)?.checked_add(2))
-                            .ok_or(ReplyError("blob length out of range"))?;
+                            .ok_or(FrameError("blob length out of range"))?;
                         if buf.len() < end {
                             return Ok(None);
                         }
                         if &buf[end - 2..end] != b"\r\n" {
-                            return Err(ReplyError("bulk string not terminated by CRLF"));
+                            return Err(FrameError("bulk string not terminated by CRLF"));
                         }
                         self.pos = end;
                     }
@@ -72,7 +72,7 @@ impl ReplyScanner {
                 b'*' | b'~' | b'>' | b'%' | b'|' => {
                     let n = int(line)?;
                     if n > MAX_ELEMENTS {
-                        return Err(ReplyError("aggregate too large"));
+                        return Err(FrameError("aggregate too large"));
                     }
                     self.pos = after;
                     if n > 0 {
@@ -84,12 +84,12 @@ impl ReplyScanner {
                             children = children * 2 + 1;
                         }
                     } else if n < 0 && t != b'*' {
-                        return Err(ReplyError("negative aggregate length"));
+                        return Err(FrameError("negative aggregate length"));
                     } else if t == b'|' {
                         children = 1;
                     }
                 }
-                _ => return Err(ReplyError("unknown type byte")),
+                _ => return Err(FrameError("unknown type byte")),
             }
             if children > 0 {
                 self.stack.push(children);
@@ -128,8 +128,8 @@ fn find_crlf(buf: &[u8], from: usize) -> Option<usize> {
     if from + i + 1 < buf.len() { Some(from + i) } else { None }
 }
 
-fn int(line: &[u8]) -> Result<i64, ReplyError> {
-    super::request::parse_i64(line).ok_or(ReplyError("invalid length"))
+fn int(line: &[u8]) -> Result<i64, FrameError> {
+    super::request::parse_i64(line).ok_or(FrameError("invalid length"))
 }
 
 /// Length of the single complete frame at the front of `buf`, if there is one.

@@ -27,7 +27,7 @@ fn reload(proxy: &Proxy, text: &str, tag: &str, force: bool) -> Result<u64, Stri
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("proxy.toml");
     std::fs::write(&path, text).unwrap();
-    let r = shardis::server::reload_forced(&proxy.shared, &path, force);
+    let r = shardis::control::reload_forced(&proxy.shared, &path, force).map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(&dir);
     r
 }

@@ -9,7 +9,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use shardis::config::Config;
-use shardis::server::{Server, Shared};
+use shardis::server::Server;
+use shardis::state::Shared;
 use shardis::workers::Workers;
 
 /// A free loopback port (bound then released; good enough for tests).

@@ -7,7 +7,7 @@
 //! deletes a key from the source only once the target has it and never
 //! overwrites a key the target already holds:
 //!
-//! - **the migrator** ([`run`]), a background task that `SCAN`s every old
+//! - **the migrator** ([`mover::run`], started by [`crate::control`]), a background task that `SCAN`s every old
 //!   shard that lost slots and migrates each key whose owner changed, in
 //!   batches, to its new owner;
 //! - **the sessions, on demand**: while the migration runs, a command on a
@@ -36,18 +36,13 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::mpsc;
-use tracing::{info, warn};
 
-use crate::backend::{BackendResult, BackendSpec, Completion, Job, ReplyTo, Shard};
-use crate::protocol::Protocol;
+use crate::backend::{BackendResult, BackendSpec, Shard};
 use crate::protocol::reply;
 use crate::protocol::request::{put_bulk, put_header};
 use crate::ring::Ring;
-use crate::topology::Topology;
 
-/// Keys asked for per `SCAN` call, and so at most per migrator `MIGRATE`.
-const SCAN_COUNT: &str = "256";
+pub mod mover;
 
 /// Counters of one migration (INFO migration).
 #[derive(Debug, Default)]
@@ -84,14 +79,22 @@ pub struct Migration {
 }
 
 impl Migration {
-    /// The migration from `old` to a topology with `ring` over shards named
-    /// `names` (in ring order), or `None` when no slot changes owner.
-    pub fn plan(old: &Topology, ring: &Ring, names: &[Arc<str>], to_epoch: u64) -> Option<Migration> {
-        let old_names: Vec<Arc<str>> = old.shards.iter().map(|s| Arc::from(s.name())).collect();
+    /// The migration from the topology at `from_epoch` (its ring, shard
+    /// names and pools) to one with `ring` over shards named `names` (in ring
+    /// order), or `None` when no slot changes owner.
+    pub fn plan(
+        from_epoch: u64,
+        old_ring: &Ring,
+        old_names: &[Arc<str>],
+        old_shards: Vec<Arc<Shard>>,
+        ring: &Ring,
+        names: &[Arc<str>],
+        to_epoch: u64,
+    ) -> Option<Migration> {
         let mut losing = vec![false; old_names.len()];
-        if old.ring.slots() == ring.slots() {
+        if old_ring.slots() == ring.slots() {
             for slot in 0..ring.slots() {
-                let was = old.ring.owner_of_slot(slot);
+                let was = old_ring.owner_of_slot(slot);
                 if *old_names[was] != *names[ring.owner_of_slot(slot)] {
                     losing[was] = true;
                 }
@@ -104,11 +107,11 @@ impl Migration {
             return None;
         }
         Some(Migration {
-            from_epoch: old.epoch,
+            from_epoch,
             to_epoch,
-            old_ring: old.ring.clone(),
-            old_names,
-            old_shards: ArcSwap::from_pointee(old.shards.clone()),
+            old_ring: old_ring.clone(),
+            old_names: old_names.to_vec(),
+            old_shards: ArcSwap::from_pointee(old_shards),
             pending: losing.into_iter().map(AtomicBool::new).collect(),
             done: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
@@ -163,7 +166,7 @@ impl Migration {
         self.finished_after.get().copied()
     }
 
-    fn finish(&self) {
+    pub(crate) fn finish(&self) {
         self.pending.iter().for_each(|p| p.store(false, Ordering::Release));
         self.done.store(true, Ordering::Release);
         let _ = self.finished_after.set(self.started.elapsed());
@@ -234,208 +237,13 @@ pub enum Outcome {
 
 pub fn outcome(r: &BackendResult) -> Outcome {
     match r {
-        Err(e) => Outcome::Failed(e.message().to_string()),
+        Err(e) => Outcome::Failed(e.to_string()),
         Ok(frame) if frame.starts_with(b"-BUSYKEY") => Outcome::Busy,
         Ok(frame) if reply::is_error(frame) => {
             Outcome::Failed(String::from_utf8_lossy(&frame[1..]).trim_end().to_string())
         }
         Ok(_) => Outcome::Moved,
     }
-}
-
-/// One request to one shard from the migrator, awaited.
-struct Caller {
-    tx: mpsc::UnboundedSender<Completion>,
-    rx: mpsc::UnboundedReceiver<Completion>,
-}
-
-impl Caller {
-    async fn call(&mut self, shard: &Shard, req: Bytes) -> BackendResult {
-        let reply = ReplyTo {
-            sink: self.tx.clone(),
-            seq: 0,
-            part: 0,
-        };
-        shard.send(Protocol::Resp2, 0, Job::new(req, reply));
-        match self.rx.recv().await {
-            Some(c) => c.result,
-            // The caller holds a sender: the channel cannot close.
-            None => Err(crate::backend::BackendError(
-                "ERR shardis: migrator channel closed".into(),
-            )),
-        }
-    }
-}
-
-/// The migrator: walks every old shard that lost slots and moves each key
-/// whose owner changed to its owner in `topo` (the topology the migration
-/// leads to). Ends the migration when done; stops early if abandoned.
-pub async fn run(m: Arc<Migration>, topo: Arc<Topology>) {
-    let (tx, rx) = mpsc::unbounded_channel();
-    let mut caller = Caller { tx, rx };
-    info!(
-        from_epoch = m.from_epoch,
-        to_epoch = m.to_epoch,
-        sources = m.sources_left(),
-        "migration started: keys follow the new ring"
-    );
-    for i in 0..m.pending.len() {
-        if !m.pending[i].load(Ordering::Acquire) {
-            continue;
-        }
-        let Some(source) = m.old_shard(i) else { return };
-        if !walk(&m, &topo, &source, &mut caller).await {
-            return; // abandoned
-        }
-        m.pending[i].store(false, Ordering::Release);
-        info!(shard = %m.old_names[i], "migration: shard walked, its moved keys are on their new owners");
-    }
-    m.finish();
-    info!(
-        from_epoch = m.from_epoch,
-        to_epoch = m.to_epoch,
-        scanned = m.stats.scanned.load(Ordering::Relaxed),
-        moved = m.stats.moved.load(Ordering::Relaxed),
-        moved_on_demand = m.stats.moved_on_demand.load(Ordering::Relaxed),
-        superseded = m.stats.superseded.load(Ordering::Relaxed),
-        seconds = m.started.elapsed().as_secs_f64(),
-        "migration finished"
-    );
-}
-
-/// Backoff between retries of a failed call.
-struct Backoff(Duration);
-
-impl Backoff {
-    async fn wait(&mut self, m: &Migration, what: &str, shard: &str, why: &str) {
-        m.stats.errors.fetch_add(1, Ordering::Relaxed);
-        warn!(
-            shard,
-            error = why,
-            retry_in_ms = self.0.as_millis() as u64,
-            "migration: {what} failed"
-        );
-        tokio::time::sleep(self.0).await;
-        self.0 = (self.0 * 2).min(Duration::from_secs(5));
-    }
-}
-
-/// SCANs `source` to the end, moving what no longer belongs to it. False if
-/// the migration was abandoned on the way.
-async fn walk(m: &Migration, topo: &Topology, source: &Shard, caller: &mut Caller) -> bool {
-    let mut cursor = Bytes::from_static(b"0");
-    let mut backoff = Backoff(Duration::from_millis(100));
-    loop {
-        if m.abandoned() {
-            return false;
-        }
-        let scan = crate::protocol::Request::from_args(&[&b"SCAN"[..], &cursor, b"COUNT", SCAN_COUNT.as_bytes()]);
-        let r = caller.call(source, scan.raw).await;
-        let Some((next, keys)) = r.as_ref().ok().and_then(parse_scan) else {
-            let why = match &r {
-                Ok(f) => String::from_utf8_lossy(f).trim_end().to_string(),
-                Err(e) => e.message().to_string(),
-            };
-            backoff.wait(m, "SCAN", source.name(), &why).await;
-            continue;
-        };
-        m.stats.scanned.fetch_add(keys.len() as u64, Ordering::Relaxed);
-        // Group the keys that moved by their new owner.
-        let mut groups: Vec<(usize, Vec<Bytes>)> = Vec::new();
-        for k in keys {
-            if topo.locks.enabled() && topo.locks.is_lock_key(&k) {
-                continue;
-            }
-            let owner = topo.shard_of(&k);
-            if topo.shards[owner].name() == source.name() {
-                continue;
-            }
-            match groups.iter_mut().find(|(o, _)| *o == owner) {
-                Some((_, ks)) => ks.push(k),
-                None => groups.push((owner, vec![k])),
-            }
-        }
-        for (owner, ks) in groups {
-            if !move_keys(m, source, &topo.shards[owner].spec, &ks, caller).await {
-                return false;
-            }
-        }
-        if &next[..] == b"0" {
-            return true;
-        }
-        cursor = next;
-    }
-}
-
-/// Moves `keys` from `source` to `target`, retrying until they are there
-/// (or superseded there). False if the migration was abandoned meanwhile.
-async fn move_keys(m: &Migration, source: &Shard, target: &BackendSpec, keys: &[Bytes], caller: &mut Caller) -> bool {
-    let mut backoff = Backoff(Duration::from_millis(100));
-    loop {
-        if m.abandoned() {
-            return false;
-        }
-        let r = caller
-            .call(source, migrate_request(target, keys.iter().map(|k| &k[..])))
-            .await;
-        match outcome(&r) {
-            Outcome::Moved => {
-                m.stats.moved.fetch_add(keys.len() as u64, Ordering::Relaxed);
-                return true;
-            }
-            // Some key is on both: one at a time, so the rest still move and
-            // each busy one loses its source copy.
-            Outcome::Busy => break,
-            Outcome::Failed(why) => backoff.wait(m, "MIGRATE", source.name(), &why).await,
-        }
-    }
-    for k in keys {
-        loop {
-            if m.abandoned() {
-                return false;
-            }
-            let r = caller
-                .call(source, migrate_request(target, std::iter::once(&k[..])))
-                .await;
-            let done = match outcome(&r) {
-                Outcome::Moved => {
-                    m.stats.moved.fetch_add(1, Ordering::Relaxed);
-                    true
-                }
-                Outcome::Busy => match caller.call(source, del_request(k)).await {
-                    Ok(f) if !reply::is_error(&f) => {
-                        m.stats.superseded.fetch_add(1, Ordering::Relaxed);
-                        true
-                    }
-                    r => {
-                        let why = format!("{r:?}");
-                        backoff.wait(m, "DEL of a superseded key", source.name(), &why).await;
-                        false
-                    }
-                },
-                Outcome::Failed(why) => {
-                    backoff.wait(m, "MIGRATE", source.name(), &why).await;
-                    false
-                }
-            };
-            if done {
-                break;
-            }
-        }
-    }
-    true
-}
-
-/// `[cursor, [key...]]` of a SCAN reply.
-fn parse_scan(frame: &Bytes) -> Option<(Bytes, Vec<Bytes>)> {
-    let parts = reply::elements(frame)?;
-    let [cursor, keys] = &parts[..] else { return None };
-    let cursor = reply::as_bytes(cursor)?;
-    let keys = reply::elements(keys)?
-        .iter()
-        .map(reply::as_bytes)
-        .collect::<Option<Vec<Bytes>>>()?;
-    Some((cursor, keys))
 }
 
 #[cfg(test)]
@@ -499,17 +307,14 @@ mod tests {
             outcome(&ok("-IOERR error or timeout reading to target instance\r\n")),
             Outcome::Failed("IOERR error or timeout reading to target instance".into())
         );
-        let down: BackendResult = Err(crate::backend::BackendError("ERR backend a unavailable".into()));
-        assert_eq!(outcome(&down), Outcome::Failed("ERR backend a unavailable".into()));
-    }
-
-    #[test]
-    fn scan_replies_parse() {
-        let f = Bytes::from_static(b"*2\r\n$2\r\n17\r\n*2\r\n$1\r\na\r\n$1\r\nb\r\n");
-        let (c, keys) = parse_scan(&f).expect("scan reply");
-        assert_eq!(&c[..], b"17");
-        assert_eq!(keys, vec![Bytes::from_static(b"a"), Bytes::from_static(b"b")]);
-        assert!(parse_scan(&Bytes::from_static(b"-ERR no\r\n")).is_none());
-        assert!(parse_scan(&Bytes::from_static(b"*1\r\n$1\r\n0\r\n")).is_none());
+        let down: BackendResult = Err(crate::backend::BackendError::new(
+            crate::backend::BackendErrorKind::Unavailable,
+            &"a".into(),
+            "connection refused",
+        ));
+        assert_eq!(
+            outcome(&down),
+            Outcome::Failed("ERR backend a unavailable: connection refused".into())
+        );
     }
 }

@@ -1,0 +1,70 @@
+//! Connections of their own, outside the shared pipelines: one per blocking
+//! command (BLPOP, XREAD BLOCK ...), and one per subscriber.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use super::conn::connect;
+use super::{BackendSpec, Identity, ReplyTo, Shard};
+use crate::error::{BackendError, BackendErrorKind};
+use crate::protocol::Protocol;
+use crate::protocol::reply::ReplyScanner;
+
+impl Shard {
+    /// Runs one blocking command (BLPOP, XREAD BLOCK ...) on a connection of
+    /// its own, opened for it and closed after it: a command that may wait
+    /// for minutes must not hold up the pipelined connections every other
+    /// client shares. No command timeout applies (the command carries its
+    /// own); a backend that goes away fails it. Gives up, closing the
+    /// connection, when the client's session is gone.
+    pub fn send_blocking(&self, proto: Protocol, req: Bytes, mut reply: ReplyTo) {
+        let spec = self.spec.clone();
+        let identity = self.identity.clone();
+        tokio::spawn(async move {
+            let result = tokio::select! {
+                r = blocking_call(&spec, &identity, proto, &req) => r,
+                _ = reply.closed() => return,
+            };
+            reply.complete(result);
+        });
+    }
+
+    /// A connection of its own to this shard, after the usual handshake (a
+    /// subscriber's, see `Route::Subscribe`).
+    pub async fn connect_dedicated(&self, proto: Protocol) -> Result<TcpStream, BackendError> {
+        connect(&self.spec, &self.identity, proto).await
+    }
+}
+
+/// Connects (with the usual handshake), writes `req` and reads its one reply.
+async fn blocking_call(
+    spec: &BackendSpec,
+    identity: &Identity,
+    proto: Protocol,
+    req: &[u8],
+) -> Result<Bytes, BackendError> {
+    let mut stream = connect(spec, identity, proto).await?;
+    let lost = |e: std::io::Error| BackendError::io(BackendErrorKind::ConnectionLost, &spec.name, e);
+    stream.write_all(req).await.map_err(lost)?;
+    let mut buf = BytesMut::with_capacity(4096);
+    let mut scanner = ReplyScanner::default();
+    loop {
+        while let Some(n) = scanner
+            .next_frame(&buf)
+            .map_err(|e| BackendError::new(BackendErrorKind::Protocol, &spec.name, e.to_string()))?
+        {
+            let frame = buf.split_to(n).freeze();
+            if !scanner.was_push() {
+                return Ok(frame);
+            }
+        }
+        if stream.read_buf(&mut buf).await.map_err(lost)? == 0 {
+            return Err(BackendError::new(
+                BackendErrorKind::ConnectionLost,
+                &spec.name,
+                "connection closed by backend",
+            ));
+        }
+    }
+}

@@ -1,0 +1,260 @@
+//! Backend pools: per shard, a few long-lived pipelined connections shared by
+//! every client session of a worker thread (each worker has its own; see
+//! [`crate::workers`]).
+//!
+//! - this file: a [`Shard`] (its pool), the [`Job`] a caller hands it and
+//!   where the answer goes ([`ReplyTo`]); [`Shard::send`] is the one way to
+//!   call a backend, and [`Shard::call`] awaits one answer on top of it.
+//! - [`conn`]: connecting and the handshake.
+//! - [`pipeline`]: a pooled connection's task (batching, reply matching,
+//!   timeouts, reconnects).
+//! - [`dedicated`]: connections of their own (blocking commands, subscribers).
+//! - [`backoff`]: the retry delays every backend caller shares.
+//!
+//! Failure handling: a connect or handshake that fails, a reply that does not
+//! arrive within the command timeout, or a broken socket fails every
+//! outstanding job with an error naming the shard, and the task reconnects
+//! with exponential backoff. While a shard is down its jobs fail at once, so
+//! clients get an error immediately rather than a hang; its keys are never
+//! sent to another shard.
+
+pub mod backoff;
+mod conn;
+mod dedicated;
+mod pipeline;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use bytes::Bytes;
+use tokio::sync::{mpsc, oneshot};
+use tracing::warn;
+
+use crate::config;
+pub use crate::error::{BackendError, BackendErrorKind};
+use crate::protocol::Protocol;
+use crate::workers::Executors;
+
+/// What a backend answered to one job: the raw reply frame, or why not.
+pub type BackendResult = Result<Bytes, BackendError>;
+
+/// The answer to one job, delivered to the inbox of whoever sent it.
+#[derive(Debug)]
+pub struct Completion {
+    /// The sender's request sequence number.
+    pub seq: u64,
+    /// Which part of a fanned-out request this answers.
+    pub part: u32,
+    pub result: BackendResult,
+}
+
+/// Where a job's answer goes.
+#[derive(Debug)]
+pub enum ReplyTo {
+    /// A completion channel shared by many jobs (a session's, a lock
+    /// worker's): `seq` and `part` say which request this answers. One channel
+    /// per session costs no allocation per request.
+    Inbox {
+        sink: mpsc::UnboundedSender<Completion>,
+        seq: u64,
+        part: u32,
+    },
+    /// One caller awaiting this answer alone ([`Shard::call`]).
+    Call(oneshot::Sender<BackendResult>),
+}
+
+impl ReplyTo {
+    pub fn inbox(sink: &mpsc::UnboundedSender<Completion>, seq: u64, part: u32) -> ReplyTo {
+        ReplyTo::Inbox {
+            sink: sink.clone(),
+            seq,
+            part,
+        }
+    }
+
+    /// Delivers the answer. The asker may be gone; then nobody wants it.
+    pub fn complete(self, result: BackendResult) {
+        match self {
+            ReplyTo::Inbox { sink, seq, part } => {
+                let _ = sink.send(Completion { seq, part, result });
+            }
+            ReplyTo::Call(tx) => {
+                let _ = tx.send(result);
+            }
+        }
+    }
+
+    /// Resolves once nobody waits for the answer any more.
+    pub async fn closed(&mut self) {
+        match self {
+            ReplyTo::Inbox { sink, .. } => sink.closed().await,
+            ReplyTo::Call(tx) => tx.closed().await,
+        }
+    }
+}
+
+/// One request for a backend.
+#[derive(Debug)]
+pub struct Job {
+    /// RESP bytes to write: one command, or a batch that must reach the
+    /// server back to back (a transaction: MULTI ... EXEC).
+    pub req: Bytes,
+    pub reply: ReplyTo,
+    /// Reply frames `req` produces; only the last is delivered (for
+    /// MULTI ... EXEC, EXEC's). 1 for a single command.
+    pub frames: u32,
+}
+
+impl Job {
+    /// A job of one command.
+    pub fn new(req: Bytes, reply: ReplyTo) -> Job {
+        Job { req, reply, frames: 1 }
+    }
+}
+
+/// How to reach and talk to one backend.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendSpec {
+    pub name: Arc<str>,
+    pub addr: String,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    pub connect_timeout: Duration,
+    pub command_timeout: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+    pub connections: usize,
+}
+
+impl BackendSpec {
+    pub fn from_config(b: &config::Backend, cfg: &config::Config) -> Self {
+        BackendSpec {
+            name: Arc::from(b.name.as_str()),
+            addr: b.addr.clone(),
+            username: b.username.clone(),
+            password: b.password.clone(),
+            connect_timeout: cfg.timeouts.connect(),
+            command_timeout: cfg.timeouts.command(),
+            reconnect_min: Duration::from_millis(cfg.timeouts.reconnect_ms),
+            reconnect_max: Duration::from_millis(cfg.timeouts.reconnect_max_ms),
+            connections: cfg.pool.connections,
+        }
+    }
+}
+
+/// What the proxy knows of the server process behind a shard: its `run_id`
+/// (read in every connection's handshake) and when it last changed. A changed
+/// run_id is a restart, after which the server has lost every key it held in
+/// memory, lock keys included; the lock module keeps such a member out of
+/// lock quorums for a while (Redlock's "delayed restart").
+#[derive(Debug, Default)]
+pub struct Identity {
+    state: Mutex<(Option<String>, Option<std::time::Instant>)>,
+}
+
+impl Identity {
+    fn observe(&self, shard: &str, run_id: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        match &st.0 {
+            Some(old) if old == run_id => {}
+            Some(old) => {
+                warn!(shard, old_run_id = %old, run_id, "backend restarted (its run_id changed): it lost its in-memory data");
+                *st = (Some(run_id.to_string()), Some(std::time::Instant::now()));
+            }
+            None => st.0 = Some(run_id.to_string()),
+        }
+    }
+
+    /// When the server was last seen to restart, if this proxy saw it.
+    pub fn restarted_at(&self) -> Option<std::time::Instant> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner()).1
+    }
+}
+
+/// A shard's connection pool: RESP2 connections, started eagerly, and RESP3
+/// connections, started when the first RESP3 client needs one. Each protocol
+/// gets its own connections so replies are forwarded in the client's
+/// encoding without conversion.
+#[derive(Debug)]
+pub struct Shard {
+    pub spec: Arc<BackendSpec>,
+    pub identity: Arc<Identity>,
+    /// Where the connection tasks run: one group of connections per worker.
+    executors: Executors,
+    /// `[group][connection]`: each worker's own connections.
+    resp2: Vec<Vec<mpsc::UnboundedSender<Job>>>,
+    resp3: OnceLock<Vec<Vec<mpsc::UnboundedSender<Job>>>>,
+}
+
+impl Shard {
+    /// Starts the RESP2 connections: `spec.connections` on each of the
+    /// executors' workers (or on the current runtime, which then must exist).
+    pub fn start(spec: BackendSpec, executors: &Executors) -> Arc<Shard> {
+        let spec = Arc::new(spec);
+        let identity = Arc::new(Identity::default());
+        let resp2 = spawn_conns(&spec, &identity, Protocol::Resp2, executors);
+        Arc::new(Shard {
+            spec,
+            identity,
+            executors: executors.clone(),
+            resp2,
+            resp3: OnceLock::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// Queues a job on connection `lane` (taken modulo the pool size) of the
+    /// given protocol, among the calling worker's connections, so the job
+    /// never leaves the thread. The same lane on the same thread keeps one
+    /// client's requests in order (a session never changes thread).
+    pub fn send(&self, proto: Protocol, lane: usize, job: Job) {
+        let groups = match proto {
+            Protocol::Resp2 => &self.resp2,
+            Protocol::Resp3 => self
+                .resp3
+                .get_or_init(|| spawn_conns(&self.spec, &self.identity, Protocol::Resp3, &self.executors)),
+        };
+        let conns = &groups[self.executors.group_here() % groups.len()];
+        let tx = &conns[lane % conns.len()];
+        if let Err(mpsc::error::SendError(job)) = tx.send(job) {
+            // The task only stops when the pool is dropped; answer anyway.
+            let err = BackendError::new(BackendErrorKind::ShuttingDown, &self.spec.name, "");
+            job.reply.complete(Err(err));
+        }
+    }
+
+    /// Sends one request (RESP2, on `lane`) and awaits its answer: what the
+    /// migrator and other background callers use.
+    pub async fn call(&self, lane: usize, req: Bytes) -> BackendResult {
+        let (tx, rx) = oneshot::channel();
+        self.send(Protocol::Resp2, lane, Job::new(req, ReplyTo::Call(tx)));
+        match rx.await {
+            Ok(r) => r,
+            Err(_) => Err(BackendError::new(BackendErrorKind::ShuttingDown, &self.spec.name, "")),
+        }
+    }
+}
+
+fn spawn_conns(
+    spec: &Arc<BackendSpec>,
+    identity: &Arc<Identity>,
+    proto: Protocol,
+    executors: &Executors,
+) -> Vec<Vec<mpsc::UnboundedSender<Job>>> {
+    let per_group = spec.connections.max(1);
+    (0..executors.groups())
+        .map(|g| {
+            (0..per_group)
+                .map(|i| {
+                    let (tx, rx) = mpsc::unbounded_channel();
+                    let lane = g * per_group + i;
+                    executors.spawn_on(g, pipeline::conn_task(spec.clone(), identity.clone(), proto, lane, rx));
+                    tx
+                })
+                .collect()
+        })
+        .collect()
+}

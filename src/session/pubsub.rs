@@ -1,0 +1,37 @@
+//! The subscriber pipe: a client that SUBSCRIBEs is piped, byte for byte, to
+//! a connection of its own on the pub/sub shard.
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::AsyncWriteExt;
+use tokio::net::TcpStream;
+use tracing::debug;
+
+use super::Session;
+use crate::backend::{BackendError, BackendErrorKind};
+use crate::router::PUBSUB_SHARD;
+
+impl Session {
+    /// The connection becomes a subscriber: a connection of its own to the
+    /// pub/sub shard (the first backend) gets the SUBSCRIBE and whatever
+    /// the client sent after it, and from then on bytes are copied both ways
+    /// until either side closes. Every PUBLISH goes to that shard too, so
+    /// subscribers hear every publisher. `Err` (the shard cannot be reached)
+    /// leaves the client in normal service.
+    pub(super) async fn subscriber(
+        &mut self,
+        sock: &mut TcpStream,
+        rbuf: &mut BytesMut,
+        first: Bytes,
+    ) -> Result<(), BackendError> {
+        let shard = self.shared.topology.load().shards[PUBSUB_SHARD].clone();
+        let mut backend = shard.connect_dedicated(self.state.proto).await?;
+        let lost = |e| BackendError::io(BackendErrorKind::ConnectionLost, &shard.spec.name, e);
+        backend.write_all(&first).await.map_err(lost)?;
+        if !rbuf.is_empty() {
+            backend.write_all_buf(rbuf).await.map_err(lost)?;
+        }
+        debug!(client = self.state.id, shard = shard.name(), "client subscribed");
+        let _ = tokio::io::copy_bidirectional(sock, &mut backend).await;
+        Ok(())
+    }
+}

@@ -1,0 +1,85 @@
+//! State shared by every session and background task of one proxy: the live
+//! topology, the lock service, counters, and where the configuration came
+//! from. Made once per proxy ([`Shared::new`]); nothing here starts tasks or
+//! does I/O.
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use crate::config::Config;
+use crate::lock::service::LockService;
+use crate::topology::TopologyCell;
+use crate::workers::Executors;
+
+/// Counters shared by every session.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub clients: AtomicUsize,
+    pub connections: AtomicU64,
+    pub rejected: AtomicU64,
+    /// Bumped on every read of every client: striped, see [`StripedCounter`].
+    pub commands: StripedCounter,
+}
+
+/// Stripes of [`StripedCounter`]; threads beyond this share stripes.
+const STRIPES: usize = 16;
+
+/// One stripe on its own cache line.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(AtomicU64);
+
+/// A counter written by every worker thread and read rarely (INFO). Each
+/// thread adds to its own cache line, so sessions on different threads never
+/// contend for one line as they would with a single `AtomicU64`.
+#[derive(Debug, Default)]
+pub struct StripedCounter([Stripe; STRIPES]);
+
+impl StripedCounter {
+    pub fn add(&self, n: u64) {
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        thread_local! {
+            static MINE: usize = NEXT.fetch_add(1, Ordering::Relaxed) % STRIPES;
+        }
+        let i = MINE.with(|i| *i);
+        self.0[i].0.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn get(&self) -> u64 {
+        self.0.iter().map(|s| s.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// State shared by every session.
+pub struct Shared {
+    pub topology: TopologyCell,
+    pub stats: Stats,
+    pub locks: LockService,
+    pub started: Instant,
+    next_id: AtomicU64,
+    /// The file `SHARDIS.RELOAD` and SIGHUP re-read (none for a proxy built
+    /// from a configuration in memory).
+    pub config_path: OnceLock<PathBuf>,
+}
+
+impl Shared {
+    /// The state of a proxy serving `config`; the first topology's shards
+    /// start their connections on `executors` (needs a tokio runtime).
+    pub fn new(config: Config, executors: Executors) -> Arc<Shared> {
+        Arc::new(Shared {
+            topology: TopologyCell::new(Arc::new(config), executors),
+            stats: Stats::default(),
+            locks: LockService::default(),
+            started: Instant::now(),
+            next_id: AtomicU64::new(1),
+            config_path: OnceLock::new(),
+        })
+    }
+
+    /// A new client id (CLIENT ID).
+    pub fn next_client_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+}
