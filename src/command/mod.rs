@@ -6,6 +6,7 @@
 //! file decides, per command, how the proxy serves it: see [`Route`].
 
 pub mod info;
+mod key_procs;
 pub mod keys;
 pub mod spec;
 pub mod table;

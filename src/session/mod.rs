@@ -13,12 +13,14 @@
 //!
 //! - this file: the connection loop, and executing a plan.
 //! - [`replies`]: reply slots in request order.
-//! - [`parking`]: requests waiting for their keys to move (migration).
+//! - [`parking`] and [`parked`]: requests waiting for their keys to move
+//!   (migration).
 //! - [`transaction`]: MULTI / EXEC / DISCARD and queueing.
 //! - [`pubsub`]: the subscriber pipe.
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
 
 mod admin;
+mod parked;
 mod parking;
 mod pubsub;
 mod replies;
@@ -275,7 +277,7 @@ impl Session {
             Plan::Admin(cmd) => self.admin(cmd, at),
             Plan::Park(moves) if at == At::Next => {
                 let m = topo.migration.clone();
-                self.park(topo, m.as_deref(), moves, parking::Then::Dispatch(req.clone()));
+                self.park(topo, m.as_deref(), moves, parked::Then::Dispatch(req.clone()));
             }
             Plan::Error(e) => self.replies.error(at, proto, &e),
             // Only keyed requests wait for a migration, and they come back

@@ -15,33 +15,14 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use super::Session;
+use super::parked::{Parked, Then};
 use super::replies::{At, Slot};
 use crate::backend::{Completion, Job};
 use crate::error::{ErrorKind, ReplyError};
 use crate::migration::{self, Migration, Outcome};
-use crate::protocol::{Encoder, Protocol, Request};
+use crate::protocol::{Encoder, Protocol};
 use crate::router::Moves;
 use crate::topology::Topology;
-use crate::transaction::Exec;
-
-/// A request parked until its keys have moved (see [`Slot::Migrating`]).
-pub(super) struct Parked {
-    /// What runs once the keys have moved.
-    then: Then,
-    /// Per part: the key's old shard index and the key.
-    moves: SmallVec<[(usize, Bytes); 4]>,
-    left: usize,
-    /// Why a key could not be moved: the request is then answered with it.
-    failed: Option<ReplyError>,
-}
-
-/// What a parked request is.
-pub(super) enum Then {
-    /// A request, routed again into its slot.
-    Dispatch(Request),
-    /// A transaction's EXEC, sent to its shard.
-    Exec(Exec),
-}
 
 /// Marks the completion of a `DEL` of a superseded source copy (the low bits
 /// are the key's part), as opposed to its `MIGRATE`.

@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 
-use super::parking::Parked;
+use super::parked::Parked;
 use crate::backend::{BackendResult, Completion};
 use crate::error::ReplyError;
 use crate::merge::Merge;

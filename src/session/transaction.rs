@@ -2,7 +2,7 @@
 //! is; [`crate::transaction`] holds the queue and builds the batch).
 
 use super::Session;
-use super::parking::Then;
+use super::parked::Then;
 use super::replies::{At, Slot};
 use crate::backend::Job;
 use crate::protocol::Request;
