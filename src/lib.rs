@@ -41,6 +41,8 @@ pub mod server;
 pub mod session;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod testkit;
 pub mod topology;
 pub mod transaction;
 pub mod workers;
