@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
-use crate::support::{Proxy, RedisNode, three_nodes};
+use crate::support::{NodeClient, Proxy, RedisNode, three_nodes};
 
 const TIMEOUTS: &str = "[timeouts]\ncommand_ms = 500\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
 

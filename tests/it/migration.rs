@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
-use crate::support::{Proxy, RedisNode};
+use crate::support::{NodeClient, Proxy, RedisNode};
 
 const TIMEOUTS: &str = "[timeouts]\ncommand_ms = 1000\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
 

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{RedisNode, free_port, wait_for_ping};
+use crate::support::{NodeClient, RedisNode, free_port, wait_for_ping};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardis");
 
