@@ -17,11 +17,12 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering::Relaxed};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use shardis::testkit::RedisNode;
 
 struct Counting;
 
@@ -163,41 +164,6 @@ fn sizes() -> Vec<u64> {
     BY_SIZE.iter().map(|a| a.load(Relaxed)).collect()
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
-
-struct Redis(Child);
-
-impl Drop for Redis {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn wait_for_ping(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-            let mut buf = [0u8; 64];
-            if s.write_all(b"PING\r\n").is_ok()
-                && s.read(&mut buf)
-                    .map(|n| buf[..n].starts_with(b"+PONG"))
-                    .unwrap_or(false)
-            {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing answered PING on port {port}");
-}
-
 fn resp(args: &[&[u8]]) -> Vec<u8> {
     let mut out = format!("*{}\r\n", args.len()).into_bytes();
     for a in args {
@@ -306,33 +272,14 @@ fn main() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
 
-    let dir = std::env::temp_dir().join(format!("shardis-alloc-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temp dir");
-    let mut shards = Vec::new();
+    // The shards' names decide which keys share a shard (the MGET cases), so
+    // they stay as in earlier reports.
+    let shards: Vec<RedisNode> = (0..3).map(|_| RedisNode::start()).collect();
     let mut backends = String::new();
-    for name in ["shard-a", "shard-b", "shard-c"] {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .arg("--dir")
-            .arg(&dir)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed");
-        shards.push(Redis(child));
-        wait_for_ping(port);
+    for (name, shard) in ["shard-a", "shard-b", "shard-c"].iter().zip(&shards) {
         backends.push_str(&format!(
-            "[[backends]]\nname = \"{name}\"\naddr = \"127.0.0.1:{port}\"\n"
+            "[[backends]]\nname = \"{name}\"\naddr = \"{}\"\n",
+            shard.addr()
         ));
     }
 
@@ -472,6 +419,5 @@ fn main() {
         }
     }
     drop(sock);
-    let _ = std::fs::remove_dir_all(&dir);
     rt.shutdown_timeout(Duration::from_millis(100));
 }

@@ -13,7 +13,8 @@ use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_mai
 use shardis::backend::BackendResult;
 use shardis::merge::{Merge, MgetParts};
 use shardis::protocol::{Encoder, Limits, Protocol, RequestParser};
-use shardis::ring::{Member, Ring};
+use shardis::ring::Ring;
+use shardis::testkit::members;
 
 /// RESP multibulk encoding of `args`.
 fn resp(args: &[&[u8]]) -> Vec<u8> {
@@ -61,15 +62,6 @@ fn parsing(c: &mut Criterion) {
         });
     }
     g.finish();
-}
-
-fn members(n: usize) -> Vec<Member> {
-    (0..n)
-        .map(|i| Member {
-            name: format!("shard-{i}"),
-            weight: 1,
-        })
-        .collect()
 }
 
 fn ring(c: &mut Criterion) {

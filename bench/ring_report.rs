@@ -12,16 +12,8 @@ use std::hint::black_box;
 use std::time::Instant;
 
 use shardis::ring::{Member, Ring, key_hash};
+use shardis::testkit::members;
 use xxhash_rust::xxh3::xxh3_64;
-
-fn members(n: usize) -> Vec<Member> {
-    (0..n)
-        .map(|i| Member {
-            name: format!("shard-{i}"),
-            weight: 1,
-        })
-        .collect()
-}
 
 /// Owner name of every key.
 fn owners<'a>(ring: &Ring, members: &'a [Member], keys: &[Vec<u8>]) -> Vec<&'a str> {

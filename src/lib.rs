@@ -60,6 +60,8 @@ pub mod session;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "testing")]
+pub mod testkit;
 pub mod topology;
 pub mod transaction;
 pub mod workers;

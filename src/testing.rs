@@ -268,7 +268,8 @@ impl ClusterBuilder {
         let proxy = docker.run(runnable);
         let port = proxy.get_host_port_ipv4(PROXY_PORT);
         let proxy_addr = SocketAddr::from((Ipv4Addr::LOCALHOST, port));
-        wait_for_pong(proxy_addr, Duration::from_secs(10))?;
+        crate::testkit::ping_within(proxy_addr, Duration::from_secs(10))
+            .map_err(|e| Error::Setup(format!("shardis at {proxy_addr} did not answer PING: {e}")))?;
 
         Ok(Cluster {
             proxy,
@@ -280,29 +281,6 @@ impl ClusterBuilder {
             _dir: dir,
         })
     }
-}
-
-/// Waits until something at `addr` answers `PING` with `+PONG`.
-fn wait_for_pong(addr: SocketAddr, within: Duration) -> Result<(), Error> {
-    use std::io::{Read, Write};
-    let deadline = Instant::now() + within;
-    let mut last = String::new();
-    while Instant::now() < deadline {
-        match std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500)) {
-            Ok(mut s) => {
-                let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-                let mut buf = [0u8; 16];
-                match s.write_all(b"PING\r\n").and_then(|_| s.read(&mut buf)) {
-                    Ok(n) if buf[..n].starts_with(b"+PONG") => return Ok(()),
-                    Ok(n) => last = format!("answered {:?}", String::from_utf8_lossy(&buf[..n])),
-                    Err(e) => last = e.to_string(),
-                }
-            }
-            Err(e) => last = e.to_string(),
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Err(Error::Setup(format!("shardis at {addr} did not answer PING: {last}")))
 }
 
 /// shardis in a container in front of N Redis shard containers, all on one

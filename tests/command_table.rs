@@ -6,83 +6,20 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::net::TcpStream;
+use std::time::Duration;
 
 use bytes::BytesMut;
 use shardis::command::info::encode_command_info;
 use shardis::command::keys::{CommandSpec, FLAG_NAMES, KeysError, key_indices, lookup, lookup_argv, lookup_sub};
 use shardis::command::table::COMMANDS;
+use shardis::testkit::RedisNode;
 
 // ---------------------------------------------------------------------------------------
-// A redis-server child process, killed on drop.
+// The redis-server is `shardis::testkit::RedisNode` (checked to be ours, killed on drop).
 
-struct Server {
-    child: Child,
-    port: u16,
-}
-
-impl Server {
-    fn start() -> Server {
-        let mut last_err = String::new();
-        for _ in 0..5 {
-            let port = free_port();
-            let child = Command::new("redis-server")
-                .args(["--port", &port.to_string()])
-                .args(["--bind", "127.0.0.1"])
-                .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
-                .arg("--dir")
-                .arg(std::env::temp_dir())
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn();
-            let child = match child {
-                Ok(c) => c,
-                Err(e) => panic!("cannot run redis-server ({e}); this test needs redis-server 7.0 on PATH"),
-            };
-            let mut server = Server { child, port };
-            last_err = format!("redis-server did not answer on port {port}");
-            let deadline = Instant::now() + Duration::from_secs(10);
-            while Instant::now() < deadline {
-                if let Ok(Some(status)) = server.child.try_wait() {
-                    last_err = format!("redis-server exited with {status} on port {port}");
-                    break;
-                }
-                if let Ok(mut c) = Conn::connect(port) {
-                    // Make sure it is our server, not one another test started on the
-                    // same port a moment ago.
-                    let (_, info) = c.call_frame(&[b"INFO", b"server"]);
-                    let pid = format!("process_id:{}\r\n", server.child.id());
-                    if String::from_utf8_lossy(&info.data).contains(&pid) {
-                        return server;
-                    }
-                    last_err = format!("port {port} is served by another redis-server");
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            // Dropping `server` kills the child; try another port.
-        }
-        panic!("could not start redis-server: {last_err}");
-    }
-
-    fn conn(&self) -> Conn {
-        Conn::connect(self.port).expect("connect to redis-server")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
+fn connect(server: &RedisNode) -> Conn {
+    Conn::connect(server.port).expect("connect to redis-server")
 }
 
 // ---------------------------------------------------------------------------------------
@@ -287,8 +224,8 @@ fn check_entry(live: &Frame, spec: &CommandSpec) {
 
 #[test]
 fn table_matches_live_command() {
-    let server = Server::start();
-    let mut conn = server.conn();
+    let server = RedisNode::start();
+    let mut conn = connect(&server);
     let (_, reply) = conn.call_frame(&[b"COMMAND"]);
     assert_eq!(reply.kind, b'*');
 
@@ -356,8 +293,8 @@ fn canonical_entry(raw: &[u8], entry: &Frame) -> Vec<u8> {
 }
 
 fn check_info_bytes(resp3: bool) {
-    let server = Server::start();
-    let mut conn = server.conn();
+    let server = RedisNode::start();
+    let mut conn = connect(&server);
     if resp3 {
         let (_, hello) = conn.call_frame(&[b"HELLO", b"3"]);
         assert_eq!(hello.kind, b'%', "HELLO 3 switches to RESP3");
@@ -564,8 +501,8 @@ fn args_of(line: &str) -> Vec<Vec<u8>> {
 #[test]
 fn key_indices_match_command_getkeys() {
     assert!(INVOCATIONS.len() >= 60);
-    let server = Server::start();
-    let mut conn = server.conn();
+    let server = RedisNode::start();
+    let mut conn = connect(&server);
     let mut failures = Vec::new();
     let extra = [("XREAD STREAMS\\0junk a 0", true)];
     for &(line, expect_ok) in INVOCATIONS.iter().chain(extra.iter()) {
@@ -662,8 +599,8 @@ fn key_indices_match_command_getkeys_on_random_arguments() {
         b"MIN",
     ];
     const PER_COMMAND: usize = 40;
-    let server = Server::start();
-    let mut conn = server.conn();
+    let server = RedisNode::start();
+    let mut conn = connect(&server);
     let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
     let mut next = move || {
         seed ^= seed << 13;

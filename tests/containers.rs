@@ -15,13 +15,13 @@
 //! `scripts/build-images.sh` (idempotent). With no reachable Docker engine the
 //! tests print a SKIP notice and pass, unless `SHARDIS_REQUIRE_DOCKER=1`.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
 use shardis::testing::{self, Cluster};
+use shardis::testkit::free_port;
 use testcontainers::GenericImage;
 use testcontainers::RunnableImage;
 use testcontainers::clients::Cli;
@@ -421,14 +421,6 @@ fn removed_shard_container_is_drained_to_the_others() {
     };
     assert_eq!(dbsize(2), 0, "the removed shard container was drained");
     assert_eq!(dbsize(0) + dbsize(1), keys.len(), "every key is on a remaining shard");
-}
-
-/// A free TCP port on loopback (bound, then released).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
 }
 
 /// `docker-compose` (v1) or `docker compose` (v2), whichever works here.

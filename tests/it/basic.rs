@@ -4,7 +4,7 @@ use std::collections::HashSet;
 
 use redis::{AsyncCommands, Value};
 
-use crate::support::{Proxy, three_nodes};
+use crate::support::{NodeClient, Proxy, three_nodes};
 
 async fn q<T: redis::FromRedisValue>(
     c: &mut redis::aio::MultiplexedConnection,

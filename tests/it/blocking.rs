@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
-use crate::support::{Proxy, RedisNode, three_nodes};
+use crate::support::{NodeClient, Proxy, RedisNode, three_nodes};
 
 fn blocked_clients(node: &RedisNode) -> i64 {
     let info: String = redis::cmd("INFO").arg("clients").query(&mut node.client()).unwrap();

@@ -6,7 +6,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::Value;
 
-use crate::support::{Proxy, RedisNode, three_nodes};
+use crate::support::{NodeClient, Proxy, RedisNode, three_nodes};
 
 const COMMANDS: usize = 6000;
 const BATCH: usize = 40;

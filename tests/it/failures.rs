@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
-use crate::support::{Proxy, three_nodes};
+use crate::support::{NodeClient, Proxy, three_nodes};
 
 /// A key owned by each shard index.
 fn key_per_shard(proxy: &Proxy) -> Vec<String> {

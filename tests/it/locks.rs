@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
-use crate::support::{Proxy, RedisNode, three_nodes};
+use crate::support::{NodeClient, Proxy, RedisNode, three_nodes, wait_until_async};
 
 const TIMEOUTS: &str = "[timeouts]\ncommand_ms = 500\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
 
@@ -73,6 +73,14 @@ async fn settled(node: &RedisNode, key: &str, want: Option<&str>) {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
     assert_eq!(get_direct(node, key).as_deref(), want, "{key} on member {}", node.port);
+}
+
+/// `INFO commandstats` of a member: which commands it has run.
+fn commandstats(node: &RedisNode) -> String {
+    redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut node.client())
+        .expect("INFO on a member")
 }
 
 fn python(script: &str, args: &[String]) -> std::process::Child {
@@ -379,7 +387,15 @@ async fn a_member_delayed_past_the_ttl_denies_and_cleans_up_everywhere() {
     // The hung member now runs the queued acquisition and then the release
     // queued behind it: it must not keep the key (its TTL is still running).
     nodes[1].resume();
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    wait_until_async(
+        Duration::from_secs(5),
+        "the hung member to run the acquisition and the release",
+        async || {
+            let stats = commandstats(&nodes[1]);
+            stats.contains("cmdstat_set:") && stats.contains("cmdstat_eval:")
+        },
+    )
+    .await;
     assert_eq!(get_direct(&nodes[1], "lock:v"), None, "a late grant was left behind");
     let info: String = redis::cmd("INFO").arg("locks").query_async(&mut c).await.unwrap();
     assert!(info.contains("lock_no_quorum:1"), "{info}");

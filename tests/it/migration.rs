@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
-use crate::support::{Proxy, RedisNode};
+use crate::support::{NodeClient, Proxy, RedisNode, wait_for_ping, wait_until_async};
 
 const TIMEOUTS: &str = "[timeouts]\ncommand_ms = 1000\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
 
@@ -218,8 +218,10 @@ async fn an_unreachable_source_gives_tryagain_and_a_forced_reload_abandons() {
     assert_eq!(info["migration_in_progress"], "0", "{info:?}");
     nodes[0].resume();
     // A MIGRATE the proxy gave up on may still run once "a" wakes (it was in
-    // a's socket buffer); either way the key is in exactly one place.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // a's socket buffer); either way the key is in exactly one place. Redis
+    // serves what its sockets held before the commands of a connection made
+    // after it woke, so once "a" answers a new connection that has run.
+    wait_for_ping(nodes[0].port);
     let via_proxy: Option<i64> = c.get(&stuck).await.unwrap();
     let on_a = get_direct(&nodes[0], &stuck);
     let want = stuck.trim_start_matches("k:").parse::<i64>().unwrap();
@@ -291,7 +293,21 @@ async fn pipelined_writes_keep_their_order_and_count_through_a_migration() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(50)).await;
+    // The reload comes once both are under way.
+    wait_until_async(
+        Duration::from_secs(10),
+        "the first INCRs and transactions",
+        async || {
+            let started: (Option<i64>, Option<i64>) = redis::pipe()
+                .get("ctr:0")
+                .get("{tx0}:a")
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            started.0.is_some() && started.1.is_some()
+        },
+    )
+    .await;
     assert!(reload(&proxy, &config_named(&named), "p4", false).is_ok());
     let seen = writer.await.unwrap();
     assert!(seen.iter().all(|&v| v == 300), "{seen:?}");

@@ -1,13 +1,13 @@
 //! The `shardis` binary: `--check`, start-up, and SIGHUP reloads that swap the
 //! topology while clients keep working.
 
-use std::io::Read;
+use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::support::{RedisNode, free_port, wait_for_ping};
+use crate::support::{NodeClient, RedisNode, free_port, wait_for_ping, wait_until};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardis");
 
@@ -109,7 +109,20 @@ fn sighup_swaps_the_topology_under_load() {
         }
     }
     let pid = child.id() as i32;
-    let stderr = child.stderr.take().unwrap();
+    // The log is read as it comes: the test waits for lines in it (and a
+    // full pipe would stall the proxy).
+    let log = Arc::new(Mutex::new(String::new()));
+    let log_reader = {
+        let (stderr, log) = (child.stderr.take().unwrap(), log.clone());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let mut log = log.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        })
+    };
     let guard = Kill(child);
     wait_for_ping(port);
     let url = format!("redis://127.0.0.1:{port}/");
@@ -141,14 +154,14 @@ fn sighup_swaps_the_topology_under_load() {
             }
         })
     };
-    std::thread::sleep(Duration::from_millis(200));
+    wait_until(Duration::from_secs(5), "the client load to start", || {
+        ops.load(Ordering::Relaxed) > 0
+    });
     std::fs::write(&path, config(port, &all, &["a", "b", "c", "d"])).unwrap();
     unsafe { libc::kill(pid, libc::SIGHUP) };
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while info_field(&mut c, "epoch") != "2" {
-        assert!(Instant::now() < deadline, "reload not applied");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until(Duration::from_secs(5), "the reload to be applied", || {
+        info_field(&mut c, "epoch") == "2"
+    });
     assert_eq!(info_field(&mut c, "shards"), "4");
     // New keys now reach the fourth shard.
     for i in 0..400 {
@@ -164,7 +177,9 @@ fn sighup_swaps_the_topology_under_load() {
     )
     .unwrap();
     unsafe { libc::kill(pid, libc::SIGHUP) };
-    std::thread::sleep(Duration::from_millis(500));
+    wait_until(Duration::from_secs(5), "the reload to be refused", || {
+        log.lock().unwrap().contains("configuration reload refused")
+    });
     assert_eq!(info_field(&mut c, "epoch"), "2");
     assert_eq!(info_field(&mut c, "shards"), "4");
     let pong: String = redis::cmd("PING").query(&mut c).unwrap();
@@ -200,9 +215,8 @@ fn sighup_swaps_the_topology_under_load() {
     worker.join().expect("the client saw no error during the reloads");
     assert!(ops.load(Ordering::Relaxed) > 100);
     drop(guard);
-    let mut log = String::new();
-    let mut stderr = stderr;
-    let _ = stderr.read_to_string(&mut log);
+    log_reader.join().unwrap();
+    let log = log.lock().unwrap();
     assert!(log.contains("shardis listening") && log.contains("epoch=1"), "{log}");
     assert!(log.contains("configuration reload refused"), "{log}");
     let _ = std::fs::remove_dir_all(&dir);

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use redis::AsyncCommands;
 
-use crate::support::{Proxy, RedisNode, three_nodes};
+use crate::support::{NodeClient, Proxy, RedisNode, three_nodes};
 
 /// Sends `input` and reads until the reply bytes stop growing (200 ms quiet)
 /// or `want_len` bytes arrived.

@@ -1,10 +1,12 @@
 //! Test harness: real `redis-server` processes and a shardis proxy in front of
 //! them, either in-process (most tests) or as the `shardis` binary.
+//!
+//! The processes, ports and waits are `shardis::testkit` (re-exported here);
+//! this file adds what needs redis-rs, a dev-dependency only: a client per
+//! node ([`NodeClient`]) and the in-process [`Proxy`].
 #![allow(dead_code)]
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,157 +15,20 @@ use shardis::server::Server;
 use shardis::state::Shared;
 use shardis::workers::Workers;
 
-/// A free loopback port (bound then released; good enough for tests).
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
+pub use shardis::testkit::*;
 
-/// One `redis-server` child process, killed on drop.
-pub struct RedisNode {
-    pub port: u16,
-    child: Option<Child>,
-    dir: PathBuf,
-    /// Extra `redis-server` arguments (`--requirepass`, `--user`, ...).
-    extra: Vec<String>,
-}
-
-impl RedisNode {
-    pub fn start() -> RedisNode {
-        RedisNode::start_with(&[])
-    }
-
-    /// A server started with extra arguments, say `["--requirepass", "pw"]`.
-    pub fn start_with(extra: &[&str]) -> RedisNode {
-        let port = free_port();
-        let dir = std::env::temp_dir().join(format!("shardis-test-{}-{port}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let extra = extra.iter().map(|a| a.to_string()).collect();
-        let mut node = RedisNode {
-            port,
-            child: None,
-            dir,
-            extra,
-        };
-        node.spawn();
-        node
-    }
-
-    fn spawn(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .args(["--protected-mode", "no", "--dir"])
-            .arg(&self.dir)
-            .args(&self.extra)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (scripts/install-deps.sh)");
-        self.child = Some(child);
-        wait_for_ping(self.port);
-    }
-
-    pub fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    pub fn pid(&self) -> i32 {
-        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
-    }
-
-    /// Hangs the server (it keeps its sockets but answers nothing).
-    pub fn pause(&self) {
-        unsafe_kill(self.pid(), libc::SIGSTOP);
-    }
-
-    pub fn resume(&self) {
-        unsafe_kill(self.pid(), libc::SIGCONT);
-    }
-
-    /// Kills the server; its data is gone.
-    pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    /// Starts a fresh (empty) server on the same port.
-    pub fn restart(&mut self) {
-        self.kill();
-        self.spawn();
-    }
-
+/// What needs redis-rs, which the library's test kit cannot depend on.
+pub trait NodeClient {
     /// A plain synchronous client straight to this shard.
-    pub fn client(&self) -> redis::Connection {
+    fn client(&self) -> redis::Connection;
+}
+
+impl NodeClient for RedisNode {
+    fn client(&self) -> redis::Connection {
         redis::Client::open(format!("redis://{}/", self.addr()))
             .and_then(|c| c.get_connection())
             .expect("connect to shard")
     }
-}
-
-impl Drop for RedisNode {
-    fn drop(&mut self) {
-        if let Some(c) = &self.child {
-            unsafe_kill(c.id() as i32, libc::SIGCONT);
-        }
-        self.kill();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn unsafe_kill(pid: i32, sig: i32) {
-    if pid > 0 {
-        // SAFETY: kill(2) on a child we started; no memory is involved.
-        unsafe {
-            libc::kill(pid, sig);
-        }
-    }
-}
-
-/// Waits until something answers PING on the port (`+PONG`, or `-NOAUTH`
-/// from a server that wants a password).
-pub fn wait_for_ping(port: u16) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while Instant::now() < deadline {
-        if let Ok(mut s) = TcpStream::connect(("127.0.0.1", port)) {
-            use std::io::{Read, Write};
-            let _ = s.set_read_timeout(Some(Duration::from_millis(500)));
-            let mut buf = [0u8; 64];
-            if s.write_all(b"PING\r\n").is_ok()
-                && s.read(&mut buf)
-                    .map(|n| buf[..n].starts_with(b"+PONG") || buf[..n].starts_with(b"-NOAUTH"))
-                    .unwrap_or(false)
-            {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    panic!("nothing answered PING on port {port}");
-}
-
-/// Configuration text for a proxy in front of `nodes`, named shard-0.. .
-pub fn config_text(nodes: &[&RedisNode], extra: &str) -> String {
-    let mut s = format!("listen = \"127.0.0.1:0\"\n{extra}\n");
-    for (i, n) in nodes.iter().enumerate() {
-        s.push_str(&format!(
-            "[[backends]]\nname = \"shard-{i}\"\naddr = \"{}\"\n",
-            n.addr()
-        ));
-    }
-    s
 }
 
 /// An in-process proxy on an ephemeral port: the listener on the test's
