@@ -39,8 +39,10 @@
 //!   replies in order.
 //! - [`server`]: the listener and client limit.
 //!
-//! With the cargo feature `testing`, `testing` starts shardis and N Redis
-//! shards in Docker containers for your own tests (see docs/containers.md).
+//! With the cargo feature `testing`: [`testing`] starts shardis and N Redis
+//! shards in Docker containers for your own tests (see docs/containers.md),
+//! and [`testkit`] starts `redis-server` processes on free ports and waits on
+//! conditions (the project's own tests and benches use it).
 
 pub mod backend;
 pub mod client;
