@@ -84,9 +84,13 @@ pub struct Move {
     pub to: usize,
 }
 
-pub type Moves = SmallVec<[Move; 4]>;
+/// Keys to move; allocated only during a migration, for the requests that
+/// wait.
+pub type Moves = Vec<Move>;
 
-/// What to do with a request.
+/// What to do with a request. Small (it is returned for every request): the
+/// sub-requests of a split are left in the [`Router`] ([`Router::parts`]), a
+/// lock operation is boxed.
 #[derive(Debug)]
 pub enum Plan {
     /// Send the request as it is to this shard.
@@ -96,20 +100,15 @@ pub enum Plan {
     Block(usize),
     /// SUBSCRIBE / PSUBSCRIBE: the connection becomes a subscriber.
     Subscribe,
-    /// Send each part to its shard and merge the replies.
-    Split {
-        merge: Merge,
-        /// (shard, sub-request), in part order.
-        parts: SmallVec<[(usize, Bytes); 8]>,
-    },
+    /// Send each part ([`Router::parts`]: shard and sub-request, in part
+    /// order) and merge the replies. SCAN is one part: the shard the cursor
+    /// names, with the backend's cursor.
+    Split { merge: Merge },
     /// Send the request to every shard and merge the replies; `script` is a
     /// script body the proxy keeps for NOSCRIPT recovery (SCRIPT LOAD).
     Broadcast { merge: Merge, script: Option<Bytes> },
-    /// SCAN: the shard the cursor names, with the backend's cursor.
-    Scan { shard: usize, req: Bytes, merge: Merge },
-    /// A command on lock keys, for the lock worker; `script` as for
-    /// [`Plan::Broadcast`] (EVAL).
-    Lock { op: Op, script: Option<Bytes> },
+    /// A command on lock keys, for the lock worker.
+    Lock(Box<LockPlan>),
     /// Answered by the proxy ([`crate::local`]).
     Local(Local),
     /// A transaction step.
@@ -121,6 +120,14 @@ pub enum Plan {
     Park(Moves),
     /// Answer with this error.
     Error(ReplyError),
+}
+
+/// A command on lock keys: the operation, and (EVAL) a script body the
+/// proxy keeps for NOSCRIPT recovery.
+#[derive(Debug)]
+pub struct LockPlan {
+    pub op: Op,
+    pub script: Option<Bytes>,
 }
 
 #[derive(Debug)]
@@ -142,11 +149,13 @@ pub enum Admin {
     Reload { force: bool },
 }
 
-/// The routing decision, with a reusable buffer for key positions so routing
-/// a request allocates nothing.
+/// The routing decision, with reusable buffers so routing a request
+/// allocates nothing beyond its sub-requests.
 #[derive(Debug, Default)]
 pub struct Router {
     keys: Vec<usize>,
+    /// The parts of the last [`Plan::Split`]: (shard, sub-request).
+    pub parts: Vec<(usize, Bytes)>,
 }
 
 impl Router {
@@ -199,8 +208,8 @@ impl Router {
             Route::Blocking => self.keyed(view, spec, req, args, Plan::Block),
             Route::PubSub => Plan::Forward(PUBSUB_SHARD),
             Route::Subscribe => Plan::Subscribe,
-            Route::Fanout(kind) => fanout(view, kind, req, args),
-            Route::Broadcast(kind) => broadcast(view, kind, args),
+            Route::Fanout(kind) => fanout(view, kind, req, args, &mut self.parts),
+            Route::Broadcast(kind) => broadcast(view, kind, args, &mut self.parts),
             Route::Local(cmd) => Plan::Local(cmd),
             Route::Refuse(r) => Plan::Error(r.error(spec.name)),
             Route::Transaction(_) | Route::Proxy(_) => Plan::Error(ReplyError::err("shardis: unroutable command")),
@@ -312,7 +321,7 @@ fn proxy(view: &View<'_>, ctx: Ctx, cmd: ProxyCommand, args: &[&[u8]]) -> Plan {
             }
         }
         ProxyCommand::Lock | ProxyCommand::Fence => match classify::classify_proxy_command(args[0], args, view.locks) {
-            Ok(op) => Plan::Lock { op, script: None },
+            Ok(op) => Plan::Lock(Box::new(LockPlan { op, script: None })),
             Err(e) => Plan::Error(e),
         },
     }
@@ -329,7 +338,7 @@ fn lock_command(name: &str, args: &[&[u8]], req: &Request, all_lock_keys: bool) 
     match classify::classify(name, args) {
         Ok(op) => {
             let script = matches!(name, "eval" | "eval_ro").then(|| req.arg_bytes(1)).flatten();
-            Plan::Lock { op, script }
+            Plan::Lock(Box::new(LockPlan { op, script }))
         }
         Err(e) => Plan::Error(e),
     }
@@ -355,7 +364,7 @@ pub fn moves(view: &View<'_>, keys: impl Iterator<Item = Bytes>) -> Moves {
 }
 
 /// MGET, MSET, DEL/UNLINK/EXISTS/TOUCH: split by shard.
-fn fanout(view: &View<'_>, kind: Fanout, req: &Request, args: &[&[u8]]) -> Plan {
+fn fanout(view: &View<'_>, kind: Fanout, req: &Request, args: &[&[u8]], parts: &mut Vec<(usize, Bytes)>) -> Plan {
     let step = if kind == Fanout::Mset { 2 } else { 1 };
     if kind == Fanout::Mset && (args.len() - 1) % 2 != 0 {
         return Plan::Error(ReplyError::wrong_arity("mset"));
@@ -401,7 +410,7 @@ fn fanout(view: &View<'_>, kind: Fanout, req: &Request, args: &[&[u8]]) -> Plan 
     // (bench/alloc_count.rs).
     let n_parts = shards.len();
     let mut buf = BytesMut::with_capacity(req.raw.len() + n_parts * (24 + args[0].len()));
-    let mut parts: SmallVec<[(usize, Bytes); 8]> = SmallVec::with_capacity(n_parts);
+    parts.clear();
     for (part, &shard) in shards.iter().enumerate() {
         let n = key_parts.iter().filter(|&&p| p as usize == part).count();
         put_header(&mut buf, b'*', 1 + n * step);
@@ -418,11 +427,11 @@ fn fanout(view: &View<'_>, kind: Fanout, req: &Request, args: &[&[u8]]) -> Plan 
         Fanout::Mset => Merge::AllOk,
         Fanout::SumKeys => Merge::Sum,
     };
-    Plan::Split { merge, parts }
+    Plan::Split { merge }
 }
 
 /// Commands for every shard (or, for SCAN, the shard the cursor names).
-fn broadcast(view: &View<'_>, kind: Broadcast, args: &[&[u8]]) -> Plan {
+fn broadcast(view: &View<'_>, kind: Broadcast, args: &[&[u8]], parts: &mut Vec<(usize, Bytes)>) -> Plan {
     let mut script = None;
     let merge = match kind {
         Broadcast::Dbsize => Merge::Sum,
@@ -442,12 +451,12 @@ fn broadcast(view: &View<'_>, kind: Broadcast, args: &[&[u8]]) -> Plan {
             }
             Merge::First
         }
-        Broadcast::Scan => return scan(view, args),
+        Broadcast::Scan => return scan(view, args, parts),
     };
     Plan::Broadcast { merge, script }
 }
 
-fn scan(view: &View<'_>, args: &[&[u8]]) -> Plan {
+fn scan(view: &View<'_>, args: &[&[u8]], parts: &mut Vec<(usize, Bytes)>) -> Plan {
     let cursor = std::str::from_utf8(args[1]).ok().and_then(|s| s.parse::<u64>().ok());
     let Some(cursor) = cursor else {
         return Plan::Error(ReplyError::err("invalid cursor"));
@@ -467,9 +476,9 @@ fn scan(view: &View<'_>, args: &[&[u8]]) -> Plan {
         .first()
         .and_then(|m| view.names.iter().position(|n| n == m));
     let drop_lock_keys = view.locks.enabled() && reporter != Some(shard);
-    Plan::Scan {
-        shard,
-        req: Request::from_args(&sub).raw,
+    parts.clear();
+    parts.push((shard, Request::from_args(&sub).raw));
+    Plan::Split {
         merge: Merge::Scan {
             shard,
             shards: view.names.len(),

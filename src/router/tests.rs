@@ -62,9 +62,16 @@ impl Fixture {
     }
 
     fn route(&self, ctx: Ctx, cmd: &str) -> Plan {
+        self.route_parts(ctx, cmd).0
+    }
+
+    /// The plan, and the parts it left in the router (for a split).
+    fn route_parts(&self, ctx: Ctx, cmd: &str) -> (Plan, Vec<(usize, Bytes)>) {
         let req = Request::from_args(&cmd.split(' ').collect::<Vec<_>>());
         let args: Vec<&[u8]> = req.args().collect();
-        Router::default().route(&self.view(), ctx, &req, &args)
+        let mut router = Router::default();
+        let plan = router.route(&self.view(), ctx, &req, &args);
+        (plan, router.parts)
     }
 
     /// A key the ring puts on `shard`, and (during a migration) whose old
@@ -100,6 +107,14 @@ fn error_of(plan: Plan) -> ReplyError {
     match plan {
         Plan::Error(e) => e,
         other => panic!("expected an error, got {other:?}"),
+    }
+}
+
+#[track_caller]
+fn lock_of(plan: Plan) -> LockPlan {
+    match plan {
+        Plan::Lock(lock) => *lock,
+        other => panic!("expected a lock operation, got {other:?}"),
     }
 }
 
@@ -148,11 +163,13 @@ fn multi_key_commands_split_by_shard() {
     let (a, b) = (f.key_on(0, None), f.key_on(1, None));
     // Another key on shard 0: same hash tag.
     let (a, a2) = (format!("{{{a}}}1"), format!("{{{a}}}2"));
-    match f.route(USER, &format!("MGET {a} {b} {a2}")) {
-        Plan::Split {
-            merge: Merge::Mget(parts_of_keys),
+    match f.route_parts(USER, &format!("MGET {a} {b} {a2}")) {
+        (
+            Plan::Split {
+                merge: Merge::Mget(parts_of_keys),
+            },
             parts,
-        } => {
+        ) => {
             assert_eq!(&parts_of_keys[..], &[0, 1, 0]);
             assert_eq!(parts.len(), 2);
             assert_eq!(parts[0].0, 0);
@@ -185,8 +202,8 @@ fn multi_key_commands_split_by_shard() {
 fn lock_keys_go_to_the_lock_worker() {
     let f = Fixture::new("");
     assert!(f.locks.enabled(), "three backends make a default lock group");
-    match f.route(USER, "SET lock:x tok NX PX 3000") {
-        Plan::Lock {
+    match lock_of(f.route(USER, "SET lock:x tok NX PX 3000")) {
+        LockPlan {
             op: Op::Acquire {
                 ttl_ms, fence_reply, ..
             },
@@ -198,8 +215,8 @@ fn lock_keys_go_to_the_lock_worker() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(
-        f.route(USER, "GET lock:x"),
-        Plan::Lock {
+        lock_of(f.route(USER, "GET lock:x")),
+        LockPlan {
             op: Op::Majority(Fallback::Nil),
             ..
         }
@@ -211,14 +228,14 @@ fn lock_keys_go_to_the_lock_worker() {
             .contains("'mget' is not supported on lock keys")
     );
     assert!(matches!(
-        f.route(USER, "DEL lock:x lock:y"),
-        Plan::Lock {
+        lock_of(f.route(USER, "DEL lock:x lock:y")),
+        LockPlan {
             op: Op::Majority(Fallback::Zero),
             ..
         }
     ));
-    match f.route(USER, "EVAL body 1 lock:x tok") {
-        Plan::Lock { script: Some(s), .. } => assert_eq!(&s[..], b"body"),
+    match lock_of(f.route(USER, "EVAL body 1 lock:x tok")) {
+        LockPlan { script: Some(s), .. } => assert_eq!(&s[..], b"body"),
         other => panic!("{other:?}"),
     }
     assert!(
@@ -237,15 +254,15 @@ fn lock_keys_go_to_the_lock_worker() {
             .contains("not supported on lock keys")
     );
     assert!(matches!(
-        f.route(USER, "SHARDIS.LOCK lock:x tok 100"),
-        Plan::Lock {
+        lock_of(f.route(USER, "SHARDIS.LOCK lock:x tok 100")),
+        LockPlan {
             op: Op::Acquire { fence_reply: true, .. },
             ..
         }
     ));
     assert!(matches!(
-        f.route(USER, "shardis.fence lock:x tok"),
-        Plan::Lock {
+        lock_of(f.route(USER, "shardis.fence lock:x tok")),
+        LockPlan {
             op: Op::FenceOf { .. },
             ..
         }
@@ -390,7 +407,7 @@ fn during_a_migration_moving_keys_park_first() {
     };
     assert!(matches!(f.route(released, &format!("GET {moving}")), Plan::Forward(2)));
     // Lock keys never move.
-    assert!(matches!(f.route(USER, "GET lock:x"), Plan::Lock { .. }));
+    assert!(matches!(f.route(USER, "GET lock:x"), Plan::Lock(_)));
     // FLUSHALL would miss keys not moved yet.
     assert!(
         error_of(f.route(USER, "FLUSHALL"))
@@ -432,10 +449,15 @@ fn keyless_commands() {
     }
     // SCAN: the low bits of the cursor name the shard.
     let cursor = (5u64 << merge::SCAN_SHARD_BITS) | 2;
-    match f.route(USER, &format!("SCAN {cursor} COUNT 10")) {
-        Plan::Scan { shard: 2, req, .. } => {
-            assert_eq!(req, Request::from_args(&["SCAN", "5", "COUNT", "10"]).raw)
-        }
+    match f.route_parts(USER, &format!("SCAN {cursor} COUNT 10")) {
+        (
+            Plan::Split {
+                merge: Merge::Scan {
+                    shard: 2, shards: 3, ..
+                },
+            },
+            parts,
+        ) => assert_eq!(parts, [(2, Request::from_args(&["SCAN", "5", "COUNT", "10"]).raw)]),
         other => panic!("{other:?}"),
     }
     assert_eq!(error_of(f.route(USER, "SCAN x")).to_string(), "ERR invalid cursor");
@@ -449,5 +471,15 @@ fn keyless_commands() {
         error_of(f.route(USER, "SSUBSCRIBE ch"))
             .to_string()
             .contains("sharded pub/sub")
+    );
+}
+
+/// A plan is returned and moved for every request: keep it a few words.
+#[test]
+fn a_plan_is_small() {
+    assert!(
+        std::mem::size_of::<Plan>() <= 96,
+        "{} bytes",
+        std::mem::size_of::<Plan>()
     );
 }

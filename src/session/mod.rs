@@ -236,11 +236,14 @@ impl Session {
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
             }
             Plan::Subscribe if at == At::Next => self.subscribing = Some(req.raw.clone()),
-            Plan::Split { merge, parts } => {
+            Plan::Split { merge } => {
+                // Taken and given back: the router's buffer keeps its capacity.
+                let mut parts = std::mem::take(&mut self.router.parts);
                 let seq = self.replies.put(at, Slot::many(merge, parts.len()));
-                for (part, (shard, sub)) in parts.into_iter().enumerate() {
+                for (part, (shard, sub)) in parts.drain(..).enumerate() {
                     self.send(topo, shard, sub, seq, part as u32);
                 }
+                self.router.parts = parts;
             }
             Plan::Broadcast { merge, script } => {
                 if let Some(body) = script {
@@ -248,15 +251,11 @@ impl Session {
                 }
                 self.send_to_all(topo, merge, req.raw.clone(), at);
             }
-            Plan::Scan { shard, req, merge } => {
-                let seq = self.replies.put(at, Slot::many(merge, 1));
-                self.send(topo, shard, req, seq, 0);
-            }
-            Plan::Lock { op, script } => {
-                if let Some(body) = script {
-                    self.shared.locks.remember_script(&body);
+            Plan::Lock(lock) => {
+                if let Some(body) = &lock.script {
+                    self.shared.locks.remember_script(body);
                 }
-                self.lock_request(req.clone(), op, at);
+                self.lock_request(req.clone(), lock.op, at);
             }
             Plan::Local(cmd) => {
                 let mut b = BytesMut::new();
