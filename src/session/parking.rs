@@ -93,12 +93,9 @@ impl Session {
                         Ok(f) => String::from_utf8_lossy(f).trim_end().to_string(),
                         Err(e) => e.to_string(),
                     };
-                    parked.failed = Some(ReplyError::new(
-                        ErrorKind::TryAgain,
-                        format!(
-                            "shardis: key '{}' is moving and its superseded copy could not be deleted yet: {why}",
-                            String::from_utf8_lossy(&key)
-                        ),
+                    parked.failed = Some(still_moving(
+                        &key,
+                        format_args!("and its superseded copy could not be deleted yet: {why}"),
                     ));
                 }
             }
@@ -121,12 +118,9 @@ impl Session {
                 },
                 Outcome::Failed(why) => {
                     let from = m.as_ref().map(|m| m.old_name(src).to_string()).unwrap_or_default();
-                    parked.failed = Some(ReplyError::new(
-                        ErrorKind::TryAgain,
-                        format!(
-                            "shardis: key '{}' is moving from shard {from} and could not be moved yet: {why}",
-                            String::from_utf8_lossy(&key)
-                        ),
+                    parked.failed = Some(still_moving(
+                        &key,
+                        format_args!("from shard {from} and could not be moved yet: {why}"),
                     ));
                     parked.left -= 1;
                 }
@@ -172,4 +166,12 @@ impl Session {
             }
         }
     }
+}
+
+/// TRYAGAIN for a request whose key could not be moved yet.
+fn still_moving(key: &[u8], what: std::fmt::Arguments<'_>) -> ReplyError {
+    ReplyError::new(
+        ErrorKind::TryAgain,
+        format!("shardis: key '{}' is moving {what}", String::from_utf8_lossy(key)),
+    )
 }
