@@ -93,7 +93,7 @@ impl ReplyError {
 
     /// Writes the reply in the client's protocol.
     pub fn encode(&self, enc: &mut Encoder<'_>) {
-        enc.error(&self.to_string());
+        enc.error_with(self.kind.prefix(), &self.detail);
     }
 }
 

@@ -126,11 +126,12 @@ fn hello(args: &[&[u8]], st: &mut ClientState, topo: &Topology, enc: &mut Encode
                     .ok()
                     .and_then(|s| s.parse::<i64>().ok())
                     .is_some();
-                return enc.error(if valid {
-                    "NOPROTO unsupported protocol version"
+                let e = if valid {
+                    ReplyError::new(ErrorKind::NoProto, "unsupported protocol version")
                 } else {
-                    "ERR Protocol version is not an integer or out of range"
-                });
+                    ReplyError::err("Protocol version is not an integer or out of range")
+                };
+                return e.encode(enc);
             }
         }
         i = 2;

@@ -176,14 +176,9 @@ impl Router {
         if !ctx.authenticated && !matches!(route, Route::Local(Local::Auth | Local::Hello | Local::Quit)) {
             return Plan::Error(ReplyError::new(ErrorKind::NoAuth, "Authentication required."));
         }
-        if let Route::Transaction(step) = route {
-            return transaction_step(step, ctx);
-        }
-        if ctx.in_tx && !ctx.released {
+        // Inside MULTI everything but MULTI/EXEC/DISCARD is queued (or refused).
+        if ctx.in_tx && !ctx.released && !matches!(route, Route::Transaction(_)) {
             return self.queue(view, spec, route, req, args);
-        }
-        if let Route::Proxy(cmd) = route {
-            return proxy(view, ctx, cmd, args);
         }
         if !ctx.released && (view.migration.is_some() || ctx.parked) {
             match route {
@@ -211,8 +206,9 @@ impl Router {
             Route::Fanout(kind) => fanout(view, kind, req, args, &mut self.parts),
             Route::Broadcast(kind) => broadcast(view, kind, args, &mut self.parts),
             Route::Local(cmd) => Plan::Local(cmd),
+            Route::Transaction(step) => transaction_step(step, ctx),
+            Route::Proxy(cmd) => proxy(view, ctx, cmd, args),
             Route::Refuse(r) => Plan::Error(r.error(spec.name)),
-            Route::Transaction(_) | Route::Proxy(_) => Plan::Error(ReplyError::err("shardis: unroutable command")),
         }
     }
 

@@ -38,10 +38,26 @@ impl<'a> Encoder<'a> {
     pub fn error(&mut self, msg: &str) {
         self.buf.reserve(msg.len() + 3);
         self.buf.put_u8(b'-');
-        for b in msg.bytes() {
+        self.line_text(msg);
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// An error reply from its code and the text after it (`-CODE text`),
+    /// without building the message first.
+    pub fn error_with(&mut self, code: &str, text: &str) {
+        self.buf.reserve(code.len() + text.len() + 4);
+        self.buf.put_u8(b'-');
+        self.line_text(code);
+        self.buf.put_u8(b' ');
+        self.line_text(text);
+        self.buf.extend_from_slice(b"\r\n");
+    }
+
+    /// Text inside a one-line frame: line breaks become spaces.
+    fn line_text(&mut self, text: &str) {
+        for b in text.bytes() {
             self.buf.put_u8(if b == b'\r' || b == b'\n' { b' ' } else { b });
         }
-        self.buf.extend_from_slice(b"\r\n");
     }
 
     pub fn integer(&mut self, n: i64) {
