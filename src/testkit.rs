@@ -70,32 +70,14 @@ pub fn ping_within(addr: SocketAddr, within: Duration) -> Result<(), String> {
     }
 }
 
-/// Sends one command and reads its reply, which must be a simple string, an
-/// error, an integer or a bulk string (all PING, AUTH and INFO answer).
+/// Sends one command and reads its one reply (the crate's own request
+/// encoder and reply framing).
 fn call(s: &mut TcpStream, args: &[&[u8]]) -> std::io::Result<Vec<u8>> {
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
-    let mut req = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        req.extend_from_slice(format!("${}\r\n", a.len()).as_bytes());
-        req.extend_from_slice(a);
-        req.extend_from_slice(b"\r\n");
-    }
-    s.write_all(&req)?;
+    s.write_all(&crate::protocol::Request::from_args(args).raw)?;
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
-    loop {
-        if let Some(line_end) = out.windows(2).position(|w| w == b"\r\n") {
-            if out[0] != b'$' {
-                return Ok(out);
-            }
-            let len: i64 = std::str::from_utf8(&out[1..line_end])
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .ok_or_else(|| std::io::Error::other("bad bulk length"))?;
-            if len < 0 || out.len() >= line_end + 2 + len as usize + 2 {
-                return Ok(out);
-            }
-        }
+    while crate::protocol::reply::frame_len(&out).is_none() {
         let n = s.read(&mut buf)?;
         if n == 0 {
             return Err(std::io::Error::new(
@@ -105,6 +87,7 @@ fn call(s: &mut TcpStream, args: &[&[u8]]) -> std::io::Result<Vec<u8>> {
         }
         out.extend_from_slice(&buf[..n]);
     }
+    Ok(out)
 }
 
 /// Polls `condition` every 10 ms until it holds and returns how long that
