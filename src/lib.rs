@@ -46,10 +46,12 @@
 
 pub mod backend;
 pub mod client;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod hold;
 pub mod local;
 pub mod lock;
 pub mod merge;
