@@ -264,8 +264,11 @@ impl Agent {
             let tick = tokio::time::sleep(TICK);
             match &mut watch {
                 Some(w) => tokio::select! {
-                    m = w.message() => if !matches!(m, Ok(Some(_))) { watch = None },
-                    _ = tick => {}
+                    m = w.message() => match m {
+                        Ok(Some(r)) => tracing::debug!(events = r.events().len(), "etcd watch woke the agent"),
+                        _ => watch = None,
+                    },
+                    _ = tick => tracing::debug!("agent tick"),
                 },
                 None => tick.await,
             }
