@@ -70,7 +70,16 @@ pub async fn apply(etcd: &[String], cluster: &str, path: &std::path::Path, opts:
     let current: FleetSpec =
         toml::from_str(&doc.spec).map_err(|e| format!("the fleet's topology does not parse: {e}"))?;
     let spec = spec.inherit(&current);
-    spec.apply_to(&base()).map_err(|e| format!("{}: {e}", path.display()))?;
+    if let Err(e) = spec.apply_to(&base()) {
+        let hint = match &current.redlock.group {
+            Some(g) if e.to_string().starts_with("redlock.group") => format!(
+                " (the fleet's lock group is [{}]: a spec that removes one of its members must set [redlock] group)",
+                g.join(", ")
+            ),
+            _ => String::new(),
+        };
+        return Err(format!("{}: {e}{hint}", path.display()));
+    }
     if spec == current && doc.change.is_none() {
         println!(
             "epoch {}: the fleet already serves this topology; nothing to do",
