@@ -29,6 +29,7 @@
 //!   counters.
 //! - [`lock`] (actors): [`lock::members`] and the per-session
 //!   [`lock::worker`] that runs Redlock against the members.
+//! - [`info`]: INFO's sections, the proxy's own and those summed over the shards.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`transaction`]: MULTI/EXEC when every key is on one shard.
 //! - [`client`]: one connection's state (protocol, name, authentication).
@@ -56,6 +57,7 @@ pub mod config;
 pub mod control;
 pub mod error;
 pub mod hold;
+pub mod info;
 pub mod local;
 pub mod lock;
 pub mod merge;

@@ -10,6 +10,7 @@ use crate::client::ClientState;
 use crate::command::table::REDIS_VERSION;
 use crate::command::{self, Local, info, keys, spec, table};
 use crate::error::{ErrorKind, ReplyError};
+use crate::info::Info;
 use crate::lock::members::resting_members;
 use crate::protocol::{Encoder, Protocol};
 use crate::state::Shared;
@@ -21,9 +22,9 @@ pub enum Outcome {
     Reply,
     /// Send the reply, then close the connection.
     Close,
-    /// INFO: send `INFO keyspace` to every shard and append the summed
-    /// keyspace to this text.
-    Info(String),
+    /// INFO: send `INFO <sections>` to every shard and merge the answers
+    /// into this reply.
+    Info(Box<Info>, Vec<&'static str>),
 }
 
 pub fn run(
@@ -86,14 +87,11 @@ pub fn run(
         Local::Client => client(args, st, enc),
         Local::Command => command_cmd(args, enc),
         Local::Info => {
-            let text = info_text(args, st, shared, topo);
-            // Only a request for the keyspace asks the shards (INFO,
-            // INFO keyspace, all, default, everything).
-            if !wants_section(args, "keyspace") {
-                enc.verbatim(text.as_bytes());
-                return Outcome::Reply;
+            let info = info_request(args, st, shared, topo);
+            match info.shard_request() {
+                Some(sections) => return Outcome::Info(Box::new(info), sections),
+                None => enc.verbatim(info.text_without_shards().as_bytes()),
             }
-            return Outcome::Info(text);
         }
     }
     Outcome::Reply
@@ -354,54 +352,55 @@ fn migration_info(topo: &Topology) -> String {
     )
 }
 
-/// Whether `INFO args...` asks for `section`: no argument, the section's
-/// name, or all / default / everything.
-fn wants_section(args: &[&[u8]], section: &str) -> bool {
-    args.len() == 1
-        || args[1..].iter().any(|a| {
-            a.eq_ignore_ascii_case(section.as_bytes())
-                || a.eq_ignore_ascii_case(b"all")
-                || a.eq_ignore_ascii_case(b"default")
-                || a.eq_ignore_ascii_case(b"everything")
-        })
-}
-
-/// The INFO text for the sections the proxy knows, without `# Keyspace`,
-/// which the session appends from the shards' answers.
-fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology) -> String {
-    let want = |s: &str| wants_section(args, s);
-    let mut t = String::new();
+/// The INFO reply: the proxy's own sections now, the shards' to merge
+/// when they answer (see [`crate::info`]).
+fn info_request(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology) -> Info {
+    let sections = crate::info::wanted(args);
+    let want = |s: &str| sections.contains(&s);
+    let mut own = Vec::new();
+    let mut fields = Vec::new();
     if want("server") {
-        t.push_str(&format!(
-            "# Server\r\nredis_version:{REDIS_VERSION}\r\nredis_mode:standalone\r\nshardis_version:{}\r\nprocess_id:{}\r\ntcp_port:{}\r\nuptime_in_seconds:{}\r\n\r\n",
-            env!("CARGO_PKG_VERSION"),
-            std::process::id(),
-            st.laddr.rsplit(':').next().unwrap_or(""),
-            shared.started.elapsed().as_secs(),
+        own.push((
+            "server",
+            crate::info::server(shared, st.laddr.rsplit(':').next().unwrap_or("")),
         ));
     }
     if want("clients") {
-        t.push_str(&format!(
-            "# Clients\r\nconnected_clients:{}\r\nmaxclients:{}\r\n\r\n",
-            shared.stats.clients.load(Ordering::Relaxed),
-            topo.config.limits.max_clients
+        own.push((
+            "clients",
+            format!(
+                "# Clients\r\nconnected_clients:{}\r\ncluster_connections:0\r\nmaxclients:{}\r\nclient_recent_max_input_buffer:0\r\nclient_recent_max_output_buffer:0\r\nblocked_clients:{}\r\ntracking_clients:0\r\nclients_in_timeout_table:0\r\n\r\n",
+                shared.stats.clients.load(Ordering::Relaxed),
+                topo.config.limits.max_clients,
+                shared.stats.blocked.load(Ordering::Relaxed),
+            ),
         ));
+    }
+    if want("memory") {
+        fields.extend(crate::info::memory_fields());
     }
     if want("stats") {
-        t.push_str(&format!(
-            "# Stats\r\ntotal_connections_received:{}\r\ntotal_commands_processed:{}\r\nrejected_connections:{}\r\n\r\n",
-            shared.stats.connections.load(Ordering::Relaxed),
-            shared.stats.commands.get(),
-            shared.stats.rejected.load(Ordering::Relaxed),
-        ));
+        fields.extend(crate::info::stats_fields(shared));
+    }
+    if want("replication") {
+        own.push(("replication", crate::info::replication()));
+    }
+    if want("cpu") {
+        own.push(("cpu", crate::info::cpu()));
+    }
+    if want("modules") {
+        own.push(("modules", "# Modules\r\n\r\n".to_string()));
+    }
+    if want("cluster") {
+        own.push(("cluster", "# Cluster\r\ncluster_enabled:0\r\n\r\n".to_string()));
     }
     if want("proxy") {
-        t.push_str(&format!(
+        let mut t = format!(
             "# Proxy\r\nepoch:{}\r\nshards:{}\r\nslots:{}\r\n",
             topo.epoch,
             topo.shards.len(),
             topo.ring.slots()
-        ));
+        );
         let counts = topo.ring.slot_counts();
         for (i, s) in topo.shards.iter().enumerate() {
             t.push_str(&format!(
@@ -412,14 +411,15 @@ fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology)
             ));
         }
         t.push_str("\r\n");
+        own.push(("proxy", t));
     }
     if want("migration") {
-        t.push_str(&migration_info(topo));
+        own.push(("migration", migration_info(topo)));
     }
     if want("locks") {
         let l = &shared.locks;
         let group: Vec<&str> = topo.locks.current.iter().map(|m| &**m).collect();
-        t.push_str(&format!(
+        own.push(("locks", format!(
             "# Locks\r\nlock_group:{}\r\nlock_group_joint:{}\r\nlock_granted:{}\r\nlock_denied:{}\r\nlock_no_quorum:{}\r\nlock_member_vote_failures:{}\r\nlock_members_resting:{}\r\n\r\n",
             group.join(","),
             topo.locks.previous.len(),
@@ -428,7 +428,7 @@ fn info_text(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topology)
             l.no_quorum.load(Ordering::Relaxed),
             l.member_failures(),
             resting_members(topo, l).join(","),
-        ));
+        )));
     }
-    t
+    Info::new(sections, own, fields, topo.names.clone())
 }

@@ -1,6 +1,10 @@
 //! Merging the replies of a request that went to several shards into the one
 //! reply the client expects, in its protocol.
 
+mod agree;
+
+use std::sync::Arc;
+
 use bytes::Bytes;
 use smallvec::SmallVec;
 
@@ -36,8 +40,20 @@ pub enum Merge {
     AndArrays,
     /// The first part's reply, once all parts succeeded (SCRIPT LOAD, CONFIG GET).
     First,
-    /// INFO: the proxy's own text plus the shards' summed keyspace.
-    Info { text: String },
+    /// INFO: the proxy's own sections plus the shards', summed.
+    Info(Box<crate::info::Info>),
+    /// FUNCTION LOAD/DELETE/FLUSH/RESTORE, CONFIG SET/RESETSTAT/REWRITE:
+    /// every shard gives the same reply, or the error names the shards that
+    /// failed (`names`: the shards in part order; `what`: the command).
+    Agree { what: &'static str, names: Vec<Arc<str>> },
+    /// FUNCTION KILL, SCRIPT KILL: OK when any shard killed a script.
+    AnyOk,
+    /// FUNCTION LIST: libraries by name; one missing on some shard is an
+    /// error naming it and the shards.
+    FunctionList { names: Vec<Arc<str>> },
+    /// CONFIG GET: the first reachable shard's answer with the proxy's own
+    /// values (`own`) in place of the shards'.
+    ConfigGet { own: Vec<(&'static str, String)> },
 }
 
 /// Part of each MGET key. Inline up to 16 keys: a typical MGET allocates
@@ -70,15 +86,25 @@ impl Merge {
     /// Writes the merged reply. Any part that failed makes the whole request
     /// fail with the first error, in part order.
     pub fn finish(self, parts: Vec<Option<BackendResult>>, enc: &mut Encoder<'_>) {
+        // These look at every shard's outcome, failures included.
+        let merge = match self {
+            Merge::Agree { what, names } => return agree::agree(what, &names, parts, enc),
+            Merge::AnyOk => return agree::any_ok(parts, enc),
+            Merge::FunctionList { names } => return agree::function_list(&names, parts, enc),
+            Merge::ConfigGet { own } => return agree::config_get(&own, parts, enc),
+            // INFO is what operators run when something is wrong: a shard
+            // that fails only drops out of the sums, and is counted.
+            Merge::Info(info) => return info.finish(parts, enc),
+            other => other,
+        };
+        merge.finish_data(parts, enc)
+    }
+
+    fn finish_data(self, parts: Vec<Option<BackendResult>>, enc: &mut Encoder<'_>) {
         // Inline for up to 8 parts (shards): no allocation for a typical fan-out.
         let mut frames: SmallVec<[Bytes; 8]> = SmallVec::with_capacity(parts.len());
-        // INFO is what operators run when something is wrong: a shard that
-        // fails only leaves its keys out of the summed keyspace.
-        let tolerant = matches!(self, Merge::Info { .. });
         for p in parts {
             match p {
-                Some(Ok(f)) if tolerant && reply::is_error(&f) => {}
-                Some(Err(_)) | None if tolerant => {}
                 Some(Ok(f)) if reply::is_error(&f) && !matches!(self, Merge::Mget(_)) => return enc.raw(&f),
                 Some(Ok(f)) => frames.push(f),
                 Some(Err(e)) => return enc.error(&e.to_string()),
@@ -214,40 +240,11 @@ impl Merge {
                 Some(f) => enc.raw(f),
                 None => enc.null(),
             },
-            Merge::Info { mut text } => {
-                let (mut keys, mut expires, mut ttl_weighted, mut ttl_keys) = (0u64, 0u64, 0u128, 0u64);
-                for f in &frames {
-                    let Some(body) = reply::as_bytes(f) else { continue };
-                    for line in String::from_utf8_lossy(&body).lines() {
-                        let Some(rest) = line.strip_prefix("db0:") else {
-                            continue;
-                        };
-                        let field = |name: &str| {
-                            rest.split(',')
-                                .find_map(|kv| kv.strip_prefix(name)?.strip_prefix('='))
-                                .and_then(|v| v.parse::<u64>().ok())
-                                .unwrap_or(0)
-                        };
-                        let (k, e, t) = (field("keys"), field("expires"), field("avg_ttl"));
-                        keys += k;
-                        expires += e;
-                        if t > 0 {
-                            ttl_weighted += t as u128 * e as u128;
-                            ttl_keys += e;
-                        }
-                    }
-                }
-                text.push_str("# Keyspace\r\n");
-                if keys > 0 {
-                    let avg = if ttl_keys > 0 {
-                        (ttl_weighted / ttl_keys as u128) as u64
-                    } else {
-                        0
-                    };
-                    text.push_str(&format!("db0:keys={keys},expires={expires},avg_ttl={avg}\r\n"));
-                }
-                enc.verbatim(text.as_bytes());
-            }
+            Merge::Info(_)
+            | Merge::Agree { .. }
+            | Merge::AnyOk
+            | Merge::FunctionList { .. }
+            | Merge::ConfigGet { .. } => enc.error("ERR shardis: merge not handled"),
         }
     }
 }

@@ -218,7 +218,7 @@ impl Router {
             Route::PubSub => Plan::Forward(PUBSUB_SHARD),
             Route::Subscribe => Plan::Subscribe,
             Route::Fanout(kind) => fanout(view, kind, req, args, &mut self.parts),
-            Route::Broadcast(kind) => broadcast(view, kind, args, &mut self.parts),
+            Route::Broadcast(kind) => broadcast(view, ctx, kind, spec, args, &mut self.parts),
             Route::Local(cmd) => Plan::Local(cmd),
             Route::Transaction(step) => transaction_step(step, ctx),
             Route::Proxy(cmd) => proxy(view, ctx, cmd, args),
@@ -447,8 +447,27 @@ fn fanout(view: &View<'_>, kind: Fanout, req: &Request, args: &[&[u8]], parts: &
 }
 
 /// Commands for every shard (or, for SCAN, the shard the cursor names).
-fn broadcast(view: &View<'_>, kind: Broadcast, args: &[&[u8]], parts: &mut Vec<(usize, Bytes)>) -> Plan {
+fn broadcast(
+    view: &View<'_>,
+    ctx: Ctx,
+    kind: Broadcast,
+    spec: &CommandSpec,
+    args: &[&[u8]],
+    parts: &mut Vec<(usize, Bytes)>,
+) -> Plan {
     let mut script = None;
+    let what = || -> &'static str {
+        match spec.name {
+            "function|load" => "FUNCTION LOAD",
+            "function|delete" => "FUNCTION DELETE",
+            "function|flush" => "FUNCTION FLUSH",
+            "function|restore" => "FUNCTION RESTORE",
+            "config|set" => "CONFIG SET",
+            "config|resetstat" => "CONFIG RESETSTAT",
+            "config|rewrite" => "CONFIG REWRITE",
+            _ => "the command",
+        }
+    };
     let merge = match kind {
         Broadcast::Dbsize => Merge::Sum,
         Broadcast::AllOk => Merge::AllOk,
@@ -467,6 +486,33 @@ fn broadcast(view: &View<'_>, kind: Broadcast, args: &[&[u8]], parts: &mut Vec<(
             }
             Merge::First
         }
+        Broadcast::Agree => Merge::Agree {
+            what: what(),
+            names: view.names.to_vec(),
+        },
+        Broadcast::AdminAgree => {
+            if view.config.admin_password.is_some() && !ctx.admin {
+                return Plan::Error(ReplyError::new(
+                    ErrorKind::NoPerm,
+                    format!("shardis: {} needs SHARDIS.ADMIN <admin_password> first", what()),
+                ));
+            }
+            Merge::Agree {
+                what: what(),
+                names: view.names.to_vec(),
+            }
+        }
+        Broadcast::Kill => Merge::AnyOk,
+        Broadcast::FunctionList => Merge::FunctionList {
+            names: view.names.to_vec(),
+        },
+        Broadcast::ConfigGet => Merge::ConfigGet {
+            own: vec![
+                ("maxclients", view.config.limits.max_clients.to_string()),
+                // The proxy never closes an idle client.
+                ("timeout", "0".to_string()),
+            ],
+        },
         Broadcast::Scan => return scan(view, args, parts),
     };
     Plan::Broadcast { merge, script }

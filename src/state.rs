@@ -19,6 +19,8 @@ pub struct Stats {
     pub clients: AtomicUsize,
     pub connections: AtomicU64,
     pub rejected: AtomicU64,
+    /// Clients waiting on a blocking command (BLPOP ...).
+    pub blocked: AtomicUsize,
     /// Bumped on every read of every client: striped, see [`StripedCounter`].
     pub commands: StripedCounter,
 }

@@ -102,8 +102,23 @@ pub enum Broadcast {
     RandomKey,
     /// SCRIPT EXISTS: a script exists when every shard has it.
     ScriptExists,
-    /// SCRIPT LOAD, CONFIG GET: every shard runs it; the first reply is sent.
+    /// SCRIPT LOAD, FUNCTION DUMP/STATS: every shard runs it; the first
+    /// reply is sent.
     First,
+    /// FUNCTION LOAD/DELETE/FLUSH/RESTORE: every shard must give the same
+    /// reply; otherwise an error names the shards that failed.
+    Agree,
+    /// CONFIG SET/RESETSTAT/REWRITE: as [`Broadcast::Agree`], and only for
+    /// an admin when an `admin_password` is configured.
+    AdminAgree,
+    /// FUNCTION KILL, SCRIPT KILL: OK when any shard killed a script.
+    Kill,
+    /// FUNCTION LIST: merged by library name; a library missing on some
+    /// shard is reported.
+    FunctionList,
+    /// CONFIG GET: the shards' answer with the proxy's own `maxclients` and
+    /// `timeout`.
+    ConfigGet,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -209,7 +224,14 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "scan" => Route::Broadcast(B::Scan),
         "randomkey" => Route::Broadcast(B::RandomKey),
         "script|exists" => Route::Broadcast(B::ScriptExists),
-        "script|load" | "config|get" => Route::Broadcast(B::First),
+        "script|load" | "function|dump" | "function|stats" | "function|help" | "config|help" => {
+            Route::Broadcast(B::First)
+        }
+        "function|load" | "function|delete" | "function|flush" | "function|restore" => Route::Broadcast(B::Agree),
+        "config|set" | "config|resetstat" | "config|rewrite" => Route::Broadcast(B::AdminAgree),
+        "function|kill" | "script|kill" => Route::Broadcast(B::Kill),
+        "function|list" => Route::Broadcast(B::FunctionList),
+        "config|get" => Route::Broadcast(B::ConfigGet),
         "multi" => Route::Transaction(TxCommand::Multi),
         "exec" => Route::Transaction(TxCommand::Exec),
         "discard" => Route::Transaction(TxCommand::Discard),
@@ -369,8 +391,14 @@ mod tests {
         assert_eq!(route("copy a b"), Ok(Route::Keyed));
         assert_eq!(route("copy a b db 1"), Ok(Route::Refuse(Refusal::Unsupported)));
         assert_eq!(route("bgsave"), Ok(Route::Refuse(Refusal::Unsupported)));
-        assert_eq!(route("config get save"), Ok(Route::Broadcast(Broadcast::First)));
+        assert_eq!(route("config get save"), Ok(Route::Broadcast(Broadcast::ConfigGet)));
+        assert_eq!(route("config set a b"), Ok(Route::Broadcast(Broadcast::AdminAgree)));
         assert_eq!(route("eval x 0"), Ok(Route::Keyed));
+        assert_eq!(route("function load x"), Ok(Route::Broadcast(Broadcast::Agree)));
+        assert_eq!(route("function list"), Ok(Route::Broadcast(Broadcast::FunctionList)));
+        assert_eq!(route("function kill"), Ok(Route::Broadcast(Broadcast::Kill)));
+        assert_eq!(route("fcall f 1 k"), Ok(Route::Keyed));
+        assert_eq!(route("fcall_ro f 0"), Ok(Route::Keyed));
     }
 
     #[test]
@@ -391,6 +419,5 @@ mod tests {
             route("foo a b").unwrap_err(),
             "ERR unknown command 'foo', with args beginning with: 'a' 'b' "
         );
-        assert_eq!(route("config set a b"), Ok(Route::Refuse(Refusal::Unsupported)));
     }
 }

@@ -375,6 +375,35 @@ fn admin_commands_check_the_password_and_permission() {
         guarded.route(admin, "SHARDIS.RELOAD"),
         Plan::Admin(Admin::Reload { force: false })
     ));
+    // CONFIG SET/RESETSTAT/REWRITE change every shard: admin only, when guarded.
+    let e = error_of(guarded.route(USER, "CONFIG SET maxmemory 1"));
+    assert_eq!(e.kind(), ErrorKind::NoPerm);
+    assert!(e.to_string().contains("CONFIG SET needs SHARDIS.ADMIN"), "{e}");
+    assert_eq!(
+        error_of(guarded.route(USER, "CONFIG RESETSTAT")).kind(),
+        ErrorKind::NoPerm
+    );
+    assert!(matches!(
+        guarded.route(admin, "CONFIG SET maxmemory 1"),
+        Plan::Broadcast {
+            merge: Merge::Agree { what: "CONFIG SET", .. },
+            ..
+        }
+    ));
+    assert!(matches!(
+        open.route(USER, "CONFIG SET maxmemory 1"),
+        Plan::Broadcast {
+            merge: Merge::Agree { .. },
+            ..
+        }
+    ));
+    assert!(matches!(
+        guarded.route(USER, "CONFIG GET maxmemory"),
+        Plan::Broadcast {
+            merge: Merge::ConfigGet { .. },
+            ..
+        }
+    ));
 }
 
 #[test]

@@ -27,6 +27,7 @@ mod replies;
 mod transaction;
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -233,6 +234,7 @@ impl Session {
                 // blocking command answers.
                 let seq = self.replies.put(at, Slot::One(None));
                 self.blocked = Some(seq);
+                self.shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
                 let reply = self.reply_to(seq, 0);
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
             }
@@ -267,9 +269,11 @@ impl Session {
                         self.replies.ready(at, b.freeze());
                         self.closing = true;
                     }
-                    local::Outcome::Info(text) => {
-                        let req = Request::from_args(&["INFO", "keyspace"]).raw;
-                        self.send_to_all(topo, Merge::Info { text }, req, at);
+                    local::Outcome::Info(info, sections) => {
+                        let mut info_args = vec!["INFO"];
+                        info_args.extend(sections);
+                        let req = Request::from_args(&info_args).raw;
+                        self.send_to_all(topo, Merge::Info(info), req, at);
                     }
                 }
             }
@@ -337,9 +341,20 @@ impl Session {
     fn complete(&mut self, c: Completion) {
         if self.blocked == Some(c.seq) {
             self.blocked = None;
+            self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
         }
         if let Some(c) = self.replies.complete(c) {
             self.migration_step(c);
+        }
+    }
+}
+
+impl Drop for Session {
+    /// A client that leaves while blocked is no longer counted as blocked
+    /// (INFO clients).
+    fn drop(&mut self) {
+        if self.blocked.is_some() {
+            self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
         }
     }
 }

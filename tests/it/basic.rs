@@ -273,10 +273,8 @@ async fn unsupported_and_unknown_commands_keep_the_connection() {
         e.to_string().contains("wrong number of arguments for 'get' command"),
         "{e}"
     );
-    let e = q::<Value>(&mut c, &["CONFIG", "SET", "maxmemory", "1"])
-        .await
-        .unwrap_err();
-    assert!(e.to_string().contains("unsupported command 'config set'"), "{e}");
+    let e = q::<Value>(&mut c, &["BGSAVE"]).await.unwrap_err();
+    assert!(e.to_string().contains("unsupported command 'bgsave'"), "{e}");
     let pong: String = q(&mut c, &["PING"]).await.unwrap();
     assert_eq!(pong, "PONG");
 }

@@ -1,6 +1,8 @@
 //! Differential test: the same random command stream through shardis (three
 //! shards) and to one plain Redis must give identical replies and leave an
-//! identical keyspace.
+//! identical keyspace. The stream includes FUNCTION LOAD, FCALL and CONFIG
+//! GET/SET, whose replies a proxy in front of several shards gives as one
+//! Redis does.
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -42,7 +44,7 @@ fn val(rng: &mut StdRng) -> String {
 fn random_command(rng: &mut StdRng) -> (Vec<String>, bool) {
     let s = |v: &[&str]| v.iter().map(|x| x.to_string()).collect::<Vec<_>>();
     let n = rng.random_range(1..5);
-    let cmd = match rng.random_range(0..40) {
+    let cmd = match rng.random_range(0..45) {
         0 => s(&["SET", &key(rng, "s"), &val(rng)]),
         1 => s(&["GET", &key(rng, "s")]),
         2 => s(&["APPEND", &key(rng, "s"), &val(rng)]),
@@ -119,6 +121,22 @@ fn random_command(rng: &mut StdRng) -> (Vec<String>, bool) {
         36 => return (s(&["KEYS", "*"]), true),
         37 => s(&["EVAL", "return redis.call('INCR', KEYS[1])", "1", &key(rng, "s")]),
         38 => s(&["PING"]),
+        40 => s(&[
+            "FCALL",
+            "incr_by",
+            "1",
+            &key(rng, "s"),
+            &rng.random_range(-5..5).to_string(),
+        ]),
+        41 => s(&["FCALL_RO", "get_ro", "1", &key(rng, "s")]),
+        42 => s(&[
+            "CONFIG",
+            "SET",
+            "list-max-listpack-size",
+            ["64", "128", "-2", "nope"][rng.random_range(0..4)],
+        ]),
+        43 => s(&["CONFIG", "GET", "list-max-listpack-size"]),
+        44 => s(&["FUNCTION", "LOAD", crate::functions::LIB]),
         _ => s(&["SET", &key(rng, "s"), &val(rng), "GET"]),
     };
     (cmd, false)
@@ -170,6 +188,15 @@ async fn same_replies_and_keyspace_as_one_redis() {
         let mut rng = StdRng::seed_from_u64(0x5eed);
         let mut via_proxy = redis::Client::open(url.as_str()).unwrap().get_connection().unwrap();
         let mut direct = reference.client();
+        // The same library on both sides, for FCALL.
+        for c in [&mut via_proxy, &mut direct] {
+            let name: String = redis::cmd("FUNCTION")
+                .arg("LOAD")
+                .arg(crate::functions::LIB)
+                .query(c)
+                .unwrap();
+            assert_eq!(name, "shardislib");
+        }
         let mut mismatches = Vec::new();
         let mut sent = 0;
         while sent < COMMANDS {

@@ -9,6 +9,8 @@ mod blocking;
 mod clients;
 mod differential;
 mod failures;
+mod functions;
+mod info;
 mod locks;
 mod migration;
 mod protocol;
