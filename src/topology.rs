@@ -55,6 +55,20 @@ impl Topology {
         max_lock_ttl: Option<std::time::Duration>,
         executors: &Executors,
     ) -> Topology {
+        Topology::build_with(config, epoch, previous, max_lock_ttl, executors, &[])
+    }
+
+    /// As [`Topology::build`], taking the pools of new backends from
+    /// `started` where one matches (shards started, and given the function
+    /// libraries, before the topology is put in service).
+    pub fn build_with(
+        config: Arc<Config>,
+        epoch: u64,
+        previous: Option<&Topology>,
+        max_lock_ttl: Option<std::time::Duration>,
+        executors: &Executors,
+        started: &[Arc<Shard>],
+    ) -> Topology {
         let locks = LockGroup::build(&config, previous.map(|p| &p.locks), max_lock_ttl);
         let ring = Ring::for_config(&config);
         let shards: Vec<Arc<Shard>> = config
@@ -64,6 +78,7 @@ impl Topology {
                 let spec = BackendSpec::from_config(b, &config);
                 previous
                     .and_then(|p| p.shards.iter().find(|s| *s.spec == spec))
+                    .or_else(|| started.iter().find(|s| *s.spec == spec))
                     .cloned()
                     .unwrap_or_else(|| Shard::start(spec, executors))
             })
@@ -177,7 +192,19 @@ impl TopologyCell {
         max_lock_ttl: Option<std::time::Duration>,
         force: bool,
     ) -> Result<Applied, MigrationRunning> {
-        self.apply_at(config, None, max_lock_ttl, force)
+        self.apply_at(config, None, max_lock_ttl, force, &[])
+    }
+
+    /// As [`TopologyCell::apply`], with new backends' pools taken from
+    /// `started` (see [`Topology::build_with`]).
+    pub fn apply_started(
+        &self,
+        config: Arc<Config>,
+        max_lock_ttl: Option<std::time::Duration>,
+        force: bool,
+        started: &[Arc<Shard>],
+    ) -> Result<Applied, MigrationRunning> {
+        self.apply_at(config, None, max_lock_ttl, force, started)
     }
 
     fn apply_at(
@@ -186,11 +213,12 @@ impl TopologyCell {
         epoch: Option<u64>,
         max_lock_ttl: Option<std::time::Duration>,
         force: bool,
+        started: &[Arc<Shard>],
     ) -> Result<Applied, MigrationRunning> {
         let _guard = self.change.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
         let epoch = epoch.unwrap_or(old.epoch + 1);
-        let mut next = Topology::build(config, epoch, Some(&old), max_lock_ttl, &self.executors);
+        let mut next = Topology::build_with(config, epoch, Some(&old), max_lock_ttl, &self.executors, started);
         let started = next.migration.is_some();
         if let Some(running) = old.active_migration() {
             if force {
@@ -276,7 +304,7 @@ impl TopologyCell {
         epoch: u64,
         max_lock_ttl: Option<std::time::Duration>,
     ) -> Result<Applied, MigrationRunning> {
-        self.apply_at(config, Some(epoch), max_lock_ttl, false)
+        self.apply_at(config, Some(epoch), max_lock_ttl, false, &[])
     }
 }
 

@@ -66,6 +66,17 @@ impl LockService {
         sha
     }
 
+    /// Every script body kept (SCRIPT LOAD, EVAL on lock keys): what a new
+    /// shard is given before it takes traffic.
+    pub fn scripts(&self) -> Vec<Bytes> {
+        self.scripts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
     pub(super) fn script(&self, sha: &str) -> Option<Bytes> {
         self.scripts.lock().unwrap_or_else(|p| p.into_inner()).get(sha).cloned()
     }

@@ -2,9 +2,12 @@
 //! checked the password) and `SHARDIS.RELOAD`.
 
 use super::Session;
-use super::replies::At;
+use bytes::BytesMut;
+
+use super::replies::{At, Slot};
 use crate::control;
 use crate::error::ReplyError;
+use crate::protocol::Encoder;
 use crate::router::Admin;
 
 impl Session {
@@ -16,9 +19,10 @@ impl Session {
                 self.replies.reply_with(at, proto, |e| e.ok());
             }
             // Re-reads the configuration file, as SIGHUP does, and answers
-            // the new topology epoch, or why the file was refused. The file
-            // is small and read on the session's thread; the new topology is
-            // built and swapped in before the reply.
+            // the new topology epoch, or why the file was refused. A task
+            // of its own does it (new shards are given the function
+            // libraries first, which awaits them) and answers in the slot;
+            // the new topology is in service before the reply.
             Admin::Reload { force } => {
                 let Some(path) = self.shared.config_path.get() else {
                     return self.replies.error(
@@ -27,14 +31,21 @@ impl Session {
                         &ReplyError::err("shardis: this proxy was not started from a configuration file"),
                     );
                 };
-                match control::reload_forced(&self.shared, path, force) {
-                    Ok(epoch) => self.replies.reply_with(at, proto, |e| e.integer(epoch as i64)),
-                    Err(why) => self.replies.error(
-                        at,
-                        proto,
-                        &ReplyError::err(format!("shardis: configuration refused, topology unchanged: {why}")),
-                    ),
-                }
+                let (path, shared) = (path.clone(), self.shared.clone());
+                let seq = self.replies.put(at, Slot::One(None));
+                let reply = self.reply_to(seq, 0);
+                tokio::spawn(async move {
+                    let mut out = BytesMut::new();
+                    let mut enc = Encoder::new(&mut out, proto);
+                    match control::reload_forced(&shared, &path, force).await {
+                        Ok(epoch) => enc.integer(epoch as i64),
+                        Err(why) => {
+                            ReplyError::err(format!("shardis: configuration refused, topology unchanged: {why}"))
+                                .encode(&mut enc)
+                        }
+                    }
+                    reply.complete(Ok(out.freeze()));
+                });
             }
         }
     }

@@ -343,7 +343,7 @@ async fn sessions_and_backend_connections_on_worker_threads() {
     let all: Vec<_> = nodes.iter().chain(std::iter::once(&fourth)).collect();
     let path = std::env::temp_dir().join(format!("shardis-workers-{}.toml", std::process::id()));
     std::fs::write(&path, crate::support::config_text(&all, "")).unwrap();
-    assert_eq!(shardis::control::reload(&proxy.shared, &path), Ok(2));
+    assert_eq!(shardis::control::reload(&proxy.shared, &path).await, Ok(2));
     let _ = std::fs::remove_file(&path);
     let k = (0..1000)
         .map(|i| format!("new:{i}"))

@@ -530,7 +530,7 @@ async fn a_changed_lock_group_needs_both_majorities_until_the_longest_ttl() {
         &format!("{TIMEOUTS}[redlock]\n{}\n", group(&["shard-3", "shard-4", "shard-5"])),
     );
     std::fs::write(&path, text).unwrap();
-    assert_eq!(shardis::control::reload(&proxy.shared, &path), Ok(2));
+    assert_eq!(shardis::control::reload(&proxy.shared, &path).await, Ok(2));
     assert_eq!(proxy.shared.topology.load().locks.previous.len(), 1);
 
     // The new group alone would grant it; the old group still says no.

@@ -22,12 +22,14 @@ fn config_named(nodes: &[(&str, &RedisNode)]) -> String {
 }
 
 /// Writes `text` to a fresh file and reloads the proxy from it.
-fn reload(proxy: &Proxy, text: &str, tag: &str, force: bool) -> Result<u64, String> {
+async fn reload(proxy: &Proxy, text: &str, tag: &str, force: bool) -> Result<u64, String> {
     let dir = std::env::temp_dir().join(format!("shardis-migration-{tag}-{}", proxy.addr.port()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("proxy.toml");
     std::fs::write(&path, text).unwrap();
-    let r = shardis::control::reload_forced(&proxy.shared, &path, force).map_err(|e| e.to_string());
+    let r = shardis::control::reload_forced(&proxy.shared, &path, force)
+        .await
+        .map_err(|e| e.to_string());
     let _ = std::fs::remove_dir_all(&dir);
     r
 }
@@ -81,7 +83,7 @@ async fn a_new_shard_receives_its_keys_and_no_read_misses_meanwhile() {
     let () = pipe.query_async(&mut c).await.unwrap();
 
     // The fourth shard joins.
-    assert!(reload(&proxy, &config_named(&named), "a4", false).is_ok());
+    assert!(reload(&proxy, &config_named(&named), "a4", false).await.is_ok());
     let moving = (0..n).filter(|i| proxy.shard_of(&format!("s:{i}")) == 3).count();
     assert!(moving > n / 8, "about a quarter of the keys change owner ({moving})");
     // Every read right away sees its value: keys not moved yet are moved by
@@ -153,7 +155,7 @@ async fn a_removed_shard_is_drained_and_deleted_keys_stay_deleted() {
 
     // "b" leaves; at once, delete some of its keys and overwrite others.
     let remaining = [named[0], named[2]];
-    assert!(reload(&proxy, &config_named(&remaining), "r2", false).is_ok());
+    assert!(reload(&proxy, &config_named(&remaining), "r2", false).await.is_ok());
     let (deleted, rewritten) = on_b.split_at(on_b.len() / 2);
     for i in deleted {
         let d: i64 = c.del(format!("k:{i}")).await.unwrap();
@@ -190,7 +192,7 @@ async fn an_unreachable_source_gives_tryagain_and_a_forced_reload_abandons() {
     }
     // "a" hangs; "c" joins and takes some of a's keys, which cannot move.
     nodes[0].pause();
-    assert!(reload(&proxy, &config_named(&named), "u3", false).is_ok());
+    assert!(reload(&proxy, &config_named(&named), "u3", false).await.is_ok());
     let stuck = (0..500)
         .map(|i| format!("k:{i}"))
         .find(|k| {
@@ -207,13 +209,15 @@ async fn an_unreachable_source_gives_tryagain_and_a_forced_reload_abandons() {
     );
     // A reload that keeps the ring carries the migration over...
     let carried = format!("{}[pool]\nconnections = 1\n", config_named(&named));
-    assert!(reload(&proxy, &carried, "u3a", false).is_ok());
+    assert!(reload(&proxy, &carried, "u3a", false).await.is_ok());
     assert_eq!(info_migration(&mut c).await["migration_in_progress"], "1");
     // ... one that moves slots again waits for it...
-    let e = reload(&proxy, &config_named(&named[1..]), "u3b", false).unwrap_err();
+    let e = reload(&proxy, &config_named(&named[1..]), "u3b", false)
+        .await
+        .unwrap_err();
     assert!(e.contains("migration") && e.contains("FORCE"), "{e}");
     // ... unless forced, which abandons it: the key stays on "a".
-    assert!(reload(&proxy, &config_named(&named), "u3c", true).is_ok());
+    assert!(reload(&proxy, &config_named(&named), "u3c", true).await.is_ok());
     let info = info_migration(&mut c).await;
     assert_eq!(info["migration_in_progress"], "0", "{info:?}");
     nodes[0].resume();
@@ -308,7 +312,7 @@ async fn pipelined_writes_keep_their_order_and_count_through_a_migration() {
         },
     )
     .await;
-    assert!(reload(&proxy, &config_named(&named), "p4", false).is_ok());
+    assert!(reload(&proxy, &config_named(&named), "p4", false).await.is_ok());
     let seen = writer.await.unwrap();
     assert!(seen.iter().all(|&v| v == 300), "{seen:?}");
     transactor.await.unwrap();
@@ -364,7 +368,7 @@ async fn keys_move_between_shards_that_want_credentials() {
     }
     // "c" (an ACL user) joins: keys move from "a" (AUTH) and "b" (AUTH2 user).
     let three = format!("{two}{}", backend("c", &nodes[2], true));
-    assert!(reload(&proxy, &three, "auth3", false).is_ok());
+    assert!(reload(&proxy, &three, "auth3", false).await.is_ok());
     for i in 0..500 {
         let v: Option<i64> = c.get(format!("k:{i}")).await.unwrap();
         assert_eq!(v, Some(i), "k:{i}");
@@ -378,4 +382,59 @@ async fn keys_move_between_shards_that_want_credentials() {
     let want = (0..500).filter(|i| proxy.shard_of(&format!("k:{i}")) == 2).count() as i64;
     assert!(want > 50, "{want}");
     assert_eq!(n, want, "c holds exactly the keys the ring gives it");
+}
+
+/// A shard that joins is given the function libraries and the scripts
+/// loaded through the proxy before any key routes to it: FCALL and EVALSHA
+/// on a key that now lives there work at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_shard_receives_the_function_libraries_and_scripts() {
+    let nodes: Vec<RedisNode> = (0..3).map(|_| RedisNode::start()).collect();
+    let named: Vec<(&str, &RedisNode)> = ["a", "b", "c"].into_iter().zip(nodes.iter()).collect();
+    let proxy = Proxy::start_text(&config_named(&named[..2]), 0).await;
+    let mut c = proxy.conn().await;
+    let lib: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(crate::functions::LIB)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(lib, "shardislib");
+    let sha: String = redis::cmd("SCRIPT")
+        .arg("LOAD")
+        .arg("return redis.call('GET', KEYS[1])")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+
+    assert!(reload(&proxy, &config_named(&named), "fn3", false).await.is_ok());
+    let key = (0..1000)
+        .map(|i| format!("fn:{i}"))
+        .find(|k| proxy.shard_of(k) == 2)
+        .expect("a key on the new shard");
+    let v: i64 = redis::cmd("FCALL")
+        .arg("incr_by")
+        .arg(1)
+        .arg(&key)
+        .arg(7)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, 7);
+    assert_eq!(
+        get_direct(&nodes[2], &key),
+        Some("7".to_string()),
+        "written on the new shard"
+    );
+    let got: i64 = redis::cmd("EVALSHA")
+        .arg(&sha)
+        .arg(1)
+        .arg(&key)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(got, 7);
+    // FUNCTION LIST agrees on all three.
+    let list: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query_async(&mut c).await.unwrap();
+    assert_eq!(list.len(), 1);
 }
