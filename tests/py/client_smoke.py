@@ -11,6 +11,7 @@ port = int(sys.argv[1])
 r = redis.Redis(port=port)  # library defaults
 assert r.ping() is True
 r.set("a", 1)
+r.hset("h", mapping={"f1": "v1", "f2": "v2"})
 assert r.get("a") == b"1", r.get("a")
 r.mset({f"py:{i}": i for i in range(50)})
 assert r.mget([f"py:{i}" for i in range(50)] + ["missing"]) == [str(i).encode() for i in range(50)] + [None]
@@ -74,6 +75,29 @@ except redis.ResponseError as e:
 assert r.ping()
 lua = r.register_script("return redis.call('GET', KEYS[1])")
 assert lua(keys=["a"]) == b"1"
+# What test harnesses send first (issue 11): FUNCTION FLUSH, INFO fields,
+# CONFIG SET; then functions as redis-py offers them (RESP3 here).
+r.flushall()
+assert r.function_flush() in (True, b"OK", "OK")
+info = r.info()
+assert info["arch_bits"] == 64 and info["cluster_enabled"] == 0, info
+assert info["role"] == "master" and info["redis_mode"] == "standalone", info
+assert "used_memory" in info and "loading" in info and "keyspace_hits" in info, info
+assert set(r.info("server", "clients")) >= {"redis_version", "connected_clients"}
+assert r.config_set("list-max-listpack-size", 64)
+assert r.config_get("list-max-listpack-size") == {"list-max-listpack-size": "64"}
+assert r.config_get("maxclients")["maxclients"].isdigit()
+lib = "#!lua name=pylib\nredis.register_function('pyincr', function(keys, args) return redis.call('INCRBY', keys[1], args[1]) end)"
+assert r.function_load(lib) in (b"pylib", "pylib")
+assert r.function_load(lib, replace=True) in (b"pylib", "pylib")
+assert r.fcall("pyincr", 1, "fn:a", 4) == 4
+assert r.fcall("pyincr", 1, "fn:a", 1) == 5
+libs = r.function_list()
+assert len(libs) == 1, libs
+assert r.function_delete("pylib") in (True, b"OK", "OK")
+assert r.function_list() == []
+r.set("a", 1)
+r.hset("h", mapping={"f1": "v1", "f2": "v2"})
 
 r2 = redis.Redis(port=port, protocol=2, decode_responses=True)
 assert r2.get("a") == "1"
