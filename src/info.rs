@@ -6,7 +6,7 @@
 //!   `cluster`, and `proxy`, `migration`, `locks`), written when the request
 //!   arrives ([`Info::new`]);
 //! - summed over the shards (`memory`, `persistence`, `stats`,
-//!   `errorstats`, `keyspace`): the session sends one `INFO <those>` to every
+//!   `commandstats`, `errorstats`, `latencystats`, `keyspace`): the session sends one `INFO <those>` to every
 //!   shard and [`Info::finish`] merges the answers field by field (counters
 //!   summed, flags and durations their maximum, `rdb_last_save_time` the
 //!   oldest, `*_human` recomputed from the sum, `dbN` / `errorstat_*`
@@ -15,8 +15,10 @@
 //!   (`shards_unreachable`): such a shard drops out of the sums, and every
 //!   summed section is still there.
 //!
-//! `INFO`, `INFO default|all|everything` give every section; several names
-//! give those sections; an unknown name gives nothing, as on Redis.
+//! `INFO` and `INFO default` give every section but `commandstats` and
+//! `latencystats` (the shards' only: commands the proxy answers itself are
+//! not counted there), which `all` and `everything` add; several names give
+//! those sections; an unknown name gives nothing, as on Redis.
 
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, OnceLock};
@@ -28,7 +30,7 @@ use crate::protocol::{Encoder, reply};
 use crate::state::Shared;
 
 /// Every section, in the order INFO writes them.
-pub const SECTIONS: [&str; 14] = [
+pub const SECTIONS: [&str; 16] = [
     "server",
     "clients",
     "memory",
@@ -37,7 +39,9 @@ pub const SECTIONS: [&str; 14] = [
     "replication",
     "cpu",
     "modules",
+    "commandstats",
     "errorstats",
+    "latencystats",
     "cluster",
     "keyspace",
     "proxy",
@@ -46,19 +50,27 @@ pub const SECTIONS: [&str; 14] = [
 ];
 
 /// The sections whose fields come from the shards.
-const FROM_SHARDS: [&str; 5] = ["memory", "persistence", "stats", "errorstats", "keyspace"];
+const FROM_SHARDS: [&str; 7] = [
+    "memory",
+    "persistence",
+    "stats",
+    "commandstats",
+    "errorstats",
+    "latencystats",
+    "keyspace",
+];
+
+/// Sections only `all` / `everything` (or their own name) ask for, as on Redis.
+const NOT_DEFAULT: [&str; 2] = ["commandstats", "latencystats"];
 
 /// Which sections `INFO args...` asks for, in INFO's order.
 pub fn wanted(args: &[&[u8]]) -> Vec<&'static str> {
-    let all = args.len() == 1
-        || args[1..].iter().any(|a| {
-            a.eq_ignore_ascii_case(b"all")
-                || a.eq_ignore_ascii_case(b"default")
-                || a.eq_ignore_ascii_case(b"everything")
-        });
+    let word = |w: &[u8]| args[1..].iter().any(|a| a.eq_ignore_ascii_case(w));
+    let all = word(b"all") || word(b"everything");
+    let default = args.len() == 1 || word(b"default");
     SECTIONS
         .into_iter()
-        .filter(|s| all || args[1..].iter().any(|a| a.eq_ignore_ascii_case(s.as_bytes())))
+        .filter(|s| all || (default && !NOT_DEFAULT.contains(s)) || word(s.as_bytes()))
         .collect()
 }
 
@@ -301,11 +313,14 @@ fn combine(field: &str, values: &[&str]) -> String {
     first.to_string()
 }
 
-/// `keys=1,expires=0,avg_ttl=0` (keyspace), `count=3` (errorstats): each
-/// sub-field summed, `avg_ttl` weighted by `expires`.
+/// `keys=1,expires=0,avg_ttl=0` (keyspace), `count=3` (errorstats),
+/// `calls=2,usec=9,usec_per_call=4.50,...` (commandstats): each integer
+/// sub-field summed, `avg_ttl` weighted by `expires`, `usec_per_call`
+/// recomputed; fractional ones (latency percentiles) their maximum.
 fn combine_subfields(values: &[&str]) -> String {
     let mut order: Vec<&str> = Vec::new();
     let mut sums: Vec<i128> = Vec::new();
+    let mut maxima: Vec<Option<f64>> = Vec::new();
     let (mut ttl_weighted, mut ttl_keys) = (0i128, 0i128);
     for v in values {
         let sub = |name: &str| {
@@ -321,26 +336,44 @@ fn combine_subfields(values: &[&str]) -> String {
         }
         for kv in v.split(',') {
             let Some((k, x)) = kv.split_once('=') else { continue };
-            let x = x.parse::<i128>().unwrap_or(0);
-            match order.iter().position(|o| *o == k) {
-                Some(i) => sums[i] += x,
+            let (int, frac) = match x.parse::<i128>() {
+                Ok(n) => (n, None),
+                Err(_) => (0, x.parse::<f64>().ok()),
+            };
+            let i = match order.iter().position(|o| *o == k) {
+                Some(i) => i,
                 None => {
                     order.push(k);
-                    sums.push(x);
+                    sums.push(0);
+                    maxima.push(None);
+                    order.len() - 1
                 }
+            };
+            sums[i] += int;
+            if let Some(f) = frac {
+                maxima[i] = Some(maxima[i].map_or(f, |m: f64| m.max(f)));
             }
         }
     }
+    let sum_of = |name: &str| order.iter().position(|o| *o == name).map(|i| sums[i]);
     order
         .iter()
-        .zip(&sums)
-        .map(|(k, s)| {
-            let s = if *k == "avg_ttl" {
-                if ttl_keys > 0 { ttl_weighted / ttl_keys } else { 0 }
-            } else {
-                *s
-            };
-            format!("{k}={s}")
+        .enumerate()
+        .map(|(i, k)| match *k {
+            "avg_ttl" => format!("{k}={}", if ttl_keys > 0 { ttl_weighted / ttl_keys } else { 0 }),
+            "usec_per_call" => {
+                let calls = sum_of("calls").unwrap_or(0);
+                let per = if calls > 0 {
+                    sum_of("usec").unwrap_or(0) as f64 / calls as f64
+                } else {
+                    0.0
+                };
+                format!("{k}={per:.2}")
+            }
+            _ => match maxima[i] {
+                Some(m) => format!("{k}={m:.3}"),
+                None => format!("{k}={}", sums[i]),
+            },
         })
         .collect::<Vec<_>>()
         .join(",")
@@ -530,8 +563,11 @@ mod tests {
             let r: Vec<&[u8]> = a.iter().map(|x| x.as_slice()).collect();
             wanted(&r)
         };
-        assert_eq!(w("INFO").len(), SECTIONS.len());
+        assert_eq!(w("INFO").len(), SECTIONS.len() - 2);
+        assert!(!w("INFO default").contains(&"commandstats"));
         assert_eq!(w("info EVERYTHING").len(), SECTIONS.len());
+        assert_eq!(w("INFO all").len(), SECTIONS.len());
+        assert_eq!(w("INFO commandstats"), ["commandstats"]);
         assert_eq!(w("INFO clients server"), ["server", "clients"]);
         assert!(w("INFO nosuchsection").is_empty());
     }
@@ -568,5 +604,26 @@ mod tests {
             assert!(out.contains(want), "{want} in {out}");
         }
         assert!(out.ends_with("shards:3\r\n\r\n"), "{out:?}");
+    }
+
+    #[test]
+    fn command_and_latency_stats_are_merged() {
+        assert_eq!(
+            combine(
+                "cmdstat_get",
+                &[
+                    "calls=2,usec=10,usec_per_call=5.00,rejected_calls=0,failed_calls=0",
+                    "calls=3,usec=5,usec_per_call=1.67,rejected_calls=1,failed_calls=0",
+                ]
+            ),
+            "calls=5,usec=15,usec_per_call=3.00,rejected_calls=1,failed_calls=0"
+        );
+        assert_eq!(
+            combine(
+                "latency_percentiles_usec_get",
+                &["p50=1.003,p99=2.007", "p50=3.001,p99=1.000"]
+            ),
+            "p50=3.001,p99=2.007"
+        );
     }
 }

@@ -137,7 +137,17 @@ async fn info_has_every_field_of_plain_redis() {
             t.contains("# Keyspace") && t.contains("# Proxy") && t.contains("cluster_enabled:0"),
             "{all}"
         );
+        let plain: String = redis::cmd("INFO").arg(all).query(&mut direct).unwrap();
+        for extra in ["# Commandstats", "# Latencystats"] {
+            assert_eq!(t.contains(extra), plain.contains(extra), "INFO {all}: {extra}");
+        }
     }
+    let t: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert!(t.contains("cmdstat_set:calls=20,"), "{t}");
 
     // A shard down: out of the sums, counted, every section still there.
     nodes[2].kill();
