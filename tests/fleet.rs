@@ -238,6 +238,13 @@ impl Fleet {
     /// first `seed` shards (proxy 0 starts first and seeds etcd; the others
     /// find the topology there).
     fn start(tag: &str, shards: usize, seed: usize, proxies: usize) -> Fleet {
+        Fleet::start_with(tag, shards, seed, proxies, true)
+    }
+
+    /// As [`Fleet::start`]; with `cluster` false the proxies are plain ones
+    /// (no `[cluster]`, each with the seed backends), for the checker's own
+    /// test.
+    fn start_with(tag: &str, shards: usize, seed: usize, proxies: usize, cluster: bool) -> Fleet {
         let etcd = EtcdNode::start();
         let shards: Vec<RedisNode> = (0..shards).map(|_| RedisNode::start()).collect();
         let dir = std::env::temp_dir().join(format!("shardis-fleet-{tag}-{}", std::process::id()));
@@ -254,7 +261,12 @@ impl Fleet {
         };
         let members: Vec<usize> = (0..seed).collect();
         for i in 0..proxies {
-            let p = ShardisProcess::start(BIN, &proxy_id(i), &fleet.proxy_config(i, &members));
+            let config = if cluster {
+                fleet.proxy_config(i, &members)
+            } else {
+                format!("threads = 1\n{}", fleet.backends_text(&members))
+            };
+            let p = ShardisProcess::start(BIN, &proxy_id(i), &config);
             fleet.proxies.push(p);
         }
         fleet
@@ -1079,4 +1091,61 @@ fn harness_etcd_restarts_and_shardis_process_takes_signals() {
         p.log().contains("shardis listening"),
         "the log file has the proxy's output"
     );
+}
+
+/// The checker itself, on two plain (non-fleet) proxies in front of the
+/// same three shards: a clean run reports nothing; a key deleted behind the
+/// proxies' back is lost and missing, a key copied to a second shard is on
+/// two shards and misplaced, and checking as if a shard had been removed
+/// finds its keys stranded.
+#[test]
+fn checker_reports_clean_runs_clean_and_finds_planted_faults() {
+    let _serial = serial();
+    let mut fleet = Fleet::start_with("checker", 3, 3, 2, false);
+    fleet.preload(1000);
+    let load = Workload::start(fleet.addrs(&[0, 1]));
+    load.progress(1000, Duration::from_secs(20), "on plain proxies");
+    let tally = load.stop();
+    assert!(tally.acked.iter().sum::<u64>() > 0);
+    let report = fleet.verify(&tally, &[0, 1, 2], 0);
+    report.assert_clean();
+    assert_eq!(tally.error_count(), 0, "{:?}", tally.error_examples);
+
+    // Plant faults straight on the shards.
+    let at = fleet.locations();
+    let (k0, k1) = (fleet_key(0), fleet_key(1));
+    let home0 = at[&k0][0];
+    let _: i64 = redis::cmd("DEL")
+        .arg(&k0)
+        .query(&mut fleet.shards[home0].client())
+        .unwrap();
+    let home1 = at[&k1][0];
+    let other = (home1 + 1) % 3;
+    let () = redis::cmd("SET")
+        .arg(&k1)
+        .arg(0)
+        .query(&mut fleet.shards[other].client())
+        .unwrap();
+    let report = fleet.verify(&tally, &[0, 1, 2], 0);
+    for needle in ["lost=1 ", "missing=1 ", "on_two_shards=1 ", "misplaced=1 "] {
+        assert!(report.summary.contains(needle), "{needle}: {}", report.summary);
+    }
+    assert!(
+        report.problems.iter().any(|p| p.contains("lost: fleet:0")),
+        "{:?}",
+        report.problems
+    );
+    assert!(
+        report.problems.iter().any(|p| p.contains("on two shards: fleet:1")),
+        "{:?}",
+        report.problems
+    );
+
+    // As if s2 had left: whatever it holds is stranded.
+    let on_s2 = fleet.dbsize(2);
+    assert!(on_s2 > 0);
+    let report = fleet.verify(&tally, &[0, 1], 0);
+    assert!(!report.problems.is_empty());
+    assert!(report.summary.contains("stranded="), "{}", report.summary);
+    assert!(!report.summary.contains("stranded=0 "), "{}", report.summary);
 }
