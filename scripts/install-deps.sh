@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local cluster need, if missing:
-# Debian's redis-server/redis-tools, etcd-server (the fleet tests start their
-# own etcd), protobuf-compiler (protoc, which the etcd client crate's build
-# runs), nutcracker (twemproxy, for benchmarks), and redis-py for the Python
-# client tests.
+# Debian's redis-server/redis-tools and nutcracker (twemproxy, for benchmarks),
+# etcd-server (the fleet's control plane: tests, scripts/run-cluster.sh and the
+# etcd image), protobuf-compiler (protoc, which the etcd client crate's build
+# needs), and redis-py for the Python client tests.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -18,8 +18,7 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -q
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"
 fi
-# The redis-server and etcd-server packages may start system instances (6379,
-# 2379) where an init system runs; tests never use them.
+# The redis-server package may start a system instance on 6379; tests never use it.
 if ! python3 -c 'import redis' >/dev/null 2>&1; then
   python3 -m pip install -q 'redis>=5' || python3 -m pip install -q --break-system-packages 'redis>=5'
 fi
