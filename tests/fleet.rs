@@ -176,9 +176,12 @@ impl Status {
         self.json["phase"].as_str().unwrap_or("")
     }
 
-    /// No migration running (the contract: `"migration": null`).
+    /// No migration running: `"migration": null` (the contract), or a
+    /// finished one's report (`"done": true`).
     fn migration_done(&self) -> bool {
-        self.json.get("migration").is_none_or(|m| m.is_null())
+        self.json
+            .get("migration")
+            .is_none_or(|m| m.is_null() || m["done"].as_bool() == Some(true))
     }
 
     /// The ids of the registered proxies.
@@ -238,13 +241,14 @@ impl Fleet {
     /// first `seed` shards (proxy 0 starts first and seeds etcd; the others
     /// find the topology there).
     fn start(tag: &str, shards: usize, seed: usize, proxies: usize) -> Fleet {
-        Fleet::start_with(tag, shards, seed, proxies, true)
+        Fleet::start_with(tag, shards, seed, proxies, Some(""))
     }
 
-    /// As [`Fleet::start`]; with `cluster` false the proxies are plain ones
-    /// (no `[cluster]`, each with the seed backends), for the checker's own
-    /// test.
-    fn start_with(tag: &str, shards: usize, seed: usize, proxies: usize, cluster: bool) -> Fleet {
+    /// As [`Fleet::start`], with `cluster` extra lines in each proxy's
+    /// `[cluster]` (say `fence = true`); with `None` the proxies are plain
+    /// ones (no `[cluster]`, each with the seed backends), for the
+    /// checker's own test.
+    fn start_with(tag: &str, shards: usize, seed: usize, proxies: usize, cluster: Option<&str>) -> Fleet {
         let etcd = EtcdNode::start();
         let shards: Vec<RedisNode> = (0..shards).map(|_| RedisNode::start()).collect();
         let dir = std::env::temp_dir().join(format!("shardis-fleet-{tag}-{}", std::process::id()));
@@ -261,10 +265,9 @@ impl Fleet {
         };
         let members: Vec<usize> = (0..seed).collect();
         for i in 0..proxies {
-            let config = if cluster {
-                fleet.proxy_config(i, &members)
-            } else {
-                format!("threads = 1\n{}", fleet.backends_text(&members))
+            let config = match cluster {
+                Some(extra) => fleet.proxy_config(i, &members, extra),
+                None => format!("threads = 1\n{}", fleet.backends_text(&members)),
             };
             let p = ShardisProcess::start(BIN, &proxy_id(i), &config);
             fleet.proxies.push(p);
@@ -273,16 +276,17 @@ impl Fleet {
     }
 
     /// A proxy's configuration (without `listen`, which [`ShardisProcess`] sets).
-    fn proxy_config(&self, i: usize, seed: &[usize]) -> String {
+    fn proxy_config(&self, i: usize, seed: &[usize], cluster_extra: &str) -> String {
         format!(
             "threads = 1\n\
              [timeouts]\ncommand_ms = 2000\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n\
              [cluster]\netcd = [\"{}\"]\nname = \"{}\"\nid = \"{}\"\n\
-             ack_timeout_ms = {ACK_TIMEOUT_MS}\nhold_timeout_ms = {HOLD_TIMEOUT_MS}\n\
+             ack_timeout_ms = {ACK_TIMEOUT_MS}\nhold_timeout_ms = {HOLD_TIMEOUT_MS}\n{}\n\
              {}",
             self.etcd.endpoint(),
             self.cluster,
             proxy_id(i),
+            cluster_extra,
             self.backends_text(seed)
         )
     }
@@ -823,7 +827,10 @@ fn b_three_proxies_add_then_remove_a_shard_under_load() {
 /// key that moved with success.
 fn stopped_proxy_blocks_until_evicted(tag: &str, resume_and_write: bool) {
     let _serial = serial();
-    let mut fleet = Fleet::start(tag, 4, 3, 3);
+    // Fencing at the backends is an option of the fleet (`[cluster] fence`);
+    // the test of the evicted proxy's writes turns it on.
+    let cluster_extra = if resume_and_write { "fence = true" } else { "" };
+    let mut fleet = Fleet::start_with(tag, 4, 3, 3, Some(cluster_extra));
     fleet.preload(PADDING);
     let before = fleet.locations();
     let e0 = fleet.status().expect("status").epoch();
@@ -1101,7 +1108,7 @@ fn harness_etcd_restarts_and_shardis_process_takes_signals() {
 #[test]
 fn checker_reports_clean_runs_clean_and_finds_planted_faults() {
     let _serial = serial();
-    let mut fleet = Fleet::start_with("checker", 3, 3, 2, false);
+    let mut fleet = Fleet::start_with("checker", 3, 3, 2, None);
     fleet.preload(1000);
     let load = Workload::start(fleet.addrs(&[0, 1]));
     load.progress(1000, Duration::from_secs(20), "on plain proxies");
