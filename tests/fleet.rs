@@ -995,7 +995,16 @@ fn e_migrator_killed_mid_migration_another_proxy_finishes() {
 
     let out = fleet.apply(&[0, 1, 2, 3], &["--detach"]);
     assert!(out.ok(), "apply --detach: {out}");
-    let s = fleet.status().expect("status");
+    // The migrator names itself in the migration's report once it starts;
+    // give it a moment, then fall back to proxy 0.
+    let named_within = Instant::now() + Duration::from_secs(2);
+    let s = loop {
+        let s = fleet.status().expect("status");
+        if s.migrator().is_some() || Instant::now() >= named_within {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
     let victim = match s.migrator() {
         Some(id) => id
             .strip_prefix("proxy-")
