@@ -227,7 +227,15 @@ fn main() -> ExitCode {
             error!(error = %e, "cannot install the SIGHUP handler");
             return ExitCode::FAILURE;
         }
+        // SIGTERM / SIGINT: stop accepting, drain the clients, run the
+        // shutdown hooks, exit 0 (shardis::shutdown).
+        if let Err(e) = shardis::shutdown::on_signals(&server.shared.shutdown) {
+            error!(error = %e, "cannot install the SIGTERM / SIGINT handlers");
+            return ExitCode::FAILURE;
+        }
+        let shared = server.shared.clone();
         server.run().await;
+        shardis::server::drain(&shared, shardis::server::shutdown_deadline(&shared)).await;
         ExitCode::SUCCESS
     })
 }
