@@ -100,9 +100,10 @@ pub struct Session {
 enum Drain {
     /// No shutdown: normal service.
     Serving,
-    /// Shutting down, and the client has sent nothing yet: it most likely
-    /// connected to send a request, just before the listener closed. Its
-    /// first read is still served (until this instant), then it drains.
+    /// Shutting down, and the client had sent nothing yet: it most likely
+    /// connected to send a request, just before the listener closed. It is
+    /// read until that first request is in whole (or until this instant),
+    /// then it drains.
     FirstRequest(Instant),
     /// Shutting down: nothing more is read; once the requests already read
     /// are answered (a blocking command's too, until the deadline), the
@@ -184,10 +185,11 @@ impl Session {
                         Ok(_) => {}
                     }
                     self.heard = true;
-                    if let Drain::FirstRequest(_) = self.drain {
+                    self.parse_and_dispatch(&mut rbuf);
+                    // The first request is in (not cut in two): drain.
+                    if matches!(self.drain, Drain::FirstRequest(_)) && rbuf.is_empty() {
                         self.drain = Drain::Draining;
                     }
-                    self.parse_and_dispatch(&mut rbuf);
                 }
                 _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
                 _ = first_request_grace(self.drain) => self.drain = Drain::Draining,
@@ -216,6 +218,11 @@ impl Session {
             if self.replies.is_empty()
                 && let Some(first) = self.subscribing.take()
             {
+                if self.drain != Drain::Serving {
+                    // Shutting down: no new subscriber.
+                    linger_close(sock, rbuf).await;
+                    return;
+                }
                 match self.subscriber(&mut sock, &mut rbuf, first).await {
                     Ok(()) => return,
                     Err(e) => {

@@ -501,7 +501,8 @@ fn wait_eof(s: &mut TcpStream, within: Duration) -> Duration {
 }
 
 /// Idle clients, one that never sent a byte, and a subscriber are closed at
-/// once: the proxy exits long before `shutdown_ms`.
+/// once, and one that sends its first request as the shutdown starts gets
+/// its reply first: the proxy exits long before `shutdown_ms`.
 #[test]
 fn idle_clients_and_subscribers_are_closed_at_once() {
     let node = RedisNode::start();
@@ -523,8 +524,14 @@ fn idle_clients_and_subscribers_are_closed_at_once() {
             .unwrap();
         n.first().is_some_and(|(_, n)| *n == 1)
     });
+    // Connected, and sends its first request only as the shutdown starts:
+    // it is answered (the first-request grace), then closed.
+    let mut late = TcpStream::connect(addr(port)).unwrap();
+    late.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     let t = Instant::now();
     proxy.signal(libc::SIGTERM);
+    assert_eq!(call(&mut late, &["PING"]), "+PONG\r\n");
+    wait_eof(&mut late, Duration::from_secs(2));
     for s in &mut idle {
         wait_eof(s, Duration::from_secs(2));
     }
