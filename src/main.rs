@@ -208,20 +208,12 @@ fn main() -> ExitCode {
             server.shared.topology.adopt(topo.config.clone(), j.epoch, None);
             drop(topo);
             let handle = shardis::cluster::agent::start(server.shared.clone(), j).await;
-            // Until graceful shutdown lands: leave the fleet on SIGTERM/SIGINT.
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-                else {
-                    return;
-                };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                handle.leave().await;
-                std::process::exit(0);
-            });
+            // SIGTERM/SIGINT: leave the fleet as soon as the listener has
+            // closed, while the clients drain (shardis::shutdown).
+            server
+                .shared
+                .shutdown
+                .on_shutdown("fleet deregistration", move || async move { handle.leave().await });
         }
         if let Err(e) = reload_on_sighup(server.shared.clone(), args.config.clone()) {
             error!(error = %e, "cannot install the SIGHUP handler");
