@@ -14,4 +14,5 @@ mod migration;
 mod protocol;
 mod pubsub;
 mod reload;
+mod shutdown;
 mod transactions;
