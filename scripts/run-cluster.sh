@@ -40,15 +40,33 @@ trap cleanup EXIT INT TERM
 # Every server runs in a session of its own (setsid), so Ctrl-C reaches only
 # this script, and cleanup stops them in order.
 
-# wait_for WHAT CMD...: retries CMD for up to 30 s.
+# The ends of etcd's and the shards' logs (the proxies log to this terminal);
+# cleanup removes them.
+show_logs() {
+  local f
+  for f in "$dir"/*.log; do
+    echo "--- $f" >&2
+    tail -n 5 "$f" >&2
+  done
+}
+# wait_for WHAT CMD...: retries CMD for up to 30 s; gives up at once when a
+# server started so far has exited (a bad configuration, a port taken).
 wait_for() {
-  local what=$1
+  local what=$1 p
   shift
   for _ in $(seq 300); do
     "$@" >/dev/null 2>&1 && return 0
+    for p in "${others[@]}" "${proxies[@]}"; do
+      if ! kill -0 "$p" 2>/dev/null; then
+        echo "run-cluster: a server exited while waiting for $what" >&2
+        show_logs
+        exit 1
+      fi
+    done
     sleep 0.1
   done
-  echo "run-cluster: $what did not come up within 30 s (logs in $dir)" >&2
+  echo "run-cluster: $what did not come up within 30 s" >&2
+  show_logs
   exit 1
 }
 # etcd answers GET /health with {"health":"true"} once it has a leader.

@@ -155,8 +155,21 @@ for f in "$logs"/*.rc; do
   printf '  %-28s %5ss  %s\n' "$label" "$(cat "$logs/$label.secs")" "$([ "$rc" = 0 ] && echo ok || echo "FAILED (exit $rc)")"
   [ "$rc" = 0 ] || failed+=("$label")
 done
+# Totals from libtest's "test result:" lines; a failed binary that printed
+# none (it crashed, or never started) counts as one failed test.
+passed=0
+nfailed=0
+for f in "$logs"/*.rc; do
+  label=$(basename "$f" .rc)
+  read -r p q < <(awk '/^test result: /{ for (i = 1; i < NF; i++) { if ($(i+1) ~ /^passed/) p += $i; if ($(i+1) ~ /^failed/) q += $i } }
+                       END { print p + 0, q + 0 }' "$logs/$label.log")
+  passed=$((passed + p))
+  nfailed=$((nfailed + q))
+  if [ "$(cat "$f")" != 0 ] && [ "$q" = 0 ]; then nfailed=$((nfailed + 1)); fi
+done
 if [ ${#failed[@]} -gt 0 ]; then
   echo "test.sh: FAILED: ${failed[*]}"
+  echo "total: $passed passed, $nfailed failed"
   exit 1
 fi
-echo "test.sh: all passed"
+echo "total: $passed passed, $nfailed failed"
