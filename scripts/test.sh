@@ -64,8 +64,9 @@ if [ "${SHARDIS_SKIP_RELEASE:-0}" != 1 ] && docker version >/dev/null 2>&1; then
   cargo build --release --locked --bin shardis
 fi
 
-# Test executables: "<label> <path>" per line. Labels: lib, bin-<name>,
-# test-<name>, bench-<name>. Examples are built but not run (as cargo test).
+# Test executables: "<label> <path>" per line, every target cargo built with
+# the test harness, i.e. what `cargo test --all-targets` runs. Labels: lib,
+# bin-<name>, test-<name>, bench-<name>, example-<name>.
 python3 - "$logs/build.json" >"$logs/executables" <<'PY'
 import json, sys
 seen = set()
