@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local cluster need, if missing:
-# Debian's redis-server/redis-tools and nutcracker (twemproxy, for benchmarks),
-# etcd-server (the fleet's control plane: tests, scripts/run-cluster.sh and the
-# etcd image), protobuf-compiler (protoc, which the etcd client crate's build
-# needs), and redis-py for the Python client tests.
+# Debian's redis-server/redis-tools, etcd-server and protobuf-compiler (fleet
+# mode), nutcracker (twemproxy, for benchmarks),
+# and redis-py for the Python client tests.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
 command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
+# etcd (the fleet's control plane, for the fleet tests and run-cluster.sh)
+# and protoc (the etcd-client crate compiles etcd's protobuf definitions).
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
 if [ "${SHARDIS_BENCH:-0}" = 1 ] && ! command -v nutcracker >/dev/null 2>&1 && [ ! -x /usr/sbin/nutcracker ]; then

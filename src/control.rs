@@ -18,6 +18,8 @@ pub enum ReloadError {
     Config(#[from] ConfigError),
     #[error("{0}")]
     MigrationRunning(#[from] MigrationRunning),
+    #[error("this proxy is part of fleet '{0}': its topology lives in etcd; change it with `shardis ctl apply`")]
+    Fleet(String),
 }
 
 impl PartialEq for ReloadError {
@@ -64,6 +66,9 @@ pub fn reload_forced(shared: &Shared, path: &Path, force: bool) -> Result<u64, R
 /// starts the migrator. Returns the new epoch. Needs a tokio runtime.
 pub fn apply(shared: &Shared, cfg: Config, force: bool) -> Result<u64, ReloadError> {
     let old = shared.topology.load_full();
+    if let Some(c) = &old.config.cluster {
+        return Err(ReloadError::Fleet(c.name.clone()));
+    }
     if cfg.listen != old.config.listen {
         warn!(old = %old.config.listen, new = %cfg.listen, "listen address changes need a restart; keeping the old one");
     }

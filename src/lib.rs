@@ -21,8 +21,10 @@
 //!   arithmetic, the lock service's shared state.
 //! - [`migration`]: the plan of a key move after a ring change (data), and
 //!   the migrator that carries it out ([`migration::mover`]).
-//! - [`topology`]: ring + backend pools + lock group + epoch, swapped
-//!   atomically (`ArcSwap`).
+//! - [`hold`]: the slots a prepared fleet change moves, and the requests
+//!   held on them.
+//! - [`topology`]: ring + backend pools + lock group + epoch (+ a hold),
+//!   swapped atomically (`ArcSwap`).
 //! - [`state`]: what every session shares: the topology cell, lock service,
 //!   counters.
 //! - [`lock`] (actors): [`lock::members`] and the per-session
@@ -35,6 +37,8 @@
 //! - [`local`]: commands the proxy answers itself (HELLO, CLIENT, COMMAND, INFO ...).
 //! - [`control`]: configuration reloads (SIGHUP, `SHARDIS.RELOAD`), starting
 //!   the migrator.
+//! - [`cluster`]: a fleet of proxies sharing one topology in etcd: the
+//!   phase machine, the per-proxy agent, fencing, `shardis ctl`.
 //! - [`session`]: one client connection: parse, route, execute the plan,
 //!   replies in order.
 //! - [`server`]: the listener and client limit.
@@ -46,10 +50,12 @@
 
 pub mod backend;
 pub mod client;
+pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod hold;
 pub mod local;
 pub mod lock;
 pub mod merge;

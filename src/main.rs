@@ -4,7 +4,7 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use shardis::config::Config;
 use shardis::control::reload_on_sighup;
 use shardis::server::Server;
@@ -23,6 +23,92 @@ struct Args {
     /// Validate the configuration and exit.
     #[arg(long)]
     check: bool,
+    #[command(subcommand)]
+    cmd: Option<Cmd>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Operate a fleet of proxies that share one topology in etcd.
+    Ctl(CtlArgs),
+}
+
+#[derive(clap::Args, Debug)]
+struct CtlArgs {
+    /// etcd endpoints, comma-separated (host:port).
+    #[arg(long, value_delimiter = ',', required = true)]
+    etcd: Vec<String>,
+    /// The fleet's name (`[cluster] name` in the proxies' files).
+    #[arg(long)]
+    cluster: String,
+    #[command(subcommand)]
+    op: CtlOp,
+}
+
+#[derive(Subcommand, Debug)]
+enum CtlOp {
+    /// Change the fleet's shards: a file of [[backends]] (+ [ring], [redlock]).
+    /// Returns once every proxy serves the new epoch and the keys have moved.
+    Apply {
+        file: PathBuf,
+        /// How long every proxy gets to acknowledge before the change is aborted.
+        #[arg(long, default_value_t = 10_000)]
+        timeout_ms: u64,
+        /// Return once every proxy serves the new epoch, without waiting for
+        /// the background migration to end.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Epoch, phase, shards, proxies and the migration's progress.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a proxy that is gone from the fleet (fencing it at the shards
+    /// first when the fleet fences), so changes stop waiting for it.
+    Evict {
+        id: String,
+        /// Evict even if it could not be fenced on every shard.
+        #[arg(long)]
+        force: bool,
+    },
+}
+
+/// Runs a `shardis ctl` command: exit 0 on success, 1 with the reason.
+fn ctl(args: CtlArgs) -> ExitCode {
+    use shardis::cluster::ctl;
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("shardis ctl: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let (etcd, cluster) = (&args.etcd, args.cluster.as_str());
+    let r = rt.block_on(async {
+        match args.op {
+            CtlOp::Apply {
+                file,
+                timeout_ms,
+                detach,
+            } => {
+                let opts = ctl::ApplyOptions {
+                    ack_timeout_ms: timeout_ms,
+                    detach,
+                };
+                ctl::apply(etcd, cluster, &file, opts).await
+            }
+            CtlOp::Status { json } => ctl::status(etcd, cluster, json).await,
+            CtlOp::Evict { id, force } => ctl::evict(etcd, cluster, &id, force).await,
+        }
+    });
+    match r {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("shardis ctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// jemalloc rather than glibc's malloc: after load and client churn glibc
@@ -42,6 +128,9 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .init();
+    if let Some(Cmd::Ctl(c)) = args.cmd {
+        return ctl(c);
+    }
     let config = match Config::load(&args.config) {
         Ok(c) => c,
         Err(e) => {
@@ -92,6 +181,21 @@ fn main() -> ExitCode {
         }
     };
     rt.block_on(async move {
+        // In a fleet, the topology comes from etcd (seeded from this file
+        // when the fleet has none), and the listener serves only once it is
+        // in place.
+        let listen = args.listen.clone().unwrap_or_else(|| config.listen.clone());
+        let (config, joined) = if config.cluster.is_some() {
+            match shardis::cluster::agent::join(config, &listen).await {
+                Ok(j) => (j.config.clone(), Some(j)),
+                Err(e) => {
+                    error!(error = %e, "cannot join the fleet");
+                    return ExitCode::FAILURE;
+                }
+            }
+        } else {
+            (config, None)
+        };
         let server = match Server::bind_on(config, args.listen.as_deref(), executors).await {
             Ok(s) => s,
             Err(e) => {
@@ -99,6 +203,26 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        if let Some(j) = joined {
+            let topo = server.shared.topology.load_full();
+            server.shared.topology.adopt(topo.config.clone(), j.epoch, None);
+            drop(topo);
+            let handle = shardis::cluster::agent::start(server.shared.clone(), j).await;
+            // Until graceful shutdown lands: leave the fleet on SIGTERM/SIGINT.
+            tokio::spawn(async move {
+                use tokio::signal::unix::{SignalKind, signal};
+                let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+                else {
+                    return;
+                };
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = int.recv() => {}
+                }
+                handle.leave().await;
+                std::process::exit(0);
+            });
+        }
         if let Err(e) = reload_on_sighup(server.shared.clone(), args.config.clone()) {
             error!(error = %e, "cannot install the SIGHUP handler");
             return ExitCode::FAILURE;

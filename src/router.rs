@@ -17,6 +17,7 @@ use crate::command::spec::CommandSpec;
 use crate::command::{self, Broadcast, Fanout, Local, Lookup, ProxyCommand, Route, TxCommand, keys::key_indices};
 use crate::config::Config;
 use crate::error::{ErrorKind, ReplyError};
+use crate::hold::Hold;
 use crate::lock::classify::{self, Op};
 use crate::lock::group::LockGroup;
 use crate::merge::{self, Merge, MgetParts};
@@ -38,6 +39,8 @@ pub struct View<'a> {
     pub locks: &'a LockGroup,
     /// The migration still moving keys, if any.
     pub migration: Option<&'a Migration>,
+    /// A prepared change holding the keys it moves (fleet mode), if any.
+    pub hold: Option<&'a Hold>,
     pub config: &'a Config,
 }
 
@@ -48,6 +51,7 @@ impl<'a> View<'a> {
             names: &topo.names,
             locks: &topo.locks,
             migration: topo.active_migration(),
+            hold: topo.hold.as_deref(),
             config: &topo.config,
         }
     }
@@ -72,6 +76,10 @@ pub struct Ctx {
     /// This request waited for its keys to move and they have: it goes to
     /// its shard now (it is neither queued nor parked again).
     pub released: bool,
+    /// This request was held by a prepared change and is routed again: it
+    /// came before any transaction the client opened since, so it is not
+    /// queued into it.
+    pub rerouted: bool,
 }
 
 /// A key to move before a request runs, during a migration.
@@ -118,6 +126,9 @@ pub enum Plan {
     /// During a migration: move these keys first, then route the request
     /// again (released).
     Park(Moves),
+    /// A prepared change moves one of its keys (fleet mode): wait until the
+    /// change is committed or aborted, then route the request again.
+    Hold,
     /// Answer with this error.
     Error(ReplyError),
 }
@@ -177,14 +188,17 @@ impl Router {
             return Plan::Error(ReplyError::new(ErrorKind::NoAuth, "Authentication required."));
         }
         // Inside MULTI everything but MULTI/EXEC/DISCARD is queued (or refused).
-        if ctx.in_tx && !ctx.released && !matches!(route, Route::Transaction(_)) {
+        if ctx.in_tx && !ctx.released && !ctx.rerouted && !matches!(route, Route::Transaction(_)) {
             return self.queue(view, spec, route, req, args);
         }
-        if !ctx.released && (view.migration.is_some() || ctx.parked) {
+        if !ctx.released && (view.migration.is_some() || view.hold.is_some() || ctx.parked) {
             match route {
                 Route::Keyed | Route::Blocking | Route::Fanout(_) => {
                     self.keys.clear();
                     let _ = key_indices(spec, args, &mut self.keys);
+                    if held(view, self.keys.iter().filter_map(|&i| req.arg_bytes(i))) {
+                        return Plan::Hold;
+                    }
                     let moves = moves(view, self.keys.iter().filter_map(|&i| req.arg_bytes(i)));
                     if !moves.is_empty() || ctx.parked {
                         return Plan::Park(moves);
@@ -357,6 +371,12 @@ pub fn moves(view: &View<'_>, keys: impl Iterator<Item = Bytes>) -> Moves {
         }
     }
     moves
+}
+
+/// True when a prepared change moves one of `keys` (lock keys never move).
+pub fn held(view: &View<'_>, mut keys: impl Iterator<Item = Bytes>) -> bool {
+    let Some(h) = view.hold else { return false };
+    keys.any(|k| !view.locks.is_lock_key(&k) && h.holds(&k, &view.names[view.shard_of(&k)]))
 }
 
 /// MGET, MSET, DEL/UNLINK/EXISTS/TOUCH: split by shard.

@@ -15,6 +15,7 @@ use arc_swap::ArcSwap;
 
 use crate::backend::{BackendSpec, Shard};
 use crate::config::Config;
+use crate::hold::Hold;
 use crate::lock::group::LockGroup;
 use crate::migration::Migration;
 use crate::ring::Ring;
@@ -36,6 +37,9 @@ pub struct Topology {
     /// The move of keys from the previous topology, when this one changed
     /// which shard owns some slots (see [`crate::migration`]).
     pub migration: Option<Arc<Migration>>,
+    /// A prepared change (fleet mode): requests on keys that it moves are
+    /// held until it is committed or aborted (see [`crate::hold`]).
+    pub hold: Option<Arc<Hold>>,
 }
 
 impl Topology {
@@ -76,6 +80,22 @@ impl Topology {
             config,
             locks,
             migration,
+            hold: None,
+        }
+    }
+
+    /// This topology with `hold` in place (or none): same epoch, shards,
+    /// ring and migration.
+    pub fn with_hold(&self, hold: Option<Arc<Hold>>) -> Topology {
+        Topology {
+            epoch: self.epoch,
+            ring: self.ring.clone(),
+            shards: self.shards.clone(),
+            names: self.names.clone(),
+            config: self.config.clone(),
+            locks: self.locks.clone(),
+            migration: self.migration.clone(),
+            hold,
         }
     }
 
@@ -128,6 +148,11 @@ impl TopologyCell {
         }
     }
 
+    /// Where sessions and backend connections run.
+    pub fn executors(&self) -> &Executors {
+        &self.executors
+    }
+
     /// The current topology (no lock; a few atomic operations).
     #[inline]
     pub fn load(&self) -> arc_swap::Guard<Arc<Topology>> {
@@ -152,9 +177,20 @@ impl TopologyCell {
         max_lock_ttl: Option<std::time::Duration>,
         force: bool,
     ) -> Result<Applied, MigrationRunning> {
+        self.apply_at(config, None, max_lock_ttl, force)
+    }
+
+    fn apply_at(
+        &self,
+        config: Arc<Config>,
+        epoch: Option<u64>,
+        max_lock_ttl: Option<std::time::Duration>,
+        force: bool,
+    ) -> Result<Applied, MigrationRunning> {
         let _guard = self.change.lock().unwrap_or_else(|p| p.into_inner());
         let old = self.current.load_full();
-        let mut next = Topology::build(config, old.epoch + 1, Some(&old), max_lock_ttl, &self.executors);
+        let epoch = epoch.unwrap_or(old.epoch + 1);
+        let mut next = Topology::build(config, epoch, Some(&old), max_lock_ttl, &self.executors);
         let started = next.migration.is_some();
         if let Some(running) = old.active_migration() {
             if force {
@@ -177,10 +213,70 @@ impl TopologyCell {
         }
         let next = Arc::new(next);
         self.current.store(next.clone());
+        if let Some(h) = &old.hold {
+            h.end(crate::hold::HoldEnd::Released);
+        }
         Ok(Applied {
             topology: next,
             started_migration: started,
         })
+    }
+}
+
+impl TopologyCell {
+    /// Puts `hold` in place on the current topology (a prepared change);
+    /// returns the topology now in service. A hold already there is
+    /// released first (its requests route again, and meet this one).
+    pub fn hold(&self, hold: Arc<Hold>) -> Arc<Topology> {
+        self.swap_hold(Some(hold))
+    }
+
+    /// Removes the hold, if any (an aborted change), releasing its requests
+    /// to run on the current ring.
+    pub fn unhold(&self) -> Arc<Topology> {
+        self.swap_hold(None)
+    }
+
+    fn swap_hold(&self, hold: Option<Arc<Hold>>) -> Arc<Topology> {
+        let _guard = self.change.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        let next = Arc::new(old.with_hold(hold));
+        self.current.store(next.clone());
+        if let Some(h) = &old.hold {
+            h.end(crate::hold::HoldEnd::Released);
+        }
+        next
+    }
+
+    /// Replaces the topology with one built from `config` at `epoch`, with
+    /// no migration (a fleet proxy adopting an epoch whose keys have all
+    /// moved already, or its first topology). Ends a running migration and
+    /// releases any hold.
+    pub fn adopt(&self, config: Arc<Config>, epoch: u64, max_lock_ttl: Option<std::time::Duration>) -> Arc<Topology> {
+        let _guard = self.change.lock().unwrap_or_else(|p| p.into_inner());
+        let old = self.current.load_full();
+        let mut next = Topology::build(config, epoch, Some(&old), max_lock_ttl, &self.executors);
+        next.migration = None;
+        if let Some(m) = old.active_migration() {
+            m.finish();
+        }
+        let next = Arc::new(next);
+        self.current.store(next.clone());
+        if let Some(h) = &old.hold {
+            h.end(crate::hold::HoldEnd::Released);
+        }
+        next
+    }
+
+    /// As [`TopologyCell::apply`] (no force) but to a given epoch: a fleet
+    /// proxy putting a committed change in service.
+    pub fn apply_epoch(
+        &self,
+        config: Arc<Config>,
+        epoch: u64,
+        max_lock_ttl: Option<std::time::Duration>,
+    ) -> Result<Applied, MigrationRunning> {
+        self.apply_at(config, Some(epoch), max_lock_ttl, false)
     }
 }
 

@@ -37,6 +37,22 @@ impl Shard {
     }
 }
 
+/// One request on a connection of its own to `spec`, opened for it and
+/// closed after it, within the connect and command timeouts: for the control
+/// plane's administrative calls (ACL users of a fenced fleet).
+pub async fn one_shot(spec: &BackendSpec, req: &[u8]) -> Result<Bytes, BackendError> {
+    let identity = Identity::default();
+    let within = spec.connect_timeout + spec.command_timeout;
+    match tokio::time::timeout(within, blocking_call(spec, &identity, Protocol::Resp2, req)).await {
+        Ok(r) => r,
+        Err(_) => Err(BackendError::new(
+            BackendErrorKind::Timeout,
+            &spec.name,
+            "administrative call timed out",
+        )),
+    }
+}
+
 /// Connects (with the usual handshake), writes `req` and reads its one reply.
 async fn blocking_call(
     spec: &BackendSpec,

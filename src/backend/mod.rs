@@ -21,6 +21,7 @@
 pub mod backoff;
 mod conn;
 mod dedicated;
+pub use dedicated::one_shot;
 mod pipeline;
 
 use std::sync::{Arc, Mutex, OnceLock};
@@ -228,6 +229,27 @@ impl Shard {
 
     /// Sends one request (RESP2, on `lane`) and awaits its answer: what the
     /// migrator and other background callers use.
+    /// Waits until every request sent so far on every pipelined connection
+    /// of this shard has been answered (or its connection lost): a PING on
+    /// each, in FIFO order behind them. Gives up after the command timeout.
+    pub async fn barrier(&self) {
+        let ping = Bytes::from_static(b"*1\r\n$4\r\nPING\r\n");
+        let mut waits = Vec::new();
+        let resp3 = self.resp3.get().map(|g| g.as_slice()).unwrap_or_default();
+        for tx in self.resp2.iter().chain(resp3.iter()).flatten() {
+            let (reply, rx) = oneshot::channel();
+            if tx.send(Job::new(ping.clone(), ReplyTo::Call(reply))).is_ok() {
+                waits.push(rx);
+            }
+        }
+        let all = async {
+            for rx in waits {
+                let _ = rx.await;
+            }
+        };
+        let _ = tokio::time::timeout(self.spec.command_timeout, all).await;
+    }
+
     pub async fn call(&self, lane: usize, req: Bytes) -> BackendResult {
         let (tx, rx) = oneshot::channel();
         self.send(Protocol::Resp2, lane, Job::new(req, ReplyTo::Call(tx)));

@@ -215,6 +215,7 @@ impl Session {
             in_tx: self.tx.is_some(),
             parked: self.parked > 0,
             released,
+            rerouted: at != At::Next,
         };
         let plan = self.router.route(&View::of(topo), ctx, &req, &args);
         self.execute(topo, plan, &req, &args, at);
@@ -274,14 +275,15 @@ impl Session {
             }
             Plan::Tx(step) if at == At::Next => self.transaction(topo, step, req),
             Plan::Admin(cmd) => self.admin(cmd, at),
-            Plan::Park(moves) if at == At::Next => {
+            Plan::Park(moves) => {
                 let m = topo.migration.clone();
-                self.park(topo, m.as_deref(), moves, parked::Then::Dispatch(req.clone()));
+                self.park(topo, m.as_deref(), moves, parked::Then::Dispatch(req.clone()), at);
             }
+            Plan::Hold => self.hold(topo, parked::Then::Dispatch(req.clone()), at),
             Plan::Error(e) => self.replies.error(at, proto, &e),
-            // Only keyed requests wait for a migration, and they come back
-            // released: none of these can be the plan of a held slot.
-            Plan::Subscribe | Plan::Tx(_) | Plan::Park(_) => self.replies.error(
+            // Only keyed requests wait for a migration or a hold: none of
+            // these can be the plan of a request routed again.
+            Plan::Subscribe | Plan::Tx(_) => self.replies.error(
                 at,
                 proto,
                 &ReplyError::err("shardis: request not dispatched after migration"),

@@ -16,6 +16,9 @@ pub(super) struct Parked {
     pub(super) left: usize,
     /// Why a key could not be moved: the request is then answered with it.
     pub(super) failed: Option<ReplyError>,
+    /// Held by a prepared change rather than waiting for keys to move:
+    /// when the hold ends it is routed again from scratch.
+    pub(super) held: bool,
 }
 
 /// What a parked request is.

@@ -31,7 +31,7 @@ const DEL_PART: u32 = 1 << 31;
 impl Session {
     /// Parks `then` in a [`Slot::Migrating`] and sends a MIGRATE for each of
     /// `moves` from its old owner (in `m`) to its new owner.
-    pub(super) fn park(&mut self, topo: &Topology, m: Option<&Migration>, moves: Moves, then: Then) {
+    pub(super) fn park(&mut self, topo: &Topology, m: Option<&Migration>, moves: Moves, then: Then, at: At) {
         let jobs: SmallVec<[(Option<Arc<crate::backend::Shard>>, Bytes); 4]> = moves
             .iter()
             .map(|mv| {
@@ -43,12 +43,13 @@ impl Session {
         let moves: SmallVec<[(usize, Bytes); 4]> = moves.into_iter().map(|mv| (mv.from, mv.key)).collect();
         self.parked += 1;
         let seq = self.replies.put(
-            At::Next,
+            at,
             Slot::Migrating(Box::new(Parked {
                 then,
                 left: moves.len(),
                 moves,
                 failed: None,
+                held: false,
             })),
         );
         for (part, (shard, job)) in jobs.into_iter().enumerate() {
@@ -68,14 +69,54 @@ impl Session {
         }
     }
 
+    /// Holds `then` in a [`Slot::Migrating`] until the prepared change of
+    /// `topo` is committed or aborted (see [`crate::hold`]).
+    pub(super) fn hold(&mut self, topo: &Topology, then: Then, at: At) {
+        let Some(hold) = topo.hold.clone() else {
+            // Not reachable: the router plans a hold only with one in place.
+            return self
+                .replies
+                .error(at, self.state.proto, &ReplyError::err("shardis: no change is prepared"));
+        };
+        self.parked += 1;
+        let seq = self.replies.put(
+            at,
+            Slot::Migrating(Box::new(Parked {
+                then,
+                left: 1,
+                moves: SmallVec::new(),
+                failed: None,
+                held: true,
+            })),
+        );
+        let reply = self.reply_to(seq, 0);
+        hold.wait(reply);
+    }
+
     /// A MIGRATE (or DEL of a superseded copy) for a [`Slot::Migrating`]
-    /// answered; once all have, the request runs, or fails with TRYAGAIN.
+    /// answered, or a hold ended; once all have, the request runs, or fails
+    /// with TRYAGAIN.
     pub(super) fn migration_step(&mut self, c: Completion) {
         let topo = self.shared.topology.load_full();
         let m = topo.migration.clone();
         let Some(Slot::Migrating(parked)) = self.replies.get_mut(c.seq) else {
             return;
         };
+        if parked.held {
+            match &c.result {
+                Ok(f) if !crate::protocol::reply::is_error(f) => {}
+                Ok(f) => {
+                    let text = String::from_utf8_lossy(f.get(1..).unwrap_or_default())
+                        .trim_end()
+                        .to_string();
+                    let text = text.strip_prefix("TRYAGAIN ").unwrap_or(&text).to_string();
+                    parked.failed = Some(ReplyError::new(ErrorKind::TryAgain, text));
+                }
+                Err(e) => parked.failed = Some(ReplyError::err(e.to_string())),
+            }
+            parked.left = 0;
+            return self.release_parked();
+        }
         let part = (c.part & !DEL_PART) as usize;
         let Some((src, key)) = parked.moves.get(part).cloned() else {
             return;
@@ -151,7 +192,7 @@ impl Session {
                 return;
             };
             self.parked -= 1;
-            let Parked { then, failed, .. } = *parked;
+            let Parked { then, failed, held, .. } = *parked;
             if let Some(why) = failed {
                 let mut b = BytesMut::new();
                 why.encode(&mut Encoder::new(&mut b, self.state.proto));
@@ -160,8 +201,11 @@ impl Session {
             }
             // Its keys are on their new owners: run it there, in its slot.
             let topo = self.shared.topology.load_full();
+            // A held request is routed from scratch: on the new ring it may
+            // have keys to move first, on the old one (aborted) it just runs.
             match then {
-                Then::Dispatch(req) => self.dispatch(&topo, req, At::Slot(seq), true),
+                Then::Dispatch(req) => self.dispatch(&topo, req, At::Slot(seq), !held),
+                Then::Exec(ex) if held => self.exec_at(&topo, ex, At::Slot(seq)),
                 Then::Exec(ex) => self.send_exec(&topo, ex, At::Slot(seq)),
             }
         }

@@ -59,17 +59,26 @@ impl Session {
             Ok(None) => return self.replies.reply_with(At::Next, proto, |e| e.array(0)),
             Err(e) => return self.replies.error(At::Next, proto, &e),
         };
-        // While keys move, the transaction's keys are moved first (and it
-        // waits behind this client's earlier parked requests), as for any
-        // keyed command.
+        self.exec_at(topo, ex, At::Next);
+    }
+
+    /// Sends a transaction's batch, unless its keys are held by a prepared
+    /// change or have to move first: while keys move, the transaction's keys
+    /// are moved first (and it waits behind this client's earlier parked
+    /// requests), as for any keyed command.
+    pub(super) fn exec_at(&mut self, topo: &Topology, ex: Exec, at: At) {
+        let view = View::of(topo);
+        if router::held(&view, ex.keys.iter().cloned()) {
+            return self.hold(topo, Then::Exec(ex), at);
+        }
         let m = topo.active_migration();
         if m.is_some() || self.parked > 0 {
-            let moves = router::moves(&View::of(topo), ex.keys.iter().cloned());
+            let moves = router::moves(&view, ex.keys.iter().cloned());
             if !moves.is_empty() || self.parked > 0 {
-                return self.park(topo, m, moves, Then::Exec(ex));
+                return self.park(topo, m, moves, Then::Exec(ex), at);
             }
         }
-        self.send_exec(topo, ex, At::Next);
+        self.send_exec(topo, ex, at);
     }
 
     /// Sends a transaction's batch to the shard of its keys in `topo` (which

@@ -9,8 +9,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+mod fleet;
+pub use fleet::{ClusterConfig, FleetSpec};
+
 /// The whole configuration.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     /// Address the proxy listens on for clients.
@@ -42,12 +45,19 @@ pub struct Config {
     pub threads: usize,
     #[serde(default)]
     pub redlock: RedlockConfig,
+    /// A fleet of proxies sharing one topology in etcd (see
+    /// [`crate::cluster`]); without it the file is the topology.
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    /// With `[cluster]`, only the seed of an empty cluster: a proxy joining
+    /// a cluster that has a topology ignores its own backends.
+    #[serde(default)]
     pub backends: Vec<Backend>,
 }
 
 /// Redlock: keys in the lock namespace live on every member of the lock
 /// group and every command on them answers by majority. See [`crate::lock`].
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RedlockConfig {
     /// Glob patterns (`*`, `?`, `[...]`, `\` escapes, as Redis's KEYS) that
@@ -86,7 +96,7 @@ impl Default for RedlockConfig {
 }
 
 /// See [`RedlockConfig::on_no_quorum`].
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, serde::Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum NoQuorum {
     #[default]
@@ -105,7 +115,7 @@ fn default_drift_factor() -> f64 {
 }
 
 /// How keys map to shards. See [`crate::ring`].
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RingConfig {
     /// The key space is cut into 2^slot_bits slots, each owned by one shard.
@@ -124,7 +134,7 @@ impl Default for RingConfig {
 }
 
 /// Timeouts, in milliseconds in the file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Timeouts {
     /// Connecting to a backend, handshake (AUTH, HELLO, PING) included.
@@ -163,7 +173,7 @@ impl Timeouts {
 }
 
 /// Limits that protect the proxy from one client.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct LimitsConfig {
     /// Largest bulk string in a request (bytes).
@@ -201,7 +211,7 @@ impl Default for LimitsConfig {
 }
 
 /// Backend connection pools.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct PoolConfig {
     /// Pipelined connections per shard, per worker thread (and per protocol
@@ -220,7 +230,7 @@ impl Default for PoolConfig {
 }
 
 /// One backend Redis: a shard.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Backend {
     /// The shard's identity on the ring. Changing `addr` moves no keys;
@@ -325,8 +335,11 @@ impl Config {
         if !(16..=22).contains(&self.ring.slot_bits) {
             return Err(invalid("ring.slot_bits", "must be between 16 and 22"));
         }
-        if self.backends.is_empty() {
+        if self.backends.is_empty() && self.cluster.is_none() {
             return Err(invalid("backends", "at least one backend is required"));
+        }
+        if let Some(c) = &self.cluster {
+            c.validate()?;
         }
         if self.backends.len() > 4096 {
             return Err(invalid("backends", "at most 4096 backends are supported"));
