@@ -63,7 +63,7 @@ pub fn proxy_id(cfg: &Config, c: &ClusterConfig) -> String {
 /// interface (0.0.0.0, [::]).
 fn advertised(listen: &str) -> String {
     match listen.rsplit_once(':') {
-        Some((host, port)) if matches!(host, "0.0.0.0" | "[::]" | "::" | "") => format!("{}:{port}", hostname()),
+        Some(("0.0.0.0" | "[::]" | "::" | "", port)) => format!("{}:{port}", hostname()),
         _ => listen.to_string(),
     }
 }
