@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Builds the two local images, offline (no registry, no base image, no builder):
+# Builds the three local images, offline (no registry, no base image, no builder):
 #
 #   shardis/redis:local    redis-server + redis-cli from the host's Debian packages
 #   shardis/shardis:local  target/release/shardis (+ redis-cli for healthchecks),
 #                          config at /etc/shardis/proxy.toml, runs as uid 65534 (nobody)
+#   shardis/etcd:local     etcd from Debian's etcd-server (the fleet's control plane,
+#                          docker-compose.yml) + bash for its healthcheck, runs as 65534
 #
 # Each image is a `docker import` of a rootfs tarball: the binaries plus the
 # shared libraries `ldd` lists. Works on any Docker engine (no BuildKit, no
@@ -34,13 +36,14 @@ command -v docker >/dev/null 2>&1 || die "the docker CLI is not installed"
 docker version --format '{{.Server.Version}}' >/dev/null 2>&1 \
   || die "cannot reach the Docker engine (is dockerd running, may this user use /var/run/docker.sock?)"
 
-# Redis from Debian's packages. /usr/bin/redis-server is a symlink to
+# Redis and etcd from Debian's packages. /usr/bin/redis-server is a symlink to
 # redis-check-rdb; the file itself is copied below under the right name.
-if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1; then
-  say "installing redis-server and redis-tools with apt-get"
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-cli >/dev/null 2>&1 \
+  || ! command -v etcd >/dev/null 2>&1; then
+  say "installing redis-server, redis-tools and etcd-server with apt-get"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -q
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q redis-server redis-tools
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q redis-server redis-tools etcd-server
 fi
 
 # The release binary: cargo rebuilds it if any source it is made of changed
@@ -145,6 +148,36 @@ import "$prefix/shardis:$tag" "$shardis_root" \
   'EXPOSE 6380' \
   'ENV NO_COLOR=1' \
   'ENV RUST_LOG=info' \
+  'USER 65534'
+
+# --- shardis/etcd ----------------------------------------------------------
+# Debian's etcd (3.4; built with cgo, so it needs its libc, which
+# copy_with_libs brings). Data in /data/etcd (the container's own layer: a new
+# container starts an empty cluster). No etcdctl in Debian's etcd-server, so the
+# healthcheck is bash asking GET /health over /dev/tcp (see etcd-health below).
+etcd_root="$work/etcd"
+skeleton "$etcd_root"
+copy_with_libs "$etcd_root" "$(command -v etcd)" /usr/bin/etcd
+copy_with_libs "$etcd_root" "$(command -v bash)" /bin/bash
+cat >"$etcd_root/usr/bin/etcd-health" <<'HEALTH'
+#!/bin/bash
+# etcd-health [PORT]: exit 0 when the etcd on 127.0.0.1:PORT (2379) answers
+# GET /health with {"health":"true"} (it has a leader and serves). Bash only:
+# the image has no curl and no etcdctl.
+exec 3<>"/dev/tcp/127.0.0.1/${1:-2379}" || exit 1
+printf 'GET /health HTTP/1.0\r\nHost: localhost\r\n\r\n' >&3
+while IFS= read -r -t 2 line <&3 || [ -n "$line" ]; do
+  case $line in *'"health":"true"'*) exit 0 ;; esac
+  line=
+done
+exit 1
+HEALTH
+chmod 0755 "$etcd_root/usr/bin/etcd-health"
+import "$prefix/etcd:$tag" "$etcd_root" \
+  'ENTRYPOINT ["/usr/bin/etcd"]' \
+  'CMD ["--name", "etcd", "--data-dir", "/data/etcd", "--listen-client-urls", "http://0.0.0.0:2379", "--advertise-client-urls", "http://localhost:2379"]' \
+  'EXPOSE 2379' \
+  'WORKDIR /data' \
   'USER 65534'
 
 docker images --format '{{.Repository}}:{{.Tag}}  {{.Size}}' | grep "^$prefix/" >&2 || true

@@ -15,6 +15,7 @@
 //! - [`command`]: the Redis 7.0 command table (generated), key extraction from
 //!   key specs, and each command's [`command::Route`].
 //! - [`workers`]: thread-per-core worker runtimes.
+//! - [`shutdown`]: the graceful-shutdown signal, its hooks, SIGTERM/SIGINT.
 //! - [`backend`]: per-shard pipelined connections, timeouts, reconnects; the
 //!   one way to call a backend.
 //! - [`lock`] (data): the lock group, lock-key classification, quorum
@@ -42,7 +43,8 @@
 //!   phase machine, the per-proxy agent, fencing, `shardis ctl`.
 //! - [`session`]: one client connection: parse, route, execute the plan,
 //!   replies in order.
-//! - [`server`]: the listener and client limit.
+//! - [`server`]: the listener (`SO_REUSEPORT`), client limit, and the
+//!   drain at shutdown.
 //!
 //! With the cargo feature `testing`: [`testing`] starts shardis and N Redis
 //! shards in Docker containers for your own tests (see docs/containers.md),
@@ -67,6 +69,7 @@ pub mod ring;
 pub mod router;
 pub mod server;
 pub mod session;
+pub mod shutdown;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -41,6 +41,27 @@ pub fn run(
             None => enc.simple("PONG"),
         },
         Local::Echo => enc.bulk(args[1]),
+        Local::Unsubscribe => {
+            // Not subscribed (a subscriber's commands go down its own pipe):
+            // as Redis, one confirmation per channel, or one with no channel.
+            let kind = if args[0].eq_ignore_ascii_case(b"punsubscribe") {
+                &b"punsubscribe"[..]
+            } else {
+                b"unsubscribe"
+            };
+            if args.len() == 1 {
+                enc.push(3);
+                enc.bulk(kind);
+                enc.null();
+                enc.integer(0);
+            }
+            for channel in &args[1..] {
+                enc.push(3);
+                enc.bulk(kind);
+                enc.bulk(channel);
+                enc.integer(0);
+            }
+        }
         Local::Quit => {
             enc.ok();
             return Outcome::Close;

@@ -203,31 +203,33 @@ fn main() -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
+        let mut fleet = None;
         if let Some(j) = joined {
             let topo = server.shared.topology.load_full();
             server.shared.topology.adopt(topo.config.clone(), j.epoch, None);
             drop(topo);
-            let handle = shardis::cluster::agent::start(server.shared.clone(), j).await;
-            // Until graceful shutdown lands: leave the fleet on SIGTERM/SIGINT.
-            tokio::spawn(async move {
-                use tokio::signal::unix::{SignalKind, signal};
-                let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
-                else {
-                    return;
-                };
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = int.recv() => {}
-                }
-                handle.leave().await;
-                std::process::exit(0);
-            });
+            fleet = Some(shardis::cluster::agent::start(server.shared.clone(), j).await);
         }
         if let Err(e) = reload_on_sighup(server.shared.clone(), args.config.clone()) {
             error!(error = %e, "cannot install the SIGHUP handler");
             return ExitCode::FAILURE;
         }
+        // SIGTERM / SIGINT: stop accepting, drain the clients, run the
+        // shutdown hooks, exit 0 (shardis::shutdown).
+        if let Err(e) = shardis::shutdown::on_signals(&server.shared.shutdown) {
+            error!(error = %e, "cannot install the SIGTERM / SIGINT handlers");
+            return ExitCode::FAILURE;
+        }
+        let shared = server.shared.clone();
         server.run().await;
+        shardis::server::drain(&shared, shardis::server::shutdown_deadline(&shared)).await;
+        // Leave the fleet only once every request read has been answered:
+        // until then this proxy may still write with its topology, so a
+        // change must keep waiting for its acknowledgement (its agent keeps
+        // following the fleet meanwhile).
+        if let Some(handle) = fleet {
+            handle.leave().await;
+        }
         ExitCode::SUCCESS
     })
 }

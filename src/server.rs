@@ -1,12 +1,20 @@
 //! The listener: accepts clients, enforces the client limit, and hands each
-//! connection to a worker, where its session runs.
+//! connection to a worker, where its session runs; at shutdown, stops
+//! accepting and waits for the sessions to drain ([`drain`]).
+//!
+//! The listening socket has `SO_REUSEPORT` (and `SO_REUSEADDR`): a second
+//! shardis on the same host can bind the same address while the first still
+//! runs, the kernel spreads new connections over both, and once the first
+//! closes its listener (SIGTERM) they all go to the second. That is a
+//! rolling restart on one host with no refused connection (README).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Instant;
 
 use tokio::io::AsyncWriteExt;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
@@ -34,7 +42,7 @@ impl Server {
     /// listener stays on the current runtime.
     pub async fn bind_on(config: Config, listen: Option<&str>, executors: Executors) -> std::io::Result<Server> {
         let addr = listen.unwrap_or(&config.listen).to_string();
-        let listener = TcpListener::bind(&addr).await?;
+        let listener = bind_reuseport(&addr).await?;
         let shared = Shared::new(config, executors.clone());
         Ok(Server {
             shared,
@@ -47,7 +55,11 @@ impl Server {
         self.listener.local_addr()
     }
 
-    /// Accepts clients forever.
+    /// Accepts clients until the shutdown starts (`shared.shutdown`, see
+    /// [`crate::shutdown`]); then takes the connections already waiting in
+    /// the accept queue (they would be reset when the listener closes),
+    /// closes the listener, tells the sessions to drain and returns. Wait
+    /// for them with [`drain`].
     pub async fn run(self) {
         let topo = self.shared.topology.load_full();
         info!(
@@ -59,60 +71,246 @@ impl Server {
         );
         drop(topo);
         let mut next_worker = 0usize;
-        loop {
-            let (mut sock, peer) = match self.listener.accept().await {
-                Ok(c) => c,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off, keep serving.
-                    error!(error = %e, "accept failed");
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            };
-            let shared = self.shared.clone();
-            shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-            let max = shared.topology.load().config.limits.max_clients;
-            if shared.stats.clients.fetch_add(1, Ordering::AcqRel) >= max {
-                shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
-                shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(async move {
-                    let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
-                });
-                continue;
-            }
-            let _ = sock.set_nodelay(true);
-            let id = shared.next_client_id();
-            let laddr = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
-            if self.executors.is_empty() {
-                tokio::spawn(async move {
-                    let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
-                    session.run(sock).await;
-                    shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
-                });
-                continue;
-            }
-            // Hand the socket to the next worker (round robin): it leaves this
-            // runtime's reactor here and joins the worker's in the task, where
-            // the session then lives for good.
-            let std_sock = match sock.into_std() {
-                Ok(s) => s,
-                Err(e) => {
-                    warn!(error = %e, "cannot hand a client to a worker");
-                    shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
-                    continue;
-                }
-            };
-            next_worker = next_worker.wrapping_add(1);
-            self.executors.spawn_on(next_worker, async move {
-                match TcpStream::from_std(std_sock) {
-                    Ok(sock) => {
-                        let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
-                        session.run(sock).await;
+        {
+            let stop = self.shared.shutdown.wait();
+            tokio::pin!(stop);
+            loop {
+                let accepted = tokio::select! {
+                    biased;
+                    _ = &mut stop => break,
+                    a = self.listener.accept() => a,
+                };
+                match accepted {
+                    Ok((sock, peer)) => start_session(&self.shared, &self.executors, sock, peer, &mut next_worker),
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        error!(error = %e, "accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                     }
-                    Err(e) => warn!(error = %e, "a worker cannot take a client"),
                 }
-                shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
-            });
+            }
+        }
+        // The reactor may not have seen every queued connection yet: take
+        // them with plain non-blocking accepts until the queue is empty.
+        let Server {
+            shared,
+            listener,
+            executors,
+        } = self;
+        let listener = match listener.into_std() {
+            Ok(l) => l,
+            Err(e) => {
+                warn!(error = %e, "cannot take the last queued clients; closing the listener");
+                shared.shutdown.drain_sessions();
+                return;
+            }
+        };
+        let mut taken = 0usize;
+        loop {
+            match listener.accept() {
+                Ok((sock, peer)) => match sock.set_nonblocking(true).and_then(|()| TcpStream::from_std(sock)) {
+                    Ok(sock) => {
+                        taken += 1;
+                        start_session(&shared, &executors, sock, peer, &mut next_worker);
+                    }
+                    Err(e) => warn!(error = %e, "cannot serve a queued client"),
+                },
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    warn!(error = %e, "accept failed while closing the listener");
+                    break;
+                }
+            }
+        }
+        drop(listener);
+        // Only now: a client closed at once and reconnecting goes to
+        // another process on this port, not into the queue just closed.
+        shared.shutdown.drain_sessions();
+        info!(
+            queued = taken,
+            clients = shared.stats.clients.load(Ordering::Acquire),
+            "listener closed; clients draining"
+        );
+    }
+}
+
+/// Counts the client against the limit and starts its session, on the next
+/// worker (round robin) or on this runtime.
+fn start_session(
+    shared: &Arc<Shared>,
+    executors: &Executors,
+    mut sock: TcpStream,
+    peer: SocketAddr,
+    next_worker: &mut usize,
+) {
+    let shared = shared.clone();
+    shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let max = shared.topology.load().config.limits.max_clients;
+    if shared.stats.clients.fetch_add(1, Ordering::AcqRel) >= max {
+        shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
+        shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
+        tokio::spawn(async move {
+            let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
+        });
+        return;
+    }
+    let _ = sock.set_nodelay(true);
+    let id = shared.next_client_id();
+    let laddr = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
+    if executors.is_empty() {
+        tokio::spawn(async move {
+            let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
+            session.run(sock).await;
+            client_gone(&shared);
+        });
+        return;
+    }
+    // Hand the socket to the next worker: it leaves this runtime's
+    // reactor here and joins the worker's in the task, where the session
+    // then lives for good.
+    let std_sock = match sock.into_std() {
+        Ok(s) => s,
+        Err(e) => {
+            warn!(error = %e, "cannot hand a client to a worker");
+            client_gone(&shared);
+            return;
+        }
+    };
+    *next_worker = next_worker.wrapping_add(1);
+    executors.spawn_on(*next_worker, async move {
+        match TcpStream::from_std(std_sock) {
+            Ok(sock) => {
+                let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
+                session.run(sock).await;
+            }
+            Err(e) => warn!(error = %e, "a worker cannot take a client"),
+        }
+        client_gone(&shared);
+    });
+}
+
+/// A client counted at accept has gone: uncounts it, and tells a waiting
+/// [`drain`].
+fn client_gone(shared: &Shared) {
+    shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
+    shared.shutdown.session_ended();
+}
+
+/// Connections the kernel queues for us before we accept them. Above tokio's
+/// default (128): after a restart or a network blip, every client of the
+/// fleet may reconnect at once. The kernel caps it at `net.core.somaxconn`.
+const BACKLOG: u32 = 1024;
+
+/// Listens on `addr` (`host:port`, the first address it resolves to that
+/// binds) with `SO_REUSEADDR` and `SO_REUSEPORT`, so a new shardis can bind
+/// the same port while this one still runs (rolling restart).
+async fn bind_reuseport(addr: &str) -> std::io::Result<TcpListener> {
+    let mut last = None;
+    for a in tokio::net::lookup_host(addr).await? {
+        let sock = if a.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        let bound = sock
+            .set_reuseaddr(true)
+            .and_then(|()| sock.set_reuseport(true))
+            .and_then(|()| sock.bind(a))
+            .and_then(|()| sock.listen(BACKLOG));
+        match bound {
+            Ok(l) => {
+                #[cfg(target_os = "linux")]
+                if let Err(e) = steer_to_newest(&l) {
+                    warn!(error = %e, "cannot steer new connections to the newest process on this port");
+                }
+                return Ok(l);
+            }
+            Err(e) => last = Some(e),
         }
     }
+    Err(last.unwrap_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{addr} resolves to no address"),
+        )
+    }))
+}
+
+/// Makes the port's `SO_REUSEPORT` group give every new connection to its
+/// second socket, when it has two: a classic BPF program that answers "1"
+/// (with one socket, 1 is out of range and the kernel picks by hash as
+/// usual). The group's sockets are in the order they joined, so during a
+/// rolling restart the new process takes every new connection as soon as it
+/// listens, and the old one's accept queue empties before SIGTERM closes it.
+/// Without it the kernel would spread connections over both, and any still
+/// queued at the old listener when it closes would be reset (unless
+/// `net.ipv4.tcp_migrate_req` is on): measured here, one reset in about 25
+/// restarts under 1,000 connections a second.
+#[cfg(target_os = "linux")]
+fn steer_to_newest(listener: &TcpListener) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let mut program = [libc::sock_filter {
+        code: (libc::BPF_RET | libc::BPF_K) as u16,
+        jt: 0,
+        jf: 0,
+        k: 1,
+    }];
+    let fprog = libc::sock_fprog {
+        len: program.len() as u16,
+        filter: program.as_mut_ptr(),
+    };
+    // SAFETY: the fd is our listening socket, alive for the call; `fprog`
+    // and the program it points to outlive the call, which copies them.
+    let rc = unsafe {
+        libc::setsockopt(
+            listener.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
+    }
+}
+
+/// When a shutdown that started now (or already has) must be over: the
+/// configuration's `shutdown_ms` after it started.
+pub fn shutdown_deadline(shared: &Shared) -> Instant {
+    let limit = shared.topology.load().config.shutdown();
+    shared.shutdown.deadline(limit)
+}
+
+/// After [`Server::run`] returned: runs the shutdown hooks and waits until
+/// every client session has ended or `deadline` has passed, whichever comes
+/// first. Returns how many clients were still connected at the end (0 when
+/// they all drained); the caller then exits, which closes them.
+pub async fn drain(shared: &Shared, deadline: Instant) -> usize {
+    let started = Instant::now();
+    // Done already by Server::run, unless the caller has no listener.
+    shared.shutdown.drain_sessions();
+    let clients = || shared.stats.clients.load(Ordering::Acquire);
+    let sessions = async {
+        while clients() > 0 {
+            let next = shared.shutdown.next_session_end(|| clients() == 0);
+            if tokio::time::timeout_at(deadline.into(), next).await.is_err() {
+                break;
+            }
+        }
+    };
+    tokio::join!(shared.shutdown.run_hooks(deadline), sessions);
+    let left = clients();
+    if left == 0 {
+        info!(ms = started.elapsed().as_millis() as u64, "every client drained");
+    } else {
+        warn!(
+            clients = left,
+            "shutdown deadline reached: closing the clients still connected"
+        );
+    }
+    left
 }

@@ -1,6 +1,6 @@
 //! State shared by every session and background task of one proxy: the live
-//! topology, the lock service, counters, and where the configuration came
-//! from. Made once per proxy ([`Shared::new`]); nothing here starts tasks or
+//! topology, the lock service, counters, the shutdown signal, and where the
+//! configuration came from. Made once per proxy ([`Shared::new`]); nothing here starts tasks or
 //! does I/O.
 
 use std::path::PathBuf;
@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::lock::service::LockService;
+use crate::shutdown::Shutdown;
 use crate::topology::TopologyCell;
 use crate::workers::Executors;
 
@@ -64,6 +65,9 @@ pub struct Shared {
     /// The file `SHARDIS.RELOAD` and SIGHUP re-read (none for a proxy built
     /// from a configuration in memory).
     pub config_path: OnceLock<PathBuf>,
+    /// Fired by SIGTERM / SIGINT (or an embedder): the listener stops,
+    /// sessions drain, hooks run. See [`crate::shutdown`].
+    pub shutdown: Shutdown,
 }
 
 impl Shared {
@@ -77,6 +81,7 @@ impl Shared {
             started: Instant::now(),
             next_id: AtomicU64::new(1),
             config_path: OnceLock::new(),
+            shutdown: Shutdown::new(),
         })
     }
 

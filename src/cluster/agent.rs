@@ -53,15 +53,29 @@ pub fn proxy_id(cfg: &Config, c: &ClusterConfig) -> String {
     if let Some(id) = &c.id {
         return id.clone();
     }
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+    let host = hostname();
+    let port = cfg.listen.rsplit_once(':').map_or("6380", |(_, p)| p);
+    format!("{host}:{port}")
+}
+
+/// The address `status` shows for a proxy listening on `listen`: the
+/// listen address, or `<hostname>:<port>` when it listens on every
+/// interface (0.0.0.0, [::]).
+fn advertised(listen: &str) -> String {
+    match listen.rsplit_once(':') {
+        Some(("0.0.0.0" | "[::]" | "::" | "", port)) => format!("{}:{port}", hostname()),
+        _ => listen.to_string(),
+    }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
         .or_else(|_| std::fs::read_to_string("/etc/hostname"))
         .map(|h| h.trim().to_string())
         .ok()
         .filter(|h| !h.is_empty())
         .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into());
-    let port = cfg.listen.rsplit_once(':').map_or("6380", |(_, p)| p);
-    format!("{host}:{port}")
+        .unwrap_or_else(|| "localhost".into())
 }
 
 /// Connects to etcd (retrying until it answers), seeds the fleet's
@@ -103,7 +117,7 @@ pub async fn join(base: Config, listen: &str) -> Result<Joined, JoinError> {
     let fence = cluster.fence.then(|| Fence::new(&id));
     let member = Member {
         id: id.clone(),
-        addr: cluster.advertise.clone().unwrap_or_else(|| listen.to_string()),
+        addr: cluster.advertise.clone().unwrap_or_else(|| advertised(listen)),
         serving: 0,
         acked: 0,
         pid: std::process::id(),
@@ -557,5 +571,8 @@ mod tests {
             ..c
         };
         assert_eq!(proxy_id(&cfg, &c), "a");
+        assert_eq!(advertised("10.0.0.5:6380"), "10.0.0.5:6380");
+        assert_eq!(advertised("0.0.0.0:6380"), format!("{}:6380", hostname()));
+        assert_eq!(advertised("[::]:6381"), format!("{}:6381", hostname()));
     }
 }

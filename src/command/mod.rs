@@ -26,8 +26,8 @@ pub enum Route {
     /// A blocking command (BLPOP, XREAD BLOCK ...): routed like [`Route::Keyed`],
     /// but sent on a connection of its own, since it may wait for minutes.
     Blocking,
-    /// PUBLISH, PUBSUB CHANNELS/NUMSUB/NUMPAT, (P)UNSUBSCRIBE outside a
-    /// subscription: sent to the pub/sub shard (the first backend).
+    /// PUBLISH, PUBSUB CHANNELS/NUMSUB/NUMPAT: sent to the pub/sub shard
+    /// (the first backend).
     PubSub,
     /// SUBSCRIBE / PSUBSCRIBE: the connection becomes a subscriber, piped to
     /// a connection of its own on the pub/sub shard.
@@ -76,6 +76,10 @@ pub enum Local {
     Info,
     Command,
     Client,
+    /// UNSUBSCRIBE / PUNSUBSCRIBE on a connection that is not subscribed:
+    /// one confirmation per channel, from the proxy (a shared backend
+    /// connection would answer several frames to one request).
+    Unsubscribe,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -244,9 +248,8 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "move" | "migrate" | "copy" if spec.name != "copy" || has_arg(args, b"db") => Route::Refuse(R::Unsupported),
         "xread" | "xreadgroup" if !has_arg(args, b"block") => Route::Keyed,
         "subscribe" | "psubscribe" => Route::Subscribe,
-        "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" | "unsubscribe" | "punsubscribe" => {
-            Route::PubSub
-        }
+        "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => Route::PubSub,
+        "unsubscribe" | "punsubscribe" => Route::Local(Local::Unsubscribe),
         // Sharded pub/sub (SSUBSCRIBE, SPUBLISH ...) is Redis Cluster's.
         _ if spec.flags & F_PUBSUB != 0 => Route::Refuse(R::ShardedPubSub),
         _ if spec.flags & F_BLOCKING != 0 && has_keys(spec) => Route::Blocking,

@@ -45,6 +45,15 @@ pub struct Config {
     pub threads: usize,
     #[serde(default)]
     pub redlock: RedlockConfig,
+    /// Longest a graceful shutdown (SIGTERM, SIGINT) may take, in
+    /// milliseconds; default 5000. The proxy stops accepting at once, lets
+    /// every client have the replies to the requests it has already read,
+    /// closes each connection at a request boundary, and exits when the
+    /// last client is gone or this time has passed, whichever comes first
+    /// (see [`crate::shutdown`]). A client blocked (BLPOP ...) keeps waiting
+    /// for its reply until then.
+    #[serde(default = "default_shutdown_ms")]
+    pub shutdown_ms: u64,
     /// A fleet of proxies sharing one topology in etcd (see
     /// [`crate::cluster`]); without it the file is the topology.
     #[serde(default)]
@@ -290,6 +299,9 @@ fn default_connections() -> usize {
 fn default_weight() -> u32 {
     1
 }
+fn default_shutdown_ms() -> u64 {
+    5000
+}
 
 /// A configuration that could not be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -310,6 +322,11 @@ fn invalid(key: impl Into<String>, why: impl Into<String>) -> ConfigError {
 }
 
 impl Config {
+    /// Longest a graceful shutdown may take ([`Config::shutdown_ms`]).
+    pub fn shutdown(&self) -> Duration {
+        Duration::from_millis(self.shutdown_ms)
+    }
+
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -402,6 +419,9 @@ impl Config {
         }
         if l.max_request > u32::MAX as usize - 16 {
             return Err(invalid("limits.max_request", "must be below 4 GiB"));
+        }
+        if self.shutdown_ms > 3_600_000 {
+            return Err(invalid("shutdown_ms", "must be at most 3600000 ms"));
         }
         if self.threads > 1024 {
             return Err(invalid("threads", "must be at most 1024 (0: one per CPU)"));
@@ -511,6 +531,7 @@ weight = 2
         assert_eq!(c.backends[0].weight, 1);
         assert_eq!(c.ring.slot_bits, 18);
         assert_eq!(c.timeouts.command_ms, 2000);
+        assert_eq!(c.shutdown_ms, 5000);
     }
 
     fn err(text: &str) -> String {
@@ -534,6 +555,10 @@ weight = 2
         assert!(err(&unknown).contains("unknown field `bogus`"), "{}", err(&unknown));
         let typo = GOOD.replace("weight = 2", "wieght = 2");
         assert!(err(&typo).contains("wieght"));
+        let long = format!("shutdown_ms = 3600001\n{GOOD}");
+        assert!(err(&long).contains("shutdown_ms: must be at most"), "{}", err(&long));
+        let zero = format!("shutdown_ms = 0\n{GOOD}");
+        assert_eq!(Config::parse(&zero).unwrap().shutdown_ms, 0);
         let nob = "listen = \"127.0.0.1:1\"";
         assert!(err(nob).contains("backends"), "{}", err(nob));
     }

@@ -106,6 +106,12 @@ impl<'a> Encoder<'a> {
         }
     }
 
+    /// An out-of-band push of `n` elements (`>n` in RESP3, an array in
+    /// RESP2), as pub/sub messages and confirmations are.
+    pub fn push(&mut self, n: usize) {
+        put_header(self.buf, if self.resp3() { b'>' } else { b'*' }, n);
+    }
+
     /// A set of `n` members (`~n` in RESP3, an array in RESP2).
     pub fn set(&mut self, n: usize) {
         put_header(self.buf, if self.resp3() { b'~' } else { b'*' }, n);

@@ -11,6 +11,12 @@
 //! outstanding is not read from until replies drain, which bounds the memory
 //! one client can pin.
 //!
+//! At shutdown ([`crate::shutdown`]) the session stops reading, answers every
+//! complete request it has already read, and closes the connection after the
+//! last of those replies: at a request boundary, so the client sees whole
+//! replies and then the end of the stream, and a request it sent that was
+//! not read was not executed either. See [`Drain`].
+//!
 //! - this file: the connection loop, and executing a plan.
 //! - [`replies`]: reply slots in request order.
 //! - [`parking`] and [`parked`]: requests waiting for their keys to move
@@ -28,6 +34,7 @@ mod transaction;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
@@ -46,6 +53,7 @@ use crate::merge::Merge;
 use crate::protocol::request::INLINE_ARGS;
 use crate::protocol::{Encoder, Request, RequestParser};
 use crate::router::{Ctx, Plan, Router, View};
+use crate::shutdown::Watch;
 use crate::state::Shared;
 use crate::topology::Topology;
 use crate::transaction::Transaction;
@@ -80,7 +88,44 @@ pub struct Session {
     /// A SUBSCRIBE / PSUBSCRIBE to forward once every earlier reply is
     /// written; the connection then becomes a subscriber (see [`pubsub`]).
     subscribing: Option<Bytes>,
+    /// Fires when the proxy starts shutting down.
+    watch: Watch,
+    /// Where this session is in a shutdown.
+    drain: Drain,
+    /// The client has sent something (at least one byte) since it connected.
+    heard: bool,
 }
+
+/// A session's part in a shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drain {
+    /// No shutdown: normal service.
+    Serving,
+    /// Shutting down, and the client had sent nothing yet: it most likely
+    /// connected to send a request, just before the listener closed. It is
+    /// read until that first request is in whole (or until this instant),
+    /// then it drains.
+    FirstRequest(Instant),
+    /// Shutting down: nothing more is read; once the requests already read
+    /// are answered (a blocking command's too, until the deadline), the
+    /// connection closes.
+    Draining,
+}
+
+/// How long, after the shutdown starts, a client that has not sent anything
+/// yet may take to send its first request (see [`Drain::FirstRequest`]).
+const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(100);
+
+/// After a draining session has written its last reply and sent FIN, it
+/// reads (and drops) what the client still sends until the client closes,
+/// sends nothing for [`LINGER_QUIET`], or this long has passed. Closing a
+/// socket with unread input makes the kernel answer with a reset, which can
+/// destroy replies not yet delivered.
+const LINGER: Duration = Duration::from_secs(1);
+
+/// See [`LINGER`]: a client silent this long after our FIN (an idle pooled
+/// connection that reads only when used) is closed without waiting more.
+const LINGER_QUIET: Duration = Duration::from_millis(100);
 
 impl Session {
     pub fn new(shared: Arc<Shared>, id: u64, addr: String, laddr: String) -> Session {
@@ -99,11 +144,15 @@ impl Session {
             tx: None,
             blocked: None,
             subscribing: None,
+            watch: shared.shutdown.watch(id),
+            drain: Drain::Serving,
+            heard: false,
             shared,
         }
     }
 
-    /// Serves the connection until the client leaves or breaks the protocol.
+    /// Serves the connection until the client leaves or breaks the
+    /// protocol, or until the proxy shuts down (see [`Drain`]).
     pub async fn run(mut self, mut sock: TcpStream) {
         // Allocated when the client first sends something (see `read_some`).
         let mut rbuf = BytesMut::new();
@@ -112,6 +161,7 @@ impl Session {
             // parsed: a client that leaves must be noticed, so its blocking
             // command's backend connection is closed, as Redis would.
             let can_read = !self.closing
+                && self.drain != Drain::Draining
                 && self.subscribing.is_none()
                 && self.replies.len() < self.max_pipeline
                 && (self.blocked.is_none() || rbuf.len() < BLOCKED_READ_MAX);
@@ -135,8 +185,15 @@ impl Session {
                         Ok(0) | Err(_) => return,
                         Ok(_) => {}
                     }
+                    self.heard = true;
                     self.parse_and_dispatch(&mut rbuf);
+                    // The first request is in (not cut in two): drain.
+                    if matches!(self.drain, Drain::FirstRequest(_)) && rbuf.is_empty() {
+                        self.drain = Drain::Draining;
+                    }
                 }
+                _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
+                _ = first_request_grace(self.drain) => self.drain = Drain::Draining,
             }
             self.replies.flush(self.state.proto);
             if !self.write_out(&mut sock).await {
@@ -146,9 +203,27 @@ impl Session {
                 let _ = sock.shutdown().await;
                 return;
             }
+            // The watch wakes a session that waits; this catches one that is
+            // always busy, whose select never gets to the watch (a flag
+            // read, no lock).
+            if self.drain == Drain::Serving && self.shared.shutdown.sessions_draining() {
+                self.start_drain();
+            }
+            // Every request read is answered (a complete one left unparsed
+            // would have a slot: parsing stops only at a full pipeline, a
+            // blocked client or a subscriber).
+            if self.drain == Drain::Draining && self.replies.is_empty() && self.blocked.is_none() {
+                linger_close(sock, rbuf).await;
+                return;
+            }
             if self.replies.is_empty()
                 && let Some(first) = self.subscribing.take()
             {
+                if self.drain != Drain::Serving {
+                    // Shutting down: no new subscriber.
+                    linger_close(sock, rbuf).await;
+                    return;
+                }
                 match self.subscriber(&mut sock, &mut rbuf, first).await {
                     Ok(()) => return,
                     Err(e) => {
@@ -162,6 +237,16 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// The proxy is shutting down: stop reading (a client that has sent
+    /// nothing yet first gets [`FIRST_REQUEST_GRACE`] to send a request).
+    fn start_drain(&mut self) {
+        self.drain = if self.heard {
+            Drain::Draining
+        } else {
+            Drain::FirstRequest(Instant::now() + FIRST_REQUEST_GRACE)
+        };
     }
 
     /// Writes what is ready; false when the client is gone.
@@ -368,6 +453,36 @@ async fn recv(inbox: &mut Option<Inbox>) -> Option<Completion> {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
     }
+}
+
+/// Resolves when the grace of [`Drain::FirstRequest`] is over; never in
+/// any other state.
+async fn first_request_grace(drain: Drain) {
+    match drain {
+        Drain::FirstRequest(until) => tokio::time::sleep_until(until.into()).await,
+        _ => std::future::pending().await,
+    }
+}
+
+/// Closes a drained connection: FIN after the last reply, then whatever the
+/// client still sends is read and dropped until it closes its side (it has
+/// seen the end of the stream), goes quiet, or [`LINGER`] has passed. Its
+/// requests sent after the shutdown started are neither executed nor
+/// answered.
+async fn linger_close(mut sock: TcpStream, mut rbuf: BytesMut) {
+    if sock.shutdown().await.is_err() {
+        return;
+    }
+    let _ = tokio::time::timeout(LINGER, async {
+        loop {
+            rbuf.clear();
+            match tokio::time::timeout(LINGER_QUIET, read_some(&mut sock, &mut rbuf)).await {
+                Ok(Ok(0) | Err(_)) | Err(_) => return,
+                Ok(Ok(_)) => {}
+            }
+        }
+    })
+    .await;
 }
 
 /// Most bytes read from a blocked client (and kept until its blocking

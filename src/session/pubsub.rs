@@ -1,5 +1,6 @@
 //! The subscriber pipe: a client that SUBSCRIBEs is piped, byte for byte, to
-//! a connection of its own on the pub/sub shard.
+//! a connection of its own on the pub/sub shard, until either side closes or
+//! the proxy shuts down.
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
@@ -16,7 +17,10 @@ impl Session {
     /// the client sent after it, and from then on bytes are copied both ways
     /// until either side closes. Every PUBLISH goes to that shard too, so
     /// subscribers hear every publisher. `Err` (the shard cannot be reached)
-    /// leaves the client in normal service.
+    /// leaves the client in normal service. At shutdown the pipe stops and
+    /// the client's connection closes at once: a subscriber has no request
+    /// boundary to wait for, and must subscribe again elsewhere as after any
+    /// disconnection (a message being copied at that moment may be cut).
     pub(super) async fn subscriber(
         &mut self,
         sock: &mut TcpStream,
@@ -31,7 +35,13 @@ impl Session {
             backend.write_all_buf(rbuf).await.map_err(lost)?;
         }
         debug!(client = self.state.id, shard = shard.name(), "client subscribed");
-        let _ = tokio::io::copy_bidirectional(sock, &mut backend).await;
+        tokio::select! {
+            _ = tokio::io::copy_bidirectional(sock, &mut backend) => {}
+            _ = self.watch.fired() => {
+                debug!(client = self.state.id, "shutting down: closing a subscriber");
+                let _ = sock.shutdown().await;
+            }
+        }
         Ok(())
     }
 }

@@ -16,4 +16,5 @@ mod migration;
 mod protocol;
 mod pubsub;
 mod reload;
+mod shutdown;
 mod transactions;

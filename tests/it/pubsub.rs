@@ -93,3 +93,30 @@ async fn subscribers_hear_every_publisher() {
     .await
     .unwrap();
 }
+
+/// UNSUBSCRIBE / PUNSUBSCRIBE on a connection that is not subscribed: one
+/// confirmation per channel, byte for byte as one Redis answers, and the
+/// replies of what follows stay in step (a backend connection shared with
+/// other clients would have answered several frames to one request).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_without_a_subscription_answers_like_redis() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let (addr, direct) = (proxy.addr, SocketAddr::from(([127, 0, 0, 1], nodes[0].port)));
+    tokio::task::spawn_blocking(move || {
+        let input =
+            "UNSUBSCRIBE a b c\r\nPUNSUBSCRIBE\r\nUNSUBSCRIBE\r\nPUNSUBSCRIBE p*\r\nSET unsub:k v\r\nGET unsub:k\r\n";
+        let want = "$1\r\nv\r\n";
+        let plain = command(direct, input, want);
+        let through = command(addr, input, want);
+        assert!(plain.ends_with(want), "plain Redis: {plain:?}");
+        assert_eq!(through, plain);
+        // Another client on the same backend lanes is not thrown off.
+        for _ in 0..20 {
+            assert_eq!(command(addr, "GET unsub:k\r\n", "\r\nv\r\n"), "$1\r\nv\r\n");
+        }
+    })
+    .await
+    .unwrap();
+}
