@@ -1165,3 +1165,47 @@ fn checker_reports_clean_runs_clean_and_finds_planted_faults() {
     assert!(report.summary.contains("stranded="), "{}", report.summary);
     assert!(!report.summary.contains("stranded=0 "), "{}", report.summary);
 }
+
+/// A shard that joins a fleet gets the function libraries the others have
+/// before any proxy routes to it: FCALL on keys that now live on the new
+/// shard works through every proxy right after `ctl apply`.
+#[test]
+fn g_a_joining_shard_gets_the_function_libraries() {
+    let _serial = serial();
+    let fleet = Fleet::start("g", 4, 3, 2);
+    let lib = "#!lua name=fleetlib\nredis.register_function('fleet_get', function(keys, args) return redis.call('GET', keys[1]) end)";
+    let mut c = connect(fleet.addrs(&[0])[0]).expect("proxy 0");
+    let loaded: String = redis::cmd("FUNCTION")
+        .arg("LOAD")
+        .arg(lib)
+        .query(&mut c)
+        .expect("FUNCTION LOAD");
+    assert_eq!(loaded, "fleetlib");
+    for i in 0..200 {
+        let _: () = redis::cmd("SET").arg(fleet_key(i)).arg(i).query(&mut c).expect("SET");
+    }
+    let out = fleet.apply(&[0, 1, 2, 3], &[]);
+    assert!(out.ok(), "adding s3: {out}");
+    assert!(fleet.dbsize(3) > 0, "s3 received keys");
+    let direct = redis::Client::open(format!("redis://{}/", fleet.shards[3].addr()))
+        .and_then(|cl| cl.get_connection())
+        .expect("s3 directly");
+    let mut direct = direct;
+    let libs: redis::Value = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .query(&mut direct)
+        .expect("FUNCTION LIST on s3");
+    assert!(format!("{libs:?}").contains("fleetlib"), "s3 has the library: {libs:?}");
+    for addr in fleet.addrs(&[0, 1]) {
+        let mut c = connect(addr).expect("proxy");
+        for i in 0..200 {
+            let v: String = redis::cmd("FCALL")
+                .arg("fleet_get")
+                .arg(1)
+                .arg(fleet_key(i))
+                .query(&mut c)
+                .unwrap_or_else(|e| panic!("FCALL fleet_get {} via {addr}: {e}", fleet_key(i)));
+            assert_eq!(v, i.to_string());
+        }
+    }
+}

@@ -348,6 +348,24 @@ impl Agent {
                 }
                 let cfg = effective(&self.j.base, &spec_v, self.j.fence.as_ref())?;
                 let cur = self.shared.topology.load_full();
+                // Shards that join get the function libraries and scripts
+                // before any proxy can route to them (each proxy does it;
+                // FUNCTION RESTORE ... REPLACE is idempotent). Until that
+                // works this proxy does not acknowledge.
+                let joining: Vec<Arc<crate::backend::Shard>> = cfg
+                    .backends
+                    .iter()
+                    .filter(|b| !cur.shards.iter().any(|s| s.spec.addr == b.addr))
+                    .map(|b| {
+                        let spec = crate::backend::BackendSpec::from_config(b, &cfg);
+                        crate::backend::Shard::start(spec, self.shared.topology.executors())
+                    })
+                    .collect();
+                if !joining.is_empty() {
+                    crate::control::seed(&cur.shards, &joining, &self.shared.locks.scripts())
+                        .await
+                        .map_err(|e| format!("epoch {epoch} not acknowledged: {e}"))?;
+                }
                 let next_ring = Ring::for_config(&cfg);
                 let names = cfg.backends.iter().map(|b| Arc::<str>::from(b.name.as_str())).collect();
                 let hold = Arc::new(Hold::new(epoch, &cur.ring, next_ring, names));
