@@ -41,21 +41,7 @@ proxy=${proxies[0]}
 ctl() { target/release/shardis ctl --etcd "127.0.0.1:$etcd_port" --cluster bench "$@"; }
 total() { local t=0 p; for p in "${ports[@]}"; do t=$((t + $(redis-cli -p "$p" dbsize))); done; echo "$t"; }
 
-python3 - "$proxy" "$keys" <<'EOF'
-import socket, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-s = socket.create_connection(("127.0.0.1", port))
-batch = 1000
-for start in range(0, n, batch):
-    buf = bytearray()
-    for i in range(start, min(n, start + batch)):
-        k = b"key:%012d" % i
-        buf += b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$16\r\n%016d\r\n" % (len(k), k, i)
-    s.sendall(buf)
-    want, got = (min(n, start + batch) - start) * 5, 0
-    while got < want:
-        got += len(s.recv(1 << 20))
-EOF
+preload "$proxy" "$keys"
 before=$(total)
 echo "loaded: $before keys on 3 shards; $nproxies proxies"
 

@@ -38,3 +38,23 @@ wait_ports() {
     for _ in $(seq 100); do redis-cli -p "$p" ping >/dev/null 2>&1 && break; sleep 0.05; done
   done
 }
+
+# preload PORT KEYS: key:000000000000 .. KEYS-1 with 16-byte values, pipelined
+# through whatever listens on PORT.
+preload() {
+  python3 - "$1" "$2" <<'PY'
+import socket, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+s = socket.create_connection(("127.0.0.1", port))
+batch = 1000
+for start in range(0, n, batch):
+    buf = bytearray()
+    for i in range(start, min(n, start + batch)):
+        k = b"key:%012d" % i
+        buf += b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$16\r\n%016d\r\n" % (len(k), k, i)
+    s.sendall(buf)
+    want, got = (min(n, start + batch) - start) * 5, 0
+    while got < want:
+        got += len(s.recv(1 << 20))
+PY
+}
