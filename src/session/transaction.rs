@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 
 use super::Session;
@@ -27,6 +27,9 @@ pub(super) struct Watching {
     name: Arc<str>,
     keys: Vec<Bytes>,
     conv: mpsc::UnboundedSender<Job>,
+    /// The protocol the connection speaks: a client that switches (HELLO)
+    /// while watching switches it too, before its next command.
+    proto: Protocol,
 }
 
 /// EXEC's reply when the transaction did not run (a watched key changed).
@@ -105,6 +108,7 @@ impl Session {
             name,
             keys: Vec::new(),
             conv: topo.shards[shard].converse(proto),
+            proto,
         });
         w.keys.extend(keys);
         self.send_watched(req.raw.clone(), 1, At::Next);
@@ -115,12 +119,21 @@ impl Session {
     pub(super) fn send_watched(&mut self, req: Bytes, frames: u32, at: At) {
         let seq = self.replies.put(at, Slot::One(None));
         let reply = self.reply_to(seq, 0);
-        let Some(w) = &self.watching else {
-            return self.replies.error(
-                At::Slot(seq),
-                self.state.proto,
-                &ReplyError::err("shardis: not watching"),
-            );
+        let proto = self.state.proto;
+        let Some(w) = &mut self.watching else {
+            return self
+                .replies
+                .error(At::Slot(seq), proto, &ReplyError::err("shardis: not watching"));
+        };
+        let (req, frames) = if w.proto == proto {
+            (req, frames)
+        } else {
+            w.proto = proto;
+            let hello = Request::from_args(&["HELLO", if proto == Protocol::Resp3 { "3" } else { "2" }]);
+            let mut b = BytesMut::with_capacity(hello.raw.len() + req.len());
+            b.extend_from_slice(&hello.raw);
+            b.extend_from_slice(&req);
+            (b.freeze(), frames + 1)
         };
         if w.conv.send(Job { req, reply, frames }).is_err() {
             self.watching = None;

@@ -251,10 +251,14 @@ const WATCH_STEPS: &[(usize, &str, bool)] = &[
     (0, "MULTI", true),
     (0, "GET {w}k", true),
     (0, "EXEC", true),
-    // RESP3: nil is `_`.
-    (0, "HELLO 3", false),
+    // RESP3: nil is `_`; HELLO while watching keeps the watch.
     (0, "WATCH {w}k", true),
+    (0, "HELLO 3", false),
     (1, "SET {w}k 7", true),
+    (0, "MULTI", true),
+    (0, "GET {w}k", true),
+    (0, "EXEC", true),
+    (0, "WATCH {w}k", true),
     (0, "MULTI", true),
     (0, "GET {w}k", true),
     (0, "EXEC", true),
