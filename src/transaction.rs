@@ -19,6 +19,11 @@
 //! on that shard and the EXEC batch go over it, so the backend's WATCH
 //! guards the transaction and EXEC answers nil when a watched key changed.
 //! Watched and queued keys must all be on one shard (else CROSSSHARD).
+//! Not ordered with the watch connection: the client's split or broadcast
+//! commands (MSET, DEL of keys on several shards ...), which take the shared
+//! connections, and commands pipelined before WATCH whose replies are not in
+//! yet; a client that waits for each reply (redis-py, redis-rs
+//! `transaction()`) is not affected.
 //!
 //! Not offered: commands that do not run on one shard
 //! (KEYS, DBSIZE, FLUSHALL ...), lock keys (they live on a quorum), and the
