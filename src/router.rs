@@ -150,6 +150,13 @@ pub enum TxStep {
     Queue(Vec<Bytes>),
     /// Refuse the request and make EXEC answer EXECABORT.
     Refuse(ReplyError),
+    /// WATCH: these keys, all on this shard.
+    Watch {
+        shard: usize,
+        keys: Vec<Bytes>,
+    },
+    /// UNWATCH outside MULTI.
+    Unwatch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,8 +194,16 @@ impl Router {
         if !ctx.authenticated && !matches!(route, Route::Local(Local::Auth | Local::Hello | Local::Quit)) {
             return Plan::Error(ReplyError::new(ErrorKind::NoAuth, "Authentication required."));
         }
-        // Inside MULTI everything but MULTI/EXEC/DISCARD is queued (or refused).
-        if ctx.in_tx && !ctx.released && !ctx.rerouted && !matches!(route, Route::Transaction(_)) {
+        // Inside MULTI everything but MULTI/EXEC/DISCARD/WATCH is queued (or
+        // refused); UNWATCH is queued, as Redis does.
+        if ctx.in_tx
+            && !ctx.released
+            && !ctx.rerouted
+            && !matches!(
+                route,
+                Route::Transaction(TxCommand::Multi | TxCommand::Exec | TxCommand::Discard | TxCommand::Watch)
+            )
+        {
             return self.queue(view, spec, route, req, args);
         }
         if !ctx.released && (view.migration.is_some() || view.hold.is_some() || ctx.parked) {
@@ -220,6 +235,7 @@ impl Router {
             Route::Fanout(kind) => fanout(view, kind, req, args, &mut self.parts),
             Route::Broadcast(kind) => broadcast(view, ctx, kind, spec, args, &mut self.parts),
             Route::Local(cmd) => Plan::Local(cmd),
+            Route::Transaction(TxCommand::Watch) if !ctx.in_tx => self.watch(view, req, args),
             Route::Transaction(step) => transaction_step(step, ctx),
             Route::Proxy(cmd) => proxy(view, ctx, cmd, args),
             Route::Refuse(r) => Plan::Error(r.error(spec.name)),
@@ -264,10 +280,31 @@ impl Router {
         to(shard.unwrap_or(0))
     }
 
+    /// WATCH outside MULTI: every key on one shard (not lock keys).
+    fn watch(&mut self, view: &View<'_>, req: &Request, args: &[&[u8]]) -> Plan {
+        let keys = &args[1..];
+        if view.locks.enabled() && keys.iter().any(|k| view.locks.is_lock_key(k)) {
+            return Plan::Error(ReplyError::err("shardis: lock keys (redlock.keys) cannot be watched"));
+        }
+        let mut shards = keys.iter().map(|k| view.shard_of(k));
+        let shard = shards.next().unwrap_or(0);
+        if shards.any(|s| s != shard) {
+            return Plan::Error(ReplyError::new(
+                ErrorKind::CrossShard,
+                "watched keys don't hash to the same shard",
+            ));
+        }
+        Plan::Tx(TxStep::Watch {
+            shard,
+            keys: (1..args.len()).filter_map(|i| req.arg_bytes(i)).collect(),
+        })
+    }
+
     /// A command inside MULTI: checked, then queued.
     fn queue(&mut self, view: &View<'_>, spec: &CommandSpec, route: Route, req: &Request, args: &[&[u8]]) -> Plan {
         // Blocking commands do not block inside MULTI (Redis runs them once).
-        if !matches!(route, Route::Keyed | Route::Blocking | Route::Fanout(_)) && !matches!(spec.name, "ping" | "echo")
+        if !matches!(route, Route::Keyed | Route::Blocking | Route::Fanout(_))
+            && !matches!(spec.name, "ping" | "echo" | "unwatch")
         {
             return Plan::Tx(TxStep::Refuse(match route {
                 Route::Refuse(r) => r.error(spec.name),
@@ -303,6 +340,11 @@ fn transaction_step(step: TxCommand, ctx: Ctx) -> Plan {
         (TxCommand::Exec, false) => Plan::Error(ReplyError::err("EXEC without MULTI")),
         (TxCommand::Discard, true) => Plan::Tx(TxStep::Discard),
         (TxCommand::Discard, false) => Plan::Error(ReplyError::err("DISCARD without MULTI")),
+        (TxCommand::Watch, true) => Plan::Error(ReplyError::err("WATCH inside MULTI is not allowed")),
+        // Routed as a WATCH before this (outside MULTI).
+        (TxCommand::Watch, false) => Plan::Error(ReplyError::err("shardis: WATCH not routed")),
+        // Inside MULTI, UNWATCH is queued before this.
+        (TxCommand::Unwatch, _) => Plan::Tx(TxStep::Unwatch),
     }
 }
 

@@ -11,8 +11,21 @@
 //! error at once and makes EXEC answer `EXECABORT`, as in Redis.
 //!
 //! The session executes these steps (`session/transaction.rs`); the router
-//! decides which step a request is. Not offered: WATCH (a backend connection shared by many clients cannot
-//! hold one client's watched keys), commands that do not run on one shard
+//! decides which step a request is.
+//!
+//! WATCH: from WATCH until EXEC, DISCARD, UNWATCH or RESET the client has a
+//! backend connection of its own on the watched keys' shard (a conversation
+//! task, [`crate::backend::Shard::converse`]); WATCH, the client's commands
+//! on that shard and the EXEC batch go over it, so the backend's WATCH
+//! guards the transaction and EXEC answers nil when a watched key changed.
+//! Watched and queued keys must all be on one shard (else CROSSSHARD).
+//! Not ordered with the watch connection: the client's split or broadcast
+//! commands (MSET, DEL of keys on several shards ...), which take the shared
+//! connections, and commands pipelined before WATCH whose replies are not in
+//! yet; a client that waits for each reply (redis-py, redis-rs
+//! `transaction()`) is not affected.
+//!
+//! Not offered: commands that do not run on one shard
 //! (KEYS, DBSIZE, FLUSHALL ...), lock keys (they live on a quorum), and the
 //! proxy's own commands. Limits: at most `limits.max_pipeline` commands and
 //! `limits.max_request` bytes per transaction, so a client cannot make the
@@ -74,6 +87,15 @@ impl Exec {
 }
 
 impl Transaction {
+    /// A transaction opened while watching keys on `shard`: its commands'
+    /// keys must live there too.
+    pub fn on_shard(shard: usize) -> Transaction {
+        Transaction {
+            shard: Some(shard),
+            ..Transaction::default()
+        }
+    }
+
     /// Makes EXEC answer EXECABORT (a command could not be queued).
     pub fn abort(&mut self) {
         self.aborted = true;
@@ -118,11 +140,17 @@ impl Transaction {
     /// EXEC: the batch to send (its shard: [`Exec::shard`]), `Ok(None)` for
     /// an empty transaction (EXEC answers an empty array), or EXECABORT.
     pub fn exec(self) -> Result<Option<Exec>, ReplyError> {
+        if self.queued.is_empty() && !self.aborted {
+            return Ok(None);
+        }
+        self.batch().map(Some)
+    }
+
+    /// EXEC while watching: the batch even when nothing is queued (EXEC
+    /// answers nil when a watched key changed), or EXECABORT.
+    pub fn batch(self) -> Result<Exec, ReplyError> {
         if self.aborted {
             return Err(execabort());
-        }
-        if self.queued.is_empty() {
-            return Ok(None);
         }
         let mut buf = BytesMut::with_capacity(self.bytes + 32);
         put_header(&mut buf, b'*', 1);
@@ -132,11 +160,11 @@ impl Transaction {
         }
         put_header(&mut buf, b'*', 1);
         put_bulk(&mut buf, b"EXEC");
-        Ok(Some(Exec {
+        Ok(Exec {
             batch: buf.freeze(),
             frames: self.queued.len() as u32 + 2,
             keys: self.keys,
-        }))
+        })
     }
 }
 

@@ -4,9 +4,10 @@
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::mpsc;
 
 use super::conn::connect;
-use super::{BackendSpec, Identity, ReplyTo, Shard};
+use super::{BackendSpec, Identity, Job, ReplyTo, Shard};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::protocol::Protocol;
 use crate::protocol::reply::ReplyScanner;
@@ -30,6 +31,55 @@ impl Shard {
         });
     }
 
+    /// A WATCH conversation: a task that owns a connection of its own to
+    /// this shard and runs the jobs sent to it one after the other, in
+    /// order, each answered with its last reply frame (EXEC's for a
+    /// MULTI ... EXEC batch) on the job's `ReplyTo`. The session keeps the
+    /// sender while the client watches keys; dropping it ends the task once
+    /// the jobs already sent are answered, and closing the connection ends
+    /// the watch on the backend.
+    ///
+    /// A task rather than I/O in the session: the session only ever awaits
+    /// its inbox and its client socket, so a slow backend never holds up the
+    /// session's other work, and the replies come back like every other
+    /// backend reply (as the lock worker's do). Once the connection fails,
+    /// every later job gets the error (the watch is lost, so EXEC must not
+    /// succeed on another connection).
+    pub fn converse(&self, proto: Protocol) -> mpsc::UnboundedSender<Job> {
+        let spec = self.spec.clone();
+        let identity = self.identity.clone();
+        let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+        tokio::spawn(async move {
+            let mut conn = match connect(&spec, &identity, proto).await {
+                Ok(s) => Ok((s, BytesMut::with_capacity(4096), ReplyScanner::default())),
+                Err(e) => Err(e),
+            };
+            while let Some(job) = rx.recv().await {
+                let (stream, buf, scanner) = match &mut conn {
+                    Ok(c) => (&mut c.0, &mut c.1, &mut c.2),
+                    Err(e) => {
+                        job.reply.complete(Err(e.clone()));
+                        continue;
+                    }
+                };
+                let call = converse_call(&spec, stream, buf, scanner, &job.req, job.frames);
+                let result = match tokio::time::timeout(spec.command_timeout, call).await {
+                    Ok(r) => r,
+                    Err(_) => Err(BackendError::new(
+                        BackendErrorKind::Timeout,
+                        &spec.name,
+                        "command timed out on the WATCH connection",
+                    )),
+                };
+                if let Err(e) = &result {
+                    conn = Err(e.clone());
+                }
+                job.reply.complete(result);
+            }
+        });
+        tx
+    }
+
     /// A connection of its own to this shard, after the usual handshake (a
     /// subscriber's, see `Route::Subscribe`).
     pub async fn connect_dedicated(&self, proto: Protocol) -> Result<TcpStream, BackendError> {
@@ -50,6 +100,43 @@ pub async fn one_shot(spec: &BackendSpec, req: &[u8]) -> Result<Bytes, BackendEr
             &spec.name,
             "administrative call timed out",
         )),
+    }
+}
+
+/// Writes `req` on a WATCH conversation's connection and reads its `frames`
+/// replies (push messages skipped); the last one is the answer.
+async fn converse_call(
+    spec: &BackendSpec,
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    scanner: &mut ReplyScanner,
+    req: &[u8],
+    frames: u32,
+) -> Result<Bytes, BackendError> {
+    let lost = |e: std::io::Error| BackendError::io(BackendErrorKind::ConnectionLost, &spec.name, e);
+    stream.write_all(req).await.map_err(lost)?;
+    let mut left = frames.max(1);
+    loop {
+        while let Some(n) = scanner
+            .next_frame(buf)
+            .map_err(|e| BackendError::new(BackendErrorKind::Protocol, &spec.name, e.to_string()))?
+        {
+            let frame = buf.split_to(n).freeze();
+            if scanner.was_push() {
+                continue;
+            }
+            left -= 1;
+            if left == 0 {
+                return Ok(frame);
+            }
+        }
+        if stream.read_buf(buf).await.map_err(lost)? == 0 {
+            return Err(BackendError::new(
+                BackendErrorKind::ConnectionLost,
+                &spec.name,
+                "connection closed by backend",
+            ));
+        }
     }
 }
 

@@ -36,7 +36,7 @@ pub enum Route {
     Fanout(Fanout),
     /// Sent to every shard (or, for SCAN, to the shard the cursor names).
     Broadcast(Broadcast),
-    /// MULTI, EXEC, DISCARD: a transaction step (see [`crate::transaction`]).
+    /// MULTI, EXEC, DISCARD, WATCH, UNWATCH: a transaction step (see [`crate::transaction`]).
     Transaction(TxCommand),
     /// `SHARDIS.*`: the proxy's own commands.
     Proxy(ProxyCommand),
@@ -49,6 +49,10 @@ pub enum TxCommand {
     Multi,
     Exec,
     Discard,
+    /// WATCH: the client gets a connection of its own on the keys' shard.
+    Watch,
+    /// UNWATCH (queued like any command inside MULTI).
+    Unwatch,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,8 +133,6 @@ pub enum Broadcast {
 pub enum Refusal {
     /// Commands a proxy in front of independent shards cannot offer.
     Unsupported,
-    /// WATCH / UNWATCH.
-    Watch,
     /// Blocking commands without keys (WAIT ...): no shard to run on.
     Blocking,
     /// Sharded pub/sub (SSUBSCRIBE, SPUBLISH ...).
@@ -142,9 +144,6 @@ impl Refusal {
         let name = name.replace('|', " ");
         ReplyError::err(match self {
             Refusal::Unsupported => format!("unsupported command '{name}' in shardis"),
-            Refusal::Watch => format!(
-                "unsupported command '{name}' in shardis: WATCH is not supported (MULTI/EXEC are, when every key is on one shard)"
-            ),
             Refusal::Blocking => format!(
                 "unsupported command '{name}' in shardis: it blocks without naming a key, so no shard can serve it"
             ),
@@ -239,7 +238,8 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "multi" => Route::Transaction(TxCommand::Multi),
         "exec" => Route::Transaction(TxCommand::Exec),
         "discard" => Route::Transaction(TxCommand::Discard),
-        "watch" | "unwatch" => Route::Refuse(R::Watch),
+        "watch" => Route::Transaction(TxCommand::Watch),
+        "unwatch" => Route::Transaction(TxCommand::Unwatch),
         "shardis.admin" => Route::Proxy(ProxyCommand::Admin),
         "shardis.reload" => Route::Proxy(ProxyCommand::Reload),
         "shardis.lock" => Route::Proxy(ProxyCommand::Lock),
@@ -379,7 +379,8 @@ mod tests {
         assert_eq!(route("publish c m"), Ok(Route::PubSub));
         assert_eq!(route("ssubscribe c"), Ok(Route::Refuse(Refusal::ShardedPubSub)));
         assert_eq!(route("multi"), Ok(Route::Transaction(TxCommand::Multi)));
-        assert_eq!(route("watch k"), Ok(Route::Refuse(Refusal::Watch)));
+        assert_eq!(route("watch k"), Ok(Route::Transaction(TxCommand::Watch)));
+        assert_eq!(route("unwatch"), Ok(Route::Transaction(TxCommand::Unwatch)));
         assert_eq!(route("SHARDIS.reload force"), Ok(Route::Proxy(ProxyCommand::Reload)));
         assert_eq!(route("shardis.lock k t 10"), Ok(Route::Proxy(ProxyCommand::Lock)));
         assert_eq!(

@@ -326,7 +326,13 @@ fn transactions_are_steps_and_queues() {
     assert!(matches!(f.route(in_tx(), "PING"), Plan::Tx(TxStep::Queue(k)) if k.is_empty()));
     assert!(refused_in_tx(f.route(in_tx(), "KEYS *")).contains("cannot be used inside MULTI"));
     assert!(refused_in_tx(f.route(in_tx(), "SET lock:x 1")).contains("lock keys"));
-    assert!(refused_in_tx(f.route(in_tx(), "WATCH a")).contains("WATCH is not supported"));
+    // As in Redis: WATCH inside MULTI is an error that does not abort the
+    // transaction; UNWATCH is queued.
+    assert_eq!(
+        error_of(f.route(in_tx(), "WATCH a")).to_string(),
+        "ERR WATCH inside MULTI is not allowed"
+    );
+    assert!(matches!(f.route(in_tx(), "UNWATCH"), Plan::Tx(TxStep::Queue(k)) if k.is_empty()));
     assert_eq!(
         refused_in_tx(f.route(in_tx(), "SHARDIS.RELOAD")),
         "ERR shardis: SHARDIS.* commands cannot be used inside MULTI"
@@ -337,6 +343,34 @@ fn transactions_are_steps_and_queues() {
     );
     assert!(refused_in_tx(f.route(in_tx(), "NOSUCH")).starts_with("ERR unknown command"));
     assert!(refused_in_tx(f.route(in_tx(), "GET")).starts_with("ERR wrong number of arguments"));
+}
+
+#[test]
+fn watched_keys_share_a_shard() {
+    let f = Fixture::new("");
+    let (a, b) = (f.key_on(0, None), f.key_on(1, None));
+    match f.route(USER, &format!("WATCH {a} {a}")) {
+        Plan::Tx(TxStep::Watch { shard, keys }) => {
+            assert_eq!(shard, 0);
+            assert_eq!(keys, [a.as_bytes(), a.as_bytes()]);
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(matches!(
+        f.route(USER, &format!("WATCH {b}")),
+        Plan::Tx(TxStep::Watch { shard: 1, .. })
+    ));
+    assert!(
+        error_of(f.route(USER, &format!("WATCH {a} {b}")))
+            .to_string()
+            .starts_with("CROSSSHARD")
+    );
+    assert!(matches!(f.route(USER, "UNWATCH"), Plan::Tx(TxStep::Unwatch)));
+    assert!(
+        error_of(f.route(USER, "WATCH"))
+            .to_string()
+            .contains("wrong number of arguments")
+    );
 }
 
 #[test]

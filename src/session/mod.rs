@@ -45,6 +45,7 @@ use tracing::debug;
 
 use crate::backend::{Completion, Job, ReplyTo};
 use crate::client::ClientState;
+use crate::command::Local;
 use crate::error::ReplyError;
 use crate::local;
 use crate::lock::classify::Op;
@@ -82,6 +83,9 @@ pub struct Session {
     parked: usize,
     /// The transaction this client opened with MULTI, if any.
     tx: Option<Box<Transaction>>,
+    /// The keys this client WATCHes and the connection of its own that
+    /// watches them, from WATCH until EXEC, DISCARD, UNWATCH or RESET.
+    watching: Option<transaction::Watching>,
     /// The slot of a blocking command (BLPOP ...) still waiting: until it
     /// answers, nothing more is read or dispatched, as Redis blocks a client.
     blocked: Option<u64>,
@@ -142,6 +146,7 @@ impl Session {
             lock_tx: None,
             parked: 0,
             tx: None,
+            watching: None,
             blocked: None,
             subscribing: None,
             watch: shared.shutdown.watch(id),
@@ -310,6 +315,12 @@ impl Session {
     fn execute(&mut self, topo: &Topology, plan: Plan, req: &Request, args: &[&[u8]], at: At) {
         let proto = self.state.proto;
         match plan {
+            // While watching, this client's commands on the watched shard go
+            // over the watch connection, in order with WATCH and EXEC (as on
+            // one Redis, the client's own write to a watched key counts).
+            Plan::Forward(shard) if self.watching.as_ref().is_some_and(|w| w.shard == shard) => {
+                self.send_watched(req.raw.clone(), 1, at);
+            }
             Plan::Forward(shard) => {
                 let seq = self.replies.put(at, Slot::One(None));
                 self.send(topo, shard, req.raw.clone(), seq, 0);
@@ -346,6 +357,9 @@ impl Session {
                 self.lock_request(req.clone(), lock.op, at);
             }
             Plan::Local(cmd) => {
+                if cmd == Local::Reset {
+                    self.watching = None;
+                }
                 let mut b = BytesMut::new();
                 let mut enc = Encoder::new(&mut b, proto);
                 match local::run(cmd, args, &mut self.state, &self.shared, topo, &mut enc) {

@@ -1,25 +1,64 @@
 //! A session's transaction steps (the router decides which step a request
 //! is; [`crate::transaction`] holds the queue and builds the batch).
 
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::sync::mpsc;
+
 use super::Session;
 use super::parked::Then;
 use super::replies::{At, Slot};
 use crate::backend::Job;
-use crate::protocol::Request;
+use crate::error::{ErrorKind, ReplyError};
+use crate::protocol::{Protocol, Request};
 use crate::router::{self, TxStep, View};
 use crate::topology::Topology;
-use crate::transaction::Exec;
+use crate::transaction::{Exec, Transaction};
+
+/// Keys this client WATCHes, and the connection of its own that watches
+/// them on their shard (see [`crate::backend::Shard::converse`]): WATCH, the
+/// client's commands on that shard and EXEC's batch go over it, in order.
+/// Dropping it closes the connection, which ends the watch on the backend.
+pub(super) struct Watching {
+    pub shard: usize,
+    /// The shard's name when WATCH was sent: a reload that puts another
+    /// backend at this index must not let EXEC run there unguarded.
+    name: Arc<str>,
+    keys: Vec<Bytes>,
+    conv: mpsc::UnboundedSender<Job>,
+    /// The protocol the connection speaks: a client that switches (HELLO)
+    /// while watching switches it too, before its next command.
+    proto: Protocol,
+}
+
+/// EXEC's reply when the transaction did not run (a watched key changed).
+fn null_array(proto: Protocol) -> Bytes {
+    Bytes::from_static(match proto {
+        Protocol::Resp3 => b"_\r\n",
+        _ => b"*-1\r\n",
+    })
+}
 
 impl Session {
     pub(super) fn transaction(&mut self, topo: &Topology, step: TxStep, req: &Request) {
         let proto = self.state.proto;
         match step {
             TxStep::Multi => {
-                self.tx = Some(Box::default());
+                self.tx = Some(Box::new(match &self.watching {
+                    Some(w) => Transaction::on_shard(w.shard),
+                    None => Transaction::default(),
+                }));
                 self.replies.reply_with(At::Next, proto, |e| e.ok());
             }
             TxStep::Discard => {
                 self.tx = None;
+                self.watching = None;
+                self.replies.reply_with(At::Next, proto, |e| e.ok());
+            }
+            TxStep::Watch { shard, keys } => self.watch(topo, shard, keys, req),
+            TxStep::Unwatch => {
+                self.watching = None;
                 self.replies.reply_with(At::Next, proto, |e| e.ok());
             }
             TxStep::Queue(keys) => {
@@ -49,17 +88,105 @@ impl Session {
         }
     }
 
+    /// WATCH: opens the connection of its own on `shard` (the first WATCH)
+    /// and sends the WATCH over it. Keys on another shard than those already
+    /// watched: CROSSSHARD, nothing more watched.
+    fn watch(&mut self, topo: &Topology, shard: usize, keys: Vec<Bytes>, req: &Request) {
+        let proto = self.state.proto;
+        let name = topo.names[shard].clone();
+        if let Some(w) = &self.watching
+            && (w.shard != shard || w.name != name)
+        {
+            let e = ReplyError::new(
+                ErrorKind::CrossShard,
+                "watched keys don't hash to the same shard as the keys already watched",
+            );
+            return self.replies.error(At::Next, proto, &e);
+        }
+        let w = self.watching.get_or_insert_with(|| Watching {
+            shard,
+            name,
+            keys: Vec::new(),
+            conv: topo.shards[shard].converse(proto),
+            proto,
+        });
+        w.keys.extend(keys);
+        self.send_watched(req.raw.clone(), 1, At::Next);
+    }
+
+    /// Sends `req` (`frames` replies, the last one answers) over the watch
+    /// connection, into slot `at`.
+    pub(super) fn send_watched(&mut self, req: Bytes, frames: u32, at: At) {
+        let seq = self.replies.put(at, Slot::One(None));
+        let reply = self.reply_to(seq, 0);
+        let proto = self.state.proto;
+        let Some(w) = &mut self.watching else {
+            return self
+                .replies
+                .error(At::Slot(seq), proto, &ReplyError::err("shardis: not watching"));
+        };
+        let (req, frames) = if w.proto == proto {
+            (req, frames)
+        } else {
+            w.proto = proto;
+            let hello = Request::from_args(&["HELLO", if proto == Protocol::Resp3 { "3" } else { "2" }]);
+            let mut b = BytesMut::with_capacity(hello.raw.len() + req.len());
+            b.extend_from_slice(&hello.raw);
+            b.extend_from_slice(&req);
+            (b.freeze(), frames + 1)
+        };
+        if w.conv.send(Job { req, reply, frames }).is_err() {
+            self.watching = None;
+            self.replies.error(
+                At::Slot(seq),
+                self.state.proto,
+                &ReplyError::err("shardis: the WATCH connection is gone"),
+            );
+        }
+    }
+
     /// EXEC: the queued commands go to their shard as one batch; the
     /// client gets EXEC's reply from it.
     fn exec(&mut self, topo: &Topology) {
         let proto = self.state.proto;
         let Some(tx) = self.tx.take() else { return };
+        if let Some(w) = self.watching.take() {
+            return self.exec_watched(topo, *tx, w);
+        }
         let ex = match tx.exec() {
             Ok(Some(ex)) => ex,
             Ok(None) => return self.replies.reply_with(At::Next, proto, |e| e.array(0)),
             Err(e) => return self.replies.error(At::Next, proto, &e),
         };
         self.exec_at(topo, ex, At::Next);
+    }
+
+    /// EXEC while watching: the batch goes over the watch connection, so the
+    /// backend's WATCH guards it; the connection is dropped after it (EXEC
+    /// ends the watch). When the topology changed since WATCH (the keys'
+    /// shard is another, or they are moving or held), the watch no longer
+    /// guards them: EXEC answers nil, as when a watched key changed, and an
+    /// optimistic client retries.
+    fn exec_watched(&mut self, topo: &Topology, tx: Transaction, mut w: Watching) {
+        let proto = self.state.proto;
+        let ex = match tx.batch() {
+            Ok(ex) => ex,
+            Err(e) => return self.replies.error(At::Next, proto, &e),
+        };
+        let view = View::of(topo);
+        let keys = || w.keys.iter().chain(ex.keys.iter()).cloned();
+        let moved = topo.names.get(w.shard) != Some(&w.name)
+            || keys().any(|k| topo.shard_of(&k) != w.shard)
+            || router::held(&view, keys())
+            || (view.migration.is_some() && !router::moves(&view, keys()).is_empty());
+        if moved {
+            return self.replies.ready(At::Next, null_array(proto));
+        }
+        // Sent, then the sender dropped: the task answers it, then closes.
+        w.keys.clear();
+        self.watching = Some(w);
+        self.send_watched(ex.batch, ex.frames, At::Next);
+        self.watching = None;
     }
 
     /// Sends a transaction's batch, unless its keys are held by a prepared

@@ -260,8 +260,6 @@ async fn unsupported_and_unknown_commands_keep_the_connection() {
     let mut c = proxy.conn().await;
     let e = q::<Value>(&mut c, &["BGSAVE"]).await.unwrap_err();
     assert!(e.to_string().contains("unsupported command 'bgsave' in shardis"), "{e}");
-    let e = q::<Value>(&mut c, &["WATCH", "k"]).await.unwrap_err();
-    assert!(e.to_string().contains("unsupported command 'watch'"), "{e}");
     let e = q::<Value>(&mut c, &["WAIT", "0", "0"]).await.unwrap_err();
     assert!(e.to_string().contains("unsupported command 'wait'"), "{e}");
     let e = q::<Value>(&mut c, &["SSUBSCRIBE", "ch"]).await.unwrap_err();

@@ -184,7 +184,7 @@ async fn lock_keys_live_on_every_member_and_answer_by_majority() {
         (&["INCR", "lock:a"], "not supported on lock keys"),
         (&["DEL", "lock:a", "x1"], "cannot be combined"),
         (&["EVAL", "return 1", "2", "lock:a", "x1"], "cannot be combined"),
-        (&["WATCH", "lock:a"], "WATCH is not supported"),
+        (&["WATCH", "lock:a"], "lock keys (redlock.keys) cannot be watched"),
         (&["SET", "lock:a", "t", "NX", "PXAT", "1"], "PX or EX"),
     ];
     for (args, expected) in refused {
