@@ -20,7 +20,7 @@ use crate::error::{ErrorKind, ReplyError};
 use crate::hold::Hold;
 use crate::lock::classify::{self, Op};
 use crate::lock::group::LockGroup;
-use crate::merge::{self, Merge, MgetParts};
+use crate::merge::{Merge, MgetParts};
 use crate::migration::Migration;
 use crate::protocol::Request;
 use crate::protocol::request::{put_bulk, put_header};
@@ -560,37 +560,6 @@ fn broadcast(
     Plan::Broadcast { merge, script }
 }
 
-fn scan(view: &View<'_>, args: &[&[u8]], parts: &mut Vec<(usize, Bytes)>) -> Plan {
-    let cursor = std::str::from_utf8(args[1]).ok().and_then(|s| s.parse::<u64>().ok());
-    let Some(cursor) = cursor else {
-        return Plan::Error(ReplyError::err("invalid cursor"));
-    };
-    let (shard, backend_cursor) = merge::split_scan_cursor(cursor);
-    if shard >= view.names.len() {
-        return Plan::Error(ReplyError::err("invalid cursor"));
-    }
-    let mut cursor = itoa::Buffer::new();
-    let mut sub: SmallVec<[&[u8]; 8]> = args.iter().copied().collect();
-    sub[1] = cursor.format(backend_cursor).as_bytes();
-    // Lock keys live on every lock group member: SCAN lists them only from
-    // the first member of the group.
-    let reporter = view
-        .locks
-        .current
-        .first()
-        .and_then(|m| view.names.iter().position(|n| n == m));
-    let drop_lock_keys = view.locks.enabled() && reporter != Some(shard);
-    parts.clear();
-    parts.push((shard, Request::from_args(&sub).raw));
-    Plan::Split {
-        merge: Merge::Scan {
-            shard,
-            shards: view.names.len(),
-            drop_lock_keys: drop_lock_keys.then(|| view.locks.listed_once()),
-        },
-    }
-}
-
 /// A cheap pseudo-random index (RANDOMKEY's starting shard).
 fn rand_index(n: usize) -> usize {
     use std::hash::{BuildHasher, Hasher};
@@ -606,6 +575,9 @@ fn spec_name_of(name: &[u8]) -> &'static str {
         .find(|n| name.eq_ignore_ascii_case(n.as_bytes()))
         .unwrap_or("del")
 }
+
+mod scan;
+use scan::scan;
 
 #[cfg(test)]
 mod tests;
