@@ -10,18 +10,7 @@ async fn redis_py_with_default_settings() {
     let nodes = three_nodes();
     let refs: Vec<_> = nodes.iter().collect();
     let proxy = Proxy::start(&refs).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/client_smoke.py");
-    let port = proxy.addr.port().to_string();
-    let out = tokio::task::spawn_blocking(move || Command::new("python3").arg(script).arg(port).output())
-        .await
-        .unwrap()
-        .expect("python3 must be installed");
-    assert!(
-        out.status.success(),
-        "redis-py failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::run_py("client_smoke.py", proxy.addr).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -321,18 +321,7 @@ async fn optimistic_transactions_of_redis_py_and_redis_rs_count_exactly() {
     let nodes = three_nodes();
     let refs: Vec<_> = nodes.iter().collect();
     let proxy = Proxy::start(&refs).await;
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/watch_counter.py");
-    let port = proxy.addr.port().to_string();
-    let out = tokio::task::spawn_blocking(move || std::process::Command::new("python3").arg(script).arg(port).output())
-        .await
-        .unwrap()
-        .expect("python3 must be installed");
-    assert!(
-        out.status.success(),
-        "redis-py failed:\n{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    crate::support::run_py("watch_counter.py", proxy.addr).await;
     // redis-rs: 4 threads, 50 WATCH/GET/MULTI/SET/EXEC each, retried on nil.
     let url = format!("redis://{}/", proxy.addr);
     let threads: Vec<_> = (0..4)

@@ -128,3 +128,20 @@ pub fn raw_roundtrip(addr: SocketAddr, input: &[u8], expect_len: usize, timeout:
     }
     out
 }
+
+/// Runs `tests/py/<script>` with the proxy's port as its argument (redis-py
+/// against shardis) and fails the test with its output if it fails.
+pub async fn run_py(script: &str, addr: SocketAddr) {
+    let path = format!("{}/tests/py/{script}", env!("CARGO_MANIFEST_DIR"));
+    let port = addr.port().to_string();
+    let out = tokio::task::spawn_blocking(move || std::process::Command::new("python3").arg(path).arg(port).output())
+        .await
+        .expect("python runner")
+        .expect("python3 must be installed");
+    assert!(
+        out.status.success(),
+        "redis-py ({script}) failed:\n{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
