@@ -1,19 +1,23 @@
 #!/usr/bin/env python3
-"""End-to-end comparison: direct Redis, twemproxy and shardis, same machine, same run.
+"""End-to-end comparison: direct Redis, twemproxy, predixy and shardis, same machine, same run.
 
-Owns the benchmark procedure behind `bench/compare.sh` (which builds the release binary and
-calls this). It starts 3 redis-server shards on free loopback ports, twemproxy (nutcracker) with
-an equivalent 3-shard ketama config, and shardis in front of the same shards; checks that each
-contender really serves GET/SET/MSET/MGET (real values, no error replies); then runs
-redis-benchmark row by row, interleaving the contenders run by run (A B C A B C ...), and prints
-medians as a markdown table with shardis/twemproxy ratios. It also measures each proxy's CPU time
-(user+sys from /proc/PID/stat) per million requests of every row, and the RSS of each proxy holding
-10,000 idle client connections.
+Owns the benchmark procedure behind `bench/compare.sh` (which builds the release binary, and
+predixy from a source directory when one is given, and calls this). It starts 3 redis-server shards
+on free loopback ports, twemproxy (nutcracker) with an equivalent 3-shard ketama config, predixy
+(when PREDIXY names its binary) with a 3-group standalone pool, and shardis in front of the same
+shards; checks that each contender really serves GET/SET/MSET/MGET (real values, no error replies);
+then runs redis-benchmark row by row, interleaving the contenders run by run (A B C A B C ...), and
+prints medians as a markdown table with each shardis's ratio to the best peer of that row (the
+proxy with the highest throughput). It also measures each proxy's CPU time (user+sys from
+/proc/PID/stat) per million requests of every row, with the ratio to the peer that spent the
+least, and the RSS of each proxy holding 10,000 idle client connections.
 
 Environment: RUNS (default 3), N (requests per run for -P 1 rows, default 200000; -P 16 rows use
 4*N, the 10-key rows N/2, or N at -P 16), IDLE (idle connections, default 10000, 0 skips), ROWS (comma-separated
 row names to run, default all), SHARDIS (binary, default target/release/shardis), SHARDIS_THREADS
-(comma-separated `threads` settings, one shardis each, default "0,1"), NUTCRACKER, and SHARDIS_B: a
+(comma-separated `threads` settings, one shardis each, default "0,1"), NUTCRACKER, PREDIXY (its
+binary; absent: predixy is left out, with a message), PREDIXY_THREADS (its WorkerThreads, default
+2, one per CPU here), and SHARDIS_B: a
 second shardis binary (say, the build before a change) run as extra contenders "shardis B ..."
 with the same thread settings, for an interleaved A/B of one change; SHARDIS_B_CONFIG: TOML lines
 added to the B contenders' configuration (say "[pool]\\nconnections = 1"), to A/B a setting.
@@ -44,18 +48,21 @@ PAGE = os.sysconf("SC_PAGE_SIZE")
 THREADS = [int(t) for t in os.environ.get("SHARDIS_THREADS", "0,1").split(",") if t.strip()]
 MGET10 = ["mget"] + ["key:__rand_int__"] * 10
 
-# (name, clients, pipeline, requests, redis-benchmark args after the common ones)
+# (name, clients, pipeline, requests, value size in bytes, redis-benchmark args after the common ones)
 ROWS = [
-    ("GET -P 1", 50, 1, N, ["-t", "get"]),
-    ("SET -P 1", 50, 1, N, ["-t", "set"]),
-    ("GET -P 16", 50, 16, 4 * N, ["-t", "get"]),
-    ("SET -P 16", 50, 16, 4 * N, ["-t", "set"]),
-    ("MSET 10 keys", 50, 1, N // 2, ["-t", "mset"]),
-    ("MGET 10 keys", 50, 1, N // 2, MGET10),
-    ("MSET 10 keys -P 16", 50, 16, N, ["-t", "mset"]),
-    ("MGET 10 keys -P 16", 50, 16, N, MGET10),
-    ("GET 1000 clients", 1000, 1, N, ["-t", "get"]),
+    ("GET -P 1", 50, 1, N, 16, ["-t", "get"]),
+    ("SET -P 1", 50, 1, N, 16, ["-t", "set"]),
+    ("GET -P 16", 50, 16, 4 * N, 16, ["-t", "get"]),
+    ("SET -P 16", 50, 16, 4 * N, 16, ["-t", "set"]),
+    ("MSET 10 keys", 50, 1, N // 2, 16, ["-t", "mset"]),
+    ("MGET 10 keys", 50, 1, N // 2, 16, MGET10),
+    ("MSET 10 keys -P 16", 50, 16, N, 16, ["-t", "mset"]),
+    ("MGET 10 keys -P 16", 50, 16, N, 16, MGET10),
+    ("GET 1 KiB", 50, 1, N, 1024, ["-t", "get"]),
+    ("SET 1 KiB", 50, 1, N, 1024, ["-t", "set"]),
+    ("GET 1000 clients", 1000, 1, N, 16, ["-t", "get"]),
 ]
+PEERS = ("twemproxy", "predixy")
 
 
 def raise_nofile():
@@ -130,11 +137,32 @@ class Cluster:
         nutcracker = os.environ.get("NUTCRACKER") or shutil.which("nutcracker") or "/usr/sbin/nutcracker"
         self.tw = self.spawn([nutcracker, "-c", tw_conf, "-s", str(free_port()), "-o",
                               os.path.join(self.dir, "nutcracker.log")])
+        self.contenders = [("redis", self.shard_ports[0], None), ("twemproxy", self.tw_port, self.tw)]
+        predixy = os.environ.get("PREDIXY")
+        if predixy:
+            # predixy: a standalone pool of 3 groups, one server each, reads on the masters.
+            self.px_port = free_port()
+            px_conf = os.path.join(self.dir, "predixy.conf")
+            with open(px_conf, "w") as f:
+                f.write(f"Name bench\nBind 127.0.0.1:{self.px_port}\n"
+                        f"WorkerThreads {int(os.environ.get('PREDIXY_THREADS', '2'))}\nClientTimeout 0\n"
+                        "LogVerbSample 0\nLogDebugSample 0\nLogInfoSample 0\nLogNoticeSample 0\n"
+                        "LogWarnSample 1\nLogErrorSample 1\n"
+                        "Authority {\n    Auth {\n        Mode admin\n    }\n}\n"
+                        "StandaloneServerPool {\n    Hash crc16\n    HashTag \"{}\"\n    Distribution modula\n"
+                        "    MasterReadPriority 100\n    RefreshMethod fixed\n    ServerTimeout 0\n")
+                for p, n in zip(self.shard_ports, names):
+                    f.write(f"    Group {n} {{\n        + 127.0.0.1:{p}\n    }}\n")
+                f.write("}\n")
+            self.px = self.spawn([predixy, px_conf])
+            self.contenders.append(("predixy", self.px_port, self.px))
+        else:
+            print("predixy: left out (set PREDIXY_SRC for bench/compare.sh, or PREDIXY to its binary)",
+                  file=sys.stderr)
         binaries = [("", os.environ.get("SHARDIS") or os.path.join(ROOT, "target/release/shardis"))]
         if os.environ.get("SHARDIS_B"):
             binaries.append(("B", os.environ["SHARDIS_B"]))
         env = dict(os.environ, RUST_LOG="warn")
-        self.contenders = [("redis", self.shard_ports[0], None), ("twemproxy", self.tw_port, self.tw)]
         # One shardis per thread setting (0: one worker thread per CPU, the default).
         for variant, shardis in binaries:
             for threads in THREADS:
@@ -187,9 +215,9 @@ class Cluster:
         assert holders >= 2, "MSET keys did not spread across shards"
 
 
-def bench(port, clients, pipeline, n, args):
+def bench(port, clients, pipeline, n, size, args):
     cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(clients), "-P", str(pipeline),
-           "-n", str(n), "-r", str(KEYSPACE), "-d", "16", "--csv", "-e", *args]
+           "-n", str(n), "-r", str(KEYSPACE), "-d", str(size), "--csv", "-e", *args]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, preexec_fn=raise_nofile)
     if "Error from server" in out.stdout or "Error from server" in out.stderr:
         err = [line for line in (out.stdout + out.stderr).splitlines() if "Error" in line][:3]
@@ -253,11 +281,11 @@ def main():
                 time.sleep(1.0)
         results = {}  # (row, contender) -> list of (ops, p50, p99)
         cpu = {}  # (row, contender) -> list of CPU seconds per 1M requests
-        for name, clients, pipeline, n, args in rows:
+        for name, clients, pipeline, n, size, args in rows:
             for run in range(RUNS):
                 for cname, port, proc in c.contenders:
                     t0 = cpu_seconds(proc.pid) if proc else 0.0
-                    r = bench(port, clients, pipeline, n, args)
+                    r = bench(port, clients, pipeline, n, size, args)
                     if proc:
                         cpu.setdefault((name, cname), []).append((cpu_seconds(proc.pid) - t0) / n * 1e6)
                     results.setdefault((name, cname), []).append(r)
@@ -276,28 +304,39 @@ def main():
 
     names = [c[0] for c in contenders]
     shardises = [n for n in names if n.startswith("shardis")]
+    peers = [n for n in names if n in PEERS]
+
+    def best_peer(row):
+        """The peer with the highest median throughput on this row."""
+        return max(peers, key=lambda p: med(row, p, 0))
+
     lines = []
     lines.append(f"Medians of {RUNS} interleaved runs; N={N}; ops/s (p50/p99 latency, ms); redis-benchmark, "
-                 f"16-byte values, {KEYSPACE} random keys. \"shardis\" uses one worker thread per CPU "
-                 "(the default), \"shardis 1t\" one thread (threads = 1), as twemproxy.\n")
-    ratio_heads = [f"{n}/twemproxy ops (p99)" for n in shardises]
-    lines.append("| test | " + " | ".join(names) + " | " + " | ".join(ratio_heads) + " |")
-    lines.append("|---|" + "---:|" * (len(names) + len(shardises)))
+                 f"{KEYSPACE} random keys, 16-byte values unless the row says otherwise. \"shardis\" uses one "
+                 "worker thread per CPU (the default), \"shardis 1t\" one thread (threads = 1), as twemproxy. "
+                 "The ratio columns divide by the best peer of the row (the proxy with the highest "
+                 "throughput; the p99 ratio is against that same peer's p99).\n")
+    ratio_heads = [f"{n}/best peer ops (p99)" for n in shardises]
+    lines.append("| test | " + " | ".join(names) + " | best peer | " + " | ".join(ratio_heads) + " |")
+    lines.append("|---|" + "---:|" * len(names) + "---|" + "---:|" * len(shardises))
     for name, *_ in rows:
         cells = [f"{fmt_ops(med(name, c, 0))} ({med(name, c, 1):.2f}/{med(name, c, 2):.2f})" for c in names]
+        best = best_peer(name)
+        cells.append(best)
         for sh in shardises:
-            ratio = med(name, sh, 0) / med(name, "twemproxy", 0)
-            p99r = med(name, sh, 2) / med(name, "twemproxy", 2)
+            ratio = med(name, sh, 0) / med(name, best, 0)
+            p99r = med(name, sh, 2) / med(name, best, 2)
             cells.append(f"{ratio:.2f}x ({p99r:.2f}x)")
         lines.append(f"| {name} | {' | '.join(cells)} |")
-    lines.append("\nProxy CPU time (user+sys, /proc/PID/stat) per million requests, seconds (median):\n")
-    lines.append("| test | " + " | ".join(names[1:]) + " | " + " | ".join(f"{n}/twemproxy" for n in shardises) + " |")
+    lines.append("\nProxy CPU time (user+sys, /proc/PID/stat) per million requests, seconds (median); the "
+                 "ratio divides by the peer that spent the least:\n")
+    lines.append("| test | " + " | ".join(names[1:]) + " | " + " | ".join(f"{n}/best peer" for n in shardises) + " |")
     lines.append("|---|" + "---:|" * (len(names) - 1 + len(shardises)))
     for name, *_ in rows:
         cpus = {c: statistics.median(cpu[(name, c)]) for c in names[1:]}
-        tw = cpus["twemproxy"]
+        least = min(cpus[p] for p in peers)
         cells = [f"{cpus[c]:.2f}" for c in names[1:]]
-        cells += [f"{cpus[sh] / tw:.2f}x" if tw else "n/a" for sh in shardises]
+        cells += [f"{cpus[sh] / least:.2f}x" if least else "n/a" for sh in shardises]
         lines.append(f"| {name} | {' | '.join(cells)} |")
     if idle:
         lines.append(f"\nRSS with {IDLE} idle client connections, MB: on the fresh proxy (before the load above) "
