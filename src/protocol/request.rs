@@ -178,6 +178,14 @@ impl RequestParser {
                 State::Start => {
                     let Some(&first) = buf.first() else { return Ok(None) };
                     if first == b'*' {
+                        // The common case, a whole well-formed request already
+                        // buffered, in one pass; anything else (incomplete,
+                        // unusual or invalid) goes the general way below, which
+                        // gives the exact error.
+                        if let Some((args, len)) = parse_complete(buf, &self.limits) {
+                            let raw = buf.split_to(len).freeze();
+                            return Ok(Some(Request { raw, args }));
+                        }
                         let Some((n, next)) = read_line_int(buf, 1, self.limits.max_inline)? else {
                             return Ok(None);
                         };
@@ -281,6 +289,65 @@ impl RequestParser {
     pub fn in_progress(&self) -> bool {
         !matches!(self.state, State::Start)
     }
+}
+
+/// The fast path of [`RequestParser::parse`]: a multibulk request that is
+/// entirely in `buf`, with canonical lengths (plain decimal digits, at most
+/// 10), within the limits. Returns its argument ranges and its length, or
+/// `None` for anything else, which the general parser then handles (so this
+/// accepts a subset of what it accepts, with the same result). It scans the
+/// bytes at most once more than the general parser would, and only when it
+/// fails, which leaves the parser in a state that does not come back here
+/// until the request is done.
+fn parse_complete(buf: &[u8], limits: &Limits) -> Option<(ArgRanges, usize)> {
+    let (n, mut pos) = canonical_len(buf, 1)?;
+    if n == 0 || n > limits.max_args {
+        return None;
+    }
+    let mut args = ArgRanges::new();
+    for _ in 0..n {
+        if *buf.get(pos)? != b'$' {
+            return None;
+        }
+        let (len, data) = canonical_len(buf, pos + 1)?;
+        if len > limits.max_bulk {
+            return None;
+        }
+        let end = data + len;
+        if end + 2 > limits.max_request || end > u32::MAX as usize - 2 || buf.get(end..end + 2)? != b"\r\n" {
+            return None;
+        }
+        args.push((data as u32, end as u32));
+        pos = end + 2;
+    }
+    Some((args, pos))
+}
+
+/// A length line at `from`: decimal digits (no sign, no leading zero but in
+/// "0", at most 10) then `\r\n`. The value and the offset after the line.
+#[inline(always)]
+fn canonical_len(buf: &[u8], from: usize) -> Option<(usize, usize)> {
+    let mut v = 0usize;
+    let mut i = from;
+    loop {
+        let b = *buf.get(i)?;
+        if b.is_ascii_digit() {
+            v = v * 10 + (b - b'0') as usize;
+            i += 1;
+            if i - from > 10 {
+                return None;
+            }
+        } else if b == b'\r' {
+            break;
+        } else {
+            return None;
+        }
+    }
+    let digits = i - from;
+    if digits == 0 || (digits > 1 && buf[from] == b'0') || *buf.get(i + 1)? != b'\n' {
+        return None;
+    }
+    Some((v, i + 2))
 }
 
 /// Reads an integer line starting at `from` (just after the type byte).
@@ -425,156 +492,4 @@ fn hex(c: u8) -> u8 {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use proptest::prelude::*;
-
-    fn parse_all(input: &[u8], chunks: &[usize]) -> Result<Vec<Vec<Vec<u8>>>, ProtocolError> {
-        let mut p = RequestParser::new(Limits::default());
-        let mut buf = BytesMut::new();
-        let mut out = Vec::new();
-        let mut off = 0;
-        let mut ci = 0;
-        while off < input.len() {
-            let step = chunks.get(ci).copied().unwrap_or(input.len()).max(1);
-            ci += 1;
-            let end = (off + step).min(input.len());
-            buf.extend_from_slice(&input[off..end]);
-            off = end;
-            while let Some(r) = p.parse(&mut buf)? {
-                out.push(r.args().map(|a| a.to_vec()).collect());
-            }
-        }
-        Ok(out)
-    }
-
-    fn args(v: &[&str]) -> Vec<Vec<u8>> {
-        v.iter().map(|s| s.as_bytes().to_vec()).collect()
-    }
-
-    #[test]
-    fn multibulk_and_inline() {
-        let r = parse_all(b"*2\r\n$3\r\nGET\r\n$1\r\na\r\nPING\r\nset k \"a b\\x41\"\r\n\r\n", &[]).unwrap();
-        assert_eq!(
-            r,
-            vec![args(&["GET", "a"]), args(&["PING"]), args(&["set", "k", "a bA"])]
-        );
-    }
-
-    #[test]
-    fn raw_is_forwardable() {
-        let mut p = RequestParser::default();
-        let mut buf = BytesMut::from(&b"ping\r\n*1\r\n$4\r\nPING\r\n"[..]);
-        let a = p.parse(&mut buf).unwrap().unwrap();
-        assert_eq!(&a.raw[..], b"*1\r\n$4\r\nping\r\n");
-        let b = p.parse(&mut buf).unwrap().unwrap();
-        assert_eq!(&b.raw[..], b"*1\r\n$4\r\nPING\r\n");
-        assert!(buf.is_empty());
-    }
-
-    #[test]
-    fn empty_multibulk_is_skipped() {
-        assert_eq!(
-            parse_all(b"*0\r\n*-1\r\n*1\r\n$1\r\nx\r\n", &[]).unwrap(),
-            vec![args(&["x"])]
-        );
-    }
-
-    #[test]
-    fn errors_match_redis() {
-        let e = |input: &[u8]| parse_all(input, &[]).unwrap_err().0;
-        assert_eq!(e(b"*x\r\n"), "invalid multibulk length");
-        assert_eq!(e(b"*1\r\n+a\r\n"), "expected '$', got '+'");
-        assert_eq!(e(b"*1\r\n$-5\r\n"), "invalid bulk length");
-        assert_eq!(e(b"*1\r\n$999999999999\r\n"), "invalid bulk length");
-        assert_eq!(e(b"*1\r\n$1\r\nab\r\n"), "bulk string not terminated by CRLF");
-        assert_eq!(e(b"set a \"b\r\n"), "unbalanced quotes in request");
-        assert_eq!(e(b"set a \"b\"c\r\n"), "unbalanced quotes in request");
-    }
-
-    #[test]
-    fn limits_are_enforced() {
-        let limits = Limits {
-            max_bulk: 10,
-            max_args: 3,
-            max_inline: 20,
-            max_request: 50,
-        };
-        let mut p = RequestParser::new(limits);
-        let mut b = BytesMut::from(&b"*1\r\n$11\r\n"[..]);
-        assert_eq!(p.parse(&mut b).unwrap_err().0, "invalid bulk length");
-        let mut p = RequestParser::new(limits);
-        let mut b = BytesMut::from(&b"*4\r\n"[..]);
-        assert_eq!(p.parse(&mut b).unwrap_err().0, "invalid multibulk length");
-        let mut p = RequestParser::new(limits);
-        let mut b = BytesMut::from(&[b'a'; 30][..]);
-        assert_eq!(p.parse(&mut b).unwrap_err().0, "too big inline request");
-        let mut p = RequestParser::new(limits);
-        // The third bulk would end at byte 55 > 50: refused from its header,
-        // before its bytes are buffered.
-        let mut b = BytesMut::from(&b"*3\r\n$10\r\n0123456789\r\n$10\r\n0123456789\r\n$10\r\n"[..]);
-        assert_eq!(
-            p.parse(&mut b).unwrap_err().0,
-            "request larger than the client query buffer limit"
-        );
-    }
-
-    #[test]
-    fn large_request_is_scanned_once() {
-        // 200k-argument MSET in 16 KiB reads: must stay linear.
-        let n = 200_000;
-        let mut input = Vec::new();
-        input.extend_from_slice(format!("*{}\r\n$4\r\nMSET\r\n", 2 * n + 1).as_bytes());
-        for i in 0..n {
-            let k = format!("key:{i}");
-            let v = format!("val:{i}");
-            input.extend_from_slice(format!("${}\r\n{}\r\n${}\r\n{}\r\n", k.len(), k, v.len(), v).as_bytes());
-        }
-        let start = std::time::Instant::now();
-        let r = parse_all(&input, &vec![16 * 1024; input.len() / (16 * 1024) + 1]).unwrap();
-        assert_eq!(r.len(), 1);
-        assert_eq!(r[0].len(), 2 * n + 1);
-        // Generous bound (debug build); a quadratic parser takes minutes here.
-        assert!(start.elapsed() < std::time::Duration::from_secs(20));
-    }
-
-    #[test]
-    fn parse_i64_like_redis() {
-        assert_eq!(parse_i64(b"0"), Some(0));
-        assert_eq!(parse_i64(b"-12"), Some(-12));
-        assert_eq!(parse_i64(b"9223372036854775807"), Some(i64::MAX));
-        assert_eq!(parse_i64(b"-9223372036854775808"), Some(i64::MIN));
-        assert_eq!(parse_i64(b"9223372036854775808"), None);
-        assert_eq!(parse_i64(b"01"), None);
-        assert_eq!(parse_i64(b"+1"), None);
-        assert_eq!(parse_i64(b""), None);
-        assert_eq!(parse_i64(b"-"), None);
-    }
-
-    fn encode(reqs: &[Vec<Vec<u8>>]) -> Vec<u8> {
-        let mut out = Vec::new();
-        for r in reqs {
-            out.extend_from_slice(&Request::from_args(r).raw);
-        }
-        out
-    }
-
-    proptest! {
-        #[test]
-        fn any_chunking_parses_the_same(
-            reqs in prop::collection::vec(prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..6), 1..8),
-            chunks in prop::collection::vec(1usize..17, 0..200),
-        ) {
-            let input = encode(&reqs);
-            let whole = parse_all(&input, &[]).unwrap();
-            let chunked = parse_all(&input, &chunks).unwrap();
-            prop_assert_eq!(&whole, &reqs);
-            prop_assert_eq!(chunked, reqs);
-        }
-
-        #[test]
-        fn garbage_never_panics(input in prop::collection::vec(any::<u8>(), 0..300), chunks in prop::collection::vec(1usize..9, 0..60)) {
-            let _ = parse_all(&input, &chunks);
-        }
-    }
-}
+mod tests;

@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# Instructions per request through shardis, counted by callgrind: 3 shards,
+# shardis (threads = 1) under `valgrind --tool=callgrind`, one fixed
+# redis-benchmark load, then the total divided by the requests and the top
+# functions (self and inclusive). Instruction counts do not depend on what
+# else the machine runs, so this is how a hot-path change is compared on a
+# noisy machine: run it on the build before and after.
+#
+#   bench/callgrind.sh                 # GET -P 16, 200000 requests
+#   TEST=set P=1 N=50000 bench/callgrind.sh
+#   SHARDIS=/path/to/other/shardis bench/callgrind.sh   # a build to compare
+#
+# The proxy's start (ring building) and the warm-up SETs are left out of the
+# count: instrumentation is switched on only around the measured load
+# (callgrind_control -i).
+source "$(dirname "$0")/lib.sh"
+test=${TEST:-get}
+pipeline=${P:-16}
+n=${N:-200000}
+bin=${SHARDIS:-target/release/shardis}
+start_shards 3
+proxy=$(free_port)
+# `threads` must come before the tables.
+{
+  echo "threads = 1"
+  shardis_config "$proxy" 3
+} >"$dir/p.toml"
+RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
+  "$bin" --config "$dir/p.toml" 2>"$dir/valgrind.log" &
+vg=$!
+pids+=($vg)
+wait_ports "${ports[@]}"
+for _ in $(seq 200); do redis-cli -p "$proxy" ping >/dev/null 2>&1 && break; sleep 0.1; done
+# Warm the keyspace so GETs find values, outside the counted window.
+redis-benchmark -p "$proxy" -c 50 -P 16 -n 100000 -r 100000 -t set -q >/dev/null
+callgrind_control -i on "$vg" >/dev/null 2>&1
+redis-benchmark -p "$proxy" -c 50 -P "$pipeline" -n "$n" -r 100000 -t "$test" -q >/dev/null
+callgrind_control -i off "$vg" >/dev/null 2>&1
+kill -INT "$vg"
+wait "$vg" 2>/dev/null || true
+total=$(callgrind_annotate "$dir/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
+echo "$test -P $pipeline, $n requests: $total instructions, $((total / n)) per request ($bin)"
+echo "--- top functions, self"
+callgrind_annotate "$dir/cg.out" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed -n 2,16p | cut -c1-160
+echo "--- top functions, inclusive"
+callgrind_annotate --inclusive=yes "$dir/cg.out" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | grep shardis:: | sed -n 1,16p | cut -c1-160
