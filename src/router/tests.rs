@@ -519,12 +519,13 @@ fn keyless_commands() {
     match f.route_parts(USER, &format!("SCAN {cursor} COUNT 10")) {
         (
             Plan::Split {
-                merge: Merge::Scan {
-                    shard: 2, shards: 3, ..
-                },
+                merge: Merge::Scan(walk),
             },
             parts,
-        ) => assert_eq!(parts, [(2, Request::from_args(&["SCAN", "5", "COUNT", "10"]).raw)]),
+        ) => {
+            assert_eq!((walk.shard, walk.shards), (2, 3));
+            assert_eq!(parts, [(2, Request::from_args(&["SCAN", "5", "COUNT", "10"]).raw)]);
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(error_of(f.route(USER, "SCAN x")).to_string(), "ERR invalid cursor");

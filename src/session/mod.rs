@@ -23,6 +23,7 @@
 //!   (migration).
 //! - [`transaction`]: MULTI / EXEC / DISCARD and queueing.
 //! - [`pubsub`]: the subscriber pipe.
+//! - [`scan`]: SCAN going on into the next shard within one call.
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
 
 mod admin;
@@ -30,6 +31,7 @@ mod parked;
 mod parking;
 mod pubsub;
 mod replies;
+mod scan;
 mod transaction;
 
 use std::sync::Arc;
@@ -441,6 +443,9 @@ impl Session {
         if self.blocked == Some(c.seq) {
             self.blocked = None;
             self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.scan_step(&c) {
+            return;
         }
         if let Some(c) = self.replies.complete(c) {
             self.migration_step(c);

@@ -16,5 +16,6 @@ mod migration;
 mod protocol;
 mod pubsub;
 mod reload;
+mod scan;
 mod shutdown;
 mod transactions;
