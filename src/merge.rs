@@ -2,6 +2,7 @@
 //! reply the client expects, in its protocol.
 
 mod agree;
+mod pubsub;
 pub mod scan;
 
 pub use scan::{SCAN_SHARD_BITS, ScanWalk, split_scan_cursor};
@@ -50,6 +51,20 @@ pub enum Merge {
     /// FUNCTION LIST: libraries by name; one missing on some shard is an
     /// error naming it and the shards.
     FunctionList { names: Vec<Arc<str>> },
+    /// PUBSUB SHARDCHANNELS: arrays joined, each element once.
+    Union,
+    /// PUBSUB SHARDNUMSUB: the part that holds channel `i`, for every
+    /// channel in request order (two elements each).
+    Pairs(MgetParts),
+    /// SSUBSCRIBE / SUNSUBSCRIBE: the proxy's confirmation of each channel,
+    /// sent once that channel's part (its shard's confirmation) succeeded.
+    Confirm(Vec<Bytes>),
+    /// EXEC with PUBLISH / SPUBLISH inside: the shard's EXEC array
+    /// (`results`) with the PUBLISH replies (the parts) at `publish_at`.
+    ExecPublish {
+        results: Vec<Bytes>,
+        publish_at: Vec<usize>,
+    },
     /// CONFIG GET: the first reachable shard's answer with the proxy's own
     /// values (`own`) in place of the shards'.
     ConfigGet { own: Vec<(&'static str, String)> },
@@ -83,6 +98,10 @@ impl Merge {
             // that fails only drops out of the sums, and is counted.
             Merge::Info(info) => return info.finish(parts, enc),
             Merge::Scan(walk) => return walk.finish(parts.into_iter().next().flatten(), enc),
+            Merge::Confirm(frames) => return pubsub::confirm(&frames, parts, enc),
+            Merge::ExecPublish { results, publish_at } => {
+                return pubsub::exec_with_publishes(&results, &publish_at, parts, enc);
+            }
             other => other,
         };
         merge.finish_data(parts, enc)
@@ -193,8 +212,12 @@ impl Merge {
                 Some(f) => enc.raw(f),
                 None => enc.null(),
             },
+            Merge::Union => pubsub::union(&frames, enc),
+            Merge::Pairs(channel_parts) => pubsub::pairs(&channel_parts, &frames, enc),
             Merge::Info(_)
             | Merge::Scan(_)
+            | Merge::Confirm(_)
+            | Merge::ExecPublish { .. }
             | Merge::Agree { .. }
             | Merge::AnyOk
             | Merge::FunctionList { .. }

@@ -536,9 +536,9 @@ fn keyless_commands() {
             .starts_with("ERR unsupported command 'bgsave'")
     );
     assert!(
-        error_of(f.route(USER, "SSUBSCRIBE ch"))
+        error_of(f.route(USER, "CLIENT TRACKING on"))
             .to_string()
-            .contains("sharded pub/sub")
+            .starts_with("ERR CLIENT TRACKING is not supported by shardis: invalidation")
     );
 }
 
@@ -553,3 +553,4 @@ fn a_plan_is_small() {
 }
 
 mod hold;
+mod pubsub;

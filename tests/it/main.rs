@@ -17,5 +17,6 @@ mod protocol;
 mod pubsub;
 mod reload;
 mod scan;
+mod sharded_pubsub;
 mod shutdown;
 mod transactions;

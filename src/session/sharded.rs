@@ -1,0 +1,308 @@
+//! Sharded pub/sub for one client (SSUBSCRIBE / SUNSUBSCRIBE).
+//!
+//! A channel lives on the shard its name maps to on the ring (hash tags
+//! honoured), where SPUBLISH sends its messages. SSUBSCRIBE opens a backend
+//! connection of the client's own on each shard it needs (one per shard,
+//! reused by later SSUBSCRIBEs, so a client can listen on channels of every
+//! shard), sends each channel's SSUBSCRIBE there and confirms the channel
+//! once that shard has. The `smessage`s of every shard are written to the
+//! client between its replies. Unlike the SUBSCRIBE pipe
+//! ([`super::pubsub`]) the session keeps serving the client: the proxy holds
+//! the client's set of shard channels, so each confirmation's count is over
+//! every shard, as one Redis counts it.
+//!
+//! A RESP2 client with shard channels is in Redis's subscribed mode: only
+//! (S)SUBSCRIBE, (S)UNSUBSCRIBE, PING, QUIT and RESET are served. A shard
+//! connection that fails unsubscribes its channels: the client gets a
+//! `sunsubscribe` push for each (as Redis Cluster sends when a slot moves)
+//! and may subscribe again.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::mpsc;
+
+use super::Session;
+use super::replies::{At, Slot};
+use crate::backend::{BackendError, BackendErrorKind, Job, ReplyTo, Shard};
+use crate::merge::Merge;
+use crate::protocol::reply::{self, ReplyScanner};
+use crate::protocol::{Encoder, Protocol, Request};
+use crate::topology::Topology;
+
+/// What a shard connection tells the session.
+pub(super) enum Event {
+    /// An `smessage` push, as the shard encoded it.
+    Message(Bytes),
+    /// The connection to this shard failed: its channels are gone.
+    Lost(Arc<str>),
+}
+
+/// A client's shard channels and its connections to their shards.
+pub(super) struct ShardSubs {
+    /// By shard name: the sender of the task that owns the connection.
+    conns: Vec<(Arc<str>, mpsc::UnboundedSender<Job>)>,
+    /// Each subscribed channel and the shard it was subscribed on.
+    channels: HashMap<Bytes, Arc<str>>,
+    events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
+}
+
+impl ShardSubs {
+    fn new() -> ShardSubs {
+        ShardSubs {
+            conns: Vec::new(),
+            channels: HashMap::new(),
+            events: mpsc::unbounded_channel(),
+        }
+    }
+
+    /// The client is subscribed to at least one shard channel.
+    pub(super) fn active(&self) -> bool {
+        !self.channels.is_empty()
+    }
+
+    /// The connection to shard `name`, opened on first use.
+    fn conn(&mut self, shard: &Arc<Shard>, proto: Protocol) -> mpsc::UnboundedSender<Job> {
+        let name = &shard.spec.name;
+        if let Some((_, c)) = self.conns.iter().find(|(n, _)| n == name) {
+            return c.clone();
+        }
+        let c = spawn_conn(shard.clone(), proto, self.events.0.clone());
+        self.conns.push((name.clone(), c.clone()));
+        c
+    }
+}
+
+/// The next event of a client's shard connections; never resolves
+/// without any.
+pub(super) async fn next_event(subs: &mut Option<ShardSubs>) -> Option<Event> {
+    match subs {
+        Some(s) => s.events.1.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A (s)subscribe / (s)unsubscribe confirmation push.
+fn confirmation(proto: Protocol, kind: &[u8], channel: Option<&[u8]>, count: usize) -> Bytes {
+    let mut b = BytesMut::new();
+    let mut enc = Encoder::new(&mut b, proto);
+    enc.push(3);
+    enc.bulk(kind);
+    match channel {
+        Some(c) => enc.bulk(c),
+        None => enc.null(),
+    }
+    enc.integer(count as i64);
+    b.freeze()
+}
+
+impl Session {
+    /// SSUBSCRIBE (`subscribe`) or SUNSUBSCRIBE: the router's parts are one
+    /// per channel named (its shard now, and the command for it).
+    pub(super) fn shard_sub(&mut self, topo: &Topology, subscribe: bool, args: &[&[u8]], at: At) {
+        let proto = self.state.proto;
+        let kind: &[u8] = if subscribe { b"ssubscribe" } else { b"sunsubscribe" };
+        let parts = std::mem::take(&mut self.router.parts);
+        let mut channels: Vec<Bytes> = args[1..].iter().map(|c| Bytes::copy_from_slice(c)).collect();
+        if channels.is_empty()
+            && let Some(s) = &self.ssub
+        {
+            // SUNSUBSCRIBE without channels: every channel of the client.
+            channels = s.channels.keys().cloned().collect();
+            channels.sort();
+        }
+        if channels.is_empty() {
+            self.router.parts = parts;
+            return self.replies.ready(at, confirmation(proto, kind, None, 0));
+        }
+        let subs = if subscribe {
+            Some(self.ssub.get_or_insert_with(ShardSubs::new))
+        } else {
+            self.ssub.as_mut()
+        };
+        // For each channel: the proxy's confirmation, and where its command
+        // goes (none: a channel not subscribed, confirmed by the proxy).
+        let mut frames = Vec::with_capacity(channels.len());
+        let mut sends = Vec::with_capacity(channels.len());
+        match subs {
+            Some(subs) => {
+                for (i, ch) in channels.iter().enumerate() {
+                    let send = if subscribe {
+                        parts.get(i).and_then(|(shard, req)| {
+                            let shard = topo.shards.get(*shard)?;
+                            subs.channels.insert(ch.clone(), shard.spec.name.clone());
+                            Some((subs.conn(shard, proto), shard.spec.name.clone(), req.clone()))
+                        })
+                    } else {
+                        subs.channels.remove(ch).and_then(|name| {
+                            let conn = subs.conns.iter().find(|(n, _)| *n == name)?.1.clone();
+                            Some((conn, name, Request::from_args(&[&b"SUNSUBSCRIBE"[..], ch]).raw))
+                        })
+                    };
+                    frames.push(confirmation(proto, kind, Some(ch), subs.channels.len()));
+                    sends.push(send);
+                }
+            }
+            None => {
+                for ch in &channels {
+                    frames.push(confirmation(proto, kind, Some(ch), 0));
+                    sends.push(None);
+                }
+            }
+        }
+        self.router.parts = parts;
+        let seq = self.replies.put(at, Slot::many(Merge::Confirm(frames), sends.len()));
+        for (part, send) in sends.into_iter().enumerate() {
+            let reply = self.reply_to(seq, part as u32);
+            match send {
+                Some((conn, name, req)) => {
+                    if let Err(mpsc::error::SendError(job)) = conn.send(Job::new(req, reply)) {
+                        job.reply.complete(Err(BackendError::new(
+                            BackendErrorKind::ConnectionLost,
+                            &name,
+                            "the shard channel connection is gone",
+                        )));
+                    }
+                }
+                None => reply.complete(Ok(Bytes::new())),
+            }
+        }
+    }
+
+    /// A shard connection's message (written between the client's replies,
+    /// in order with them) or failure (its channels are unsubscribed).
+    pub(super) fn shard_event(&mut self, ev: Event) {
+        let proto = self.state.proto;
+        match ev {
+            Event::Message(frame) => self.replies.ready(At::Next, frame),
+            Event::Lost(name) => {
+                let Some(subs) = &mut self.ssub else { return };
+                subs.conns.retain(|(n, _)| *n != name);
+                let mut lost: Vec<Bytes> = subs
+                    .channels
+                    .iter()
+                    .filter(|(_, n)| **n == name)
+                    .map(|(c, _)| c.clone())
+                    .collect();
+                lost.sort();
+                let mut pushes = Vec::with_capacity(lost.len());
+                for ch in lost {
+                    subs.channels.remove(&ch);
+                    pushes.push(confirmation(proto, b"sunsubscribe", Some(&ch), subs.channels.len()));
+                }
+                for p in pushes {
+                    self.replies.ready(At::Next, p);
+                }
+            }
+        }
+    }
+
+    /// A RESP2 client subscribed to shard channels is in subscribed mode:
+    /// the reply to a command it may not send there, or PING's; `None` for
+    /// the commands it may send.
+    pub(super) fn subscribed_mode(&self, args: &[&[u8]]) -> Option<Bytes> {
+        if self.state.proto != Protocol::Resp2 || !self.ssub.as_ref().is_some_and(ShardSubs::active) {
+            return None;
+        }
+        let name = args.first()?;
+        let mut b = BytesMut::new();
+        let mut enc = Encoder::new(&mut b, Protocol::Resp2);
+        if name.eq_ignore_ascii_case(b"ping") && args.len() <= 2 {
+            enc.array(2);
+            enc.bulk(b"pong");
+            enc.bulk(args.get(1).copied().unwrap_or(b""));
+        } else if [
+            &b"ssubscribe"[..],
+            b"sunsubscribe",
+            b"subscribe",
+            b"psubscribe",
+            b"unsubscribe",
+            b"punsubscribe",
+            b"quit",
+            b"reset",
+        ]
+        .iter()
+        .any(|n| name.eq_ignore_ascii_case(n))
+        {
+            return None;
+        } else {
+            enc.error(&format!(
+                "ERR Can't execute '{}': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context",
+                crate::command::printable(name, 64).to_ascii_lowercase()
+            ));
+        }
+        Some(b.freeze())
+    }
+}
+
+/// The task that owns a client's connection to one shard for its shard
+/// channels: writes the commands sent to it, answers each with its
+/// confirmation (in order), and passes `smessage`s on as events. Ends when
+/// the session drops its sender; when the connection fails, every command
+/// waiting or still sent gets the error and the session hears [`Event::Lost`].
+fn spawn_conn(shard: Arc<Shard>, proto: Protocol, events: mpsc::UnboundedSender<Event>) -> mpsc::UnboundedSender<Job> {
+    let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
+    tokio::spawn(async move {
+        let name = shard.spec.name.clone();
+        let mut pending: VecDeque<ReplyTo> = VecDeque::new();
+        let err = match shard.connect_dedicated(proto).await {
+            Err(e) => e,
+            Ok(mut stream) => {
+                let mut buf = BytesMut::with_capacity(4096);
+                let mut scanner = ReplyScanner::default();
+                let lost = |e: std::io::Error| BackendError::io(BackendErrorKind::ConnectionLost, &name, e);
+                'conn: loop {
+                    tokio::select! {
+                        job = rx.recv() => {
+                            let Some(job) = job else { return };
+                            pending.push_back(job.reply);
+                            if let Err(e) = stream.write_all(&job.req).await {
+                                break 'conn lost(e);
+                            }
+                        }
+                        r = stream.read_buf(&mut buf) => {
+                            match r {
+                                Ok(0) => break 'conn BackendError::new(BackendErrorKind::ConnectionLost, &name, "connection closed by backend"),
+                                Err(e) => break 'conn lost(e),
+                                Ok(_) => {}
+                            }
+                            loop {
+                                match scanner.next_frame(&buf) {
+                                    Ok(Some(n)) => {
+                                        let frame = buf.split_to(n).freeze();
+                                        if is_message(&frame) {
+                                            let _ = events.send(Event::Message(frame));
+                                        } else if let Some(r) = pending.pop_front() {
+                                            r.complete(Ok(frame));
+                                        }
+                                    }
+                                    Ok(None) => break,
+                                    Err(e) => break 'conn BackendError::new(BackendErrorKind::Protocol, &name, e.to_string()),
+                                }
+                            }
+                        }
+                        _ = events.closed() => return,
+                    }
+                }
+            }
+        };
+        for r in pending.drain(..) {
+            r.complete(Err(err.clone()));
+        }
+        let _ = events.send(Event::Lost(name));
+        // Until the session has heard: whatever it still sends fails.
+        while let Some(job) = rx.recv().await {
+            job.reply.complete(Err(err.clone()));
+        }
+    });
+    tx
+}
+
+/// An `smessage` push (RESP3) or array (RESP2).
+fn is_message(frame: &Bytes) -> bool {
+    reply::elements(frame)
+        .and_then(|el| reply::as_bytes(el.first()?))
+        .is_some_and(|k| &k[..] == b"smessage")
+}

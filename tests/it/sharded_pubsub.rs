@@ -1,0 +1,190 @@
+//! Sharded pub/sub: SPUBLISH goes to the channel's shard on the ring, so
+//! publish load spreads over the shards; SSUBSCRIBE listens on channels of
+//! every shard from one client connection (a backend connection per shard),
+//! with Redis's replies byte for byte, in RESP2 and RESP3.
+
+use std::collections::BTreeSet;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use crate::support::{NodeClient, Proxy, RedisNode, three_nodes};
+
+/// Reads until `want` has arrived (or 5 s): what arrived.
+fn read_until(s: &mut TcpStream, want: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&out).contains(want) && Instant::now() < deadline {
+        if let Ok(n) = s.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn send(s: &mut TcpStream, input: &str, want: &str) -> String {
+    s.write_all(input.as_bytes()).unwrap();
+    read_until(s, want)
+}
+
+fn command(addr: SocketAddr, input: &str, want: &str) -> String {
+    send(&mut TcpStream::connect(addr).unwrap(), input, want)
+}
+
+fn bulk(s: &str) -> String {
+    format!("${}\r\n{s}\r\n", s.len())
+}
+
+/// One channel name on each shard, as the proxy routes them.
+fn one_channel_per_shard(proxy: &Proxy) -> Vec<String> {
+    (0..3)
+        .map(|shard| {
+            (0..1000)
+                .map(|i| format!("news:{i}"))
+                .find(|c| proxy.shard_of(c) == shard)
+                .expect("a channel on every shard")
+        })
+        .collect()
+}
+
+fn shard_channels(node: &RedisNode) -> Vec<String> {
+    redis::cmd("PUBSUB")
+        .arg("SHARDCHANNELS")
+        .query(&mut node.client())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_channels_spread_over_the_shards_resp2() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let addr = proxy.addr;
+    let ch = one_channel_per_shard(&proxy);
+    tokio::task::spawn_blocking(move || {
+        let mut sub = TcpStream::connect(addr).unwrap();
+        // Counts are the client's, over every shard, as on one Redis.
+        let want: String = (0..3)
+            .map(|i| format!("*3\r\n$10\r\nssubscribe\r\n{}:{}\r\n", bulk(&ch[i]), i + 1))
+            .collect();
+        assert_eq!(send(&mut sub, &format!("SSUBSCRIBE {} {} {}\r\n", ch[0], ch[1], ch[2]), &want), want);
+        // Each channel is subscribed on its own shard, and only there.
+        for (i, node) in nodes.iter().enumerate() {
+            assert_eq!(shard_channels(node), [ch[i].clone()], "shard {i}");
+        }
+        // SPUBLISH reaches the channel's shard: each shard takes one.
+        for (i, c) in ch.iter().enumerate() {
+            assert_eq!(command(addr, &format!("SPUBLISH {c} m{i}\r\n"), "\r\n"), ":1\r\n");
+            let m = format!("*3\r\n$8\r\nsmessage\r\n{}{}", bulk(c), bulk(&format!("m{i}")));
+            assert_eq!(read_until(&mut sub, &m), m);
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            let stats: String = redis::cmd("INFO").arg("commandstats").query(&mut node.client()).unwrap();
+            assert!(stats.contains("cmdstat_spublish:calls=1,"), "shard {i}: {stats}");
+        }
+        // PUBSUB SHARDCHANNELS merges every shard; SHARDNUMSUB asks each channel's shard.
+        let mut c = redis::Client::open(format!("redis://{addr}/")).unwrap().get_connection().unwrap();
+        let all: BTreeSet<String> = redis::cmd("PUBSUB").arg("SHARDCHANNELS").query(&mut c).unwrap();
+        assert_eq!(all, ch.iter().cloned().collect());
+        let some: Vec<String> = redis::cmd("PUBSUB").arg("SHARDCHANNELS").arg(&ch[1]).query(&mut c).unwrap();
+        assert_eq!(some, [ch[1].clone()]);
+        let n: Vec<(String, i64)> = redis::cmd("PUBSUB")
+            .arg("SHARDNUMSUB")
+            .arg(&ch[2])
+            .arg("nosuch")
+            .arg(&ch[0])
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(n, [(ch[2].clone(), 1), ("nosuch".to_string(), 0), (ch[0].clone(), 1)]);
+        // A later SSUBSCRIBE adds to the same subscription; RESP2 subscribed mode.
+        let got = send(&mut sub, &format!("SSUBSCRIBE {}:x\r\nPING\r\nGET k\r\n", ch[1]), "context\r\n");
+        assert_eq!(
+            got,
+            format!(
+                "*3\r\n$10\r\nssubscribe\r\n{}:4\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n-ERR Can't execute 'get': only (P|S)SUBSCRIBE / (P|S)UNSUBSCRIBE / PING / QUIT / RESET are allowed in this context\r\n",
+                bulk(&format!("{}:x", ch[1]))
+            )
+        );
+        let got = send(&mut sub, &format!("SUNSUBSCRIBE {}\r\n", ch[1]), ":3\r\n");
+        assert_eq!(got, format!("*3\r\n$12\r\nsunsubscribe\r\n{}:3\r\n", bulk(&ch[1])));
+        // Without channels: every one left, then the connection is an ordinary one again.
+        let got = send(&mut sub, "SUNSUBSCRIBE\r\nGET k\r\n", "$-1\r\n");
+        assert_eq!(got.matches("sunsubscribe").count(), 3, "{got}");
+        assert!(got.ends_with(":0\r\n$-1\r\n"), "{got}");
+        for node in &nodes {
+            assert!(shard_channels(node).is_empty());
+        }
+        // SUBSCRIBE still works next to it, on its own connection.
+        assert_eq!(command(addr, &format!("SPUBLISH {} gone\r\n", ch[0]), "\r\n"), ":0\r\n");
+    })
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shard_channels_in_resp3_and_replies_like_one_redis() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let plain = RedisNode::start();
+    let (addr, plain_addr) = (proxy.addr, SocketAddr::from(([127, 0, 0, 1], plain.port)));
+    let ch = one_channel_per_shard(&proxy);
+    tokio::task::spawn_blocking(move || {
+        let mut sub = TcpStream::connect(addr).unwrap();
+        send(&mut sub, "HELLO 3\r\n", "modules\r\n*0\r\n");
+        let want = format!(
+            ">3\r\n$10\r\nssubscribe\r\n{}:1\r\n>3\r\n$10\r\nssubscribe\r\n{}:2\r\n",
+            bulk(&ch[0]),
+            bulk(&ch[2])
+        );
+        assert_eq!(
+            send(&mut sub, &format!("SSUBSCRIBE {} {}\r\n", ch[0], ch[2]), &want),
+            want
+        );
+        assert_eq!(command(addr, &format!("SPUBLISH {} hi\r\n", ch[2]), "\r\n"), ":1\r\n");
+        let m = format!(">3\r\n$8\r\nsmessage\r\n{}$2\r\nhi\r\n", bulk(&ch[2]));
+        assert_eq!(read_until(&mut sub, &m), m);
+        // RESP3: other commands are served while subscribed.
+        assert_eq!(send(&mut sub, "GET nothing\r\nPING\r\n", "PONG\r\n"), "_\r\n+PONG\r\n");
+        // SPUBLISH inside MULTI: sent to the channel's shard after EXEC.
+        let got = command(
+            addr,
+            &format!("MULTI\r\nSPUBLISH {} queued\r\nSET {{t}}k 1\r\nEXEC\r\n", ch[0]),
+            "*2\r\n:1\r\n+OK\r\n",
+        );
+        assert_eq!(got, "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n+OK\r\n");
+        let m = format!(">3\r\n$8\r\nsmessage\r\n{}$6\r\nqueued\r\n", bulk(&ch[0]));
+        assert_eq!(read_until(&mut sub, &m), m);
+
+        // Byte for byte as one Redis (channels all on one shard there).
+        let input = "SUNSUBSCRIBE a b\r\nSSUBSCRIBE a b\r\nSSUBSCRIBE a\r\nPING hi\r\nSET x 1\r\n\
+                     SUNSUBSCRIBE b nosuch\r\nSUNSUBSCRIBE a\r\nSUNSUBSCRIBE\r\nGET x\r\n";
+        let want_end = "$-1\r\n";
+        let plain_got = command(plain_addr, input, want_end);
+        assert!(plain_got.ends_with(want_end), "{plain_got}");
+        assert_eq!(command(addr, input, want_end), plain_got);
+        let input3 = format!("HELLO 3\r\n{input}");
+        // RESP3: SET is served while subscribed, so GET finds the value.
+        let plain_got = command(plain_addr, &input3, "$1\r\n1\r\n");
+        let through = command(addr, &input3, "$1\r\n1\r\n");
+        let after_hello = |s: &str| s[s.find("sunsub").unwrap_or(0)..].to_string();
+        assert_eq!(after_hello(&through), after_hello(&plain_got));
+    })
+    .await
+    .unwrap();
+}
+
+/// redis-py's `PubSub.ssubscribe` / `get_sharded_message` and
+/// `spublish` against the proxy (tests/py/sharded_pubsub.py).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_sharded_pubsub() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    crate::support::run_py("sharded_pubsub.py", proxy.addr).await;
+}
