@@ -11,6 +11,12 @@
 //! the client's set of shard channels, so each confirmation's count is over
 //! every shard, as one Redis counts it.
 //!
+//! A reload that moves a channel to another shard (SPUBLISH follows the
+//! ring at once) moves its subscription too: the session checks the
+//! topology's epoch every [`RECHECK`] while subscribed, subscribes the
+//! channel on its new shard and unsubscribes it on the old one, without a
+//! word to the client. Messages published in between may be missed.
+//!
 //! A RESP2 client with shard channels is in Redis's subscribed mode: only
 //! (S)SUBSCRIBE, (S)UNSUBSCRIBE, PING, QUIT and RESET are served. A shard
 //! connection that fails unsubscribes its channels: the client gets a
@@ -19,10 +25,11 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 
 use super::Session;
 use super::replies::{At, Slot};
@@ -32,12 +39,18 @@ use crate::protocol::reply::{self, ReplyScanner};
 use crate::protocol::{Encoder, Protocol, Request};
 use crate::topology::Topology;
 
+/// How often a subscribed client's channels are checked against the
+/// topology (see the module doc).
+const RECHECK: Duration = Duration::from_secs(1);
+
 /// What a shard connection tells the session.
 pub(super) enum Event {
     /// An `smessage` push, as the shard encoded it.
     Message(Bytes),
     /// The connection to this shard failed: its channels are gone.
     Lost(Arc<str>),
+    /// Time to check the channels against the topology.
+    Recheck,
 }
 
 /// A client's shard channels and its connections to their shards.
@@ -47,14 +60,20 @@ pub(super) struct ShardSubs {
     /// Each subscribed channel and the shard it was subscribed on.
     channels: HashMap<Bytes, Arc<str>>,
     events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
+    /// The topology epoch the channels' shards were checked under.
+    epoch: u64,
+    /// When to check them again.
+    next_check: Instant,
 }
 
 impl ShardSubs {
-    fn new() -> ShardSubs {
+    fn new(epoch: u64) -> ShardSubs {
         ShardSubs {
             conns: Vec::new(),
             channels: HashMap::new(),
             events: mpsc::unbounded_channel(),
+            epoch,
+            next_check: Instant::now() + RECHECK,
         }
     }
 
@@ -75,13 +94,24 @@ impl ShardSubs {
     }
 }
 
-/// The next event of a client's shard connections; never resolves
-/// without any.
+/// The next event of a client's shard connections, or [`Event::Recheck`]
+/// when a subscribed client's channels are due for a check against the
+/// topology; never resolves without shard connections.
 pub(super) async fn next_event(subs: &mut Option<ShardSubs>) -> Option<Event> {
-    match subs {
-        Some(s) => s.events.1.recv().await,
-        None => std::future::pending().await,
+    let Some(s) = subs else {
+        return std::future::pending().await;
+    };
+    let due = s.next_check;
+    let active = s.active();
+    tokio::select! {
+        ev = s.events.1.recv() => ev,
+        _ = tokio::time::sleep_until(due.into()), if active => Some(Event::Recheck),
     }
+}
+
+/// Sends `req` on a shard channel connection; nobody waits for the answer.
+fn send_unanswered(conn: &mpsc::UnboundedSender<Job>, req: Bytes) {
+    let _ = conn.send(Job::new(req, ReplyTo::Call(oneshot::channel().0)));
 }
 
 /// A (s)subscribe / (s)unsubscribe confirmation push.
@@ -118,7 +148,7 @@ impl Session {
             return self.replies.ready(at, confirmation(proto, kind, None, 0));
         }
         let subs = if subscribe {
-            Some(self.ssub.get_or_insert_with(ShardSubs::new))
+            Some(self.ssub.get_or_insert_with(|| ShardSubs::new(topo.epoch)))
         } else {
             self.ssub.as_mut()
         };
@@ -176,6 +206,7 @@ impl Session {
     pub(super) fn shard_event(&mut self, ev: Event) {
         let proto = self.state.proto;
         match ev {
+            Event::Recheck => self.shard_topology(),
             Event::Message(frame) => self.replies.ready(At::Next, frame),
             Event::Lost(name) => {
                 let Some(subs) = &mut self.ssub else { return };
@@ -197,6 +228,44 @@ impl Session {
                 }
             }
         }
+    }
+
+    /// Every [`RECHECK`] while subscribed: after a reload, each channel the
+    /// ring now puts on another shard is subscribed there and unsubscribed
+    /// where it was; connections left without channels are closed.
+    pub(super) fn shard_topology(&mut self) {
+        let topo = self.shared.topology.load();
+        let proto = self.state.proto;
+        let Some(subs) = &mut self.ssub else { return };
+        subs.next_check = Instant::now() + RECHECK;
+        if subs.epoch == topo.epoch {
+            return;
+        }
+        subs.epoch = topo.epoch;
+        let moved: Vec<(Bytes, Arc<str>, usize)> = subs
+            .channels
+            .iter()
+            .filter_map(|(ch, at)| {
+                let now = topo.shard_of(ch);
+                (topo.names.get(now) != Some(at)).then(|| (ch.clone(), at.clone(), now))
+            })
+            .collect();
+        if moved.is_empty() {
+            return;
+        }
+        for (ch, old, now) in moved {
+            let Some(shard) = topo.shards.get(now) else { continue };
+            send_unanswered(
+                &subs.conn(shard, proto),
+                Request::from_args(&[&b"SSUBSCRIBE"[..], &ch]).raw,
+            );
+            if let Some((_, conn)) = subs.conns.iter().find(|(n, _)| *n == old) {
+                send_unanswered(conn, Request::from_args(&[&b"SUNSUBSCRIBE"[..], &ch]).raw);
+            }
+            subs.channels.insert(ch, shard.spec.name.clone());
+        }
+        let channels = &subs.channels;
+        subs.conns.retain(|(n, _)| channels.values().any(|c| c == n));
     }
 
     /// A RESP2 client subscribed to shard channels is in subscribed mode:

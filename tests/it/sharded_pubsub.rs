@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
-use crate::support::{NodeClient, Proxy, RedisNode, three_nodes};
+use crate::support::{NodeClient, Proxy, RedisNode, three_nodes, wait_until};
 
 /// Reads until `want` has arrived (or 5 s): what arrived.
 fn read_until(s: &mut TcpStream, want: &str) -> String {
@@ -164,7 +164,7 @@ async fn shard_channels_in_resp3_and_replies_like_one_redis() {
         // Byte for byte as one Redis (channels all on one shard there).
         let input = "SUNSUBSCRIBE a b\r\nSSUBSCRIBE a b\r\nSSUBSCRIBE a\r\nPING hi\r\nSET x 1\r\n\
                      SUNSUBSCRIBE b nosuch\r\nSUNSUBSCRIBE a\r\nSUNSUBSCRIBE\r\nGET x\r\n";
-        let want_end = "$-1\r\n";
+        let want_end = ":0\r\n$-1\r\n";
         let plain_got = command(plain_addr, input, want_end);
         assert!(plain_got.ends_with(want_end), "{plain_got}");
         assert_eq!(command(addr, input, want_end), plain_got);
@@ -174,6 +174,67 @@ async fn shard_channels_in_resp3_and_replies_like_one_redis() {
         let through = command(addr, &input3, "$1\r\n1\r\n");
         let after_hello = |s: &str| s[s.find("sunsub").unwrap_or(0)..].to_string();
         assert_eq!(after_hello(&through), after_hello(&plain_got));
+    })
+    .await
+    .unwrap();
+}
+
+/// A reload that gives a channel another shard moves its subscription
+/// there: SPUBLISH (which follows the ring at once) still reaches the
+/// subscriber, which notices nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_moves_subscriptions_with_their_channels() {
+    let nodes: Vec<RedisNode> = (0..4).map(|_| RedisNode::start()).collect();
+    let config = |n: usize| {
+        let mut s = "listen = \"127.0.0.1:0\"\n[timeouts]\ncommand_ms = 1000\nconnect_ms = 300\n".to_string();
+        for (name, node) in ["a", "b", "c", "d"].iter().zip(&nodes).take(n) {
+            s.push_str(&format!(
+                "[[backends]]\nname = \"{name}\"\naddr = \"{}\"\n",
+                node.addr()
+            ));
+        }
+        s
+    };
+    let proxy = Proxy::start_text(&config(3), 0).await;
+    let channels: Vec<String> = (0..40).map(|i| format!("moving:{i}")).collect();
+    let addr = proxy.addr;
+    let all = channels.join(" ");
+    let last = format!("{}:40\r\n", bulk(&channels[39]));
+    let mut sub = tokio::task::spawn_blocking(move || {
+        let mut sub = TcpStream::connect(addr).unwrap();
+        let got = send(&mut sub, &format!("SSUBSCRIBE {all}\r\n"), &last);
+        assert!(got.ends_with(&last), "{got}");
+        sub
+    })
+    .await
+    .unwrap();
+    let dir = std::env::temp_dir().join(format!("shardis-ssub-{}", proxy.addr.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, config(4)).unwrap();
+    shardis::control::reload_forced(&proxy.shared, &path, false)
+        .await
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let moved: Vec<String> = channels.iter().filter(|c| proxy.shard_of(c) == 3).cloned().collect();
+    assert!(!moved.is_empty(), "some channels should move to the new shard");
+    tokio::task::spawn_blocking(move || {
+        let mut on_d: Vec<String> = Vec::new();
+        wait_until(Duration::from_secs(5), "subscriptions moved to the new shard", || {
+            on_d = shard_channels(&nodes[3]);
+            on_d.len() == moved.len()
+        });
+        on_d.sort();
+        let mut want = moved.clone();
+        want.sort();
+        assert_eq!(on_d, want);
+        let left: usize = nodes[..3].iter().map(|n| shard_channels(n).len()).sum();
+        assert_eq!(left, channels.len() - moved.len(), "unsubscribed where they were");
+        for c in &moved {
+            assert_eq!(command(addr, &format!("SPUBLISH {c} after\r\n"), "\r\n"), ":1\r\n");
+            let m = format!("*3\r\n$8\r\nsmessage\r\n{}$5\r\nafter\r\n", bulk(c));
+            assert_eq!(read_until(&mut sub, &m), m);
+        }
     })
     .await
     .unwrap();
