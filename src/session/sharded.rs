@@ -43,6 +43,12 @@ use crate::topology::Topology;
 /// topology (see the module doc).
 const RECHECK: Duration = Duration::from_secs(1);
 
+/// Messages waiting for the session. Past this the shard connections stop
+/// reading, so a client that does not read its messages makes its shards'
+/// `client-output-buffer-limit pubsub` apply (the shard closes the
+/// connection, the client gets `sunsubscribe`), not the proxy's memory grow.
+const EVENTS: usize = 1024;
+
 /// What a shard connection tells the session.
 pub(super) enum Event {
     /// An `smessage` push, as the shard encoded it.
@@ -59,7 +65,7 @@ pub(super) struct ShardSubs {
     conns: Vec<(Arc<str>, mpsc::UnboundedSender<Job>)>,
     /// Each subscribed channel and the shard it was subscribed on.
     channels: HashMap<Bytes, Arc<str>>,
-    events: (mpsc::UnboundedSender<Event>, mpsc::UnboundedReceiver<Event>),
+    events: (mpsc::Sender<Event>, mpsc::Receiver<Event>),
     /// The topology epoch the channels' shards were checked under.
     epoch: u64,
     /// When to check them again.
@@ -71,7 +77,7 @@ impl ShardSubs {
         ShardSubs {
             conns: Vec::new(),
             channels: HashMap::new(),
-            events: mpsc::unbounded_channel(),
+            events: mpsc::channel(EVENTS),
             epoch,
             next_check: Instant::now() + RECHECK,
         }
@@ -308,10 +314,13 @@ impl Session {
 
 /// The task that owns a client's connection to one shard for its shard
 /// channels: writes the commands sent to it, answers each with its
-/// confirmation (in order), and passes `smessage`s on as events. Ends when
-/// the session drops its sender; when the connection fails, every command
-/// waiting or still sent gets the error and the session hears [`Event::Lost`].
-fn spawn_conn(shard: Arc<Shard>, proto: Protocol, events: mpsc::UnboundedSender<Event>) -> mpsc::UnboundedSender<Job> {
+/// confirmation (in order), and passes `smessage`s on as events. When the
+/// session drops its sender (RESET, the client gone, no channel left there
+/// after a reload) the commands still waiting are answered (within the
+/// command timeout), then the connection closes; when the connection
+/// fails, every command waiting or still sent gets the error and the
+/// session hears [`Event::Lost`].
+fn spawn_conn(shard: Arc<Shard>, proto: Protocol, events: mpsc::Sender<Event>) -> mpsc::UnboundedSender<Job> {
     let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
     tokio::spawn(async move {
         let name = shard.spec.name.clone();
@@ -322,10 +331,20 @@ fn spawn_conn(shard: Arc<Shard>, proto: Protocol, events: mpsc::UnboundedSender<
                 let mut buf = BytesMut::with_capacity(4096);
                 let mut scanner = ReplyScanner::default();
                 let lost = |e: std::io::Error| BackendError::io(BackendErrorKind::ConnectionLost, &name, e);
+                // Set once the session dropped its sender: answer what
+                // waits by then, or give up.
+                let mut closing: Option<tokio::time::Instant> = None;
                 'conn: loop {
+                    if closing.is_some() && pending.is_empty() {
+                        return;
+                    }
+                    let deadline = closing.unwrap_or_else(|| tokio::time::Instant::now() + shard.spec.command_timeout);
                     tokio::select! {
-                        job = rx.recv() => {
-                            let Some(job) = job else { return };
+                        job = rx.recv(), if closing.is_none() => {
+                            let Some(job) = job else {
+                                closing = Some(tokio::time::Instant::now() + shard.spec.command_timeout);
+                                continue;
+                            };
                             pending.push_back(job.reply);
                             if let Err(e) = stream.write_all(&job.req).await {
                                 break 'conn lost(e);
@@ -342,7 +361,8 @@ fn spawn_conn(shard: Arc<Shard>, proto: Protocol, events: mpsc::UnboundedSender<
                                     Ok(Some(n)) => {
                                         let frame = buf.split_to(n).freeze();
                                         if is_message(&frame) {
-                                            let _ = events.send(Event::Message(frame));
+                                            // The session gone: dropped.
+                                            let _ = events.send(Event::Message(frame)).await;
                                         } else if let Some(r) = pending.pop_front() {
                                             r.complete(Ok(frame));
                                         }
@@ -352,7 +372,11 @@ fn spawn_conn(shard: Arc<Shard>, proto: Protocol, events: mpsc::UnboundedSender<
                                 }
                             }
                         }
-                        _ = events.closed() => return,
+                        _ = tokio::time::sleep_until(deadline), if closing.is_some() => {
+                            let e = BackendError::new(BackendErrorKind::Timeout, &name, "no confirmation before the connection closed");
+                            pending.drain(..).for_each(|r| r.complete(Err(e.clone())));
+                            return;
+                        }
                     }
                 }
             }
@@ -360,13 +384,22 @@ fn spawn_conn(shard: Arc<Shard>, proto: Protocol, events: mpsc::UnboundedSender<
         for r in pending.drain(..) {
             r.complete(Err(err.clone()));
         }
-        let _ = events.send(Event::Lost(name));
+        if closing_was_requested(&rx) {
+            return;
+        }
+        let _ = events.send(Event::Lost(name)).await;
         // Until the session has heard: whatever it still sends fails.
         while let Some(job) = rx.recv().await {
             job.reply.complete(Err(err.clone()));
         }
     });
     tx
+}
+
+/// The session has dropped its sender: it no longer wants to hear of this
+/// connection.
+fn closing_was_requested(rx: &mpsc::UnboundedReceiver<Job>) -> bool {
+    rx.is_closed() && rx.is_empty()
 }
 
 /// An `smessage` push (RESP3) or array (RESP2).

@@ -119,8 +119,19 @@ async fn shard_channels_spread_over_the_shards_resp2() {
         for node in &nodes {
             assert!(shard_channels(node).is_empty());
         }
-        // SUBSCRIBE still works next to it, on its own connection.
         assert_eq!(command(addr, &format!("SPUBLISH {} gone\r\n", ch[0]), "\r\n"), ":0\r\n");
+        // RESET right behind SSUBSCRIBE: the confirmations still come, in
+        // order, then the shard connections close.
+        let input = format!("SSUBSCRIBE {} {}\r\nRESET\r\nPING\r\n", ch[0], ch[2]);
+        let want = format!(
+            "*3\r\n$10\r\nssubscribe\r\n{}:1\r\n*3\r\n$10\r\nssubscribe\r\n{}:2\r\n+RESET\r\n+PONG\r\n",
+            bulk(&ch[0]),
+            bulk(&ch[2])
+        );
+        assert_eq!(command(addr, &input, "+PONG\r\n"), want);
+        wait_until(Duration::from_secs(5), "the shard connections closed", || {
+            nodes.iter().all(|n| shard_channels(n).is_empty())
+        });
     })
     .await
     .unwrap();
