@@ -70,16 +70,19 @@ pub(super) struct ShardSubs {
     epoch: u64,
     /// When to check them again.
     next_check: Instant,
+    /// The protocol the connections speak (the client's).
+    proto: Protocol,
 }
 
 impl ShardSubs {
-    fn new(epoch: u64) -> ShardSubs {
+    fn new(epoch: u64, proto: Protocol) -> ShardSubs {
         ShardSubs {
             conns: Vec::new(),
             channels: HashMap::new(),
             events: mpsc::channel(EVENTS),
             epoch,
             next_check: Instant::now() + RECHECK,
+            proto,
         }
     }
 
@@ -154,7 +157,7 @@ impl Session {
             return self.replies.ready(at, confirmation(proto, kind, None, 0));
         }
         let subs = if subscribe {
-            Some(self.ssub.get_or_insert_with(|| ShardSubs::new(topo.epoch)))
+            Some(self.ssub.get_or_insert_with(|| ShardSubs::new(topo.epoch, proto)))
         } else {
             self.ssub.as_mut()
         };
@@ -233,6 +236,22 @@ impl Session {
                     self.replies.ready(At::Next, p);
                 }
             }
+        }
+    }
+
+    /// HELLO switched the client's protocol: its shard connections switch
+    /// too, so later messages come in the client's protocol (one already
+    /// on its way keeps the old one).
+    pub(super) fn shard_protocol(&mut self) {
+        let proto = self.state.proto;
+        let Some(subs) = &mut self.ssub else { return };
+        if subs.proto == proto {
+            return;
+        }
+        subs.proto = proto;
+        let hello = Request::from_args(&["HELLO", if proto == Protocol::Resp3 { "3" } else { "2" }]).raw;
+        for (_, conn) in &subs.conns {
+            send_unanswered(conn, hello.clone());
         }
     }
 

@@ -171,6 +171,11 @@ async fn shard_channels_in_resp3_and_replies_like_one_redis() {
         assert_eq!(got, "+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n+OK\r\n");
         let m = format!(">3\r\n$8\r\nsmessage\r\n{}$6\r\nqueued\r\n", bulk(&ch[0]));
         assert_eq!(read_until(&mut sub, &m), m);
+        // HELLO 2 while subscribed: the messages follow the client's protocol.
+        send(&mut sub, "HELLO 2\r\n", "modules\r\n*0\r\n");
+        assert_eq!(command(addr, &format!("SPUBLISH {} two\r\n", ch[0]), "\r\n"), ":1\r\n");
+        let m = format!("*3\r\n$8\r\nsmessage\r\n{}$3\r\ntwo\r\n", bulk(&ch[0]));
+        assert_eq!(read_until(&mut sub, &m), m);
 
         // Byte for byte as one Redis (channels all on one shard there).
         let input = "SUNSUBSCRIBE a b\r\nSSUBSCRIBE a b\r\nSSUBSCRIBE a\r\nPING hi\r\nSET x 1\r\n\
