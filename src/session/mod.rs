@@ -388,12 +388,7 @@ impl Session {
                 let mut b = BytesMut::new();
                 let mut enc = Encoder::new(&mut b, proto);
                 match local::run(cmd, args, &mut self.state, &self.shared, topo, &mut enc) {
-                    local::Outcome::Reply => {
-                        self.replies.ready(at, b.freeze());
-                        if cmd == Local::Hello {
-                            self.shard_protocol();
-                        }
-                    }
+                    local::Outcome::Reply => self.replies.ready(at, b.freeze()),
                     local::Outcome::Close => {
                         self.replies.ready(at, b.freeze());
                         self.closing = true;

@@ -70,19 +70,16 @@ pub(super) struct ShardSubs {
     epoch: u64,
     /// When to check them again.
     next_check: Instant,
-    /// The protocol the connections speak (the client's).
-    proto: Protocol,
 }
 
 impl ShardSubs {
-    fn new(epoch: u64, proto: Protocol) -> ShardSubs {
+    fn new(epoch: u64) -> ShardSubs {
         ShardSubs {
             conns: Vec::new(),
             channels: HashMap::new(),
             events: mpsc::channel(EVENTS),
             epoch,
             next_check: Instant::now() + RECHECK,
-            proto,
         }
     }
 
@@ -157,7 +154,7 @@ impl Session {
             return self.replies.ready(at, confirmation(proto, kind, None, 0));
         }
         let subs = if subscribe {
-            Some(self.ssub.get_or_insert_with(|| ShardSubs::new(topo.epoch, proto)))
+            Some(self.ssub.get_or_insert_with(|| ShardSubs::new(topo.epoch)))
         } else {
             self.ssub.as_mut()
         };
@@ -216,7 +213,7 @@ impl Session {
         let proto = self.state.proto;
         match ev {
             Event::Recheck => self.shard_topology(),
-            Event::Message(frame) => self.replies.ready(At::Next, frame),
+            Event::Message(frame) => self.replies.ready(At::Next, in_protocol(frame, proto)),
             Event::Lost(name) => {
                 let Some(subs) = &mut self.ssub else { return };
                 subs.conns.retain(|(n, _)| *n != name);
@@ -236,22 +233,6 @@ impl Session {
                     self.replies.ready(At::Next, p);
                 }
             }
-        }
-    }
-
-    /// HELLO switched the client's protocol: its shard connections switch
-    /// too, so later messages come in the client's protocol (one already
-    /// on its way keeps the old one).
-    pub(super) fn shard_protocol(&mut self) {
-        let proto = self.state.proto;
-        let Some(subs) = &mut self.ssub else { return };
-        if subs.proto == proto {
-            return;
-        }
-        subs.proto = proto;
-        let hello = Request::from_args(&["HELLO", if proto == Protocol::Resp3 { "3" } else { "2" }]).raw;
-        for (_, conn) in &subs.conns {
-            send_unanswered(conn, hello.clone());
         }
     }
 
@@ -421,9 +402,43 @@ fn closing_was_requested(rx: &mpsc::UnboundedReceiver<Job>) -> bool {
     rx.is_closed() && rx.is_empty()
 }
 
+/// An `smessage` in `proto`: the connection may speak the other protocol
+/// (the client switched with HELLO since it opened), and the two forms
+/// differ only in the header's type byte (a push `>3` or an array `*3` of
+/// bulk strings).
+fn in_protocol(frame: Bytes, proto: Protocol) -> Bytes {
+    let want = if proto == Protocol::Resp3 { b'>' } else { b'*' };
+    match frame.first() {
+        Some(&c) if c != want && (c == b'>' || c == b'*') => {
+            let mut b = BytesMut::from(&frame[..]);
+            b[0] = want;
+            b.freeze()
+        }
+        _ => frame,
+    }
+}
+
 /// An `smessage` push (RESP3) or array (RESP2).
 fn is_message(frame: &Bytes) -> bool {
     reply::elements(frame)
         .and_then(|el| reply::as_bytes(el.first()?))
         .is_some_and(|k| &k[..] == b"smessage")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_follow_the_clients_protocol() {
+        let push = Bytes::from_static(b">3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$1\r\nm\r\n");
+        let array = Bytes::from_static(b"*3\r\n$8\r\nsmessage\r\n$1\r\nc\r\n$1\r\nm\r\n");
+        assert!(is_message(&push) && is_message(&array));
+        assert_eq!(in_protocol(push.clone(), Protocol::Resp2), array);
+        assert_eq!(in_protocol(array.clone(), Protocol::Resp3), push);
+        assert_eq!(in_protocol(push.clone(), Protocol::Resp3), push);
+        assert!(!is_message(&Bytes::from_static(
+            b"*3\r\n$10\r\nssubscribe\r\n$1\r\nc\r\n:1\r\n"
+        )));
+    }
 }

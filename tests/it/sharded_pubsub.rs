@@ -256,6 +256,43 @@ async fn a_reload_moves_subscriptions_with_their_channels() {
     .unwrap();
 }
 
+/// A shard that drops the client's connection (here CLIENT KILL on the
+/// shard) unsubscribes its channels: the client hears `sunsubscribe` for
+/// each, keeps its other channels, and can subscribe again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_shard_connection_unsubscribes_its_channels() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let addr = proxy.addr;
+    let ch = one_channel_per_shard(&proxy);
+    tokio::task::spawn_blocking(move || {
+        let mut sub = TcpStream::connect(addr).unwrap();
+        let got = send(&mut sub, &format!("SSUBSCRIBE {} {}\r\n", ch[0], ch[1]), ":2\r\n");
+        assert!(got.ends_with(":2\r\n"), "{got}");
+        let killed: i64 = redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query(&mut nodes[1].client())
+            .unwrap();
+        assert_eq!(killed, 1);
+        let want = format!("*3\r\n$12\r\nsunsubscribe\r\n{}:1\r\n", bulk(&ch[1]));
+        assert_eq!(read_until(&mut sub, &want), want);
+        // The other shard's channel still hears; the lost one can come back.
+        assert_eq!(command(addr, &format!("SPUBLISH {} a\r\n", ch[0]), "\r\n"), ":1\r\n");
+        let m = format!("*3\r\n$8\r\nsmessage\r\n{}$1\r\na\r\n", bulk(&ch[0]));
+        assert_eq!(read_until(&mut sub, &m), m);
+        let want = format!("*3\r\n$10\r\nssubscribe\r\n{}:2\r\n", bulk(&ch[1]));
+        assert_eq!(send(&mut sub, &format!("SSUBSCRIBE {}\r\n", ch[1]), &want), want);
+        assert_eq!(command(addr, &format!("SPUBLISH {} b\r\n", ch[1]), "\r\n"), ":1\r\n");
+        let m = format!("*3\r\n$8\r\nsmessage\r\n{}$1\r\nb\r\n", bulk(&ch[1]));
+        assert_eq!(read_until(&mut sub, &m), m);
+    })
+    .await
+    .unwrap();
+}
+
 /// redis-py's `PubSub.ssubscribe` / `get_sharded_message` and
 /// `spublish` against the proxy (tests/py/sharded_pubsub.py).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
