@@ -2,6 +2,10 @@
 //! reply the client expects, in its protocol.
 
 mod agree;
+mod pubsub;
+pub mod scan;
+
+pub use scan::{SCAN_SHARD_BITS, ScanWalk, split_scan_cursor};
 
 use std::sync::Arc;
 
@@ -27,13 +31,9 @@ pub enum Merge {
     /// Arrays concatenated (KEYS); lock keys, which every lock group member
     /// holds, listed once.
     Concat { lock_keys: Option<Namespace> },
-    /// SCAN on shard `shard` of `shards`: rewrite the cursor, and leave out
-    /// lock keys when this shard is not the one that reports them.
-    Scan {
-        shard: usize,
-        shards: usize,
-        drop_lock_keys: Option<Namespace>,
-    },
+    /// SCAN: the walk over the shards (see [`scan`]); one part, the last
+    /// shard's reply.
+    Scan(Box<ScanWalk>),
     /// A random non-null reply (RANDOMKEY); `start` is where to start looking.
     AnyNonNull { start: usize },
     /// Integer arrays combined with AND (SCRIPT EXISTS).
@@ -51,6 +51,20 @@ pub enum Merge {
     /// FUNCTION LIST: libraries by name; one missing on some shard is an
     /// error naming it and the shards.
     FunctionList { names: Vec<Arc<str>> },
+    /// PUBSUB SHARDCHANNELS: arrays joined, each element once.
+    Union,
+    /// PUBSUB SHARDNUMSUB: the part that holds channel `i`, for every
+    /// channel in request order (two elements each).
+    Pairs(MgetParts),
+    /// SSUBSCRIBE / SUNSUBSCRIBE: the proxy's confirmation of each channel,
+    /// sent once that channel's part (its shard's confirmation) succeeded.
+    Confirm(Vec<Bytes>),
+    /// EXEC with PUBLISH / SPUBLISH inside: the shard's EXEC array
+    /// (`results`) with the PUBLISH replies (the parts) at `publish_at`.
+    ExecPublish {
+        results: Vec<Bytes>,
+        publish_at: Vec<usize>,
+    },
     /// CONFIG GET: the first reachable shard's answer with the proxy's own
     /// values (`own`) in place of the shards'.
     ConfigGet { own: Vec<(&'static str, String)> },
@@ -59,18 +73,6 @@ pub enum Merge {
 /// Part of each MGET key. Inline up to 16 keys: a typical MGET allocates
 /// nothing for its merge table.
 pub type MgetParts = SmallVec<[u16; 16]>;
-
-/// Bits of a SCAN cursor that name the shard; the backend cursor is shifted
-/// above them. 12 bits = up to 4096 shards, the configuration's maximum.
-pub const SCAN_SHARD_BITS: u32 = 12;
-
-/// Splits a proxy SCAN cursor into (shard, backend cursor).
-pub fn split_scan_cursor(cursor: u64) -> (usize, u64) {
-    (
-        (cursor & ((1 << SCAN_SHARD_BITS) - 1)) as usize,
-        cursor >> SCAN_SHARD_BITS,
-    )
-}
 
 /// An array of frames that are already encoded.
 fn raw_array(enc: &mut Encoder<'_>, items: &[&Bytes]) {
@@ -95,6 +97,11 @@ impl Merge {
             // INFO is what operators run when something is wrong: a shard
             // that fails only drops out of the sums, and is counted.
             Merge::Info(info) => return info.finish(parts, enc),
+            Merge::Scan(walk) => return walk.finish(parts.into_iter().next().flatten(), enc),
+            Merge::Confirm(frames) => return pubsub::confirm(&frames, parts, enc),
+            Merge::ExecPublish { results, publish_at } => {
+                return pubsub::exec_with_publishes(&results, &publish_at, parts, enc);
+            }
             other => other,
         };
         merge.finish_data(parts, enc)
@@ -181,41 +188,6 @@ impl Merge {
                     }
                 }
             }
-            Merge::Scan {
-                shard,
-                shards,
-                drop_lock_keys,
-            } => {
-                let parsed = frames.first().and_then(reply::elements).and_then(|el| {
-                    let cursor = std::str::from_utf8(&reply::as_bytes(el.first()?)?)
-                        .ok()?
-                        .parse::<u64>()
-                        .ok()?;
-                    Some((cursor, el.get(1)?.clone()))
-                });
-                let Some((cursor, keys)) = parsed else {
-                    return enc.error(&protocol_error("SCAN"));
-                };
-                let next = if cursor == 0 {
-                    if shard + 1 < shards { (shard + 1) as u64 } else { 0 }
-                } else if cursor >> (64 - SCAN_SHARD_BITS) != 0 {
-                    return enc.error("ERR shardis: backend SCAN cursor too large to combine with a shard number");
-                } else {
-                    (cursor << SCAN_SHARD_BITS) | shard as u64
-                };
-                enc.array(2);
-                enc.bulk(itoa::Buffer::new().format(next).as_bytes());
-                match (drop_lock_keys, reply::elements(&keys)) {
-                    (Some(ns), Some(els)) => {
-                        let keep: Vec<&Bytes> = els
-                            .iter()
-                            .filter(|v| reply::as_bytes(v).is_none_or(|k| !ns.matches(&k)))
-                            .collect();
-                        raw_array(enc, &keep);
-                    }
-                    _ => enc.raw(&keys),
-                }
-            }
             Merge::AnyNonNull { start } => {
                 let n = frames.len();
                 match (0..n).map(|i| &frames[(start + i) % n]).find(|f| !reply::is_null(f)) {
@@ -240,7 +212,12 @@ impl Merge {
                 Some(f) => enc.raw(f),
                 None => enc.null(),
             },
+            Merge::Union => pubsub::union(&frames, enc),
+            Merge::Pairs(channel_parts) => pubsub::pairs(&channel_parts, &frames, enc),
             Merge::Info(_)
+            | Merge::Scan(_)
+            | Merge::Confirm(_)
+            | Merge::ExecPublish { .. }
             | Merge::Agree { .. }
             | Merge::AnyOk
             | Merge::FunctionList { .. }
@@ -309,45 +286,6 @@ mod tests {
     }
 
     #[test]
-    fn scan_cursor_walks_shards() {
-        let out = run(
-            Merge::Scan {
-                shard: 0,
-                shards: 3,
-                drop_lock_keys: None,
-            },
-            &[b"*2\r\n$1\r\n0\r\n*0\r\n"],
-            Protocol::Resp2,
-        );
-        assert_eq!(out, b"*2\r\n$1\r\n1\r\n*0\r\n");
-        let out = run(
-            Merge::Scan {
-                shard: 2,
-                shards: 3,
-                drop_lock_keys: None,
-            },
-            &[b"*2\r\n$1\r\n0\r\n*0\r\n"],
-            Protocol::Resp2,
-        );
-        assert_eq!(out, b"*2\r\n$1\r\n0\r\n*0\r\n");
-        let out = run(
-            Merge::Scan {
-                shard: 1,
-                shards: 3,
-                drop_lock_keys: None,
-            },
-            &[b"*2\r\n$1\r\n5\r\n*1\r\n$1\r\nk\r\n"],
-            Protocol::Resp2,
-        );
-        let c = (5u64 << SCAN_SHARD_BITS) | 1;
-        assert_eq!(
-            out,
-            format!("*2\r\n${}\r\n{c}\r\n*1\r\n$1\r\nk\r\n", c.to_string().len()).as_bytes()
-        );
-        assert_eq!(split_scan_cursor(c), (1, 5));
-    }
-
-    #[test]
     fn script_exists_and_keys() {
         let out = run(
             Merge::AndArrays,
@@ -376,15 +314,5 @@ mod tests {
             Protocol::Resp2,
         );
         assert_eq!(out, b"*3\r\n$6\r\nlock:a\r\n$1\r\nx\r\n$1\r\ny\r\n");
-        let out = run(
-            Merge::Scan {
-                shard: 1,
-                shards: 3,
-                drop_lock_keys: ns,
-            },
-            &[b"*2\r\n$1\r\n0\r\n*2\r\n$6\r\nlock:a\r\n$1\r\nz\r\n"],
-            Protocol::Resp2,
-        );
-        assert_eq!(out, b"*2\r\n$1\r\n2\r\n*1\r\n$1\r\nz\r\n");
     }
 }

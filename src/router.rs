@@ -108,6 +108,9 @@ pub enum Plan {
     Block(usize),
     /// SUBSCRIBE / PSUBSCRIBE: the connection becomes a subscriber.
     Subscribe,
+    /// SSUBSCRIBE (`subscribe`) / SUNSUBSCRIBE: one part per channel
+    /// ([`Router::parts`]: its shard, and the command for that channel).
+    ShardSub { subscribe: bool },
     /// Send each part ([`Router::parts`]: shard and sub-request, in part
     /// order) and merge the replies. SCAN is one part: the shard the cursor
     /// names, with the backend's cursor.
@@ -148,6 +151,10 @@ pub enum TxStep {
     Discard,
     /// Queue the request; these are its keys.
     Queue(Vec<Bytes>),
+    /// PUBLISH (or, `sharded`, SPUBLISH): sent once EXEC has committed.
+    Publish {
+        sharded: bool,
+    },
     /// Refuse the request and make EXEC answer EXECABORT.
     Refuse(ReplyError),
     /// WATCH: these keys, all on this shard.
@@ -232,6 +239,7 @@ impl Router {
             Route::Blocking => self.keyed(view, spec, req, args, Plan::Block),
             Route::PubSub => Plan::Forward(PUBSUB_SHARD),
             Route::Subscribe => Plan::Subscribe,
+            Route::ShardPubSub(kind) => pubsub::sharded(view, kind, req, args, &mut self.parts),
             Route::Fanout(kind) => fanout(view, kind, req, args, &mut self.parts),
             Route::Broadcast(kind) => broadcast(view, ctx, kind, spec, args, &mut self.parts),
             Route::Local(cmd) => Plan::Local(cmd),
@@ -302,6 +310,9 @@ impl Router {
 
     /// A command inside MULTI: checked, then queued.
     fn queue(&mut self, view: &View<'_>, spec: &CommandSpec, route: Route, req: &Request, args: &[&[u8]]) -> Plan {
+        if let Some(plan) = pubsub::in_multi(spec, route) {
+            return plan;
+        }
         // Blocking commands do not block inside MULTI (Redis runs them once).
         if !matches!(route, Route::Keyed | Route::Blocking | Route::Fanout(_))
             && !matches!(spec.name, "ping" | "echo" | "unwatch")
@@ -576,6 +587,7 @@ fn spec_name_of(name: &[u8]) -> &'static str {
         .unwrap_or("del")
 }
 
+mod pubsub;
 mod scan;
 use scan::scan;
 

@@ -25,6 +25,17 @@
 //! yet; a client that waits for each reply (redis-py, redis-rs
 //! `transaction()`) is not affected.
 //!
+//! PUBLISH and SPUBLISH inside MULTI are queued by the proxy but not sent in
+//! the batch: subscribers listen on the pub/sub shard (PUBLISH) or on the
+//! channel's shard (SPUBLISH), not on the transaction's. Once the shard's
+//! EXEC has committed (answered an array), each is sent to its shard and
+//! its reply (the receivers count) takes its place in EXEC's reply array;
+//! when EXEC does not run (DISCARD, EXECABORT, a WATCH that failed) none is
+//! sent. They are therefore not atomic with the rest of the transaction: a
+//! subscriber may hear the message a moment after the transaction's writes
+//! are visible, and a shard that fails then makes that PUBLISH's place an
+//! error while the transaction stays committed.
+//!
 //! Not offered: commands that do not run on one shard
 //! (KEYS, DBSIZE, FLUSHALL ...), lock keys (they live on a quorum), and the
 //! proxy's own commands. Limits: at most `limits.max_pipeline` commands and
@@ -54,6 +65,18 @@ pub struct Transaction {
     /// The shard the keys queued so far live on.
     shard: Option<usize>,
     aborted: bool,
+    /// PUBLISH / SPUBLISH, sent after EXEC commits.
+    publishes: Vec<Publish>,
+}
+
+/// A PUBLISH or SPUBLISH queued in a transaction.
+#[derive(Debug)]
+pub struct Publish {
+    /// Its place among the transaction's commands (in EXEC's reply).
+    pub at: usize,
+    pub req: Request,
+    /// SPUBLISH: sent to the channel's shard, not the pub/sub shard.
+    pub sharded: bool,
 }
 
 /// A transaction ready to send.
@@ -66,6 +89,8 @@ pub struct Exec {
     /// Every key of every command: they pick the shard at send time, and a
     /// running migration moves them first.
     pub keys: Vec<Bytes>,
+    /// PUBLISH / SPUBLISH to send once the batch's EXEC has committed.
+    pub publishes: Vec<Publish>,
 }
 
 impl Exec {
@@ -112,12 +137,7 @@ impl Transaction {
         max_commands: usize,
         max_bytes: usize,
     ) -> Result<(), ReplyError> {
-        if self.queued.len() >= max_commands || self.bytes + req.raw.len() > max_bytes {
-            self.aborted = true;
-            return Err(ReplyError::err(format!(
-                "shardis: transaction too large: at most {max_commands} commands and {max_bytes} bytes (limits.max_pipeline, limits.max_request)"
-            )));
-        }
+        self.check_size(&req, max_commands, max_bytes)?;
         for k in &keys {
             let s = shard_of(k);
             match self.shard {
@@ -137,10 +157,39 @@ impl Transaction {
         Ok(())
     }
 
+    /// Refused (and the transaction aborted) past the size limits.
+    fn check_size(&mut self, req: &Request, max_commands: usize, max_bytes: usize) -> Result<(), ReplyError> {
+        if self.queued.len() + self.publishes.len() >= max_commands || self.bytes + req.raw.len() > max_bytes {
+            self.aborted = true;
+            return Err(ReplyError::err(format!(
+                "shardis: transaction too large: at most {max_commands} commands and {max_bytes} bytes (limits.max_pipeline, limits.max_request)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Queues a PUBLISH (or, `sharded`, SPUBLISH): sent after EXEC commits.
+    pub fn queue_publish(
+        &mut self,
+        req: Request,
+        sharded: bool,
+        max_commands: usize,
+        max_bytes: usize,
+    ) -> Result<(), ReplyError> {
+        self.check_size(&req, max_commands, max_bytes)?;
+        self.bytes += req.raw.len();
+        self.publishes.push(Publish {
+            at: self.queued.len() + self.publishes.len(),
+            req,
+            sharded,
+        });
+        Ok(())
+    }
+
     /// EXEC: the batch to send (its shard: [`Exec::shard`]), `Ok(None)` for
     /// an empty transaction (EXEC answers an empty array), or EXECABORT.
     pub fn exec(self) -> Result<Option<Exec>, ReplyError> {
-        if self.queued.is_empty() && !self.aborted {
+        if self.queued.is_empty() && self.publishes.is_empty() && !self.aborted {
             return Ok(None);
         }
         self.batch().map(Some)
@@ -164,6 +213,7 @@ impl Transaction {
             batch: buf.freeze(),
             frames: self.queued.len() as u32 + 2,
             keys: self.keys,
+            publishes: self.publishes,
         })
     }
 }
@@ -231,6 +281,28 @@ mod tests {
         assert!(Transaction::default().exec().unwrap().is_none());
         let mut tx = Transaction::default();
         tx.abort();
+        assert_eq!(tx.exec().unwrap_err(), execabort());
+    }
+
+    #[test]
+    fn publishes_are_kept_aside_in_their_place() {
+        let mut tx = Transaction::default();
+        tx.queue_publish(req(&["PUBLISH", "ch", "m"]), false, 10, 1000).unwrap();
+        tx.queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 1000)
+            .unwrap();
+        tx.queue_publish(req(&["SPUBLISH", "ch", "m"]), true, 10, 1000).unwrap();
+        let ex = tx.exec().unwrap().expect("commands queued");
+        assert_eq!(ex.frames, 3, "MULTI, SET, EXEC: the publishes are not in the batch");
+        let at: Vec<(usize, bool)> = ex.publishes.iter().map(|p| (p.at, p.sharded)).collect();
+        assert_eq!(at, [(0, false), (2, true)]);
+        // Only a PUBLISH: still a batch (an empty MULTI/EXEC), so WATCH guards it.
+        let mut tx = Transaction::default();
+        tx.queue_publish(req(&["PUBLISH", "ch", "m"]), false, 10, 1000).unwrap();
+        assert_eq!(tx.exec().unwrap().expect("a publish queued").frames, 2);
+        // They count against the limits.
+        let mut tx = Transaction::default();
+        tx.queue_publish(req(&["PUBLISH", "ch", "m"]), false, 1, 1000).unwrap();
+        assert!(tx.queue_publish(req(&["PUBLISH", "ch", "m"]), false, 1, 1000).is_err());
         assert_eq!(tx.exec().unwrap_err(), execabort());
     }
 

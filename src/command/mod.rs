@@ -32,6 +32,8 @@ pub enum Route {
     /// SUBSCRIBE / PSUBSCRIBE: the connection becomes a subscriber, piped to
     /// a connection of its own on the pub/sub shard.
     Subscribe,
+    /// Sharded pub/sub: routed by the channel's place on the ring.
+    ShardPubSub(ShardPubSub),
     /// Split per shard and merged.
     Fanout(Fanout),
     /// Sent to every shard (or, for SCAN, to the shard the cursor names).
@@ -86,6 +88,21 @@ pub enum Local {
     Unsubscribe,
 }
 
+/// The sharded pub/sub commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ShardPubSub {
+    /// SSUBSCRIBE: a connection of the client's own on each channel's shard.
+    Subscribe,
+    /// SUNSUBSCRIBE.
+    Unsubscribe,
+    /// SPUBLISH: to the channel's shard.
+    Publish,
+    /// PUBSUB SHARDCHANNELS: the union over every shard.
+    Channels,
+    /// PUBSUB SHARDNUMSUB: each channel's count from its shard.
+    Numsub,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fanout {
     /// MGET: values in key order.
@@ -135,8 +152,8 @@ pub enum Refusal {
     Unsupported,
     /// Blocking commands without keys (WAIT ...): no shard to run on.
     Blocking,
-    /// Sharded pub/sub (SSUBSCRIBE, SPUBLISH ...).
-    ShardedPubSub,
+    /// CLIENT TRACKING: invalidation messages cannot be delivered.
+    Tracking,
 }
 
 impl Refusal {
@@ -147,9 +164,10 @@ impl Refusal {
             Refusal::Blocking => format!(
                 "unsupported command '{name}' in shardis: it blocks without naming a key, so no shard can serve it"
             ),
-            Refusal::ShardedPubSub => format!(
-                "unsupported command '{name}' in shardis: sharded pub/sub is Redis Cluster's; SUBSCRIBE and PUBLISH are served"
-            ),
+            Refusal::Tracking => "CLIENT TRACKING is not supported by shardis: invalidation messages would come from \
+                 every shard on connections the client does not own, and the proxy does not forward them; \
+                 without them a client-side cache would serve stale values"
+                .to_string(),
         })
     }
 }
@@ -250,8 +268,14 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "subscribe" | "psubscribe" => Route::Subscribe,
         "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => Route::PubSub,
         "unsubscribe" | "punsubscribe" => Route::Local(Local::Unsubscribe),
-        // Sharded pub/sub (SSUBSCRIBE, SPUBLISH ...) is Redis Cluster's.
-        _ if spec.flags & F_PUBSUB != 0 => Route::Refuse(R::ShardedPubSub),
+        "ssubscribe" => Route::ShardPubSub(ShardPubSub::Subscribe),
+        "sunsubscribe" => Route::ShardPubSub(ShardPubSub::Unsubscribe),
+        "spublish" => Route::ShardPubSub(ShardPubSub::Publish),
+        "pubsub|shardchannels" => Route::ShardPubSub(ShardPubSub::Channels),
+        "pubsub|shardnumsub" => Route::ShardPubSub(ShardPubSub::Numsub),
+        // Client-side caching: see Refusal::Tracking.
+        "client|tracking" => Route::Refuse(R::Tracking),
+        _ if spec.flags & F_PUBSUB != 0 => Route::Refuse(R::Unsupported),
         _ if spec.flags & F_BLOCKING != 0 && has_keys(spec) => Route::Blocking,
         _ if spec.flags & F_BLOCKING != 0 => Route::Refuse(R::Blocking),
         "eval" | "evalsha" | "eval_ro" | "evalsha_ro" | "fcall" | "fcall_ro" => Route::Keyed,
@@ -377,7 +401,9 @@ mod tests {
         assert_eq!(route("xread block 0 streams s 0"), Ok(Route::Blocking));
         assert_eq!(route("subscribe c"), Ok(Route::Subscribe));
         assert_eq!(route("publish c m"), Ok(Route::PubSub));
-        assert_eq!(route("ssubscribe c"), Ok(Route::Refuse(Refusal::ShardedPubSub)));
+        assert_eq!(route("ssubscribe c"), Ok(Route::ShardPubSub(ShardPubSub::Subscribe)));
+        assert_eq!(route("spublish c m"), Ok(Route::ShardPubSub(ShardPubSub::Publish)));
+        assert_eq!(route("client tracking on"), Ok(Route::Refuse(Refusal::Tracking)));
         assert_eq!(route("multi"), Ok(Route::Transaction(TxCommand::Multi)));
         assert_eq!(route("watch k"), Ok(Route::Transaction(TxCommand::Watch)));
         assert_eq!(route("unwatch"), Ok(Route::Transaction(TxCommand::Unwatch)));

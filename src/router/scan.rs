@@ -1,13 +1,12 @@
-//! SCAN through the proxy: one shard per call, the shard's index kept in
-//! the low bits of the cursor the client sees (see [`crate::merge`]).
+//! SCAN through the proxy: the call starts on the shard the cursor names
+//! (its low bits, see [`crate::merge::scan`]) and may go on into the next
+//! shards within the same call; the session drives the walk.
 
 use bytes::Bytes;
-use smallvec::SmallVec;
 
 use super::{Plan, View};
 use crate::error::ReplyError;
-use crate::merge::{self, Merge};
-use crate::protocol::Request;
+use crate::merge::{self, Merge, ScanWalk};
 
 pub(super) fn scan(view: &View<'_>, args: &[&[u8]], parts: &mut Vec<(usize, Bytes)>) -> Plan {
     let cursor = std::str::from_utf8(args[1]).ok().and_then(|s| s.parse::<u64>().ok());
@@ -18,9 +17,6 @@ pub(super) fn scan(view: &View<'_>, args: &[&[u8]], parts: &mut Vec<(usize, Byte
     if shard >= view.names.len() {
         return Plan::Error(ReplyError::err("invalid cursor"));
     }
-    let mut cursor = itoa::Buffer::new();
-    let mut sub: SmallVec<[&[u8]; 8]> = args.iter().copied().collect();
-    sub[1] = cursor.format(backend_cursor).as_bytes();
     // Lock keys live on every lock group member: SCAN lists them only from
     // the first member of the group.
     let reporter = view
@@ -28,14 +24,11 @@ pub(super) fn scan(view: &View<'_>, args: &[&[u8]], parts: &mut Vec<(usize, Byte
         .current
         .first()
         .and_then(|m| view.names.iter().position(|n| n == m));
-    let drop_lock_keys = view.locks.enabled() && reporter != Some(shard);
+    let lock_keys = view.locks.enabled().then(|| (view.locks.listed_once(), reporter));
+    let walk = ScanWalk::new(args, shard, view.names.len(), lock_keys);
     parts.clear();
-    parts.push((shard, Request::from_args(&sub).raw));
+    parts.push((shard, walk.request(backend_cursor)));
     Plan::Split {
-        merge: Merge::Scan {
-            shard,
-            shards: view.names.len(),
-            drop_lock_keys: drop_lock_keys.then(|| view.locks.listed_once()),
-        },
+        merge: Merge::Scan(Box::new(walk)),
     }
 }

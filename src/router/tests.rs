@@ -519,12 +519,13 @@ fn keyless_commands() {
     match f.route_parts(USER, &format!("SCAN {cursor} COUNT 10")) {
         (
             Plan::Split {
-                merge: Merge::Scan {
-                    shard: 2, shards: 3, ..
-                },
+                merge: Merge::Scan(walk),
             },
             parts,
-        ) => assert_eq!(parts, [(2, Request::from_args(&["SCAN", "5", "COUNT", "10"]).raw)]),
+        ) => {
+            assert_eq!((walk.shard, walk.shards), (2, 3));
+            assert_eq!(parts, [(2, Request::from_args(&["SCAN", "5", "COUNT", "10"]).raw)]);
+        }
         other => panic!("{other:?}"),
     }
     assert_eq!(error_of(f.route(USER, "SCAN x")).to_string(), "ERR invalid cursor");
@@ -535,9 +536,9 @@ fn keyless_commands() {
             .starts_with("ERR unsupported command 'bgsave'")
     );
     assert!(
-        error_of(f.route(USER, "SSUBSCRIBE ch"))
+        error_of(f.route(USER, "CLIENT TRACKING on"))
             .to_string()
-            .contains("sharded pub/sub")
+            .starts_with("ERR CLIENT TRACKING is not supported by shardis: invalidation")
     );
 }
 
@@ -552,3 +553,4 @@ fn a_plan_is_small() {
 }
 
 mod hold;
+mod pubsub;

@@ -23,6 +23,8 @@
 //!   (migration).
 //! - [`transaction`]: MULTI / EXEC / DISCARD and queueing.
 //! - [`pubsub`]: the subscriber pipe.
+//! - [`scan`]: SCAN going on into the next shard within one call.
+//! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
 
 mod admin;
@@ -30,6 +32,8 @@ mod parked;
 mod parking;
 mod pubsub;
 mod replies;
+mod scan;
+mod sharded;
 mod transaction;
 
 use std::sync::Arc;
@@ -86,12 +90,18 @@ pub struct Session {
     /// The keys this client WATCHes and the connection of its own that
     /// watches them, from WATCH until EXEC, DISCARD, UNWATCH or RESET.
     watching: Option<transaction::Watching>,
+    /// EXECs sent with PUBLISH / SPUBLISH to send once they commit: the
+    /// EXEC's slot and the publishes (see [`crate::transaction`]).
+    exec_publishes: Vec<(u64, Vec<crate::transaction::Publish>)>,
     /// The slot of a blocking command (BLPOP ...) still waiting: until it
     /// answers, nothing more is read or dispatched, as Redis blocks a client.
     blocked: Option<u64>,
     /// A SUBSCRIBE / PSUBSCRIBE to forward once every earlier reply is
     /// written; the connection then becomes a subscriber (see [`pubsub`]).
     subscribing: Option<Bytes>,
+    /// The client's shard channels (SSUBSCRIBE) and its connections to
+    /// their shards, from its first SSUBSCRIBE until RESET.
+    ssub: Option<sharded::ShardSubs>,
     /// Fires when the proxy starts shutting down.
     watch: Watch,
     /// Where this session is in a shutdown.
@@ -147,8 +157,10 @@ impl Session {
             parked: 0,
             tx: None,
             watching: None,
+            exec_publishes: Vec::new(),
             blocked: None,
             subscribing: None,
+            ssub: None,
             watch: shared.shutdown.watch(id),
             drain: Drain::Serving,
             heard: false,
@@ -197,6 +209,7 @@ impl Session {
                         self.drain = Drain::Draining;
                     }
                 }
+                Some(ev) = sharded::next_event(&mut self.ssub) => self.shard_event(ev),
                 _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
                 _ = first_request_grace(self.drain) => self.drain = Drain::Draining,
             }
@@ -300,6 +313,9 @@ impl Session {
     /// request waited for its keys to move, and they have.
     fn dispatch(&mut self, topo: &Topology, req: Request, at: At, released: bool) {
         let args: SmallVec<[&[u8]; INLINE_ARGS]> = req.args().collect();
+        if let Some(reply) = self.subscribed_mode(&args) {
+            return self.replies.ready(at, reply);
+        }
         let ctx = Ctx {
             authenticated: self.state.authenticated,
             admin: self.state.admin,
@@ -334,7 +350,15 @@ impl Session {
                 let reply = self.reply_to(seq, 0);
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
             }
+            Plan::Subscribe if self.ssub.as_ref().is_some_and(sharded::ShardSubs::active) => self.replies.error(
+                at,
+                proto,
+                &ReplyError::err(
+                    "shardis: SUBSCRIBE / PSUBSCRIBE on a connection subscribed to shard channels (SSUBSCRIBE) is not supported; use another connection",
+                ),
+            ),
             Plan::Subscribe if at == At::Next => self.subscribing = Some(req.raw.clone()),
+            Plan::ShardSub { subscribe } => self.shard_sub(topo, subscribe, args, at),
             Plan::Split { merge } => {
                 // Taken and given back: the router's buffer keeps its capacity.
                 let mut parts = std::mem::take(&mut self.router.parts);
@@ -359,6 +383,7 @@ impl Session {
             Plan::Local(cmd) => {
                 if cmd == Local::Reset {
                     self.watching = None;
+                    self.ssub = None;
                 }
                 let mut b = BytesMut::new();
                 let mut enc = Encoder::new(&mut b, proto);
@@ -441,6 +466,9 @@ impl Session {
         if self.blocked == Some(c.seq) {
             self.blocked = None;
             self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+        }
+        if self.scan_step(&c) || self.publish_step(&c) {
+            return;
         }
         if let Some(c) = self.replies.complete(c) {
             self.migration_step(c);

@@ -9,12 +9,14 @@ use tokio::sync::mpsc;
 use super::Session;
 use super::parked::Then;
 use super::replies::{At, Slot};
-use crate::backend::Job;
+use crate::backend::{Completion, Job};
 use crate::error::{ErrorKind, ReplyError};
+use crate::merge::Merge;
+use crate::protocol::reply;
 use crate::protocol::{Protocol, Request};
-use crate::router::{self, TxStep, View};
+use crate::router::{self, PUBSUB_SHARD, TxStep, View};
 use crate::topology::Topology;
-use crate::transaction::{Exec, Transaction};
+use crate::transaction::{Exec, Publish, Transaction};
 
 /// Keys this client WATCHes, and the connection of its own that watches
 /// them on their shard (see [`crate::backend::Shard::converse`]): WATCH, the
@@ -78,6 +80,17 @@ impl Session {
                     Err(e) => self.replies.error(At::Next, proto, &e),
                 }
             }
+            TxStep::Publish { sharded } => {
+                let limits = &topo.config.limits;
+                let queued = match &mut self.tx {
+                    Some(tx) => tx.queue_publish(req.clone(), sharded, limits.max_pipeline, limits.max_request),
+                    None => return,
+                };
+                match queued {
+                    Ok(()) => self.replies.reply_with(At::Next, proto, |e| e.simple("QUEUED")),
+                    Err(e) => self.replies.error(At::Next, proto, &e),
+                }
+            }
             TxStep::Refuse(e) => {
                 if let Some(tx) = &mut self.tx {
                     tx.abort();
@@ -115,15 +128,15 @@ impl Session {
     }
 
     /// Sends `req` (`frames` replies, the last one answers) over the watch
-    /// connection, into slot `at`.
-    pub(super) fn send_watched(&mut self, req: Bytes, frames: u32, at: At) {
+    /// connection, into slot `at` (whose sequence number is returned).
+    pub(super) fn send_watched(&mut self, req: Bytes, frames: u32, at: At) -> u64 {
         let seq = self.replies.put(at, Slot::One(None));
         let reply = self.reply_to(seq, 0);
         let proto = self.state.proto;
         let Some(w) = &mut self.watching else {
-            return self
-                .replies
+            self.replies
                 .error(At::Slot(seq), proto, &ReplyError::err("shardis: not watching"));
+            return seq;
         };
         let (req, frames) = if w.proto == proto {
             (req, frames)
@@ -143,6 +156,7 @@ impl Session {
                 &ReplyError::err("shardis: the WATCH connection is gone"),
             );
         }
+        seq
     }
 
     /// EXEC: the queued commands go to their shard as one batch; the
@@ -169,7 +183,7 @@ impl Session {
     /// optimistic client retries.
     fn exec_watched(&mut self, topo: &Topology, tx: Transaction, mut w: Watching) {
         let proto = self.state.proto;
-        let ex = match tx.batch() {
+        let mut ex = match tx.batch() {
             Ok(ex) => ex,
             Err(e) => return self.replies.error(At::Next, proto, &e),
         };
@@ -185,8 +199,10 @@ impl Session {
         // Sent, then the sender dropped: the task answers it, then closes.
         w.keys.clear();
         self.watching = Some(w);
-        self.send_watched(ex.batch, ex.frames, At::Next);
+        let publishes = std::mem::take(&mut ex.publishes);
+        let seq = self.send_watched(ex.batch, ex.frames, At::Next);
         self.watching = None;
+        self.publish_after(seq, publishes);
     }
 
     /// Sends a transaction's batch, unless its keys are held by a prepared
@@ -210,12 +226,13 @@ impl Session {
 
     /// Sends a transaction's batch to the shard of its keys in `topo` (which
     /// may be newer than the one it was queued under).
-    pub(super) fn send_exec(&mut self, topo: &Topology, ex: Exec, at: At) {
+    pub(super) fn send_exec(&mut self, topo: &Topology, mut ex: Exec, at: At) {
         let shard = match ex.shard(|k| topo.shard_of(k)) {
             Ok(s) => s,
             Err(e) => return self.replies.error(at, self.state.proto, &e),
         };
         let seq = self.replies.put(at, Slot::One(None));
+        self.publish_after(seq, std::mem::take(&mut ex.publishes));
         let reply = self.reply_to(seq, 0);
         topo.shards[shard].send(
             self.state.proto,
@@ -226,5 +243,44 @@ impl Session {
                 frames: ex.frames,
             },
         );
+    }
+
+    /// The EXEC answering into slot `seq` has PUBLISH / SPUBLISH to send
+    /// once it has committed.
+    fn publish_after(&mut self, seq: u64, publishes: Vec<Publish>) {
+        if !publishes.is_empty() {
+            self.exec_publishes.push((seq, publishes));
+        }
+    }
+
+    /// A shard answered an EXEC with publishes waiting: when it committed
+    /// (an array), they are sent now, each to its shard, and EXEC's reply
+    /// waits for theirs; otherwise (nil: a watched key changed; an error)
+    /// they are dropped and EXEC's reply goes as it is. True when the
+    /// completion was used up (the slot now waits for the publishes).
+    pub(super) fn publish_step(&mut self, c: &Completion) -> bool {
+        let Some(i) = self.exec_publishes.iter().position(|(seq, _)| *seq == c.seq) else {
+            return false;
+        };
+        let (seq, publishes) = self.exec_publishes.swap_remove(i);
+        let results = match &c.result {
+            Ok(f) if !reply::is_error(f) && !reply::is_null(f) => reply::elements(f),
+            _ => None,
+        };
+        let Some(results) = results else { return false };
+        let topo = self.shared.topology.load();
+        let merge = Merge::ExecPublish {
+            results,
+            publish_at: publishes.iter().map(|p| p.at).collect(),
+        };
+        self.replies.put(At::Slot(seq), Slot::many(merge, publishes.len()));
+        for (part, p) in publishes.into_iter().enumerate() {
+            let shard = match p.req.arg(1) {
+                Some(channel) if p.sharded => topo.shard_of(channel),
+                _ => PUBSUB_SHARD,
+            };
+            self.send(&topo, shard, p.req.raw, seq, part as u32);
+        }
+        true
     }
 }

@@ -2,7 +2,8 @@
 //! shards) and to one plain Redis must give identical replies and leave an
 //! identical keyspace. The stream includes FUNCTION LOAD, FCALL and CONFIG
 //! GET/SET, whose replies a proxy in front of several shards gives as one
-//! Redis does.
+//! Redis does. Then SCAN's full iterations (same key sets, MATCH / TYPE /
+//! COUNT) and a transaction with PUBLISH inside (same reply array).
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -177,6 +178,23 @@ fn keyspace(c: &mut redis::Connection) -> Vec<(String, String, Value)> {
         .collect()
 }
 
+/// Every key a full SCAN iteration returns, as a sorted set (SCAN may
+/// return a key twice, on one Redis too).
+fn scan_all(c: &mut redis::Connection, extra: &[&str]) -> Vec<String> {
+    let (mut cursor, mut seen) = ("0".to_string(), Vec::new());
+    for _ in 0..100_000 {
+        let (next, page): (String, Vec<String>) = redis::cmd("SCAN").arg(&cursor).arg(extra).query(c).unwrap();
+        seen.extend(page);
+        if next == "0" {
+            seen.sort();
+            seen.dedup();
+            return seen;
+        }
+        cursor = next;
+    }
+    panic!("SCAN {extra:?} never ended");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn same_replies_and_keyspace_as_one_redis() {
     let nodes = three_nodes();
@@ -218,6 +236,29 @@ async fn same_replies_and_keyspace_as_one_redis() {
                 }
             }
             sent += BATCH;
+        }
+        for extra in [
+            &[][..],
+            &["COUNT", "3"],
+            &["MATCH", "s:*"],
+            &["TYPE", "list", "COUNT", "1000"],
+        ] {
+            assert_eq!(
+                scan_all(&mut via_proxy, extra),
+                scan_all(&mut direct, extra),
+                "SCAN {extra:?}: different keys"
+            );
+        }
+        for c in ["PUBLISH", "SPUBLISH"] {
+            let tx = |conn: &mut redis::Connection| -> Vec<Value> {
+                let mut p = redis::pipe();
+                p.ignore_errors();
+                p.cmd("MULTI").cmd(c).arg("diff:chan").arg("m");
+                p.cmd("INCR").arg("{tag1}:sn").cmd(c).arg("diff:chan").arg("n");
+                p.cmd("LPUSH").arg("{tag1}:ln").arg("x").cmd("EXEC");
+                p.query(conn).unwrap()
+            };
+            assert_eq!(tx(&mut via_proxy), tx(&mut direct), "{c} inside MULTI");
         }
         let via = keyspace(&mut via_proxy);
         let dir = keyspace(&mut direct);

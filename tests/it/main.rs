@@ -16,5 +16,7 @@ mod migration;
 mod protocol;
 mod pubsub;
 mod reload;
+mod scan;
+mod sharded_pubsub;
 mod shutdown;
 mod transactions;

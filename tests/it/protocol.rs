@@ -159,3 +159,27 @@ async fn large_values_pass_through() {
         .unwrap();
     assert_eq!(got, items);
 }
+
+/// CLIENT TRACKING (client-side caching) is refused with the reason: the
+/// proxy cannot deliver invalidations, and a cache without them goes stale.
+/// The connection stays usable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_tracking_is_refused_with_a_reason() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let addr = proxy.addr;
+    tokio::task::spawn_blocking(move || {
+        let want = "-ERR CLIENT TRACKING is not supported by shardis: invalidation messages would come from every shard on connections the client does not own, and the proxy does not forward them; without them a client-side cache would serve stale values\r\n";
+        for input in [
+            "CLIENT TRACKING on\r\nPING\r\n",
+            "HELLO 3\r\nCLIENT TRACKING on BCAST\r\nPING\r\n",
+        ] {
+            let out = raw_roundtrip(addr, input.as_bytes(), 1 << 20, Duration::from_millis(500));
+            let out = String::from_utf8_lossy(&out);
+            assert!(out.ends_with(&format!("{want}+PONG\r\n")), "{out}");
+        }
+    })
+    .await
+    .unwrap();
+}

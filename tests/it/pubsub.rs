@@ -1,5 +1,7 @@
 //! Pub/sub: SUBSCRIBE / PSUBSCRIBE turn the client's connection into a
-//! subscriber on the pub/sub shard; PUBLISH from any client reaches it.
+//! subscriber on the pub/sub shard; PUBLISH from any client reaches it, and
+//! PUBLISH inside MULTI reaches it once EXEC has committed (never when the
+//! transaction does not run).
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -85,10 +87,6 @@ async fn subscribers_hear_every_publisher() {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
-        // Sharded pub/sub is refused; the connection stays usable.
-        let got = command(addr, "SSUBSCRIBE c\r\nPING\r\n", "PONG");
-        assert!(got.starts_with("-ERR unsupported command 'ssubscribe'"), "{got}");
-        assert!(got.ends_with("+PONG\r\n"), "{got}");
     })
     .await
     .unwrap();
@@ -116,6 +114,71 @@ async fn unsubscribe_without_a_subscription_answers_like_redis() {
         for _ in 0..20 {
             assert_eq!(command(addr, "GET unsub:k\r\n", "\r\nv\r\n"), "$1\r\nv\r\n");
         }
+    })
+    .await
+    .unwrap();
+}
+
+/// Nothing more arrives on `s` within 300 ms.
+fn quiet(s: &mut TcpStream) -> String {
+    s.set_read_timeout(Some(Duration::from_millis(300))).unwrap();
+    let mut buf = [0u8; 4096];
+    match s.read(&mut buf) {
+        Ok(n) => String::from_utf8_lossy(&buf[..n]).into_owned(),
+        Err(_) => String::new(),
+    }
+}
+
+/// PUBLISH inside MULTI: QUEUED, sent after the shard's EXEC committed, its
+/// receivers count in its place in EXEC's array; not sent on DISCARD,
+/// EXECABORT or a failed WATCH. The reply is byte for byte one Redis's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publish_inside_multi_is_sent_after_exec_commits() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let plain = crate::support::RedisNode::start();
+    let (addr, plain_addr) = (proxy.addr, SocketAddr::from(([127, 0, 0, 1], plain.port)));
+    tokio::task::spawn_blocking(move || {
+        let mut sub = TcpStream::connect(addr).unwrap();
+        sub.write_all(b"SUBSCRIBE jobs\r\n").unwrap();
+        read_until(&mut sub, ":1\r\n");
+        // Keys on any one shard, the PUBLISH between them and at both ends.
+        let input = "MULTI\r\nPUBLISH jobs first\r\nSET {t}job 1\r\nPUBLISH jobs second\r\nINCR {t}n\r\nPUBLISH nobody x\r\nEXEC\r\n";
+        let got = command(addr, input, "*5\r\n:1\r\n+OK\r\n:1\r\n:1\r\n:0\r\n");
+        assert_eq!(
+            got,
+            "+OK\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n+QUEUED\r\n*5\r\n:1\r\n+OK\r\n:1\r\n:1\r\n:0\r\n"
+        );
+        let heard = read_until(&mut sub, "second\r\n");
+        assert!(heard.contains("$5\r\nfirst\r\n") && heard.ends_with("$6\r\nsecond\r\n"), "{heard}");
+        // The same reply as one Redis gives (its subscriber count aside: none there).
+        let plain_got = command(plain_addr, input, "*5\r\n:0\r\n+OK\r\n:0\r\n:1\r\n:0\r\n");
+        assert_eq!(plain_got, got.replace("*5\r\n:1\r\n+OK\r\n:1\r\n", "*5\r\n:0\r\n+OK\r\n:0\r\n"));
+        // Only a PUBLISH in the transaction.
+        let got = command(addr, "MULTI\r\nPUBLISH jobs alone\r\nEXEC\r\n", "*1\r\n:1\r\n");
+        assert_eq!(got, "+OK\r\n+QUEUED\r\n*1\r\n:1\r\n");
+        assert!(read_until(&mut sub, "alone\r\n").ends_with("$5\r\nalone\r\n"));
+        // DISCARD, EXECABORT: nothing published.
+        let got = command(addr, "MULTI\r\nPUBLISH jobs discarded\r\nDISCARD\r\nPING\r\n", "PONG");
+        assert_eq!(got, "+OK\r\n+QUEUED\r\n+OK\r\n+PONG\r\n");
+        let got = command(addr, "MULTI\r\nPUBLISH jobs aborted\r\nNOSUCH\r\nEXEC\r\n", "EXECABORT");
+        assert!(got.contains("-EXECABORT"), "{got}");
+        // A WATCH that failed: EXEC answers nil and nothing is published.
+        let mut w = TcpStream::connect(addr).unwrap();
+        w.write_all(b"WATCH {t}job\r\n").unwrap();
+        assert_eq!(read_until(&mut w, "OK\r\n"), "+OK\r\n");
+        assert_eq!(command(addr, "SET {t}job 2\r\n", "OK\r\n"), "+OK\r\n");
+        w.write_all(b"MULTI\r\nPUBLISH jobs watched\r\nSET {t}job 3\r\nEXEC\r\n").unwrap();
+        assert_eq!(read_until(&mut w, "*-1\r\n"), "+OK\r\n+QUEUED\r\n+QUEUED\r\n*-1\r\n");
+        assert_eq!(quiet(&mut sub), "", "nothing published by a transaction that did not run");
+        // A WATCH that held: published.
+        w.write_all(b"WATCH {t}job\r\nMULTI\r\nPUBLISH jobs watched\r\nSET {t}job 3\r\nEXEC\r\n").unwrap();
+        assert_eq!(
+            read_until(&mut w, "*2\r\n:1\r\n+OK\r\n"),
+            "+OK\r\n+OK\r\n+QUEUED\r\n+QUEUED\r\n*2\r\n:1\r\n+OK\r\n"
+        );
+        assert!(read_until(&mut sub, "watched\r\n").ends_with("$7\r\nwatched\r\n"));
     })
     .await
     .unwrap();
