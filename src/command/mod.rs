@@ -84,6 +84,12 @@ pub enum Local {
     /// one confirmation per channel, from the proxy (a shared backend
     /// connection would answer several frames to one request).
     Unsubscribe,
+    /// MONITOR: the connection receives every command through the proxy.
+    Monitor,
+    /// SLOWLOG: the proxy's own slow log.
+    Slowlog,
+    /// LATENCY: the proxy records no latency events; answered empty.
+    Latency,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -137,6 +143,8 @@ pub enum Refusal {
     Blocking,
     /// Sharded pub/sub (SSUBSCRIBE, SPUBLISH ...).
     ShardedPubSub,
+    /// Refused for the reason given.
+    Because(&'static str),
 }
 
 impl Refusal {
@@ -150,6 +158,7 @@ impl Refusal {
             Refusal::ShardedPubSub => format!(
                 "unsupported command '{name}' in shardis: sharded pub/sub is Redis Cluster's; SUBSCRIBE and PUBLISH are served"
             ),
+            Refusal::Because(why) => format!("unsupported command '{name}' in shardis: {why}"),
         })
     }
 }
@@ -218,6 +227,25 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "client|setname" | "client|getname" | "client|id" | "client|setinfo" | "client|info" | "client|help" => {
             Route::Local(L::Client)
         }
+        // The proxy's own clients, as Redis answers for its own.
+        "client|list" | "client|kill" | "client|pause" | "client|unpause" | "client|no-evict" | "client|reply" => {
+            Route::Local(L::Client)
+        }
+        "client|trackinginfo" => Route::Local(L::Client),
+        "monitor" => Route::Local(L::Monitor),
+        n if n.starts_with("slowlog|") => Route::Local(L::Slowlog),
+        n if n.starts_with("latency|") => Route::Local(L::Latency),
+        "memory|purge" => Route::Broadcast(B::AllOk),
+        "memory|help" | "object|help" => Route::Broadcast(B::First),
+        "memory|stats" | "memory|doctor" | "memory|malloc-stats" => Route::Refuse(R::Because(why::MEMORY)),
+        "debug" => Route::Refuse(R::Because(why::DEBUG)),
+        "wait" => Route::Refuse(R::Because(why::WAIT)),
+        "move" | "swapdb" => Route::Refuse(R::Because(why::DB)),
+        "copy" if has_arg(args, b"db") => Route::Refuse(R::Because(why::DB)),
+        "migrate" => Route::Refuse(R::Because(why::MIGRATE)),
+        "replicaof" | "slaveof" | "sync" | "psync" | "failover" => Route::Refuse(R::Because(why::REPLICATION)),
+        "save" | "bgsave" | "bgrewriteaof" => Route::Refuse(R::Because(why::PERSISTENCE)),
+        "shutdown" => Route::Refuse(R::Because(why::SHUTDOWN)),
         "mget" => Route::Fanout(Fanout::Mget),
         "mset" => Route::Fanout(Fanout::Mset),
         "del" | "unlink" | "exists" | "touch" => Route::Fanout(Fanout::SumKeys),
@@ -244,8 +272,6 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "shardis.reload" => Route::Proxy(ProxyCommand::Reload),
         "shardis.lock" => Route::Proxy(ProxyCommand::Lock),
         "shardis.fence" => Route::Proxy(ProxyCommand::Fence),
-        // Keyed, but they act on other databases or servers.
-        "move" | "migrate" | "copy" if spec.name != "copy" || has_arg(args, b"db") => Route::Refuse(R::Unsupported),
         "xread" | "xreadgroup" if !has_arg(args, b"block") => Route::Keyed,
         "subscribe" | "psubscribe" => Route::Subscribe,
         "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => Route::PubSub,
@@ -258,6 +284,19 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         _ if has_keys(spec) => Route::Keyed,
         _ => Route::Refuse(R::Unsupported),
     }
+}
+
+/// Why the commands a proxy cannot answer honestly are refused.
+mod why {
+    pub const MEMORY: &str = "it describes one server's allocator; run it on a shard (INFO memory sums the shards)";
+    pub const DEBUG: &str = "DEBUG acts on one server's internals (and can stall or crash it); run it on a shard";
+    pub const WAIT: &str = "WAIT counts the replicas of the one server the connection writes to; behind the proxy each write goes to its own shard, so no count would be true";
+    pub const DB: &str = "shardis serves database 0 only (SELECT 0)";
+    pub const MIGRATE: &str = "keys move between shards only by the proxy's own migration after a topology change";
+    pub const REPLICATION: &str = "replication is set up on each shard, not through the proxy, which would make every shard a replica of one server";
+    pub const PERSISTENCE: &str =
+        "persistence is each shard's own; run it on the shards (INFO persistence merges them)";
+    pub const SHUTDOWN: &str = "it would stop every shard; stop the proxy with SIGTERM, and the shards on their own";
 }
 
 /// CLIENT SETINFO came with Redis 7.2, after the 7.0 table; modern clients
@@ -393,8 +432,15 @@ mod tests {
                 .starts_with("ERR unknown command 'shardis.nope'")
         );
         assert_eq!(route("copy a b"), Ok(Route::Keyed));
-        assert_eq!(route("copy a b db 1"), Ok(Route::Refuse(Refusal::Unsupported)));
-        assert_eq!(route("bgsave"), Ok(Route::Refuse(Refusal::Unsupported)));
+        assert_eq!(route("copy a b db 1"), Ok(Route::Refuse(Refusal::Because(why::DB))));
+        assert_eq!(route("bgsave"), Ok(Route::Refuse(Refusal::Because(why::PERSISTENCE))));
+        assert_eq!(route("memory usage k"), Ok(Route::Keyed));
+        assert_eq!(route("object freq k"), Ok(Route::Keyed));
+        assert_eq!(route("memory purge"), Ok(Route::Broadcast(Broadcast::AllOk)));
+        assert_eq!(route("client kill id 1"), Ok(Route::Local(Local::Client)));
+        assert_eq!(route("slowlog get 1"), Ok(Route::Local(Local::Slowlog)));
+        assert_eq!(route("monitor"), Ok(Route::Local(Local::Monitor)));
+        assert_eq!(route("lastsave"), Ok(Route::Refuse(Refusal::Unsupported)));
         assert_eq!(route("config get save"), Ok(Route::Broadcast(Broadcast::ConfigGet)));
         assert_eq!(route("config set a b"), Ok(Route::Broadcast(Broadcast::AdminAgree)));
         assert_eq!(route("eval x 0"), Ok(Route::Keyed));
