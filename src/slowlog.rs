@@ -74,6 +74,18 @@ impl SlowLog {
         (t >= 0).then(|| Duration::from_micros(t as u64))
     }
 
+    /// The settings as CONFIG GET names them: `slowlog-log-slower-than`,
+    /// `slowlog-max-len`.
+    pub fn settings(&self) -> [(&'static str, String); 2] {
+        [
+            (
+                "slowlog-log-slower-than",
+                self.threshold.load(Ordering::Relaxed).to_string(),
+            ),
+            ("slowlog-max-len", self.max_len.load(Ordering::Relaxed).to_string()),
+        ]
+    }
+
     pub fn set_threshold(&self, us: i64) {
         self.threshold.store(us, Ordering::Relaxed);
     }
@@ -217,15 +229,16 @@ pub fn command(log: &SlowLog, args: &[&[u8]], enc: &mut Encoder<'_>) {
 
 /// `CONFIG SET` of the slow log's parameters also sets the proxy's own:
 /// each `slowlog-log-slower-than` / `slowlog-max-len` pair with a value
-/// Redis accepts (the shards get the same CONFIG SET).
+/// Redis accepts (the shards get the same CONFIG SET). CONFIG GET of them
+/// answers the proxy's values ([`SlowLog::settings`]).
 pub fn config_set(log: &SlowLog, args: &[&[u8]]) {
     for pair in args.get(2..).unwrap_or_default().chunks(2) {
         let [k, v] = pair else { continue };
         let Some(v) = std::str::from_utf8(v).ok().and_then(|s| s.parse::<i64>().ok()) else {
             continue;
         };
-        if k.eq_ignore_ascii_case(b"slowlog-log-slower-than") {
-            log.set_threshold(v.max(-1));
+        if k.eq_ignore_ascii_case(b"slowlog-log-slower-than") && v >= -1 {
+            log.set_threshold(v);
         } else if k.eq_ignore_ascii_case(b"slowlog-max-len") && v >= 0 {
             log.set_max_len(v as usize);
         }
@@ -276,7 +289,7 @@ mod tests {
                 b"slowlog-max-len",
                 b"1",
                 b"slowlog-log-slower-than",
-                b"-5",
+                b"-1",
             ],
         );
         assert_eq!(log.len(), 1);

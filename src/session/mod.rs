@@ -405,7 +405,7 @@ impl Session {
                 self.router.parts = parts;
             }
             Plan::Broadcast { merge, script } => {
-                self.config_set(args);
+                let merge = self.config_hook(args, merge);
                 if let Some(body) = script {
                     self.shared.locks.remember_script(&body);
                 }

@@ -20,6 +20,7 @@ use super::replies::At;
 use crate::client::ReplyMode;
 use crate::command::spec::{F_ADMIN, F_MAY_REPLICATE, F_SKIP_MONITOR, F_SKIP_SLOWLOG, F_WRITE};
 use crate::command::{self, Local};
+use crate::merge::Merge;
 use crate::protocol::request::INLINE_ARGS;
 use crate::protocol::{Request, RequestParser};
 use crate::registry::{PauseMode, flag};
@@ -195,11 +196,15 @@ impl Session {
     }
 
     /// A broadcast CONFIG SET: the proxy's slow log follows it as the
-    /// shards' do.
-    pub(super) fn config_set(&self, args: &[&[u8]]) {
+    /// shards' do; CONFIG GET answers the proxy's slow log settings.
+    pub(super) fn config_hook(&self, args: &[&[u8]], mut merge: Merge) -> Merge {
         if self.router.spec.is_some_and(|s| s.name == "config|set") {
             crate::slowlog::config_set(&self.shared.slowlog, args);
         }
+        if let Merge::ConfigGet { own } = &mut merge {
+            own.extend(self.shared.slowlog.settings());
+        }
+        merge
     }
 
     /// The connection becomes a monitor (after MONITOR's OK).

@@ -279,7 +279,7 @@ async fn slowlog_logs_requests_over_the_threshold() {
     let mut c = Raw::connect(proxy.addr);
     assert_eq!(c.cmd(&["SLOWLOG", "RESET"]), "+OK\r\n");
     assert_eq!(c.cmd(&["CONFIG", "SET", "slowlog-log-slower-than", "0"]), "+OK\r\n");
-    // The shards got it too.
+    // The shards got it too, and CONFIG GET answers the proxy's.
     let mut direct = nodes[1].client();
     let v: Vec<String> = redis::cmd("CONFIG")
         .arg("GET")
@@ -287,10 +287,27 @@ async fn slowlog_logs_requests_over_the_threshold() {
         .query(&mut direct)
         .unwrap();
     assert_eq!(v[1], "0");
+    // Set behind the proxy's back on every shard: the proxy still answers its own.
+    for n in &nodes {
+        let _: () = redis::cmd("CONFIG")
+            .arg("SET")
+            .arg("slowlog-max-len")
+            .arg("7")
+            .query(&mut n.client())
+            .unwrap();
+    }
+    let mut r = proxy.conn().await;
+    let got: std::collections::HashMap<String, String> = redis::cmd("CONFIG")
+        .arg("GET")
+        .arg("slowlog-*")
+        .query_async(&mut r)
+        .await
+        .unwrap();
+    assert_eq!(got["slowlog-log-slower-than"], "0");
+    assert_eq!(got["slowlog-max-len"], "128");
     c.cmd(&["CLIENT", "SETNAME", "slowpoke"]);
     let long = "x".repeat(200);
     assert_eq!(c.cmd(&["SET", "slow", &long]), "+OK\r\n");
-    let mut r = proxy.conn().await;
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(-1)
