@@ -210,6 +210,9 @@ fn list_filter(args: &[&[u8]]) -> Result<(Option<ClientType>, Option<Vec<u64>>),
     }
 }
 
+/// The longest CLIENT PAUSE accepted, in milliseconds (about 100 years).
+const MAX_PAUSE_MS: i64 = 100 * 365 * 24 * 3600 * 1000;
+
 /// What the session does after one of these subcommands.
 pub enum After {
     Reply,
@@ -273,6 +276,8 @@ pub fn run(sub: &[u8], args: &[&[u8]], st: &mut ClientState, shared: &Shared, en
         b"pause" => {
             let timeout = match int(args[2]) {
                 Some(ms) if ms < 0 => return fail(enc, "ERR timeout is negative".into()),
+                // About 100 years: past it an end time would not be representable.
+                Some(ms) if ms > MAX_PAUSE_MS => return fail(enc, "ERR timeout is out of range".into()),
                 Some(ms) => Duration::from_millis(ms as u64),
                 None => return fail(enc, "ERR timeout is not an integer or out of range".into()),
             };

@@ -215,6 +215,11 @@ async fn client_pause_write_holds_writes_in_order_and_not_reads() {
         admin.cmd(&["CLIENT", "PAUSE", "10", "NONE"]),
         "-ERR CLIENT PAUSE mode must be WRITE or ALL\r\n"
     );
+    assert_eq!(
+        admin.cmd(&["CLIENT", "PAUSE", "9223372036854775807"]),
+        "-ERR timeout is out of range\r\n"
+    );
+    assert_eq!(admin.cmd(&["PING"]), "+PONG\r\n");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
