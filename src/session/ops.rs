@@ -40,7 +40,8 @@ pub(super) enum Served {
 
 impl Served {
     /// Who serves `plan`; `None` for plans not timed (a blocking command
-    /// waits by design; a subscriber has no reply of its own).
+    /// waits by design; a subscriber has no reply of its own; a refused
+    /// request did not run).
     pub(super) fn of(plan: &Plan, parts: &[(usize, Bytes)]) -> Option<Served> {
         Some(match plan {
             Plan::Forward(s) => Served::Shard(*s),
@@ -48,8 +49,9 @@ impl Served {
             Plan::Split { .. } | Plan::Broadcast { .. } | Plan::Lock(_) | Plan::Park(_) | Plan::Hold | Plan::Tx(_) => {
                 Served::Many
             }
-            Plan::Local(Local::Monitor) | Plan::Block(_) | Plan::Subscribe => return None,
-            Plan::Local(_) | Plan::Admin(_) | Plan::Error(_) => Served::Proxy,
+            // Refused: not run, so not logged (as Redis logs only what it ran).
+            Plan::Local(Local::Monitor) | Plan::Block(_) | Plan::Subscribe | Plan::Error(_) => return None,
+            Plan::Local(_) | Plan::Admin(_) => Served::Proxy,
         })
     }
 

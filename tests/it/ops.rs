@@ -313,6 +313,8 @@ async fn slowlog_logs_requests_over_the_threshold() {
     c.cmd(&["CLIENT", "SETNAME", "slowpoke"]);
     let long = "x".repeat(200);
     assert_eq!(c.cmd(&["SET", "slow", &long]), "+OK\r\n");
+    // Refused, so not run: not logged.
+    assert!(c.cmd(&["DEBUG", "SLEEP", "0"]).starts_with("-ERR"));
     let entries: Vec<redis::Value> = redis::cmd("SLOWLOG")
         .arg("GET")
         .arg(-1)
@@ -327,6 +329,19 @@ async fn slowlog_logs_requests_over_the_threshold() {
         })
         .expect("the SET is logged");
     assert_eq!(set.len(), 6, "Redis's six fields");
+    let first_arg = |e: &redis::Value| match e {
+        redis::Value::Array(f) => match f.get(3) {
+            Some(redis::Value::Array(a)) => a.first().cloned(),
+            _ => None,
+        },
+        _ => None,
+    };
+    assert!(
+        entries
+            .iter()
+            .all(|e| first_arg(e) != Some(redis::Value::BulkString(b"DEBUG".to_vec()))),
+        "a refused command is not logged"
+    );
     let redis::Value::Array(args) = &set[3] else { panic!() };
     assert_eq!(
         args[2],
@@ -388,6 +403,10 @@ async fn memory_usage_and_object_answer_as_the_keys_shard() {
     }
     let purge: String = redis::cmd("MEMORY").arg("PURGE").query_async(&mut c).await.unwrap();
     assert_eq!(purge, "OK");
+    for cmd in ["MEMORY", "OBJECT"] {
+        let help: Vec<String> = redis::cmd(cmd).arg("HELP").query_async(&mut c).await.unwrap();
+        assert!(help[0].starts_with(cmd), "{help:?}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
