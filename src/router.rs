@@ -241,6 +241,9 @@ impl Router {
             Route::Subscribe => Plan::Subscribe,
             Route::Fanout(kind) => fanout(view, kind, req, args, &mut self.parts),
             Route::Broadcast(kind) => broadcast(view, ctx, kind, spec, args, &mut self.parts),
+            Route::Local(_) if view.config.admin_password.is_some() && !ctx.admin && command::admin_only(spec.name) => {
+                Plan::Error(command::needs_admin(spec.name))
+            }
             Route::Local(cmd) => Plan::Local(cmd),
             Route::Transaction(TxCommand::Watch) if !ctx.in_tx => self.watch(view, req, args),
             Route::Transaction(step) => transaction_step(step, ctx),

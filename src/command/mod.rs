@@ -286,6 +286,27 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
     }
 }
 
+/// Commands the proxy answers that act on other clients or see their
+/// traffic: with an `admin_password`, only for a connection that gave it
+/// (`SHARDIS.ADMIN`), as CONFIG SET.
+pub fn admin_only(name: &str) -> bool {
+    matches!(
+        name,
+        "client|kill" | "client|pause" | "client|unpause" | "monitor" | "slowlog|reset"
+    )
+}
+
+/// The refusal of an [`admin_only`] command to a connection that is not admin.
+pub fn needs_admin(name: &str) -> ReplyError {
+    ReplyError::new(
+        crate::error::ErrorKind::NoPerm,
+        format!(
+            "shardis: {} needs SHARDIS.ADMIN <admin_password> first",
+            name.replace('|', " ").to_ascii_uppercase()
+        ),
+    )
+}
+
 /// Why the commands a proxy cannot answer honestly are refused.
 mod why {
     pub const MEMORY: &str = "it describes one server's allocator; run it on a shard (INFO memory sums the shards)";
