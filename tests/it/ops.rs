@@ -165,6 +165,17 @@ async fn client_kill_closes_the_target_and_no_other() {
     assert_eq!(normal.cmd(&["PING"]), "+PONG\r\n");
     // SKIPME yes (the default): the caller stays. (The killed have left.)
     tokio::time::sleep(Duration::from_millis(100)).await;
+    // Filters that pick nobody: none older than 1000 s, no replica, no other user.
+    assert_eq!(killer.cmd(&["CLIENT", "KILL", "MAXAGE", "1000"]), ":0\r\n");
+    assert_eq!(
+        killer.cmd(&["CLIENT", "KILL", "USER", "default", "TYPE", "replica"]),
+        ":0\r\n"
+    );
+    assert_eq!(
+        killer.cmd(&["CLIENT", "KILL", "USER", "bob"]),
+        "-ERR No such user 'bob'\r\n"
+    );
+    assert_eq!(killer.cmd(&["CLIENT", "KILL", "LADDR", "127.0.0.1:1"]), ":0\r\n");
     assert_eq!(killer.cmd(&["CLIENT", "KILL", "TYPE", "normal"]), ":1\r\n");
     assert!(normal.closed());
     assert_eq!(killer.cmd(&["PING"]), "+PONG\r\n");
@@ -172,6 +183,12 @@ async fn client_kill_closes_the_target_and_no_other() {
         killer.cmd(&["CLIENT", "KILL", "ID", "x"]),
         "-ERR client-id should be greater than 0\r\n"
     );
+    // LADDR (the proxy's address): everyone else on it.
+    let mut other = Raw::connect(proxy.addr);
+    assert_eq!(other.cmd(&["PING"]), "+PONG\r\n");
+    let laddr = killer.info("laddr");
+    assert_eq!(killer.cmd(&["CLIENT", "KILL", "LADDR", &laddr]), ":1\r\n");
+    assert!(other.closed());
     // SKIPME no: the caller gets its reply, then the connection closes.
     let me = killer.info("id");
     assert_eq!(killer.cmd(&["CLIENT", "KILL", "ID", &me, "SKIPME", "no"]), ":1\r\n");
