@@ -459,3 +459,39 @@ async fn commands_a_proxy_cannot_honour_are_refused_with_a_reason() {
     assert!(c.cmd(&["LATENCY", "DOCTOR"]).contains("records no latency events"));
     assert_eq!(c.cmd(&["PING"]), "+PONG\r\n", "the connection stays open");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_monitor_that_does_not_read_is_disconnected_not_buffered() {
+    let (_nodes, proxy) = proxy_on_two().await;
+    let mut m = Raw::connect(proxy.addr);
+    assert_eq!(m.cmd(&["MONITOR"]), "+OK\r\n");
+    // About 24 MB of monitor lines, more than the socket buffers and the
+    // monitor's 4096 queued lines hold, while the monitor reads nothing.
+    let value = "v".repeat(1000);
+    let mut c = Raw::connect(proxy.addr);
+    for batch in 0..24 {
+        for i in 0..1000 {
+            c.send(&["SET", &format!("flood:{batch}:{i}"), &value]);
+        }
+        let got = c
+            .read_until(Duration::from_secs(20), |b| b.len() >= 1000 * 5)
+            .expect("the writer stays connected");
+        assert_eq!(got.len(), 1000 * 5, "every SET answered +OK");
+    }
+    // The monitor gets what was already on its way, then the end of the stream.
+    let mut total = 0usize;
+    let mut chunk = vec![0u8; 1 << 20];
+    m.s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    loop {
+        match m.s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => total += n,
+            Err(e) => panic!("the monitor was not disconnected ({total} bytes read): {e}"),
+        }
+    }
+    assert!(
+        total < 24_000 * 1000,
+        "lines were dropped with the monitor: {total} bytes"
+    );
+    assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
+}
