@@ -1,10 +1,26 @@
 //! What the proxy knows of one client connection: its id and addresses,
 //! protocol, name and library (HELLO, CLIENT SETNAME/SETINFO), and whether it
-//! authenticated. Read by the router and changed by local commands.
+//! authenticated; CLIENT REPLY's mode; and its entry in the registry of live
+//! sessions ([`crate::registry`]). Read by the router and changed by local
+//! commands.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 
 use crate::protocol::Protocol;
+use crate::registry::{Desc, Entry};
+
+/// CLIENT REPLY: which replies the client gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ReplyMode {
+    #[default]
+    On,
+    /// No reply at all until CLIENT REPLY ON.
+    Off,
+    /// Set by CLIENT REPLY SKIP: the next command's reply is not sent.
+    SkipNext,
+}
 
 /// Per-connection state that commands can read and change (HELLO, CLIENT
 /// SETNAME, AUTH, ...).
@@ -21,12 +37,15 @@ pub struct ClientState {
     pub addr: String,
     pub laddr: String,
     pub connected_at: std::time::Instant,
+    pub reply: ReplyMode,
+    /// This client in the registry of live sessions (CLIENT LIST / KILL).
+    pub entry: Arc<Entry>,
 }
 
 impl ClientState {
     /// A client that just connected: RESP2, authenticated only when no
     /// password is configured.
-    pub fn new(id: u64, addr: String, laddr: String, needs_password: bool) -> ClientState {
+    pub fn new(id: u64, addr: String, laddr: String, needs_password: bool, entry: Arc<Entry>) -> ClientState {
         ClientState {
             id,
             proto: Protocol::Resp2,
@@ -38,6 +57,19 @@ impl ClientState {
             addr,
             laddr,
             connected_at: std::time::Instant::now(),
+            reply: ReplyMode::On,
+            entry,
         }
+    }
+
+    /// Copies what other sessions read (CLIENT LIST) into the entry, after
+    /// a command that may have changed it (HELLO, CLIENT SETNAME, RESET ...).
+    pub fn publish(&self) {
+        self.entry.set_desc(Desc {
+            name: self.name.clone(),
+            lib_name: self.lib_name.clone(),
+            lib_ver: self.lib_ver.clone(),
+            resp: if self.proto == Protocol::Resp3 { 3 } else { 2 },
+        });
     }
 }

@@ -103,11 +103,20 @@ pub async fn apply(shared: &Shared, cfg: Config, force: bool) -> Result<u64, Rel
             Ok(()) => {}
         }
     }
+    let old_slowlog = (old.config.slowlog_log_slower_than_us, old.config.slowlog_max_len);
     drop(old);
     let applied = shared
         .topology
         .apply_started(cfg, shared.locks.max_ttl(), force, &started)?;
     let topo = applied.topology;
+    // A slow log setting the file changes applies; one it leaves alone keeps
+    // what CONFIG SET may have set since.
+    if topo.config.slowlog_log_slower_than_us != old_slowlog.0 {
+        shared.slowlog.set_threshold(topo.config.slowlog_log_slower_than_us);
+    }
+    if topo.config.slowlog_max_len != old_slowlog.1 {
+        shared.slowlog.set_max_len(topo.config.slowlog_max_len);
+    }
     info!(
         epoch = topo.epoch,
         shards = topo.shards.len(),

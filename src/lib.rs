@@ -26,8 +26,12 @@
 //!   held on them.
 //! - [`topology`]: ring + backend pools + lock group + epoch (+ a hold),
 //!   swapped atomically (`ArcSwap`).
+//! - [`registry`]: the live sessions (CLIENT LIST / KILL) and the client
+//!   pause.
+//! - [`monitor`]: the connected MONITORs and their lines.
+//! - [`slowlog`]: the proxy's SLOWLOG.
 //! - [`state`]: what every session shares: the topology cell, lock service,
-//!   counters.
+//!   counters, the registry, monitors and slow log.
 //! - [`lock`] (actors): [`lock::members`] and the per-session
 //!   [`lock::worker`] that runs Redlock against the members.
 //! - [`info`]: INFO's sections, the proxy's own and those summed over the shards.
@@ -64,12 +68,15 @@ pub mod local;
 pub mod lock;
 pub mod merge;
 pub mod migration;
+pub mod monitor;
 pub mod protocol;
+pub mod registry;
 pub mod ring;
 pub mod router;
 pub mod server;
 pub mod session;
 pub mod shutdown;
+pub mod slowlog;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -1,5 +1,14 @@
 //! Commands the proxy answers itself: connection commands (PING, HELLO, AUTH,
-//! SELECT, CLIENT ..., RESET, QUIT), introspection (COMMAND, INFO) and TIME.
+//! SELECT, CLIENT ..., RESET, QUIT), introspection (COMMAND, INFO), TIME,
+//! and the operator's commands on the proxy itself (MONITOR, SLOWLOG,
+//! LATENCY).
+//!
+//! - [`clients`]: CLIENT LIST / INFO / KILL / PAUSE / REPLY ... across the
+//!   proxy's clients.
+//! - [`latency`]: LATENCY, answered for a proxy that records no events.
+
+mod clients;
+mod latency;
 
 use std::sync::atomic::Ordering;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -25,6 +34,8 @@ pub enum Outcome {
     /// INFO: send `INFO <sections>` to every shard and merge the answers
     /// into this reply.
     Info(Box<Info>, Vec<&'static str>),
+    /// MONITOR: send the reply (OK), then the connection is a monitor.
+    Monitor,
 }
 
 pub fn run(
@@ -84,6 +95,8 @@ pub fn run(
             st.name = None;
             st.authenticated = topo.config.password.is_none();
             st.admin = false;
+            st.reply = crate::client::ReplyMode::On;
+            st.entry.set_flag(crate::registry::flag::NO_EVICT, false);
             enc.proto = Protocol::Resp2;
             enc.simple("RESET");
         }
@@ -105,7 +118,13 @@ pub fn run(
             }
         }
         Local::Hello => hello(args, st, topo, enc),
-        Local::Client => client(args, st, enc),
+        Local::Client => return client(args, st, shared, enc),
+        Local::Monitor => {
+            enc.ok();
+            return Outcome::Monitor;
+        }
+        Local::Slowlog => crate::slowlog::command(&shared.slowlog, args, enc),
+        Local::Latency => latency::command(args, enc),
         Local::Command => command_cmd(args, enc),
         Local::Info => {
             let info = info_request(args, st, shared, topo);
@@ -212,9 +231,15 @@ fn check_name(name: &[u8]) -> Result<(), &'static str> {
     }
 }
 
-fn client(args: &[&[u8]], st: &mut ClientState, enc: &mut Encoder<'_>) {
+fn client(args: &[&[u8]], st: &mut ClientState, shared: &Shared, enc: &mut Encoder<'_>) -> Outcome {
     let sub = args[1].to_ascii_lowercase();
     match sub.as_slice() {
+        b"info" | b"list" | b"kill" | b"pause" | b"unpause" | b"no-evict" | b"reply" | b"trackinginfo" => {
+            return match clients::run(&sub, args, st, shared, enc) {
+                clients::After::Reply => Outcome::Reply,
+                clients::After::Close => Outcome::Close,
+            };
+        }
         b"setname" => match check_name(args[2]) {
             Ok(()) => {
                 st.name = if args[2].is_empty() {
@@ -235,32 +260,40 @@ fn client(args: &[&[u8]], st: &mut ClientState, enc: &mut Encoder<'_>) {
             let attr = args[2].to_ascii_lowercase();
             let value = args[3];
             if value.iter().any(|&c| !(b'!'..=b'~').contains(&c)) {
-                return enc.error(&format!(
+                enc.error(&format!(
                     "ERR {} cannot contain spaces, newlines or special characters.",
                     String::from_utf8_lossy(&attr)
                 ));
+                return Outcome::Reply;
             }
             match attr.as_slice() {
                 b"lib-name" => st.lib_name = Some(Bytes::copy_from_slice(value)),
                 b"lib-ver" => st.lib_ver = Some(Bytes::copy_from_slice(value)),
                 _ => {
-                    return enc.error(&format!(
+                    enc.error(&format!(
                         "ERR Unrecognized option '{}'",
                         command::printable(args[2], 64)
                     ));
+                    return Outcome::Reply;
                 }
             }
             enc.ok();
         }
-        b"info" => enc.verbatim(client_info(st).as_bytes()),
         _ => {
             let lines = [
                 "CLIENT <subcommand> [<arg> [value] [opt] ...]. shardis serves:",
                 "GETNAME",
                 "ID",
                 "INFO",
+                "KILL <ip:port> | KILL <ID|ADDR|LADDR|USER|TYPE|SKIPME|MAXAGE value> ...",
+                "LIST [TYPE <NORMAL|PUBSUB|MASTER|REPLICA>] [ID <id> ...]",
+                "NO-EVICT <ON|OFF>",
+                "PAUSE <timeout> [WRITE|ALL]",
+                "REPLY <ON|OFF|SKIP>",
                 "SETINFO <LIB-NAME|LIB-VER> <value>",
                 "SETNAME <name>",
+                "TRACKINGINFO",
+                "UNPAUSE",
             ];
             enc.array(lines.len());
             for l in lines {
@@ -268,25 +301,7 @@ fn client(args: &[&[u8]], st: &mut ClientState, enc: &mut Encoder<'_>) {
             }
         }
     }
-}
-
-fn client_info(st: &ClientState) -> String {
-    let s = |b: &Option<Bytes>| {
-        b.as_ref()
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-            .unwrap_or_default()
-    };
-    format!(
-        "id={} addr={} laddr={} fd=-1 name={} age={} idle=0 flags=N db=0 sub=0 psub=0 ssub=0 multi=-1 cmd=client|info user=default redir=-1 resp={} lib-name={} lib-ver={}\n",
-        st.id,
-        st.addr,
-        st.laddr,
-        s(&st.name),
-        st.connected_at.elapsed().as_secs(),
-        if st.proto == Protocol::Resp3 { 3 } else { 2 },
-        s(&st.lib_name),
-        s(&st.lib_ver),
-    )
+    Outcome::Reply
 }
 
 fn command_cmd(args: &[&[u8]], enc: &mut Encoder<'_>) {

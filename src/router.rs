@@ -181,13 +181,20 @@ pub struct Router {
     keys: Vec<usize>,
     /// The parts of the last [`Plan::Split`]: (shard, sub-request).
     pub parts: Vec<(usize, Bytes)>,
+    /// The command of the last request routed, if it was found (CLIENT
+    /// LIST's `cmd=`, MONITOR and SLOWLOG read its flags).
+    pub spec: Option<&'static CommandSpec>,
 }
 
 impl Router {
     /// Decides what to do with `req` (whose arguments are `args`).
     pub fn route(&mut self, view: &View<'_>, ctx: Ctx, req: &Request, args: &[&[u8]]) -> Plan {
+        self.spec = None;
         let Lookup { spec, route } = match command::lookup(args) {
-            Ok(l) => l,
+            Ok(l) => {
+                self.spec = Some(l.spec);
+                l
+            }
             // Unknown, wrong arity: not queued, and EXEC answers EXECABORT.
             Err(e) if ctx.in_tx => {
                 return Plan::Tx(TxStep::Refuse(if command::is_proxy_command(args[0]) {
@@ -242,6 +249,9 @@ impl Router {
             Route::ShardPubSub(kind) => pubsub::sharded(view, kind, req, args, &mut self.parts),
             Route::Fanout(kind) => fanout(view, kind, req, args, &mut self.parts),
             Route::Broadcast(kind) => broadcast(view, ctx, kind, spec, args, &mut self.parts),
+            Route::Local(_) if view.config.admin_password.is_some() && !ctx.admin && command::admin_only(spec.name) => {
+                Plan::Error(command::needs_admin(spec.name))
+            }
             Route::Local(cmd) => Plan::Local(cmd),
             Route::Transaction(TxCommand::Watch) if !ctx.in_tx => self.watch(view, req, args),
             Route::Transaction(step) => transaction_step(step, ctx),

@@ -1,6 +1,6 @@
 //! State shared by every session and background task of one proxy: the live
-//! topology, the lock service, counters, the shutdown signal, and where the
-//! configuration came from. Made once per proxy ([`Shared::new`]); nothing here starts tasks or
+//! topology, the lock service, counters, the shutdown signal, where the
+//! configuration came from, the live sessions, monitors and slow log. Made once per proxy ([`Shared::new`]); nothing here starts tasks or
 //! does I/O.
 
 use std::path::PathBuf;
@@ -10,7 +10,10 @@ use std::time::Instant;
 
 use crate::config::Config;
 use crate::lock::service::LockService;
+use crate::monitor::Monitors;
+use crate::registry::Registry;
 use crate::shutdown::Shutdown;
+use crate::slowlog::SlowLog;
 use crate::topology::TopologyCell;
 use crate::workers::Executors;
 
@@ -68,12 +71,19 @@ pub struct Shared {
     /// Fired by SIGTERM / SIGINT (or an embedder): the listener stops,
     /// sessions drain, hooks run. See [`crate::shutdown`].
     pub shutdown: Shutdown,
+    /// The live sessions and the client pause (CLIENT LIST / KILL / PAUSE).
+    pub clients: Registry,
+    /// The connected MONITORs.
+    pub monitors: Monitors,
+    /// The proxy's SLOWLOG.
+    pub slowlog: SlowLog,
 }
 
 impl Shared {
     /// The state of a proxy serving `config`; the first topology's shards
     /// start their connections on `executors` (needs a tokio runtime).
     pub fn new(config: Config, executors: Executors) -> Arc<Shared> {
+        let slowlog = SlowLog::new(config.slowlog_log_slower_than_us, config.slowlog_max_len);
         Arc::new(Shared {
             topology: TopologyCell::new(Arc::new(config), executors),
             stats: Stats::default(),
@@ -82,6 +92,9 @@ impl Shared {
             next_id: AtomicU64::new(1),
             config_path: OnceLock::new(),
             shutdown: Shutdown::new(),
+            clients: Registry::default(),
+            monitors: Monitors::default(),
+            slowlog,
         })
     }
 

@@ -114,6 +114,11 @@ impl Exec {
 impl Transaction {
     /// A transaction opened while watching keys on `shard`: its commands'
     /// keys must live there too.
+    /// Commands queued so far (CLIENT LIST's `multi=`).
+    pub fn queued_count(&self) -> usize {
+        self.queued.len()
+    }
+
     pub fn on_shard(shard: usize) -> Transaction {
         Transaction {
             shard: Some(shard),

@@ -86,6 +86,12 @@ pub enum Local {
     /// one confirmation per channel, from the proxy (a shared backend
     /// connection would answer several frames to one request).
     Unsubscribe,
+    /// MONITOR: the connection receives every command through the proxy.
+    Monitor,
+    /// SLOWLOG: the proxy's own slow log.
+    Slowlog,
+    /// LATENCY: the proxy records no latency events; answered empty.
+    Latency,
 }
 
 /// The sharded pub/sub commands.
@@ -154,6 +160,8 @@ pub enum Refusal {
     Blocking,
     /// CLIENT TRACKING: invalidation messages cannot be delivered.
     Tracking,
+    /// Refused for the reason given.
+    Because(&'static str),
 }
 
 impl Refusal {
@@ -168,6 +176,7 @@ impl Refusal {
                  every shard on connections the client does not own, and the proxy does not forward them; \
                  without them a client-side cache would serve stale values"
                 .to_string(),
+            Refusal::Because(why) => format!("unsupported command '{name}' in shardis: {why}"),
         })
     }
 }
@@ -236,6 +245,25 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "client|setname" | "client|getname" | "client|id" | "client|setinfo" | "client|info" | "client|help" => {
             Route::Local(L::Client)
         }
+        // The proxy's own clients, as Redis answers for its own.
+        "client|list" | "client|kill" | "client|pause" | "client|unpause" | "client|no-evict" | "client|reply" => {
+            Route::Local(L::Client)
+        }
+        "client|trackinginfo" => Route::Local(L::Client),
+        "monitor" => Route::Local(L::Monitor),
+        n if n.starts_with("slowlog|") => Route::Local(L::Slowlog),
+        n if n.starts_with("latency|") => Route::Local(L::Latency),
+        "memory|purge" => Route::Broadcast(B::AllOk),
+        "memory|help" | "object|help" => Route::Broadcast(B::First),
+        "memory|stats" | "memory|doctor" | "memory|malloc-stats" => Route::Refuse(R::Because(why::MEMORY)),
+        "debug" => Route::Refuse(R::Because(why::DEBUG)),
+        "wait" => Route::Refuse(R::Because(why::WAIT)),
+        "move" | "swapdb" => Route::Refuse(R::Because(why::DB)),
+        "copy" if has_arg(args, b"db") => Route::Refuse(R::Because(why::DB)),
+        "migrate" => Route::Refuse(R::Because(why::MIGRATE)),
+        "replicaof" | "slaveof" | "sync" | "psync" | "failover" => Route::Refuse(R::Because(why::REPLICATION)),
+        "save" | "bgsave" | "bgrewriteaof" => Route::Refuse(R::Because(why::PERSISTENCE)),
+        "shutdown" => Route::Refuse(R::Because(why::SHUTDOWN)),
         "mget" => Route::Fanout(Fanout::Mget),
         "mset" => Route::Fanout(Fanout::Mset),
         "del" | "unlink" | "exists" | "touch" => Route::Fanout(Fanout::SumKeys),
@@ -262,8 +290,6 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "shardis.reload" => Route::Proxy(ProxyCommand::Reload),
         "shardis.lock" => Route::Proxy(ProxyCommand::Lock),
         "shardis.fence" => Route::Proxy(ProxyCommand::Fence),
-        // Keyed, but they act on other databases or servers.
-        "move" | "migrate" | "copy" if spec.name != "copy" || has_arg(args, b"db") => Route::Refuse(R::Unsupported),
         "xread" | "xreadgroup" if !has_arg(args, b"block") => Route::Keyed,
         "subscribe" | "psubscribe" => Route::Subscribe,
         "publish" | "pubsub|channels" | "pubsub|numsub" | "pubsub|numpat" => Route::PubSub,
@@ -282,6 +308,40 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         _ if has_keys(spec) => Route::Keyed,
         _ => Route::Refuse(R::Unsupported),
     }
+}
+
+/// Commands the proxy answers that act on other clients or see their
+/// traffic: with an `admin_password`, only for a connection that gave it
+/// (`SHARDIS.ADMIN`), as CONFIG SET.
+pub fn admin_only(name: &str) -> bool {
+    matches!(
+        name,
+        "client|kill" | "client|pause" | "client|unpause" | "monitor" | "slowlog|reset"
+    )
+}
+
+/// The refusal of an [`admin_only`] command to a connection that is not admin.
+pub fn needs_admin(name: &str) -> ReplyError {
+    ReplyError::new(
+        crate::error::ErrorKind::NoPerm,
+        format!(
+            "shardis: {} needs SHARDIS.ADMIN <admin_password> first",
+            name.replace('|', " ").to_ascii_uppercase()
+        ),
+    )
+}
+
+/// Why the commands a proxy cannot answer honestly are refused.
+mod why {
+    pub const MEMORY: &str = "it describes one server's allocator; run it on a shard (INFO memory sums the shards)";
+    pub const DEBUG: &str = "DEBUG acts on one server's internals (and can stall or crash it); run it on a shard";
+    pub const WAIT: &str = "WAIT counts the replicas of the one server the connection writes to; behind the proxy each write goes to its own shard, so no count would be true";
+    pub const DB: &str = "shardis serves database 0 only (SELECT 0)";
+    pub const MIGRATE: &str = "keys move between shards only by the proxy's own migration after a topology change";
+    pub const REPLICATION: &str = "replication is set up on each shard, not through the proxy, which would make every shard a replica of one server";
+    pub const PERSISTENCE: &str =
+        "persistence is each shard's own; run it on the shards (INFO persistence merges them)";
+    pub const SHUTDOWN: &str = "it would stop every shard; stop the proxy with SIGTERM, and the shards on their own";
 }
 
 /// CLIENT SETINFO came with Redis 7.2, after the 7.0 table; modern clients
@@ -419,8 +479,15 @@ mod tests {
                 .starts_with("ERR unknown command 'shardis.nope'")
         );
         assert_eq!(route("copy a b"), Ok(Route::Keyed));
-        assert_eq!(route("copy a b db 1"), Ok(Route::Refuse(Refusal::Unsupported)));
-        assert_eq!(route("bgsave"), Ok(Route::Refuse(Refusal::Unsupported)));
+        assert_eq!(route("copy a b db 1"), Ok(Route::Refuse(Refusal::Because(why::DB))));
+        assert_eq!(route("bgsave"), Ok(Route::Refuse(Refusal::Because(why::PERSISTENCE))));
+        assert_eq!(route("memory usage k"), Ok(Route::Keyed));
+        assert_eq!(route("object freq k"), Ok(Route::Keyed));
+        assert_eq!(route("memory purge"), Ok(Route::Broadcast(Broadcast::AllOk)));
+        assert_eq!(route("client kill id 1"), Ok(Route::Local(Local::Client)));
+        assert_eq!(route("slowlog get 1"), Ok(Route::Local(Local::Slowlog)));
+        assert_eq!(route("monitor"), Ok(Route::Local(Local::Monitor)));
+        assert_eq!(route("lastsave"), Ok(Route::Refuse(Refusal::Unsupported)));
         assert_eq!(route("config get save"), Ok(Route::Broadcast(Broadcast::ConfigGet)));
         assert_eq!(route("config set a b"), Ok(Route::Broadcast(Broadcast::AdminAgree)));
         assert_eq!(route("eval x 0"), Ok(Route::Keyed));

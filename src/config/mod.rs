@@ -54,6 +54,15 @@ pub struct Config {
     /// for its reply until then.
     #[serde(default = "default_shutdown_ms")]
     pub shutdown_ms: u64,
+    /// The proxy's SLOWLOG: requests slower than this many microseconds
+    /// (read to reply) are logged; negative turns the log off. Default
+    /// 10000, as Redis's `slowlog-log-slower-than`. Read at start-up and at
+    /// each reload; `CONFIG SET slowlog-log-slower-than` changes it too.
+    #[serde(default = "default_slowlog_us")]
+    pub slowlog_log_slower_than_us: i64,
+    /// Entries the SLOWLOG keeps (default 128, as Redis's `slowlog-max-len`).
+    #[serde(default = "default_slowlog_len")]
+    pub slowlog_max_len: usize,
     /// A fleet of proxies sharing one topology in etcd (see
     /// [`crate::cluster`]); without it the file is the topology.
     #[serde(default)]
@@ -301,6 +310,12 @@ fn default_weight() -> u32 {
 }
 fn default_shutdown_ms() -> u64 {
     5000
+}
+fn default_slowlog_us() -> i64 {
+    10_000
+}
+fn default_slowlog_len() -> usize {
+    128
 }
 
 /// A configuration that could not be used; the message names the key.

@@ -438,6 +438,22 @@ fn admin_commands_check_the_password_and_permission() {
             ..
         }
     ));
+    // Acting on other clients or seeing their traffic: admin only, when guarded.
+    for cmd in [
+        "CLIENT KILL ID 1",
+        "CLIENT PAUSE 10",
+        "CLIENT UNPAUSE",
+        "MONITOR",
+        "SLOWLOG RESET",
+    ] {
+        let e = error_of(guarded.route(USER, cmd));
+        assert_eq!(e.kind(), ErrorKind::NoPerm, "{cmd}");
+        assert!(matches!(guarded.route(admin, cmd), Plan::Local(_)), "{cmd}");
+        assert!(matches!(open.route(USER, cmd), Plan::Local(_)), "{cmd}");
+    }
+    for cmd in ["CLIENT LIST", "CLIENT INFO", "SLOWLOG GET", "CLIENT REPLY ON"] {
+        assert!(matches!(guarded.route(USER, cmd), Plan::Local(_)), "{cmd}");
+    }
 }
 
 #[test]

@@ -26,8 +26,11 @@
 //! - [`scan`]: SCAN going on into the next shard within one call.
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
+//! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
+//!   timing.
 
 mod admin;
+mod ops;
 mod parked;
 mod parking;
 mod pubsub;
@@ -36,6 +39,8 @@ mod scan;
 mod sharded;
 mod transaction;
 
+use std::collections::VecDeque;
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -44,7 +49,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
 use crate::backend::{Completion, Job, ReplyTo};
@@ -57,6 +62,7 @@ use crate::lock::worker::{self, LockRequest};
 use crate::merge::Merge;
 use crate::protocol::request::INLINE_ARGS;
 use crate::protocol::{Encoder, Request, RequestParser};
+use crate::registry::flag;
 use crate::router::{Ctx, Plan, Router, View};
 use crate::shutdown::Watch;
 use crate::state::Shared;
@@ -108,6 +114,19 @@ pub struct Session {
     drain: Drain,
     /// The client has sent something (at least one byte) since it connected.
     heard: bool,
+    /// Fires when CLIENT KILL picks this client; taken by [`Session::run`].
+    kill: Option<oneshot::Receiver<()>>,
+    /// Lines for this client while it is a MONITOR.
+    monitor: Option<mpsc::Receiver<Bytes>>,
+    /// A request read during a CLIENT PAUSE that holds it: nothing more is
+    /// parsed until the pause ends.
+    held: Option<Request>,
+    /// When the last read happened (the start of its requests' slow log time).
+    read_at: Instant,
+    /// The slow log threshold for the requests of this read (`None`: off).
+    slow: Option<Duration>,
+    /// Requests waiting for their reply, for the slow log.
+    timings: VecDeque<ops::Timing>,
 }
 
 /// A session's part in a shutdown.
@@ -144,8 +163,9 @@ const LINGER_QUIET: Duration = Duration::from_millis(100);
 impl Session {
     pub fn new(shared: Arc<Shared>, id: u64, addr: String, laddr: String) -> Session {
         let cfg = shared.topology.load().config.clone();
+        let (entry, kill) = shared.clients.register(id, addr.clone(), laddr.clone());
         Session {
-            state: ClientState::new(id, addr, laddr, cfg.password.is_some()),
+            state: ClientState::new(id, addr, laddr, cfg.password.is_some(), entry),
             parser: RequestParser::new(cfg.parser_limits()),
             router: Router::default(),
             replies: Replies::default(),
@@ -164,6 +184,12 @@ impl Session {
             watch: shared.shutdown.watch(id),
             drain: Drain::Serving,
             heard: false,
+            kill: Some(kill),
+            monitor: None,
+            held: None,
+            read_at: Instant::now(),
+            slow: None,
+            timings: VecDeque::new(),
             shared,
         }
     }
@@ -173,6 +199,9 @@ impl Session {
     pub async fn run(mut self, mut sock: TcpStream) {
         // Allocated when the client first sends something (see `read_some`).
         let mut rbuf = BytesMut::new();
+        self.state.entry.set_fd(sock.as_raw_fd());
+        // Never taken before: `run` consumes the session.
+        let Some(mut kill) = self.kill.take() else { return };
         loop {
             // While blocked the socket is still read (up to a bound), not
             // parsed: a client that leaves must be noticed, so its blocking
@@ -181,9 +210,11 @@ impl Session {
                 && self.drain != Drain::Draining
                 && self.subscribing.is_none()
                 && self.replies.len() < self.max_pipeline
-                && (self.blocked.is_none() || rbuf.len() < BLOCKED_READ_MAX);
+                && ((self.blocked.is_none() && self.held.is_none()) || rbuf.len() < BLOCKED_READ_MAX);
             tokio::select! {
                 biased;
+                // CLIENT KILL: the connection closes at once, as on Redis.
+                _ = &mut kill => return,
                 c = recv(&mut self.inbox) => {
                     // The session holds a sender, so the channel never closes.
                     let Some(c) = c else { return };
@@ -210,10 +241,16 @@ impl Session {
                     }
                 }
                 Some(ev) = sharded::next_event(&mut self.ssub) => self.shard_event(ev),
+                // None: the monitor fell too far behind (see crate::monitor).
+                line = ops::monitor_line(&mut self.monitor) => if !self.monitor_write(line) { return },
+                _ = ops::pause_over(&self.shared, self.held.is_some()) => self.release_held(&mut rbuf),
                 _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
                 _ = first_request_grace(self.drain) => self.drain = Drain::Draining,
             }
             self.replies.flush(self.state.proto);
+            if !self.timings.is_empty() {
+                self.check_slow();
+            }
             if !self.write_out(&mut sock).await {
                 return;
             }
@@ -230,7 +267,8 @@ impl Session {
             // Every request read is answered (a complete one left unparsed
             // would have a slot: parsing stops only at a full pipeline, a
             // blocked client or a subscriber).
-            if self.drain == Drain::Draining && self.replies.is_empty() && self.blocked.is_none() {
+            if self.drain == Drain::Draining && self.replies.is_empty() && self.blocked.is_none() && self.held.is_none()
+            {
                 linger_close(sock, rbuf).await;
                 return;
             }
@@ -242,7 +280,13 @@ impl Session {
                     linger_close(sock, rbuf).await;
                     return;
                 }
-                match self.subscriber(&mut sock, &mut rbuf, first).await {
+                self.state.entry.set_flag(flag::PUBSUB, true);
+                let subscribed = tokio::select! {
+                    r = self.subscriber(&mut sock, &mut rbuf, first) => r,
+                    _ = &mut kill => return,
+                };
+                self.state.entry.set_flag(flag::PUBSUB, false);
+                match subscribed {
                     Ok(()) => return,
                     Err(e) => {
                         Encoder::new(&mut self.replies.out, self.state.proto).error(&e.to_string());
@@ -286,16 +330,21 @@ impl Session {
         // A guard, not `load_full`: cloning the Arc would bump one reference
         // count shared by every session on every thread, once per read.
         let topo = self.shared.topology.load();
+        let pause = self.ops_read();
         let mut n = 0u64;
         while !self.closing
             && self.blocked.is_none()
+            && self.held.is_none()
             && self.subscribing.is_none()
             && self.replies.len() < self.max_pipeline
         {
             match self.parser.parse(rbuf) {
                 Ok(Some(req)) => {
                     n += 1;
-                    self.dispatch(&topo, req, At::Next, false);
+                    match pause {
+                        Some((mode, _)) if Session::pause_holds(mode, &req) => self.hold_paused(req),
+                        _ => self.dispatch(&topo, req, At::Next, false),
+                    }
                 }
                 Ok(None) => break,
                 Err(e) => {
@@ -325,7 +374,17 @@ impl Session {
             rerouted: at != At::Next,
         };
         let plan = self.router.route(&View::of(topo), ctx, &req, &args);
+        if at != At::Next {
+            return self.execute(topo, plan, &req, &args, at);
+        }
+        self.ops_before(&args);
+        let (seq, served) = (self.replies.next_seq(), ops::Served::of(&plan, &self.router.parts));
+        let tx = matches!(plan, Plan::Tx(_));
         self.execute(topo, plan, &req, &args, at);
+        if tx {
+            self.state.entry.set_multi(self.tx.as_ref().map(|t| t.queued_count()));
+        }
+        self.ops_after(&req, &args, seq, served);
     }
 
     fn execute(&mut self, topo: &Topology, plan: Plan, req: &Request, args: &[&[u8]], at: At) {
@@ -346,6 +405,7 @@ impl Session {
                 // blocking command answers.
                 let seq = self.replies.put(at, Slot::One(None));
                 self.blocked = Some(seq);
+                self.state.entry.set_flag(flag::BLOCKED, true);
                 self.shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
                 let reply = self.reply_to(seq, 0);
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
@@ -369,6 +429,7 @@ impl Session {
                 self.router.parts = parts;
             }
             Plan::Broadcast { merge, script } => {
+                let merge = self.config_hook(args, merge);
                 if let Some(body) = script {
                     self.shared.locks.remember_script(&body);
                 }
@@ -384,11 +445,20 @@ impl Session {
                 if cmd == Local::Reset {
                     self.watching = None;
                     self.ssub = None;
+                    self.stop_monitor();
                 }
                 let mut b = BytesMut::new();
                 let mut enc = Encoder::new(&mut b, proto);
-                match local::run(cmd, args, &mut self.state, &self.shared, topo, &mut enc) {
+                let outcome = local::run(cmd, args, &mut self.state, &self.shared, topo, &mut enc);
+                if matches!(cmd, Local::Hello | Local::Client | Local::Reset) {
+                    self.state.publish();
+                }
+                match outcome {
                     local::Outcome::Reply => self.replies.ready(at, b.freeze()),
+                    local::Outcome::Monitor => {
+                        self.replies.ready(at, b.freeze());
+                        self.start_monitor();
+                    }
                     local::Outcome::Close => {
                         self.replies.ready(at, b.freeze());
                         self.closing = true;
@@ -465,6 +535,7 @@ impl Session {
     fn complete(&mut self, c: Completion) {
         if self.blocked == Some(c.seq) {
             self.blocked = None;
+            self.state.entry.set_flag(flag::BLOCKED, false);
             self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
         }
         if self.scan_step(&c) || self.publish_step(&c) {
@@ -478,10 +549,14 @@ impl Session {
 
 impl Drop for Session {
     /// A client that leaves while blocked is no longer counted as blocked
-    /// (INFO clients).
+    /// (INFO clients); it leaves the registry (CLIENT LIST) and the monitors.
     fn drop(&mut self) {
         if self.blocked.is_some() {
             self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+        }
+        self.shared.clients.remove(self.state.id);
+        if self.monitor.is_some() {
+            self.shared.monitors.remove(self.state.id);
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Reply slots in request order. Every request takes the next slot; backend
 //! replies fill slots in any order; the longest run of finished slots at the
-//! head is written to the client in one write.
+//! head is written to the client in one write. Replies CLIENT REPLY OFF /
+//! SKIP silences are dropped here, in order like the others.
 
 use std::collections::VecDeque;
 
@@ -69,6 +70,10 @@ pub(super) struct Replies {
     /// Ready to write to the client. Grows on first use: an idle client
     /// costs no output buffer.
     pub(super) out: BytesMut,
+    /// While set, the replies of requests put are not sent (CLIENT REPLY).
+    pub(super) muted: bool,
+    /// Sequence numbers of pending slots whose reply is not sent, in order.
+    silent: VecDeque<u64>,
 }
 
 impl Replies {
@@ -78,6 +83,17 @@ impl Replies {
 
     pub(super) fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+
+    /// The sequence number of the oldest slot not written yet (every lower
+    /// one is written).
+    pub(super) fn head_seq(&self) -> u64 {
+        self.head_seq
+    }
+
+    /// The sequence number the next slot put at [`At::Next`] gets.
+    pub(super) fn next_seq(&self) -> u64 {
+        self.head_seq + self.pending.len() as u64
     }
 
     /// Puts `slot` at `at` and returns its sequence number.
@@ -91,7 +107,11 @@ impl Replies {
             }
             At::Next => {
                 self.pending.push_back(slot);
-                self.head_seq + self.pending.len() as u64 - 1
+                let seq = self.head_seq + self.pending.len() as u64 - 1;
+                if self.muted {
+                    self.silent.push_back(seq);
+                }
+                seq
             }
         }
     }
@@ -99,7 +119,9 @@ impl Replies {
     /// A finished reply at `at`: written at once when nothing is before it.
     pub(super) fn ready(&mut self, at: At, reply: Bytes) {
         if at == At::Next && self.pending.is_empty() {
-            self.out.extend_from_slice(&reply);
+            if !self.muted {
+                self.out.extend_from_slice(&reply);
+            }
         } else {
             self.put(at, Slot::Ready(reply));
         }
@@ -108,7 +130,9 @@ impl Replies {
     /// Encodes a reply the proxy makes, in order.
     pub(super) fn reply_with(&mut self, at: At, proto: Protocol, f: impl FnOnce(&mut Encoder<'_>)) {
         if at == At::Next && self.pending.is_empty() {
-            f(&mut Encoder::new(&mut self.out, proto));
+            if !self.muted {
+                f(&mut Encoder::new(&mut self.out, proto));
+            }
         } else {
             let mut b = BytesMut::new();
             f(&mut Encoder::new(&mut b, proto));
@@ -159,6 +183,10 @@ impl Replies {
         while self.pending.front().is_some_and(Slot::is_done) {
             let Some(slot) = self.pending.pop_front() else { break };
             self.head_seq += 1;
+            if self.silent.front() == Some(&(self.head_seq - 1)) {
+                self.silent.pop_front();
+                continue;
+            }
             match slot {
                 Slot::Ready(b) => self.out.extend_from_slice(&b),
                 Slot::One(Some(Ok(frame))) => self.out.extend_from_slice(&frame),
@@ -198,6 +226,24 @@ mod tests {
         // Nothing pending: a local reply goes straight out.
         r.ready(At::Next, Bytes::from_static(b"+d\r\n"));
         assert_eq!(&r.out[..], b"+a\r\n+b\r\n+c\r\n+d\r\n");
+    }
+
+    #[test]
+    fn muted_replies_are_dropped_in_order() {
+        let mut r = Replies::default();
+        let a = r.put(At::Next, Slot::One(None));
+        r.muted = true;
+        let b = r.put(At::Next, Slot::One(None));
+        r.ready(At::Next, Bytes::from_static(b"+muted\r\n"));
+        r.muted = false;
+        r.ready(At::Next, Bytes::from_static(b"+c\r\n"));
+        assert!(r.complete(done(b, b"+b\r\n")).is_none());
+        assert!(r.complete(done(a, b"+a\r\n")).is_none());
+        r.flush(Protocol::Resp2);
+        assert_eq!(&r.out[..], b"+a\r\n+c\r\n");
+        r.muted = true;
+        r.ready(At::Next, Bytes::from_static(b"+muted\r\n"));
+        assert_eq!(&r.out[..], b"+a\r\n+c\r\n");
     }
 
     #[test]

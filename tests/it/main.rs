@@ -13,6 +13,7 @@ mod functions;
 mod info;
 mod locks;
 mod migration;
+mod ops;
 mod protocol;
 mod pubsub;
 mod reload;

@@ -1,0 +1,259 @@
+//! The session's part in the operator's commands: keeping its registry entry
+//! current (last command, idle time, flags), feeding monitors, CLIENT REPLY
+//! muting, holding requests during a CLIENT PAUSE, and timing requests for
+//! the slow log.
+//!
+//! Per read the session takes one `Instant` and loads the pause and the
+//! slow log threshold (relaxed); per request it stores the command's spec
+//! into its entry, loads the monitor count, and, while the slow log is on,
+//! queues the request's seq, that instant and its bytes (a reference-counted
+//! `Bytes`, no copy) until its reply is written. Nothing here locks or
+//! allocates per request unless a monitor is connected or a request is slow.
+
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use smallvec::SmallVec;
+
+use super::Session;
+use super::replies::At;
+use crate::client::ReplyMode;
+use crate::command::spec::{F_ADMIN, F_MAY_REPLICATE, F_SKIP_MONITOR, F_SKIP_SLOWLOG, F_WRITE};
+use crate::command::{self, Local};
+use crate::merge::Merge;
+use crate::protocol::request::INLINE_ARGS;
+use crate::protocol::{Request, RequestParser};
+use crate::registry::{PauseMode, flag};
+use crate::router::Plan;
+use crate::state::Shared;
+use crate::topology::Topology;
+
+/// Who served a request, for the slow log.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Served {
+    Shard(usize),
+    /// Several shards (a split, a broadcast, the lock group).
+    Many,
+    /// The proxy itself.
+    Proxy,
+}
+
+impl Served {
+    /// Who serves `plan`; `None` for plans not timed (a blocking command
+    /// waits by design; a subscriber has no reply of its own; a refused
+    /// request did not run).
+    pub(super) fn of(plan: &Plan, parts: &[(usize, Bytes)]) -> Option<Served> {
+        Some(match plan {
+            Plan::Forward(s) => Served::Shard(*s),
+            Plan::Split { .. } if parts.len() == 1 => Served::Shard(parts[0].0),
+            Plan::Split { .. } | Plan::Broadcast { .. } | Plan::Lock(_) | Plan::Park(_) | Plan::Hold | Plan::Tx(_) => {
+                Served::Many
+            }
+            // Refused: not run, so not logged (as Redis logs only what it ran).
+            Plan::Local(Local::Monitor) | Plan::Block(_) | Plan::Subscribe | Plan::ShardSub { .. } | Plan::Error(_) => {
+                return None;
+            }
+            Plan::Local(_) | Plan::Admin(_) => Served::Proxy,
+        })
+    }
+
+    fn name(self, topo: &Topology) -> String {
+        match self {
+            Served::Shard(i) => topo.names.get(i).map_or_else(|| "-".to_string(), |n| n.to_string()),
+            Served::Many => "*".to_string(),
+            Served::Proxy => "proxy".to_string(),
+        }
+    }
+}
+
+/// A request whose reply is not written yet, for the slow log.
+pub(super) struct Timing {
+    seq: u64,
+    start: Instant,
+    raw: Bytes,
+    served: Served,
+}
+
+impl Session {
+    /// Once per read: when the client was heard from, and the pause and
+    /// slow log settings for the requests of this read.
+    pub(super) fn ops_read(&mut self) -> Option<(PauseMode, Instant)> {
+        let now = Instant::now();
+        self.read_at = now;
+        self.state.entry.touch(now);
+        self.slow = self.shared.slowlog.threshold();
+        self.shared.clients.pause.current()
+    }
+
+    /// Before a request just read is executed: its command into the
+    /// registry entry, a line for the monitors, and whether its reply is
+    /// muted (CLIENT REPLY).
+    pub(super) fn ops_before(&mut self, args: &[&[u8]]) {
+        if let Some(spec) = self.router.spec {
+            self.state.entry.set_cmd(spec);
+            if self.shared.monitors.any() && spec.flags & (F_SKIP_MONITOR | F_ADMIN) == 0 {
+                self.shared.monitors.feed(&self.state.addr, args);
+            }
+        }
+        if self.state.reply != ReplyMode::On {
+            let reply_on = self.router.spec.is_some_and(|s| s.name == "client|reply")
+                && args.get(2).is_some_and(|a| a.eq_ignore_ascii_case(b"on"));
+            self.replies.muted = !reply_on;
+            if self.state.reply == ReplyMode::SkipNext {
+                self.state.reply = ReplyMode::On;
+            }
+        }
+    }
+
+    /// After a request just read was executed: it took slot `seq` if the
+    /// replies have a new one; else it was answered at once.
+    pub(super) fn ops_after(&mut self, req: &Request, args: &[&[u8]], seq: u64, served: Option<Served>) {
+        self.replies.muted = false;
+        let (Some(threshold), Some(served)) = (self.slow, served) else {
+            return;
+        };
+        if self.router.spec.is_some_and(|s| s.flags & F_SKIP_SLOWLOG != 0) {
+            return;
+        }
+        if self.replies.next_seq() > seq {
+            self.timings.push_back(Timing {
+                seq,
+                start: self.read_at,
+                raw: req.raw.clone(),
+                served,
+            });
+        } else if threshold.is_zero() {
+            let topo = self.shared.topology.load();
+            self.log_slow(args, self.read_at.elapsed(), served.name(&topo));
+        }
+    }
+
+    /// After replies were written: logs the finished requests that took at
+    /// least the threshold.
+    pub(super) fn check_slow(&mut self) {
+        let done = self.replies.head_seq();
+        if self.timings.front().is_none_or(|t| t.seq >= done) {
+            return;
+        }
+        let now = Instant::now();
+        let threshold = self.shared.slowlog.threshold();
+        while let Some(t) = self.timings.front() {
+            if t.seq >= done {
+                break;
+            }
+            let Some(t) = self.timings.pop_front() else { break };
+            let took = now.saturating_duration_since(t.start);
+            if threshold.is_some_and(|th| took >= th) {
+                let name = t.served.name(&self.shared.topology.load());
+                let mut buf = BytesMut::from(&t.raw[..]);
+                let limits = self.shared.topology.load().config.parser_limits();
+                if let Ok(Some(req)) = RequestParser::new(limits).parse(&mut buf) {
+                    let args: SmallVec<[&[u8]; INLINE_ARGS]> = req.args().collect();
+                    self.log_slow(&args, took, name);
+                }
+            }
+        }
+    }
+
+    fn log_slow(&self, args: &[&[u8]], took: Duration, shard: String) {
+        let name = self.state.name.as_ref();
+        self.shared.slowlog.add(args, took, &self.state.addr, name, shard);
+    }
+
+    /// Whether a client pause in `mode` holds this request: every request
+    /// under ALL; under WRITE, those that write or may replicate (EVAL,
+    /// PUBLISH ...) and EXEC, as Redis 7.0 holds them.
+    pub(super) fn pause_holds(mode: PauseMode, req: &Request) -> bool {
+        if mode == PauseMode::All {
+            return true;
+        }
+        let args: SmallVec<[&[u8]; INLINE_ARGS]> = req.args().collect();
+        command::lookup(&args).is_ok_and(|l| l.spec.flags & (F_WRITE | F_MAY_REPLICATE) != 0 || l.spec.name == "exec")
+    }
+
+    /// A request read during a pause waits here; the client is read no
+    /// further, as Redis blocks a paused client.
+    pub(super) fn hold_paused(&mut self, req: Request) {
+        self.state.entry.set_flag(flag::BLOCKED, true);
+        self.held = Some(req);
+    }
+
+    /// The pause is over: the held request runs, then what followed it.
+    pub(super) fn release_held(&mut self, rbuf: &mut BytesMut) {
+        let Some(req) = self.held.take() else { return };
+        self.state.entry.set_flag(flag::BLOCKED, false);
+        let topo = self.shared.topology.load();
+        self.dispatch(&topo, req, At::Next, false);
+        drop(topo);
+        self.parse_and_dispatch(rbuf);
+    }
+
+    /// Writes monitor lines; false when the monitor was dropped for falling
+    /// behind (`line` is `None`), and must be disconnected.
+    pub(super) fn monitor_write(&mut self, line: Option<Bytes>) -> bool {
+        let Some(line) = line else { return false };
+        self.replies.out.extend_from_slice(&line);
+        while let Some(Ok(l)) = self.monitor.as_mut().map(|rx| rx.try_recv()) {
+            self.replies.out.extend_from_slice(&l);
+        }
+        true
+    }
+
+    /// A broadcast CONFIG SET: the proxy's slow log follows it as the
+    /// shards' do; CONFIG GET answers the proxy's slow log settings.
+    pub(super) fn config_hook(&self, args: &[&[u8]], mut merge: Merge) -> Merge {
+        if self.router.spec.is_some_and(|s| s.name == "config|set") {
+            crate::slowlog::config_set(&self.shared.slowlog, args);
+        }
+        if let Merge::ConfigGet { own } = &mut merge {
+            own.extend(self.shared.slowlog.settings());
+        }
+        merge
+    }
+
+    /// The connection becomes a monitor (after MONITOR's OK).
+    pub(super) fn start_monitor(&mut self) {
+        self.monitor = Some(self.shared.monitors.add(self.state.id));
+        self.state.entry.set_flag(flag::MONITOR, true);
+    }
+
+    /// RESET: no longer a monitor.
+    pub(super) fn stop_monitor(&mut self) {
+        if self.monitor.take().is_some() {
+            self.shared.monitors.remove(self.state.id);
+            self.state.entry.set_flag(flag::MONITOR, false);
+        }
+    }
+}
+
+/// Resolves when no client pause is in force; never while `holding` is
+/// false.
+pub(super) async fn pause_over(shared: &Shared, holding: bool) {
+    if !holding {
+        return std::future::pending().await;
+    }
+    let p = &shared.clients.pause;
+    loop {
+        let changed = p.changed.notified();
+        tokio::pin!(changed);
+        changed.as_mut().enable();
+        match p.current() {
+            None => return,
+            Some((_, end)) => {
+                tokio::select! {
+                    _ = changed => {}
+                    _ = tokio::time::sleep_until(end.into()) => {}
+                }
+            }
+        }
+    }
+}
+
+/// The next monitor lines; never resolves when the session is no monitor.
+/// `None`: the monitor fell behind and was dropped.
+pub(super) async fn monitor_line(rx: &mut Option<tokio::sync::mpsc::Receiver<Bytes>>) -> Option<Bytes> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
