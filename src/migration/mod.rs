@@ -235,10 +235,14 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// How Redis (7.0) answers a MIGRATE when the target already holds a key: it
+/// passes the target's `RESTORE` error on inside its own.
+const BUSY_FROM_TARGET: &[u8] = b"-ERR Target instance replied with error: BUSYKEY";
+
 pub fn outcome(r: &BackendResult) -> Outcome {
     match r {
         Err(e) => Outcome::Failed(e.to_string()),
-        Ok(frame) if frame.starts_with(b"-BUSYKEY") => Outcome::Busy,
+        Ok(frame) if frame.starts_with(b"-BUSYKEY") || frame.starts_with(BUSY_FROM_TARGET) => Outcome::Busy,
         Ok(frame) if reply::is_error(frame) => {
             Outcome::Failed(String::from_utf8_lossy(&frame[1..]).trim_end().to_string())
         }
@@ -301,6 +305,13 @@ mod tests {
         assert_eq!(outcome(&ok("+NOKEY\r\n")), Outcome::Moved);
         assert_eq!(
             outcome(&ok("-BUSYKEY Target key name already exists.\r\n")),
+            Outcome::Busy
+        );
+        // What redis-server 7.0 actually answers, for one key or a batch.
+        assert_eq!(
+            outcome(&ok(
+                "-ERR Target instance replied with error: BUSYKEY Target key name already exists.\r\n"
+            )),
             Outcome::Busy
         );
         assert_eq!(
