@@ -8,8 +8,9 @@
 //! overwrites a key the target already holds:
 //!
 //! - **the migrator** ([`mover::run`], started by [`crate::control`]), a background task that `SCAN`s every old
-//!   shard that lost slots and migrates each key whose owner changed, in
-//!   batches, to its new owner;
+//!   shard that lost slots, all of them at once, and migrates each key whose
+//!   owner changed to its new owner, in batches sized so that one `MIGRATE`
+//!   blocks its source for a few milliseconds at most ([`pacing`]);
 //! - **the sessions, on demand**: while the migration runs, a command on a
 //!   key whose owner changed first migrates that key from its old owner (a
 //!   no-op answering `NOKEY` once it has moved), and only then runs on the
@@ -43,6 +44,7 @@ use crate::protocol::request::{put_bulk, put_header};
 use crate::ring::Ring;
 
 pub mod mover;
+pub mod pacing;
 
 /// Counters of one migration (INFO migration).
 #[derive(Debug, Default)]
