@@ -8,8 +8,9 @@
 //! overwrites a key the target already holds:
 //!
 //! - **the migrator** ([`mover::run`], started by [`crate::control`]), a background task that `SCAN`s every old
-//!   shard that lost slots and migrates each key whose owner changed, in
-//!   batches, to its new owner;
+//!   shard that lost slots, all of them at once, and migrates each key whose
+//!   owner changed to its new owner, in batches sized so that one `MIGRATE`
+//!   blocks its source for a few milliseconds at most ([`pacing`]);
 //! - **the sessions, on demand**: while the migration runs, a command on a
 //!   key whose owner changed first migrates that key from its old owner (a
 //!   no-op answering `NOKEY` once it has moved), and only then runs on the
@@ -43,6 +44,7 @@ use crate::protocol::request::{put_bulk, put_header};
 use crate::ring::Ring;
 
 pub mod mover;
+pub mod pacing;
 
 /// Counters of one migration (INFO migration).
 #[derive(Debug, Default)]
@@ -235,10 +237,14 @@ pub enum Outcome {
     Failed(String),
 }
 
+/// How Redis (7.0) answers a MIGRATE when the target already holds a key: it
+/// passes the target's `RESTORE` error on inside its own.
+const BUSY_FROM_TARGET: &[u8] = b"-ERR Target instance replied with error: BUSYKEY";
+
 pub fn outcome(r: &BackendResult) -> Outcome {
     match r {
         Err(e) => Outcome::Failed(e.to_string()),
-        Ok(frame) if frame.starts_with(b"-BUSYKEY") => Outcome::Busy,
+        Ok(frame) if frame.starts_with(b"-BUSYKEY") || frame.starts_with(BUSY_FROM_TARGET) => Outcome::Busy,
         Ok(frame) if reply::is_error(frame) => {
             Outcome::Failed(String::from_utf8_lossy(&frame[1..]).trim_end().to_string())
         }
@@ -301,6 +307,13 @@ mod tests {
         assert_eq!(outcome(&ok("+NOKEY\r\n")), Outcome::Moved);
         assert_eq!(
             outcome(&ok("-BUSYKEY Target key name already exists.\r\n")),
+            Outcome::Busy
+        );
+        // What redis-server 7.0 actually answers, for one key or a batch.
+        assert_eq!(
+            outcome(&ok(
+                "-ERR Target instance replied with error: BUSYKEY Target key name already exists.\r\n"
+            )),
             Outcome::Busy
         );
         assert_eq!(

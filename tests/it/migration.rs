@@ -438,3 +438,150 @@ async fn a_new_shard_receives_the_function_libraries_and_scripts() {
     let list: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query_async(&mut c).await.unwrap();
     assert_eq!(list.len(), 1);
 }
+
+/// A fourth shard joins three: every old shard loses keys, and the migrator
+/// walks all three at once (a task per source, batches of adaptive size).
+/// Meanwhile one client overwrites and deletes moving keys and another
+/// counts with pipelined INCRs, and some moving keys were already written on
+/// the new shard (its copy wins). At the end every key is on exactly the
+/// shard the ring names, with its last value; deleted keys stay deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn all_old_shards_are_walked_at_once_and_concurrent_writes_win() {
+    let nodes: Vec<RedisNode> = (0..4).map(|_| RedisNode::start()).collect();
+    let named: Vec<(&str, &RedisNode)> = ["a", "b", "c", "d"].into_iter().zip(nodes.iter()).collect();
+    let proxy = Proxy::start_text(&config_named(&named[..3]), 2).await;
+    let mut c = proxy.conn().await;
+    let n = 40_000;
+    for chunk in 0..n / 5000 {
+        let mut pipe = redis::pipe();
+        for i in chunk * 5000..(chunk + 1) * 5000 {
+            pipe.set(format!("p:{i}"), format!("v{i}")).ignore();
+        }
+        let () = pipe.query_async(&mut c).await.unwrap();
+    }
+    let mut pipe = redis::pipe();
+    for j in 0..50 {
+        pipe.set(format!("ctr:{j}"), 0).ignore();
+    }
+    let () = pipe.query_async(&mut c).await.unwrap();
+    let was: Vec<usize> = (0..n).map(|i| proxy.shard_of(&format!("p:{i}"))).collect();
+    // Some keys that will move are written on "d" directly beforehand: the
+    // target's copy wins over the one a batch brings (BUSYKEY), and the
+    // source's is deleted.
+    let four = config_named(&named);
+    let ring = shardis::ring::Ring::for_config(&shardis::config::Config::parse(&four).unwrap());
+    let direct: Vec<usize> = (0..n)
+        .filter(|&i| i % 3 == 2 && i % 7 == 0 && ring.shard_of(format!("p:{i}").as_bytes()) == 3)
+        .collect();
+    assert!(direct.len() > 50, "{}", direct.len());
+    let mut on_d = nodes[3].client();
+    for &i in &direct {
+        let () = redis::cmd("SET")
+            .arg(format!("p:{i}"))
+            .arg(format!("direct{i}"))
+            .query(&mut on_d)
+            .unwrap();
+    }
+
+    assert!(reload(&proxy, &four, "all4", false).await.is_ok());
+    assert_eq!(
+        info_migration(&mut c).await["migration_shards_left"],
+        "3",
+        "every old shard loses keys"
+    );
+    // Keys that change owner, from each of the three old shards.
+    let moving: Vec<usize> = (0..n).filter(|&i| proxy.shard_of(&format!("p:{i}")) == 3).collect();
+    for s in 0..3 {
+        assert!(
+            moving.iter().filter(|&&i| was[i] == s).count() > n / 40,
+            "keys move off shard {s}"
+        );
+    }
+    // One writer: every 3rd moving key deleted, every 3rd + 1 overwritten,
+    // in pipelines, while the migrator runs.
+    let writer = {
+        let mut c = proxy.conn().await;
+        let moving = moving.clone();
+        tokio::spawn(async move {
+            for chunk in moving.chunks(200) {
+                let mut pipe = redis::pipe();
+                for &i in chunk {
+                    match i % 3 {
+                        0 => pipe.del(format!("p:{i}")),
+                        1 => pipe.set(format!("p:{i}"), format!("new{i}")),
+                        _ => continue,
+                    };
+                }
+                let _: Vec<redis::Value> = pipe.query_async(&mut c).await.unwrap();
+            }
+        })
+    };
+    let counter = {
+        let mut c = proxy.conn().await;
+        tokio::spawn(async move {
+            for round in 1..=30i64 {
+                let mut pipe = redis::pipe();
+                for j in 0..50 {
+                    pipe.incr(format!("ctr:{j}"), 1);
+                }
+                let got: Vec<i64> = pipe.query_async(&mut c).await.unwrap();
+                assert!(got.iter().all(|&v| v == round), "round {round}: {got:?}");
+            }
+        })
+    };
+    writer.await.unwrap();
+    counter.await.unwrap();
+    let info = wait_until_done(&mut c).await;
+    eprintln!("after walking three shards at once: {info:?}");
+    assert_eq!(info["migration_abandoned"], "0", "{info:?}");
+    assert_eq!(info["migration_errors"], "0", "{info:?}");
+    let superseded: usize = info["migration_keys_superseded"].parse().unwrap();
+    assert_eq!(superseded, direct.len(), "{info:?}");
+
+    // What each shard holds of p:0 .. p:n-1 (MGET, one connection each).
+    let held: Vec<Vec<Option<String>>> = nodes
+        .iter()
+        .map(|node| {
+            let mut conn = node.client();
+            (0..n)
+                .collect::<Vec<_>>()
+                .chunks(1000)
+                .flat_map(|ch| {
+                    let keys: Vec<String> = ch.iter().map(|i| format!("p:{i}")).collect();
+                    redis::cmd("MGET")
+                        .arg(&keys)
+                        .query::<Vec<Option<String>>>(&mut conn)
+                        .unwrap()
+                })
+                .collect()
+        })
+        .collect();
+    let mut want_total = 50; // the counters
+    for i in 0..n {
+        let owner = proxy.shard_of(&format!("p:{i}"));
+        let want = match (owner == 3, i % 3) {
+            (true, _) if direct.contains(&i) => Some(format!("direct{i}")),
+            (true, 0) => None,
+            (true, 1) => Some(format!("new{i}")),
+            _ => Some(format!("v{i}")),
+        };
+        want_total += usize::from(want.is_some());
+        for (s, on_s) in held.iter().enumerate() {
+            assert_eq!(
+                on_s[i],
+                want.clone().filter(|_| s == owner),
+                "p:{i}: owner {owner}, shard {s}"
+            );
+        }
+    }
+    for j in 0..50 {
+        let k = format!("ctr:{j}");
+        let v: i64 = redis::cmd("GET")
+            .arg(&k)
+            .query(&mut nodes[proxy.shard_of(&k)].client())
+            .unwrap();
+        assert_eq!(v, 30, "{k}");
+    }
+    let total: i64 = nodes.iter().map(dbsize).sum();
+    assert_eq!(total, want_total as i64, "no key lost, duplicated or brought back");
+}
