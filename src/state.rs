@@ -68,6 +68,8 @@ pub struct Shared {
     /// Fired by SIGTERM / SIGINT (or an embedder): the listener stops,
     /// sessions drain, hooks run. See [`crate::shutdown`].
     pub shutdown: Shutdown,
+    /// The failover task's state (Sentinel subscription, polls), for INFO.
+    pub sentinel: crate::backend::sentinel::SentinelStatus,
 }
 
 impl Shared {
@@ -82,6 +84,7 @@ impl Shared {
             next_id: AtomicU64::new(1),
             config_path: OnceLock::new(),
             shutdown: Shutdown::new(),
+            sentinel: Default::default(),
         })
     }
 

@@ -2,6 +2,9 @@
 //! queued in one batch, and matches each reply frame to the oldest job still
 //! waiting. On failure every waiting job is answered with the error and the
 //! task reconnects with backoff, failing new jobs at once meanwhile.
+//! On a shard whose master the Sentinels name, the task also watches the
+//! endpoint: when the master moves, the connection to the old one is closed
+//! (its waiting jobs fail naming the shard) and the task reconnects at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,12 +12,12 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
-use super::conn::connect;
+use super::conn::connect_to;
 use super::{BackendSpec, Identity, Job, ReplyTo};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::protocol::Protocol;
@@ -36,9 +39,14 @@ pub(super) async fn conn_task(
 ) {
     let mut backoff = Backoff::new(spec.reconnect_min, spec.reconnect_max);
     let mut was_up = true; // log the first failure loudly
+    // Only a followed master's address moves.
+    let mut moves = spec.endpoint.follows().then(|| spec.endpoint.subscribe());
     loop {
-        let failure = match connect(&spec, &identity, proto).await {
-            Ok(stream) => {
+        if let Some(m) = &mut moves {
+            m.borrow_and_update();
+        }
+        let failure = match connect_to(&spec, &identity, proto).await {
+            Ok((stream, addr)) => {
                 if !was_up {
                     info!(shard = %spec.name, addr = %spec.addr, ?proto, lane, "backend connection restored");
                 } else {
@@ -46,7 +54,7 @@ pub(super) async fn conn_task(
                 }
                 was_up = true;
                 backoff.reset();
-                match serve(stream, &mut rx, &spec).await {
+                match serve(stream, &mut rx, &spec, moves.as_mut().map(|m| (m, addr))).await {
                     Ok(()) => return, // pool dropped and every job answered
                     Err(e) => e,
                 }
@@ -65,6 +73,8 @@ pub(super) async fn conn_task(
         loop {
             tokio::select! {
                 _ = sleep_until(retry_at) => break,
+                // The master moved: try it now.
+                _ = moved(moves.as_mut()), if moves.is_some() => break,
                 job = rx.recv() => match job {
                     Some(job) => job.reply.complete(Err(err.clone())),
                     None => return,
@@ -81,7 +91,13 @@ async fn serve(
     stream: TcpStream,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     spec: &BackendSpec,
+    moves: Option<(&mut watch::Receiver<u64>, Arc<String>)>,
 ) -> Result<(), BackendError> {
+    let follows = moves.is_some();
+    let (mut moves, connected) = match moves {
+        Some((m, a)) => (Some(m), Some(a)),
+        None => (None, None),
+    };
     let (mut rd, mut wr) = stream.into_split();
     // Outstanding jobs in write order: where the answer goes, when it was
     // written, and how many reply frames are still due.
@@ -187,6 +203,20 @@ async fn serve(
                     wbuf = BytesMut::with_capacity(16 * 1024);
                 }
             }
+            _ = moved(moves.as_deref_mut()), if follows => {
+                // The first address found, or the same again: nothing moved.
+                if spec.endpoint.addr() == connected {
+                    continue;
+                }
+                break Err(BackendError::new(
+                    BackendErrorKind::ConnectionLost,
+                    &spec.name,
+                    format!(
+                        "the master moved to {} (Sentinel failover); a request in flight may or may not have run on the old master",
+                        spec.endpoint.describe()
+                    ),
+                ));
+            }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 break Err(BackendError::new(
                     BackendErrorKind::Timeout,
@@ -207,4 +237,17 @@ async fn serve(
         }
     }
     result
+}
+
+/// Resolves when the endpoint's address has changed since last seen (never
+/// without a receiver, or once the endpoint is gone).
+async fn moved(moves: Option<&mut watch::Receiver<u64>>) {
+    match moves {
+        Some(m) => {
+            if m.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
 }

@@ -323,7 +323,9 @@ impl Session {
             }
             Plan::Forward(shard) => {
                 let seq = self.replies.put(at, Slot::One(None));
-                self.send(topo, shard, req.raw.clone(), seq, 0);
+                // A read may go to a replica (read_from); one branch for other shards.
+                let job = Job::new(req.raw.clone(), self.reply_to(seq, 0));
+                topo.shards[shard].send_keyed(proto, self.lane, job, args);
             }
             Plan::Block(shard) => {
                 // Like Redis, this client is served nothing more until the
@@ -340,7 +342,9 @@ impl Session {
                 let mut parts = std::mem::take(&mut self.router.parts);
                 let seq = self.replies.put(at, Slot::many(merge, parts.len()));
                 for (part, (shard, sub)) in parts.drain(..).enumerate() {
-                    self.send(topo, shard, sub, seq, part as u32);
+                    // Each part is the same command on fewer keys.
+                    let job = Job::new(sub, self.reply_to(seq, part as u32));
+                    topo.shards[shard].send_keyed(proto, self.lane, job, args);
                 }
                 self.router.parts = parts;
             }
