@@ -485,9 +485,14 @@ async fn reads_go_to_replicas_and_skip_a_dead_one() {
     println!("after killing a replica: {failed} failed reads of 50, {on_live} on the live replica");
     assert_eq!(failed, 0);
     assert_eq!(on_live, 50);
-    let t = info(&mut c, "proxy").await;
+    // The next lag check marks it skipped too (INFO proxy).
+    let mut t = String::new();
+    wait_until_async(Duration::from_secs(2), "the dead replica marked skipped", async || {
+        t = info(&mut c, "proxy").await;
+        t.contains("@skipped/")
+    })
+    .await;
     println!("{}", t.lines().find(|l| l.starts_with("shard0:")).unwrap_or(""));
-    assert!(t.contains("@skipped/"), "{t}");
 
     // No replica left: prefer-replica reads from the master.
     g.replicas[0][1].kill();
@@ -617,4 +622,76 @@ async fn a_lock_member_failover_keeps_mutual_exclusion() {
     for (label, n) in phases {
         assert!(n > 0, "no progress while {label}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_replicas_and_the_role_check_without_sentinel() {
+    let _serial = serial().await;
+    let master = RedisNode::start();
+    let replica = RedisNode::start_replica_of(&master);
+    wait_replica_synced(replica.port);
+    let timeouts = "[timeouts]\ncommand_ms = 500\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
+    // read_from = "replica": reads on the static replica only.
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n{timeouts}[[backends]]\nname = \"s\"\naddr = \"{}\"\nreplicas = [\"{}\"]\nread_from = \"replica\"\n",
+        master.addr(),
+        replica.addr()
+    );
+    let proxy = Proxy::start_text(&text, 0).await;
+    let mut c = proxy.conn().await;
+    wait_until_async(Duration::from_secs(5), "the replica usable", async || {
+        info(&mut c, "proxy").await.contains("@ok/")
+    })
+    .await;
+    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut c).await.unwrap();
+    let port = replica.port;
+    wait_until_async(Duration::from_secs(5), "the write replicated", async || {
+        ask(port, &["GET", "k"]).contains("v")
+    })
+    .await;
+    let before = calls(&replica, "get");
+    for _ in 0..20 {
+        let v: String = redis::cmd("GET").arg("k").query_async(&mut c).await.unwrap();
+        assert_eq!(v, "v");
+    }
+    assert_eq!(calls(&replica, "get") - before, 20);
+    assert_eq!(calls(&master, "get"), 0);
+    // Strict: with the replica gone, reads fail naming the shard; writes go on.
+    drop(replica);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let e = redis::cmd("GET")
+        .arg("k")
+        .query_async::<String>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("backend s unavailable") && e.to_string().contains("no replica"),
+        "{e}"
+    );
+    let _: () = redis::cmd("SET").arg("k").arg("w").query_async(&mut c).await.unwrap();
+    drop(proxy);
+
+    // A shard whose `addr` is a replica: nothing is sent to it.
+    let replica = RedisNode::start_replica_of(&master);
+    wait_replica_synced(replica.port);
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n{timeouts}[[backends]]\nname = \"wrong\"\naddr = \"{}\"\nreplicas = [\"{}\"]\n",
+        replica.addr(),
+        master.addr()
+    );
+    let proxy = Proxy::start_text(&text, 0).await;
+    let mut c = proxy.conn().await;
+    let sets = calls(&replica, "set");
+    let e = redis::cmd("SET")
+        .arg("k")
+        .arg("x")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap_err();
+    println!("write to a shard whose addr is a replica: {e}");
+    assert!(e.to_string().contains("backend wrong unavailable"), "{e}");
+    assert!(e.to_string().contains("not a master"), "{e}");
+    assert_eq!(calls(&replica, "set"), sets, "a write reached the replica");
+    let t = info(&mut c, "proxy").await;
+    assert!(!t.contains("role_refusals=0"), "{t}");
 }
