@@ -54,8 +54,14 @@ pub(super) async fn conn_task(
                 }
                 was_up = true;
                 backoff.reset();
-                match serve(stream, &mut rx, &spec, moves.as_mut().map(|m| (m, addr))).await {
+                match serve(stream, &mut rx, &spec, moves.as_mut().map(|m| (m, addr.clone()))).await {
                     Ok(()) => return, // pool dropped and every job answered
+                    // The master moved: to the new one at once, the jobs
+                    // queued meanwhile go there.
+                    Err(e) if moves.is_some() && spec.endpoint.addr().is_some_and(|a| a != addr) => {
+                        info!(shard = %spec.name, error = %e.detail(), ?proto, lane, "reconnecting to the new master");
+                        continue;
+                    }
                     Err(e) => e,
                 }
             }
@@ -140,6 +146,11 @@ async fn serve(
                                 Some((_, _, left)) if *left > 1 => *left -= 1,
                                 Some(_) => {
                                     if let Some((to, _, _)) = inflight.pop_front() {
+                                        // A followed master that answers READONLY was demoted.
+                                        if follows && frame.starts_with(b"-READONLY") {
+                                            to.complete(Err(demoted(spec, connected.as_deref())));
+                                            continue;
+                                        }
                                         to.complete(Ok(frame));
                                     }
                                 }
@@ -159,6 +170,22 @@ async fn serve(
                 if let Some(e) = failed {
                     break Err(e);
                 }
+            }
+            // Before taking jobs: none is written to a master that has moved
+            // (they wait in the queue for the connection to the new one).
+            _ = moved(moves.as_deref_mut()), if follows => {
+                // The first address found, or the same again: nothing moved.
+                if spec.endpoint.addr() == connected {
+                    continue;
+                }
+                break Err(BackendError::new(
+                    BackendErrorKind::ConnectionLost,
+                    &spec.name,
+                    format!(
+                        "the master moved to {} (Sentinel failover); a request in flight may or may not have run on the old master",
+                        spec.endpoint.describe()
+                    ),
+                ));
             }
             n = rx.recv_many(&mut batch, BATCH), if !closing && inflight.len() < MAX_INFLIGHT => {
                 if n == 0 {
@@ -184,6 +211,18 @@ async fn serve(
                         }
                     }
                 }
+                // The master moved while this batch was gathered: not written
+                // (the error path answers it as unsent).
+                if follows
+                    && moves.as_deref().is_some_and(|m| m.has_changed().unwrap_or(false))
+                    && spec.endpoint.addr() != connected
+                {
+                    break Err(BackendError::new(
+                        BackendErrorKind::Unavailable,
+                        &spec.name,
+                        format!("the master moved to {} (Sentinel failover)", spec.endpoint.describe()),
+                    ));
+                }
                 last_batch = batch.len();
                 let now = Instant::now();
                 for job in batch.drain(..) {
@@ -202,20 +241,6 @@ async fn serve(
                 if wbuf.capacity() > 1024 * 1024 {
                     wbuf = BytesMut::with_capacity(16 * 1024);
                 }
-            }
-            _ = moved(moves.as_deref_mut()), if follows => {
-                // The first address found, or the same again: nothing moved.
-                if spec.endpoint.addr() == connected {
-                    continue;
-                }
-                break Err(BackendError::new(
-                    BackendErrorKind::ConnectionLost,
-                    &spec.name,
-                    format!(
-                        "the master moved to {} (Sentinel failover); a request in flight may or may not have run on the old master",
-                        spec.endpoint.describe()
-                    ),
-                ));
             }
             _ = sleep_until(deadline.unwrap_or_else(Instant::now)), if deadline.is_some() => {
                 break Err(BackendError::new(
@@ -250,4 +275,19 @@ async fn moved(moves: Option<&mut watch::Receiver<u64>>) {
         }
         None => std::future::pending::<()>().await,
     }
+}
+
+/// The error for a write refused with READONLY by a followed master: it was
+/// demoted (a failover is under way); the write did not run. Asks the
+/// Sentinels again at once.
+fn demoted(spec: &BackendSpec, addr: Option<&String>) -> BackendError {
+    spec.endpoint.mark_stale();
+    BackendError::new(
+        BackendErrorKind::Unavailable,
+        &spec.name,
+        format!(
+            "{} is a replica now (Sentinel failover under way): the write was refused, not run",
+            addr.map_or("the master", |a| a.as_str())
+        ),
+    )
 }
