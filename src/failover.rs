@@ -123,17 +123,28 @@ async fn check_shard(shard: &Shard, history: &mut VecDeque<(Instant, u64)>) -> b
                 warn!(shard = %shard.spec.name, error = %e, "could not ask the Sentinels for the master");
             }
         }
-        if let Some(r) = &shard.replicas {
-            match sentinel::ask_replicas(sentinels, name, within).await {
-                Ok(list) => {
-                    let addrs: Vec<String> = list.iter().map(|r| r.addr.clone()).collect();
-                    if r.set(&addrs) {
-                        info!(shard = %shard.spec.name, replicas = ?addrs, "replicas (from the Sentinels)");
-                    }
-                    sentinel_says = Some(list);
+        match sentinel::ask_replicas(sentinels, name, within).await {
+            Ok(list) => {
+                let addrs: Vec<String> = list.iter().map(|r| r.addr.clone()).collect();
+                ep.set_known_replicas(
+                    list.iter()
+                        .map(|r| {
+                            if r.healthy {
+                                r.addr.clone()
+                            } else {
+                                format!("{}(down)", r.addr)
+                            }
+                        })
+                        .collect(),
+                );
+                if let Some(r) = &shard.replicas
+                    && r.set(&addrs)
+                {
+                    info!(shard = %shard.spec.name, replicas = ?addrs, "replicas (from the Sentinels)");
                 }
-                Err(e) => debug!(shard = %shard.spec.name, error = %e, "could not ask the Sentinels for the replicas"),
+                sentinel_says = Some(list);
             }
+            Err(e) => debug!(shard = %shard.spec.name, error = %e, "could not ask the Sentinels for the replicas"),
         }
     }
     if let Some(r) = &shard.replicas {
@@ -317,6 +328,9 @@ pub fn shard_info(s: &Shard) -> String {
     );
     if let Some(name) = ep.master_name() {
         t.push_str(&format!(",sentinel_master={name}"));
+        if s.replicas.is_none() {
+            t.push_str(&format!(",replicas={}", ep.known_replicas().join(";")));
+        }
     }
     if let Some(r) = &s.replicas {
         let list: Vec<String> = r

@@ -283,6 +283,7 @@ async fn a_killed_master_is_followed_and_the_old_one_takes_no_write() {
     println!("INFO proxy: {line}");
     assert!(line.contains(&format!("master=127.0.0.1:{new_port}")), "{line}");
     assert!(line.contains("failovers=1"), "{line}");
+    assert!(line.contains(",replicas="), "{line}");
     assert!(text.contains("sentinel_switch_events:"), "{text}");
     // The ring did not change: the keys are where they were.
     assert_eq!(key_per_shard(&proxy, 3, "fo:"), keys);

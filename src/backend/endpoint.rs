@@ -79,6 +79,8 @@ pub struct Endpoint {
     /// Handshakes that checked ROLE, and those refused for the wrong role.
     pub role_checks: AtomicU64,
     pub role_refusals: AtomicU64,
+    /// The replicas the Sentinels last listed (for INFO).
+    known_replicas: std::sync::Mutex<Vec<String>>,
 }
 
 impl PartialEq for Endpoint {
@@ -108,6 +110,7 @@ impl Endpoint {
             failovers: AtomicU64::new(0),
             role_checks: AtomicU64::new(0),
             role_refusals: AtomicU64::new(0),
+            known_replicas: std::sync::Mutex::new(Vec::new()),
         }
     }
 
@@ -196,6 +199,16 @@ impl Endpoint {
         }
     }
 
+    /// Records the replicas the Sentinels list (`addr` or `addr(down)`).
+    pub fn set_known_replicas(&self, list: Vec<String>) {
+        *self.known_replicas.lock().unwrap_or_else(|p| p.into_inner()) = list;
+    }
+
+    /// The replicas the Sentinels last listed.
+    pub fn known_replicas(&self) -> Vec<String> {
+        self.known_replicas.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
     /// Whether the last connection attempt succeeded.
     #[inline]
     pub fn is_up(&self) -> bool {
@@ -241,5 +254,36 @@ impl Endpoint {
         self.addr()
             .map(|a| (a, moved))
             .ok_or_else(|| "no address known".to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stale_sentinel_answer_never_moves_the_master_back() {
+        let cfg = Arc::new(SentinelConfig {
+            addrs: vec!["127.0.0.1:1".into()],
+            username: None,
+            password: None,
+            poll_ms: 1000,
+            subscribe: true,
+        });
+        let ep = Endpoint::sentinel("m", cfg.clone());
+        let mut seen = ep.subscribe();
+        assert!(ep.addr().is_none());
+        assert!(!ep.adopt("s", "10.0.0.1:6379", 1), "the first address is no failover");
+        assert!(seen.has_changed().unwrap());
+        seen.borrow_and_update();
+        assert!(!ep.adopt("s", "10.0.0.1:6379", 1), "the same address again");
+        assert!(!seen.has_changed().unwrap());
+        assert!(ep.adopt("s", "10.0.0.2:6379", 2), "a failover");
+        assert_eq!(ep.failovers.load(Ordering::Relaxed), 1);
+        assert!(!ep.adopt("s", "10.0.0.1:6379", 1), "an older epoch is stale");
+        assert_eq!(ep.describe(), "10.0.0.2:6379");
+        // Equal configuration, whatever the live state: a reload keeps the pool.
+        assert_eq!(ep, Endpoint::sentinel("m", cfg));
+        assert_ne!(Endpoint::fixed("h:1", None), Endpoint::fixed("h:1", Some(Role::Master)));
     }
 }
