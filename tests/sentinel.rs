@@ -9,7 +9,11 @@
 //!   re-ask, and the subscription survives the death of its Sentinel;
 //! - reads go to replicas (their `INFO commandstats`), a dead replica is
 //!   skipped, writes never land on one;
-//! - a lock-group member's failover keeps Redlock's mutual exclusion.
+//! - a lock-group member's failover keeps Redlock's mutual exclusion;
+//! - static replicas, strict `read_from = "replica"`, a shard whose `addr`
+//!   is a replica refusing writes (ROLE check);
+//! - keys migrate to the current master of a followed shard added by a
+//!   reload.
 //!
 //! The scenarios run one at a time (a static lock): each starts a dozen
 //! processes, and the machines have two cores. Each prints what it measured;
@@ -717,4 +721,65 @@ async fn static_replicas_and_the_role_check_without_sentinel() {
     assert_eq!(calls(&replica, "set"), sets, "a write reached the replica");
     let t = info(&mut c, "proxy").await;
     assert!(!t.contains("role_refusals=0"), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_migrate_to_the_current_master_of_a_followed_shard() {
+    let _serial = serial().await;
+    let mut g = Group::start(1, 1);
+    // The monitored master fails over before the proxy knows the shard.
+    let old = g.masters[0].port;
+    g.masters[0].kill();
+    let master = g.wait_new_master("shard-0", old, Duration::from_secs(30)).await;
+    let (a, b) = (RedisNode::start(), RedisNode::start());
+    let timeouts = "[timeouts]\ncommand_ms = 500\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
+    let plain = format!(
+        "listen = \"127.0.0.1:0\"\n{timeouts}[[backends]]\nname = \"a\"\naddr = \"{}\"\n[[backends]]\nname = \"b\"\naddr = \"{}\"\n",
+        a.addr(),
+        b.addr()
+    );
+    let proxy = Proxy::start_text(&plain, 0).await;
+    let mut c = proxy.conn().await;
+    for i in 0..300 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("m{i}"))
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // Reload: a third shard, given by its Sentinel master name.
+    let addrs: Vec<String> = g.sentinels.iter().map(|s| format!("\"{}\"", s.addr())).collect();
+    let text = format!(
+        "{plain}[[backends]]\nname = \"c\"\nmaster = \"shard-0\"\n[sentinel]\naddrs = [{}]\n",
+        addrs.join(", ")
+    );
+    let dir = std::env::temp_dir().join(format!("shardis-sentinel-reload-{}", proxy.addr.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    shardis::control::reload(&proxy.shared, &path).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    wait_until_async(Duration::from_secs(30), "the migration to finish", async || {
+        info(&mut c, "migration").await.contains("migration_in_progress:0")
+    })
+    .await;
+    let on_c = (0..300).filter(|i| proxy.shard_of(&format!("m{i}")) == 2).count();
+    for i in 0..300 {
+        let v: i64 = redis::cmd("GET")
+            .arg(format!("m{i}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(v, i);
+    }
+    let dbsize = ask(master, &["DBSIZE"]);
+    println!(
+        "{on_c} keys moved to shard c's master (port {master}): DBSIZE {}",
+        dbsize.trim()
+    );
+    assert!(on_c > 50, "{on_c}");
+    assert_eq!(dbsize.trim(), format!(":{on_c}"));
+    let t = info(&mut c, "proxy").await;
+    assert!(t.contains(&format!("master=127.0.0.1:{master}")), "{t}");
 }
