@@ -81,6 +81,9 @@ pub struct Endpoint {
     pub role_refusals: AtomicU64,
     /// The replicas the Sentinels last listed (for INFO).
     known_replicas: std::sync::Mutex<Vec<String>>,
+    /// One connection asks the Sentinels at a time; the others wait for its
+    /// answer (a shard's many connections fail together).
+    asking: tokio::sync::Mutex<()>,
 }
 
 impl PartialEq for Endpoint {
@@ -111,6 +114,7 @@ impl Endpoint {
             role_checks: AtomicU64::new(0),
             role_refusals: AtomicU64::new(0),
             known_replicas: std::sync::Mutex::new(Vec::new()),
+            asking: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -238,9 +242,19 @@ impl Endpoint {
     /// (a failover) beside it.
     pub async fn resolve(&self, shard: &str, within: Duration) -> Result<(Arc<String>, bool), String> {
         let mut moved = false;
+        let needed = || self.addr.load().is_none() || self.stale.load(Ordering::Acquire);
         if let Source::Sentinel { master, sentinel } = &self.source
-            && (self.addr.load().is_none() || self.stale.swap(false, Ordering::AcqRel))
+            && needed()
         {
+            let _one = self.asking.lock().await;
+            // Another connection may have asked while this one waited.
+            if !needed() {
+                return self
+                    .addr()
+                    .map(|a| (a, false))
+                    .ok_or_else(|| "no address known".to_string());
+            }
+            self.stale.store(false, Ordering::Release);
             match sentinel::ask_master(sentinel, master, within).await {
                 Ok(m) => moved = self.adopt(shard, &m.addr, m.epoch),
                 Err(e) => {
