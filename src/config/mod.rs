@@ -266,7 +266,12 @@ pub struct Backend {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub replicas: Vec<String>,
     /// A replica further behind its master than this is not read from.
-    #[serde(default = "sentinel::default_max_replica_lag_ms")]
+    /// (Left out of a serialized topology when default, so a fleet proxy
+    /// of an earlier version still reads it.)
+    #[serde(
+        default = "sentinel::default_max_replica_lag_ms",
+        skip_serializing_if = "sentinel::is_default_lag"
+    )]
     pub max_replica_lag_ms: u64,
     /// Relative share of the key space (default 1).
     #[serde(default = "default_weight")]

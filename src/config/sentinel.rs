@@ -58,6 +58,10 @@ pub(super) fn default_max_replica_lag_ms() -> u64 {
     5000
 }
 
+pub(super) fn is_default_lag(ms: &u64) -> bool {
+    *ms == default_max_replica_lag_ms()
+}
+
 /// How often replicas are polled when the configuration has no `[sentinel]`.
 pub const DEFAULT_POLL_MS: u64 = 1000;
 
@@ -147,6 +151,17 @@ mod tests {
              [[backends]]\nname = \"b\"\naddr = \"127.0.0.1:7002\"\nreplicas = [\"127.0.0.1:7003\"]\nread_from = \"replica\"\n"
         );
         let c = Config::parse(&text).unwrap();
+        // A plain backend serializes as before (fleet proxies of earlier versions read it).
+        let plain = serde_json::to_string(
+            &Config::parse("[[backends]]\nname=\"a\"\naddr=\"h:1\"\n")
+                .unwrap()
+                .backends,
+        )
+        .unwrap();
+        assert_eq!(
+            plain,
+            r#"[{"name":"a","addr":"h:1","weight":1,"username":null,"password":null}]"#
+        );
         assert_eq!(c.backends[0].master.as_deref(), Some("shard-a"));
         assert_eq!(c.backends[0].read_from, super::ReadFrom::PreferReplica);
         assert_eq!(c.backends[1].replicas, ["127.0.0.1:7003"]);
