@@ -268,12 +268,23 @@ impl Shard {
 
     /// As [`Shard::send`] for a request forwarded as the client sent it
     /// (`args`): on a shard that reads from replicas, a read-only command
-    /// goes to one of them (see [`replicas`]). One branch for other shards.
+    /// goes to one of them (see [`replicas`]) if `replica_ok()` (the caller's
+    /// say: not while keys move, when a replica may not have a key just
+    /// migrated to its master yet). One branch for other shards, which never
+    /// call `replica_ok`.
     #[inline]
-    pub fn send_keyed(&self, proto: Protocol, lane: usize, job: Job, args: &[&[u8]]) {
+    pub fn send_keyed(
+        &self,
+        proto: Protocol,
+        lane: usize,
+        job: Job,
+        args: &[&[u8]],
+        replica_ok: impl FnOnce() -> bool,
+    ) {
         match &self.replicas {
             None => self.send(proto, lane, job),
-            Some(r) => r.send(self, proto, lane, job, args),
+            Some(r) if replica_ok() => r.send(self, proto, lane, job, args),
+            Some(_) => self.send(proto, lane, job),
         }
     }
 

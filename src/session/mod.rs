@@ -323,9 +323,11 @@ impl Session {
             }
             Plan::Forward(shard) => {
                 let seq = self.replies.put(at, Slot::One(None));
-                // A read may go to a replica (read_from); one branch for other shards.
+                // A read may go to a replica (read_from), but not while keys
+                // move (a replica may lack a key just moved to its master).
                 let job = Job::new(req.raw.clone(), self.reply_to(seq, 0));
-                topo.shards[shard].send_keyed(proto, self.lane, job, args);
+                let steady = || at == At::Next && topo.active_migration().is_none() && topo.hold.is_none();
+                topo.shards[shard].send_keyed(proto, self.lane, job, args, steady);
             }
             Plan::Block(shard) => {
                 // Like Redis, this client is served nothing more until the
@@ -344,7 +346,8 @@ impl Session {
                 for (part, (shard, sub)) in parts.drain(..).enumerate() {
                     // Each part is the same command on fewer keys.
                     let job = Job::new(sub, self.reply_to(seq, part as u32));
-                    topo.shards[shard].send_keyed(proto, self.lane, job, args);
+                    let steady = || at == At::Next && topo.active_migration().is_none() && topo.hold.is_none();
+                    topo.shards[shard].send_keyed(proto, self.lane, job, args, steady);
                 }
                 self.router.parts = parts;
             }
