@@ -11,9 +11,11 @@
 #   phase 1:  it (local redis-server processes), alone: its lock tests are
 #             timing-sensitive
 #   phase 2:  fleet (local etcd + processes), then  |  containers (Docker)
-#             the lib's and bin's unit tests, the
-#             other test binaries, the benches in
-#             test mode, doc tests
+#             sentinel (redis-server masters,
+#             replicas and Sentinels), then the lib's
+#             and bin's unit tests, the other test
+#             binaries, the benches in test mode,
+#             doc tests
 #
 # Lanes never share a resource other than the CPU: tests take free ports, and
 # Docker's containers only publish on ports Docker picks or the tests found
@@ -125,7 +127,7 @@ lane() {
   for l in "$@"; do run_bin "$l"; done
 }
 
-heavy=(test-it test-fleet test-containers)
+heavy=(test-it test-fleet test-sentinel test-containers)
 light=()
 while read -r label _; do
   case " ${heavy[*]} " in *" $label "*) ;; *) light+=("$label") ;; esac
@@ -136,10 +138,13 @@ done <"$logs/executables"
 # missed it once on 2 cores (locks::mutual_exclusion_with_a_member_hung_then_killed).
 lane test-it
 
-# Phase 2: fleet, then everything light and the doc tests (cargo builds them:
-# CPU) | containers (mostly waiting on Docker; the longest lane).
+# Phase 2: fleet, then sentinel, then everything light and the doc tests
+# (cargo builds them: CPU) | containers (mostly waiting on Docker; the longest
+# lane). Sentinel (about 75 s of failovers, each timed against the Sentinels'
+# own) runs after fleet rather than beside it, before the doc-test build.
 (
   lane test-fleet
+  lane test-sentinel
   lane "${light[@]}"
   run doc cargo test --doc -- "${test_args[@]}"
 ) &

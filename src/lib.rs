@@ -17,7 +17,8 @@
 //! - [`workers`]: thread-per-core worker runtimes.
 //! - [`shutdown`]: the graceful-shutdown signal, its hooks, SIGTERM/SIGINT.
 //! - [`backend`]: per-shard pipelined connections, timeouts, reconnects; the
-//!   one way to call a backend.
+//!   one way to call a backend; the master's address followed through
+//!   Sentinel, the ROLE check, reads on replicas.
 //! - [`lock`] (data): the lock group, lock-key classification, quorum
 //!   arithmetic, the lock service's shared state.
 //! - [`migration`]: the plan of a key move after a ring change (data), and
@@ -34,6 +35,8 @@
 //!   counters, the registry, monitors and slow log.
 //! - [`lock`] (actors): [`lock::members`] and the per-session
 //!   [`lock::worker`] that runs Redlock against the members.
+//! - [`failover`]: the per-proxy task that follows Sentinel failovers
+//!   (`+switch-master` and a periodic re-ask) and checks replicas' lag.
 //! - [`info`]: INFO's sections, the proxy's own and those summed over the shards.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`transaction`]: MULTI/EXEC when every key is on one shard.
@@ -62,6 +65,7 @@ pub mod command;
 pub mod config;
 pub mod control;
 pub mod error;
+pub mod failover;
 pub mod hold;
 pub mod info;
 pub mod local;

@@ -440,12 +440,14 @@ fn info_request(args: &[&[u8]], st: &ClientState, shared: &Shared, topo: &Topolo
         let counts = topo.ring.slot_counts();
         for (i, s) in topo.shards.iter().enumerate() {
             t.push_str(&format!(
-                "shard{i}:name={},addr={},slots={}\r\n",
+                "shard{i}:name={},addr={},slots={}{}\r\n",
                 s.name(),
                 s.spec.addr,
-                counts.get(i).copied().unwrap_or(0)
+                counts.get(i).copied().unwrap_or(0),
+                crate::failover::shard_info(s)
             ));
         }
+        t.push_str(&crate::failover::sentinel_info(shared, topo));
         t.push_str("\r\n");
         own.push(("proxy", t));
     }

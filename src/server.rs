@@ -44,6 +44,8 @@ impl Server {
         let addr = listen.unwrap_or(&config.listen).to_string();
         let listener = bind_reuseport(&addr).await?;
         let shared = Shared::new(config, executors.clone());
+        // Follows Sentinel failovers and replicas' lag (idle without them).
+        crate::failover::spawn(&shared);
         Ok(Server {
             shared,
             listener,

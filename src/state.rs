@@ -77,6 +77,8 @@ pub struct Shared {
     pub monitors: Monitors,
     /// The proxy's SLOWLOG.
     pub slowlog: SlowLog,
+    /// The failover task's state (Sentinel subscription, polls), for INFO.
+    pub sentinel: crate::backend::sentinel::SentinelStatus,
 }
 
 impl Shared {
@@ -95,6 +97,7 @@ impl Shared {
             clients: Registry::default(),
             monitors: Monitors::default(),
             slowlog,
+            sentinel: Default::default(),
         })
     }
 

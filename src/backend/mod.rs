@@ -10,6 +10,11 @@
 //!   timeouts, reconnects).
 //! - [`dedicated`]: connections of their own (blocking commands, subscribers).
 //! - [`backoff`]: the retry delays every backend caller shares.
+//! - [`endpoint`]: where a shard's connections go (a fixed address or the
+//!   master the Sentinels name) and the ROLE the server there must have.
+//! - [`sentinel`]: asking the Sentinels (master, replicas, `+switch-master`).
+//! - [`replicas`]: a shard's replica pools and reads on them
+//!   ([`Shard::send_keyed`]).
 //!
 //! Failure handling: a connect or handshake that fails, a reply that does not
 //! arrive within the command timeout, or a broken socket fails every
@@ -21,6 +26,9 @@
 pub mod backoff;
 mod conn;
 mod dedicated;
+pub mod endpoint;
+pub mod replicas;
+pub mod sentinel;
 pub use dedicated::one_shot;
 mod pipeline;
 
@@ -31,10 +39,12 @@ use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
-use crate::config;
+use crate::config::{self, ReadFrom};
 pub use crate::error::{BackendError, BackendErrorKind};
 use crate::protocol::Protocol;
 use crate::workers::Executors;
+use endpoint::{Endpoint, Role};
+use replicas::Replicas;
 
 /// What a backend answered to one job: the raw reply frame, or why not.
 pub type BackendResult = Result<Bytes, BackendError>;
@@ -117,7 +127,15 @@ impl Job {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BackendSpec {
     pub name: Arc<str>,
+    /// The configured address; `sentinel:<master name>` for a shard whose
+    /// master the Sentinels name. Where connections go is `endpoint`.
     pub addr: String,
+    /// The live address (followed through failovers) and the ROLE check.
+    pub endpoint: Arc<Endpoint>,
+    pub read_from: ReadFrom,
+    /// Static replicas (a shard without Sentinel).
+    pub replicas: Vec<String>,
+    pub max_replica_lag: Duration,
     pub username: Option<String>,
     pub password: Option<String>,
     pub connect_timeout: Duration,
@@ -128,10 +146,42 @@ pub struct BackendSpec {
 }
 
 impl BackendSpec {
+    /// A backend at a fixed address with no replicas, credentials or
+    /// Sentinel, with default timeouts (administrative calls, tests).
+    pub fn plain(name: &str, addr: &str) -> BackendSpec {
+        BackendSpec {
+            name: Arc::from(name),
+            addr: addr.to_string(),
+            endpoint: Arc::new(Endpoint::fixed(addr, None)),
+            read_from: ReadFrom::Master,
+            replicas: Vec::new(),
+            max_replica_lag: Duration::from_secs(5),
+            username: None,
+            password: None,
+            connect_timeout: Duration::from_secs(2),
+            command_timeout: Duration::from_secs(2),
+            reconnect_min: Duration::from_millis(100),
+            reconnect_max: Duration::from_secs(1),
+            connections: 1,
+        }
+    }
+
     pub fn from_config(b: &config::Backend, cfg: &config::Config) -> Self {
+        let (addr, endpoint) = match (&b.master, &cfg.sentinel) {
+            (Some(m), Some(s)) => (format!("sentinel:{m}"), Endpoint::sentinel(m, Arc::new(s.clone()))),
+            // A replicated shard checks that its master is one.
+            _ => {
+                let expect = (!b.replicas.is_empty()).then_some(Role::Master);
+                (b.addr.clone(), Endpoint::fixed(&b.addr, expect))
+            }
+        };
         BackendSpec {
             name: Arc::from(b.name.as_str()),
-            addr: b.addr.clone(),
+            addr,
+            endpoint: Arc::new(endpoint),
+            read_from: b.read_from,
+            replicas: b.replicas.clone(),
+            max_replica_lag: Duration::from_millis(b.max_replica_lag_ms),
             username: b.username.clone(),
             password: b.password.clone(),
             connect_timeout: cfg.timeouts.connect(),
@@ -166,6 +216,15 @@ impl Identity {
         }
     }
 
+    /// The server behind the shard is another one now (a Sentinel failover
+    /// promoted a replica, which may lack the last writes the old master
+    /// acknowledged): for the lock group, as good as a restart.
+    pub fn mark_restarted(&self, shard: &str, why: &str) {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        warn!(shard, why, "backend treated as restarted");
+        st.1 = Some(std::time::Instant::now());
+    }
+
     /// When the server was last seen to restart, if this proxy saw it.
     pub fn restarted_at(&self) -> Option<std::time::Instant> {
         self.state.lock().unwrap_or_else(|p| p.into_inner()).1
@@ -185,6 +244,8 @@ pub struct Shard {
     /// `[group][connection]`: each worker's own connections.
     resp2: Vec<Vec<mpsc::UnboundedSender<Job>>>,
     resp3: OnceLock<Vec<Vec<mpsc::UnboundedSender<Job>>>>,
+    /// With `read_from` other than `master`: the replicas reads may go to.
+    pub replicas: Option<Box<Replicas>>,
 }
 
 impl Shard {
@@ -194,13 +255,54 @@ impl Shard {
         let spec = Arc::new(spec);
         let identity = Arc::new(Identity::default());
         let resp2 = spawn_conns(&spec, &identity, Protocol::Resp2, executors);
+        let replicas = (spec.read_from != ReadFrom::Master).then(|| Box::new(Replicas::start(spec.clone(), executors)));
         Arc::new(Shard {
             spec,
             identity,
             executors: executors.clone(),
             resp2,
             resp3: OnceLock::new(),
+            replicas,
         })
+    }
+
+    /// As [`Shard::send`] for a request forwarded as the client sent it
+    /// (`args`): on a shard that reads from replicas, a read-only command
+    /// goes to one of them (see [`replicas`]) if `replica_ok()` (the caller's
+    /// say: not while keys move, when a replica may not have a key just
+    /// migrated to its master yet). One branch for other shards, which never
+    /// call `replica_ok`.
+    #[inline]
+    pub fn send_keyed(
+        &self,
+        proto: Protocol,
+        lane: usize,
+        job: Job,
+        args: &[&[u8]],
+        replica_ok: impl FnOnce() -> bool,
+    ) {
+        match &self.replicas {
+            None => self.send(proto, lane, job),
+            Some(r) if replica_ok() => r.send(self, proto, lane, job, args),
+            Some(_) => self.send(proto, lane, job),
+        }
+    }
+
+    /// The master's address now (`?` while the Sentinels have not named it).
+    pub fn addr(&self) -> String {
+        self.spec.endpoint.describe()
+    }
+
+    /// A failover moved this shard to another master (`addr`, Sentinel
+    /// config epoch `epoch`): its pooled connections to the old one close,
+    /// and the lock group treats it as restarted.
+    pub fn follow(&self, addr: &str, epoch: u64) -> bool {
+        let moved = self.spec.endpoint.adopt(&self.spec.name, addr, epoch);
+        if moved {
+            self.identity
+                .mark_restarted(&self.spec.name, "Sentinel failover to another master");
+        }
+        moved
     }
 
     pub fn name(&self) -> &str {

@@ -2,6 +2,9 @@
 //! queued in one batch, and matches each reply frame to the oldest job still
 //! waiting. On failure every waiting job is answered with the error and the
 //! task reconnects with backoff, failing new jobs at once meanwhile.
+//! On a shard whose master the Sentinels name, the task also watches the
+//! endpoint: when the master moves, the connection to the old one is closed
+//! (its waiting jobs fail naming the shard) and the task reconnects at once.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -9,12 +12,12 @@ use std::sync::Arc;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info, warn};
 
 use super::backoff::Backoff;
-use super::conn::connect;
+use super::conn::connect_to;
 use super::{BackendSpec, Identity, Job, ReplyTo};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::protocol::Protocol;
@@ -36,9 +39,14 @@ pub(super) async fn conn_task(
 ) {
     let mut backoff = Backoff::new(spec.reconnect_min, spec.reconnect_max);
     let mut was_up = true; // log the first failure loudly
+    // Only a followed master's address moves.
+    let mut moves = spec.endpoint.follows().then(|| spec.endpoint.subscribe());
     loop {
-        let failure = match connect(&spec, &identity, proto).await {
-            Ok(stream) => {
+        if let Some(m) = &mut moves {
+            m.borrow_and_update();
+        }
+        let failure = match connect_to(&spec, &identity, proto).await {
+            Ok((stream, addr)) => {
                 if !was_up {
                     info!(shard = %spec.name, addr = %spec.addr, ?proto, lane, "backend connection restored");
                 } else {
@@ -46,8 +54,14 @@ pub(super) async fn conn_task(
                 }
                 was_up = true;
                 backoff.reset();
-                match serve(stream, &mut rx, &spec).await {
+                match serve(stream, &mut rx, &spec, moves.as_mut().map(|m| (m, addr.clone()))).await {
                     Ok(()) => return, // pool dropped and every job answered
+                    // The master moved: to the new one at once, the jobs
+                    // queued meanwhile go there.
+                    Err(e) if moves.is_some() && spec.endpoint.addr().is_some_and(|a| a != addr) => {
+                        info!(shard = %spec.name, error = %e.detail(), ?proto, lane, "reconnecting to the new master");
+                        continue;
+                    }
                     Err(e) => e,
                 }
             }
@@ -65,6 +79,8 @@ pub(super) async fn conn_task(
         loop {
             tokio::select! {
                 _ = sleep_until(retry_at) => break,
+                // The master moved: try it now.
+                _ = moved(moves.as_mut()), if moves.is_some() => break,
                 job = rx.recv() => match job {
                     Some(job) => job.reply.complete(Err(err.clone())),
                     None => return,
@@ -81,7 +97,13 @@ async fn serve(
     stream: TcpStream,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     spec: &BackendSpec,
+    moves: Option<(&mut watch::Receiver<u64>, Arc<String>)>,
 ) -> Result<(), BackendError> {
+    let follows = moves.is_some();
+    let (mut moves, connected) = match moves {
+        Some((m, a)) => (Some(m), Some(a)),
+        None => (None, None),
+    };
     let (mut rd, mut wr) = stream.into_split();
     // Outstanding jobs in write order: where the answer goes, when it was
     // written, and how many reply frames are still due.
@@ -124,6 +146,11 @@ async fn serve(
                                 Some((_, _, left)) if *left > 1 => *left -= 1,
                                 Some(_) => {
                                     if let Some((to, _, _)) = inflight.pop_front() {
+                                        // A followed master that answers READONLY was demoted.
+                                        if follows && frame.starts_with(b"-READONLY") {
+                                            to.complete(Err(demoted(spec, connected.as_deref())));
+                                            continue;
+                                        }
                                         to.complete(Ok(frame));
                                     }
                                 }
@@ -143,6 +170,22 @@ async fn serve(
                 if let Some(e) = failed {
                     break Err(e);
                 }
+            }
+            // Before taking jobs: none is written to a master that has moved
+            // (they wait in the queue for the connection to the new one).
+            _ = moved(moves.as_deref_mut()), if follows => {
+                // The first address found, or the same again: nothing moved.
+                if spec.endpoint.addr() == connected {
+                    continue;
+                }
+                break Err(BackendError::new(
+                    BackendErrorKind::ConnectionLost,
+                    &spec.name,
+                    format!(
+                        "the master moved to {} (Sentinel failover); a request in flight may or may not have run on the old master",
+                        spec.endpoint.describe()
+                    ),
+                ));
             }
             n = rx.recv_many(&mut batch, BATCH), if !closing && inflight.len() < MAX_INFLIGHT => {
                 if n == 0 {
@@ -167,6 +210,18 @@ async fn serve(
                             Err(_) => break,
                         }
                     }
+                }
+                // The master moved while this batch was gathered: not written
+                // (the error path answers it as unsent).
+                if follows
+                    && moves.as_deref().is_some_and(|m| m.has_changed().unwrap_or(false))
+                    && spec.endpoint.addr() != connected
+                {
+                    break Err(BackendError::new(
+                        BackendErrorKind::Unavailable,
+                        &spec.name,
+                        format!("the master moved to {} (Sentinel failover)", spec.endpoint.describe()),
+                    ));
                 }
                 last_batch = batch.len();
                 let now = Instant::now();
@@ -207,4 +262,32 @@ async fn serve(
         }
     }
     result
+}
+
+/// Resolves when the endpoint's address has changed since last seen (never
+/// without a receiver, or once the endpoint is gone).
+async fn moved(moves: Option<&mut watch::Receiver<u64>>) {
+    match moves {
+        Some(m) => {
+            if m.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// The error for a write refused with READONLY by a followed master: it was
+/// demoted (a failover is under way); the write did not run. Asks the
+/// Sentinels again at once.
+fn demoted(spec: &BackendSpec, addr: Option<&String>) -> BackendError {
+    spec.endpoint.mark_stale();
+    BackendError::new(
+        BackendErrorKind::Unavailable,
+        &spec.name,
+        format!(
+            "{} is a replica now (Sentinel failover under way): the write was refused, not run",
+            addr.map_or("the master", |a| a.as_str())
+        ),
+    )
 }

@@ -72,15 +72,9 @@ pub async fn disable(b: &Backend, user: &str) -> Result<(), String> {
 /// One administrative command on `b` with the spec's credentials.
 async fn call(b: &Backend, args: &[&str]) -> Result<Bytes, String> {
     let spec = BackendSpec {
-        name: b.name.as_str().into(),
-        addr: b.addr.clone(),
         username: b.username.clone(),
         password: b.password.clone(),
-        connect_timeout: std::time::Duration::from_secs(2),
-        command_timeout: std::time::Duration::from_secs(2),
-        reconnect_min: std::time::Duration::from_millis(100),
-        reconnect_max: std::time::Duration::from_secs(1),
-        connections: 1,
+        ..BackendSpec::plain(&b.name, &b.addr)
     };
     let req = Request::from_args(args);
     let r = one_shot(&spec, &req.raw).await.map_err(|e| e.to_string())?;

@@ -11,6 +11,8 @@ use serde::Deserialize;
 
 mod fleet;
 pub use fleet::{ClusterConfig, FleetSpec};
+mod sentinel;
+pub use sentinel::{DEFAULT_POLL_MS, ReadFrom, SentinelConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -67,6 +69,10 @@ pub struct Config {
     /// [`crate::cluster`]); without it the file is the topology.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// The Sentinels that monitor the backends given by `master` (see
+    /// [`SentinelConfig`]).
+    #[serde(default)]
+    pub sentinel: Option<SentinelConfig>,
     /// With `[cluster]`, only the seed of an empty cluster: a proxy joining
     /// a cluster that has a topology ignores its own backends.
     #[serde(default)]
@@ -254,8 +260,28 @@ pub struct Backend {
     /// The shard's identity on the ring. Changing `addr` moves no keys;
     /// changing `name` does.
     pub name: String,
-    /// `host:port`; hostnames are resolved again on every reconnect.
+    /// `host:port`; hostnames are resolved again on every reconnect. Empty
+    /// (left out) for a backend given by `master`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub addr: String,
+    /// Instead of `addr`: the master name the Sentinels (`[sentinel]`)
+    /// monitor; the proxy follows its failovers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub master: Option<String>,
+    /// Where read-only commands go (see [`ReadFrom`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub read_from: ReadFrom,
+    /// Static replicas of a backend given by `addr` (without Sentinel).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub replicas: Vec<String>,
+    /// A replica further behind its master than this is not read from.
+    /// (Left out of a serialized topology when default, so a fleet proxy
+    /// of an earlier version still reads it.)
+    #[serde(
+        default = "sentinel::default_max_replica_lag_ms",
+        skip_serializing_if = "sentinel::is_default_lag"
+    )]
+    pub max_replica_lag_ms: u64,
     /// Relative share of the key space (default 1).
     #[serde(default = "default_weight")]
     pub weight: u32,
@@ -264,6 +290,10 @@ pub struct Backend {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+}
+
+fn is_default<T: Default + PartialEq>(v: &T) -> bool {
+    *v == T::default()
 }
 
 fn default_listen() -> String {
@@ -373,6 +403,9 @@ impl Config {
         if let Some(c) = &self.cluster {
             c.validate()?;
         }
+        if let Some(s) = &self.sentinel {
+            sentinel::validate_sentinel(s)?;
+        }
         if self.backends.len() > 4096 {
             return Err(invalid("backends", "at most 4096 backends are supported"));
         }
@@ -394,7 +427,7 @@ impl Config {
                     format!("duplicate backend name '{}'", b.name),
                 ));
             }
-            check_addr(&format!("{key}.addr"), &b.addr)?;
+            sentinel::validate_backend(&key, b, self.sentinel.as_ref())?;
             if b.weight == 0 || b.weight > 1000 {
                 return Err(invalid(format!("{key}.weight"), "must be between 1 and 1000"));
             }

@@ -179,7 +179,10 @@ impl Migration {
 /// `MIGRATE host port "" 0 timeout [AUTH ...] KEYS k...`: moves `keys` from
 /// the server this is sent to onto `target`, without REPLACE.
 pub fn migrate_request<'a>(target: &BackendSpec, keys: impl ExactSizeIterator<Item = &'a [u8]>) -> Bytes {
-    let (host, port) = split_addr(&target.addr);
+    // The target's master now (Sentinel-followed shards move): migration
+    // runs between masters only.
+    let addr = target.endpoint.describe();
+    let (host, port) = split_addr(&addr);
     let timeout = target.command_timeout.as_millis().max(1).to_string();
     let auth: Vec<&str> = match (&target.username, &target.password) {
         (Some(u), Some(p)) => vec!["AUTH2", u, p],
@@ -187,7 +190,7 @@ pub fn migrate_request<'a>(target: &BackendSpec, keys: impl ExactSizeIterator<It
         _ => vec![],
     };
     let n = 7 + auth.len() + keys.len();
-    let mut buf = BytesMut::with_capacity(64 + target.addr.len() + keys.len() * 32);
+    let mut buf = BytesMut::with_capacity(64 + addr.len() + keys.len() * 32);
     put_header(&mut buf, b'*', n);
     for a in [
         &b"MIGRATE"[..],
@@ -258,15 +261,13 @@ mod tests {
 
     fn spec(addr: &str, user: Option<&str>, pw: Option<&str>) -> BackendSpec {
         BackendSpec {
-            name: "t".into(),
-            addr: addr.into(),
             username: user.map(String::from),
             password: pw.map(String::from),
             connect_timeout: Duration::from_millis(100),
             command_timeout: Duration::from_millis(1500),
             reconnect_min: Duration::from_millis(10),
             reconnect_max: Duration::from_millis(100),
-            connections: 1,
+            ..BackendSpec::plain("t", addr)
         }
     }
 

@@ -398,7 +398,11 @@ impl Session {
             }
             Plan::Forward(shard) => {
                 let seq = self.replies.put(at, Slot::One(None));
-                self.send(topo, shard, req.raw.clone(), seq, 0);
+                // A read may go to a replica (read_from), but not while keys
+                // move (a replica may lack a key just moved to its master).
+                let job = Job::new(req.raw.clone(), self.reply_to(seq, 0));
+                let steady = || at == At::Next && topo.active_migration().is_none() && topo.hold.is_none();
+                topo.shards[shard].send_keyed(proto, self.lane, job, args, steady);
             }
             Plan::Block(shard) => {
                 // Like Redis, this client is served nothing more until the
@@ -424,7 +428,10 @@ impl Session {
                 let mut parts = std::mem::take(&mut self.router.parts);
                 let seq = self.replies.put(at, Slot::many(merge, parts.len()));
                 for (part, (shard, sub)) in parts.drain(..).enumerate() {
-                    self.send(topo, shard, sub, seq, part as u32);
+                    // Each part is the same command on fewer keys.
+                    let job = Job::new(sub, self.reply_to(seq, part as u32));
+                    let steady = || at == At::Next && topo.active_migration().is_none() && topo.hold.is_none();
+                    topo.shards[shard].send_keyed(proto, self.lane, job, args, steady);
                 }
                 self.router.parts = parts;
             }

@@ -13,6 +13,8 @@
 //! - [`wait_until`] / [`wait_until_async`]: polling a condition with a
 //!   deadline, instead of sleeping a fixed time and hoping;
 //! - [`members`]: ring members `shard-0`.. for the ring benches;
+//! - [`SentinelNode`], [`RedisNode::start_replica_of`]: Redis Sentinels and
+//!   replicas for the Sentinel tests, [`ask`] one command of a test;
 //! - [`EtcdNode`]: a one-member `etcd` on free loopback ports, killed and
 //!   restarted on its data directory on demand, for the fleet tests;
 //! - [`ShardisProcess`]: the `shardis` binary (its path given by the test,
@@ -317,3 +319,5 @@ pub fn members(n: usize) -> Vec<Member> {
 
 mod processes;
 pub use processes::{EtcdNode, ShardisProcess};
+mod sentinel;
+pub use sentinel::{SentinelNode, SentinelTiming, ask, wait_replica_synced};

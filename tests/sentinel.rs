@@ -1,0 +1,785 @@
+//! Sentinel and replica tests (issue 15): real `redis-server` masters and
+//! replicas, three real Sentinels (`redis-server --sentinel`, short
+//! `down-after-milliseconds`), shardis in front.
+//!
+//! - a master is killed: its shard answers again within the failover time
+//!   plus 1 s, other shards never stop, and the old master restarted empty
+//!   (a master until Sentinel turns it into a replica) takes no write;
+//! - a missed `+switch-master` (no subscription) is followed by the periodic
+//!   re-ask, and the subscription survives the death of its Sentinel;
+//! - reads go to replicas (their `INFO commandstats`), a dead replica is
+//!   skipped, writes never land on one;
+//! - a lock-group member's failover keeps Redlock's mutual exclusion;
+//! - static replicas, strict `read_from = "replica"`, a shard whose `addr`
+//!   is a replica refusing writes (ROLE check);
+//! - keys migrate to the current master of a followed shard added by a
+//!   reload.
+//!
+//! The scenarios run one at a time (a static lock): each starts a dozen
+//! processes, and the machines have two cores. Each prints what it measured;
+//! `cargo test --test sentinel -- --nocapture` shows it.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use redis::aio::MultiplexedConnection;
+
+use support::{NodeClient, Proxy, RedisNode, SentinelNode, SentinelTiming, ask, wait_replica_synced, wait_until_async};
+
+/// One scenario at a time.
+async fn serial() -> tokio::sync::MutexGuard<'static, ()> {
+    static LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    LOCK.lock().await
+}
+
+/// Masters `shard-0`.., each with `replicas` replicas, and three Sentinels
+/// monitoring every master under the shard's name.
+struct Group {
+    masters: Vec<RedisNode>,
+    replicas: Vec<Vec<RedisNode>>,
+    sentinels: Vec<SentinelNode>,
+}
+
+impl Group {
+    fn start(shards: usize, per: usize) -> Group {
+        let masters: Vec<RedisNode> = (0..shards).map(|_| RedisNode::start()).collect();
+        let replicas: Vec<Vec<RedisNode>> = masters
+            .iter()
+            .map(|m| (0..per).map(|_| RedisNode::start_replica_of(m)).collect())
+            .collect();
+        for r in replicas.iter().flatten() {
+            wait_replica_synced(r.port);
+        }
+        let names: Vec<String> = (0..shards).map(|i| format!("shard-{i}")).collect();
+        let monitored: Vec<(&str, u16)> = names
+            .iter()
+            .map(|n| n.as_str())
+            .zip(masters.iter().map(|m| m.port))
+            .collect();
+        let sentinels: Vec<SentinelNode> = (0..3)
+            .map(|_| SentinelNode::start(&monitored, SentinelTiming::default()))
+            .collect();
+        for s in &sentinels {
+            for n in &names {
+                s.wait_knows(n, per, 2);
+            }
+        }
+        Group {
+            masters,
+            replicas,
+            sentinels,
+        }
+    }
+
+    /// Proxy configuration: every shard by its Sentinel master name.
+    fn config(&self, sentinel_extra: &str, backend_extra: &str) -> String {
+        let addrs: Vec<String> = self.sentinels.iter().map(|s| format!("\"{}\"", s.addr())).collect();
+        let mut t = format!(
+            "listen = \"127.0.0.1:0\"\n[timeouts]\ncommand_ms = 500\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n\
+             [sentinel]\naddrs = [{}]\n{sentinel_extra}\n",
+            addrs.join(", ")
+        );
+        for i in 0..self.masters.len() {
+            t.push_str(&format!(
+                "[[backends]]\nname = \"shard-{i}\"\nmaster = \"shard-{i}\"\n{backend_extra}\n"
+            ));
+        }
+        t
+    }
+
+    /// Waits until a Sentinel names a master of `name` other than `old`
+    /// (the failover is done); its port.
+    async fn wait_new_master(&self, name: &str, old: u16, within: Duration) -> u16 {
+        let start = Instant::now();
+        loop {
+            for s in &self.sentinels {
+                if let Some(p) = s.master_port(name).filter(|p| *p != old) {
+                    return p;
+                }
+            }
+            assert!(start.elapsed() < within, "no failover of {name} within {within:?}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// The node (master or replica) on `port`.
+    fn node(&self, port: u16) -> &RedisNode {
+        self.masters
+            .iter()
+            .chain(self.replicas.iter().flatten())
+            .find(|n| n.port == port)
+            .expect("a node of the group")
+    }
+}
+
+/// A key the proxy places on each shard.
+fn key_per_shard(proxy: &Proxy, n: usize, prefix: &str) -> Vec<String> {
+    (0..n)
+        .map(|s| {
+            (0..)
+                .map(|i| format!("{prefix}{i}"))
+                .find(|k| proxy.shard_of(k) == s)
+                .expect("a key for every shard")
+        })
+        .collect()
+}
+
+async fn info(c: &mut MultiplexedConnection, section: &str) -> String {
+    redis::cmd("INFO").arg(section).query_async(c).await.unwrap_or_default()
+}
+
+/// `calls=` of `cmdstat_<cmd>` in a server's INFO commandstats (0 if none).
+fn calls(node: &RedisNode, cmd: &str) -> u64 {
+    let text = ask(node.port, &["INFO", "commandstats"]);
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|r| r.split(',').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0)
+}
+
+/// What one shard's writer saw.
+#[derive(Default, Debug)]
+struct Seen {
+    acked: u64,
+    errors: Vec<(Instant, String)>,
+    /// INCR replies after `mark` was set, in order.
+    after_mark: Vec<i64>,
+    last_ok: Option<Instant>,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_master_is_followed_and_the_old_one_takes_no_write() {
+    let _serial = serial().await;
+    let mut g = Group::start(3, 1);
+    let proxy = Proxy::start_text(&g.config("poll_ms = 1000", ""), 0).await;
+    let keys = key_per_shard(&proxy, 3, "fo:");
+    let mut c = proxy.conn().await;
+    for k in &keys {
+        let _: () = redis::cmd("SET").arg(k).arg(0).query_async(&mut c).await.unwrap();
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let mark = Arc::new(AtomicBool::new(false));
+    let seen: Vec<Arc<Mutex<Seen>>> = (0..3).map(|_| Arc::default()).collect();
+    let mut tasks = Vec::new();
+    for (i, k) in keys.iter().enumerate() {
+        let mut c = proxy.conn().await;
+        let (k, stop, mark, seen) = (k.clone(), stop.clone(), mark.clone(), seen[i].clone());
+        tasks.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let r: redis::RedisResult<i64> = redis::cmd("INCR").arg(&k).query_async(&mut c).await;
+                let read: redis::RedisResult<Option<i64>> = redis::cmd("GET").arg(&k).query_async(&mut c).await;
+                {
+                    let mut s = seen.lock().unwrap();
+                    match (r, read) {
+                        (Ok(v), Ok(_)) => {
+                            s.acked += 1;
+                            s.last_ok = Some(Instant::now());
+                            if mark.load(Ordering::Relaxed) {
+                                s.after_mark.push(v);
+                            }
+                        }
+                        (Err(e), _) | (_, Err(e)) => s.errors.push((Instant::now(), e.to_string())),
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    let old_port = g.masters[1].port;
+    let killed_at = Instant::now();
+    g.masters[1].kill();
+    let new_port = g.wait_new_master("shard-1", old_port, Duration::from_secs(30)).await;
+    let failover = killed_at.elapsed();
+    // The shard answers again within the failover time + 1 s.
+    let recovered = wait_until_async(
+        Duration::from_secs(1),
+        "shard-1 to answer after the failover",
+        async || {
+            seen[1]
+                .lock()
+                .unwrap()
+                .last_ok
+                .is_some_and(|t| t > killed_at + failover)
+        },
+    )
+    .await;
+    let until_ok = seen[1]
+        .lock()
+        .unwrap()
+        .last_ok
+        .map(|t| t - killed_at)
+        .unwrap_or_default();
+    mark.store(true, Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // The old master comes back empty, a master until Sentinel reconfigures it.
+    g.masters[1].restart();
+    let old_role = ask(old_port, &["ROLE"]);
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+
+    let s1 = std::mem::take(&mut *seen[1].lock().unwrap());
+    let errors = s1.errors.len();
+    let first_error = s1.errors.first().map(|(t, _)| *t - killed_at);
+    let last_error = s1.errors.last().map(|(t, _)| *t - killed_at);
+    let kinds: HashMap<String, usize> = s1.errors.iter().fold(HashMap::new(), |mut m, (_, e)| {
+        let kind: String = e.split(':').take(2).collect::<Vec<_>>().join(":");
+        *m.entry(kind).or_default() += 1;
+        m
+    });
+    println!(
+        "failover: sentinel promoted port {new_port} {:.2}s after the kill; shard-1 answered again {:.2}s after the kill \
+         ({:.2}s after the promotion was visible); errors on shard-1: {errors} (first {first_error:?}, last {last_error:?}): {kinds:?}; \
+         restarted old master's first ROLE: {:?}",
+        failover.as_secs_f64(),
+        until_ok.as_secs_f64(),
+        recovered.as_secs_f64(),
+        old_role.lines().nth(2).unwrap_or("")
+    );
+    for (_, e) in &s1.errors {
+        assert!(e.contains("shard-1"), "an error that does not name the shard: {e}");
+    }
+    for (i, s) in seen.iter().enumerate().filter(|(i, _)| *i != 1) {
+        let s = s.lock().unwrap();
+        assert!(s.errors.is_empty(), "shard-{i} stopped: {:?}", s.errors);
+        assert!(s.acked > 50, "shard-{i} made little progress: {}", s.acked);
+    }
+    // No write acknowledged by the restarted old master: INCR's replies go
+    // on rising from the new master's count (the empty old one would have
+    // answered 1, 2, ...).
+    assert!(
+        s1.after_mark.len() > 20,
+        "too few writes after the failover: {}",
+        s1.after_mark.len()
+    );
+    assert!(
+        s1.after_mark.windows(2).all(|w| w[1] > w[0]),
+        "INCR went back: a write reached another server: {:?}",
+        s1.after_mark
+    );
+    let on_new: Option<i64> = redis::cmd("GET")
+        .arg(&keys[1])
+        .query(&mut g.node(new_port).client())
+        .unwrap();
+    assert_eq!(
+        on_new,
+        s1.after_mark.last().copied(),
+        "the new master holds the last acknowledged value"
+    );
+
+    let text = info(&mut c, "proxy").await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("shard1:"))
+        .unwrap_or_default()
+        .to_string();
+    println!("INFO proxy: {line}");
+    assert!(line.contains(&format!("master=127.0.0.1:{new_port}")), "{line}");
+    assert!(line.contains("failovers=1"), "{line}");
+    assert!(line.contains(",replicas="), "{line}");
+    assert!(text.contains("sentinel_switch_events:"), "{text}");
+    // The ring did not change: the keys are where they were.
+    assert_eq!(key_per_shard(&proxy, 3, "fo:"), keys);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missed_switch_master_is_followed_by_asking_again() {
+    let _serial = serial().await;
+    // Without the subscription: the periodic re-ask alone. A manual
+    // failover (SENTINEL FAILOVER) demotes the old master while it lives:
+    // no connection fails, only a poll can tell.
+    let mut g = Group::start(1, 1);
+    let proxy = Proxy::start_text(&g.config("poll_ms = 500\nsubscribe = false", ""), 0).await;
+    let mut c = proxy.conn().await;
+    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut c).await.unwrap();
+    let old = g.masters[0].port;
+    let asked_at = Instant::now();
+    let r = ask(g.sentinels[0].port, &["SENTINEL", "FAILOVER", "shard-0"]);
+    assert!(r.starts_with("+OK"), "SENTINEL FAILOVER: {r}");
+    let new_port = g.wait_new_master("shard-0", old, Duration::from_secs(30)).await;
+    let failover = asked_at.elapsed();
+    // Until the proxy follows, writes go to the old master: it takes them
+    // until the Sentinels demote it (Sentinel's own window; with the
+    // subscription it is milliseconds). Measure how long and how many.
+    let master_now = format!("master=127.0.0.1:{new_port}");
+    let (mut errors, mut on_old) = (Vec::new(), 0);
+    let took = wait_until_async(
+        Duration::from_millis(1500),
+        "the proxy to follow the failover",
+        async || {
+            match redis::cmd("INCR").arg("n").query_async::<i64>(&mut c).await {
+                Ok(_) => on_old += 1,
+                Err(e) => errors.push(e.to_string()),
+            }
+            info(&mut c, "proxy").await.contains(&master_now)
+        },
+    )
+    .await;
+    let before = calls(g.node(new_port), "incr");
+    let _: i64 = redis::cmd("INCR").arg("n").query_async(&mut c).await.unwrap();
+    assert_eq!(
+        calls(g.node(new_port), "incr"),
+        before + 1,
+        "a write after the follow went elsewhere"
+    );
+    let text = info(&mut c, "proxy").await;
+    println!(
+        "poll only, manual failover: promoted {:.2}s after SENTINEL FAILOVER, followed {:.2}s later; \
+         meanwhile {on_old} INCRs answered by the old master, errors {:?}; {}",
+        failover.as_secs_f64(),
+        took.as_secs_f64(),
+        errors.iter().take(2).collect::<Vec<_>>(),
+        text.lines()
+            .filter(|l| l.starts_with("s"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    for e in &errors {
+        assert!(e.contains("shard-0"), "an error that does not name the shard: {e}");
+    }
+    assert!(text.contains("sentinel_switch_events:0"), "{text}");
+    assert!(text.contains("failovers=1"), "{text}");
+    drop(proxy);
+    // The demoted master is a replica of the new one now.
+    wait_replica_synced_async(old).await;
+
+    // With the subscription: its Sentinel dies; it moves to another one,
+    // which tells of the next failover.
+    let proxy = Proxy::start_text(&g.config("poll_ms = 5000", ""), 0).await;
+    let mut c = proxy.conn().await;
+    let subscribed = |t: &str| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("sentinel_subscribed:"))
+            .unwrap_or("")
+            .to_string()
+    };
+    let mut first = String::new();
+    wait_until_async(Duration::from_secs(5), "the proxy to subscribe", async || {
+        first = subscribed(&info(&mut c, "proxy").await);
+        !first.is_empty()
+    })
+    .await;
+    let i = g
+        .sentinels
+        .iter()
+        .position(|s| s.addr() == first)
+        .expect("a Sentinel of ours");
+    g.sentinels[i].kill();
+    wait_until_async(Duration::from_secs(5), "the subscription to move", async || {
+        let now = subscribed(&info(&mut c, "proxy").await);
+        !now.is_empty() && now != first
+    })
+    .await;
+    // The master dies: the first one, its replica now, is promoted back.
+    let killed_at = Instant::now();
+    let victim = g
+        .replicas
+        .iter_mut()
+        .flatten()
+        .find(|n| n.port == new_port)
+        .expect("the promoted replica");
+    victim.kill();
+    let back = g.wait_new_master("shard-0", new_port, Duration::from_secs(30)).await;
+    let failover = killed_at.elapsed();
+    let took = wait_until_async(
+        Duration::from_millis(1500),
+        "a write after the second failover",
+        async || {
+            redis::cmd("SET")
+                .arg("k")
+                .arg("x")
+                .query_async::<()>(&mut c)
+                .await
+                .is_ok()
+        },
+    )
+    .await;
+    let text = info(&mut c, "proxy").await;
+    println!(
+        "subscribed: failover {:.2}s, followed {:.2}s later (poll every 5 s); {}",
+        failover.as_secs_f64(),
+        took.as_secs_f64(),
+        text.lines()
+            .filter(|l| l.starts_with("s"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    assert_eq!(back, old);
+    assert!(
+        !text.contains("sentinel_switch_events:0"),
+        "the event was not heard: {text}"
+    );
+}
+
+async fn wait_replica_synced_async(port: u16) {
+    tokio::task::spawn_blocking(move || wait_replica_synced(port))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_go_to_replicas_and_skip_a_dead_one() {
+    let _serial = serial().await;
+    let mut g = Group::start(1, 2);
+    let proxy = Proxy::start_text(
+        &g.config(
+            "poll_ms = 200",
+            "read_from = \"prefer-replica\"\nmax_replica_lag_ms = 2000",
+        ),
+        0,
+    )
+    .await;
+    let mut c = proxy.conn().await;
+    wait_until_async(Duration::from_secs(5), "both replicas usable", async || {
+        let t = info(&mut c, "proxy").await;
+        t.matches("@ok/").count() == 2
+    })
+    .await;
+    for i in 0..50 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("r{i}"))
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // Replication is asynchronous: wait until both replicas have the writes.
+    for r in &g.replicas[0] {
+        let port = r.port;
+        wait_until_async(Duration::from_secs(5), "replicas to have the keys", async || {
+            ask(port, &["DBSIZE"]).trim() == ":50"
+        })
+        .await;
+    }
+    let (m_get, r_get) = (
+        calls(&g.masters[0], "get"),
+        [calls(&g.replicas[0][0], "get"), calls(&g.replicas[0][1], "get")],
+    );
+    for round in 0..4 {
+        for i in 0..50 {
+            let v: i64 = redis::cmd("GET")
+                .arg(format!("r{i}"))
+                .query_async(&mut c)
+                .await
+                .unwrap();
+            assert_eq!(v, i, "round {round}");
+        }
+    }
+    let m_after = calls(&g.masters[0], "get") - m_get;
+    let r_after = [
+        calls(&g.replicas[0][0], "get") - r_get[0],
+        calls(&g.replicas[0][1], "get") - r_get[1],
+    ];
+    println!("200 GETs: master {m_after}, replicas {r_after:?}");
+    assert_eq!(m_after, 0, "reads went to the master");
+    assert_eq!(r_after[0] + r_after[1], 200);
+    assert!(
+        r_after[0] >= 50 && r_after[1] >= 50,
+        "not spread over the replicas: {r_after:?}"
+    );
+    // Writes: all on the master, none refused by a replica.
+    assert_eq!(calls(&g.masters[0], "set"), 50);
+    for r in &g.replicas[0] {
+        assert!(
+            !ask(r.port, &["INFO", "errorstats"]).contains("READONLY"),
+            "a write reached a replica"
+        );
+    }
+
+    // A dead replica is skipped: every read succeeds, on the other one.
+    g.replicas[0][0].kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = calls(&g.replicas[0][1], "get");
+    let mut failed = 0;
+    for i in 0..50 {
+        let r: redis::RedisResult<i64> = redis::cmd("GET").arg(format!("r{i}")).query_async(&mut c).await;
+        if r.is_err() {
+            failed += 1;
+        }
+    }
+    let on_live = calls(&g.replicas[0][1], "get") - before;
+    println!("after killing a replica: {failed} failed reads of 50, {on_live} on the live replica");
+    assert_eq!(failed, 0);
+    assert_eq!(on_live, 50);
+    // The next lag check marks it skipped too (INFO proxy).
+    let mut t = String::new();
+    wait_until_async(Duration::from_secs(2), "the dead replica marked skipped", async || {
+        t = info(&mut c, "proxy").await;
+        t.contains("@skipped/")
+    })
+    .await;
+    println!("{}", t.lines().find(|l| l.starts_with("shard0:")).unwrap_or(""));
+
+    // No replica left: prefer-replica reads from the master.
+    g.replicas[0][1].kill();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let before = calls(&g.masters[0], "get");
+    for i in 0..10 {
+        let v: i64 = redis::cmd("GET")
+            .arg(format!("r{i}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(v, i);
+    }
+    assert_eq!(calls(&g.masters[0], "get") - before, 10);
+}
+
+const RELEASE: &str =
+    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lock_member_failover_keeps_mutual_exclusion() {
+    let _serial = serial().await;
+    let mut g = Group::start(3, 1);
+    let check = RedisNode::start(); // the independent store: not behind the proxy
+    let proxy = Proxy::start_text(&g.config("poll_ms = 500", ""), 0).await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let entries = Arc::new(AtomicU64::new(0));
+    let overlaps = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for w in 0..6 {
+        let mut c = proxy.conn().await;
+        let mut cs = redis::Client::open(format!("redis://{}/", check.addr()))
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let (stop, entries, overlaps) = (stop.clone(), entries.clone(), overlaps.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let token = format!("rs-{w}-{i}");
+                let got: redis::RedisResult<Option<String>> = redis::cmd("SET")
+                    .arg("lock:mx")
+                    .arg(&token)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(2000)
+                    .query_async(&mut c)
+                    .await;
+                if got.ok().flatten().as_deref() == Some("OK") {
+                    let inside: Option<String> = redis::cmd("SET")
+                        .arg("cs:holder")
+                        .arg(&token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(5000)
+                        .query_async(&mut cs)
+                        .await
+                        .unwrap();
+                    if inside.is_none() {
+                        overlaps.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        entries.fetch_add(1, Ordering::Relaxed);
+                        tokio::time::sleep(Duration::from_millis(2)).await;
+                        let _: i64 = redis::cmd("EVAL")
+                            .arg(RELEASE)
+                            .arg(1)
+                            .arg("cs:holder")
+                            .arg(&token)
+                            .query_async(&mut cs)
+                            .await
+                            .unwrap();
+                    }
+                    let _: redis::RedisResult<i64> = redis::cmd("EVAL")
+                        .arg(RELEASE)
+                        .arg(1)
+                        .arg("lock:mx")
+                        .arg(&token)
+                        .query_async(&mut c)
+                        .await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(3)).await;
+                }
+            }
+        }));
+    }
+    let phase = |label: &'static str, ms: u64| {
+        let entries = entries.clone();
+        async move {
+            let before = entries.load(Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            (label, entries.load(Ordering::Relaxed) - before)
+        }
+    };
+    let mut phases = vec![phase("all members up", 1500).await];
+    let old = g.masters[0].port;
+    g.masters[0].kill();
+    g.wait_new_master("shard-0", old, Duration::from_secs(30)).await;
+    let mut c = proxy.conn().await;
+    let mut resting = String::new();
+    wait_until_async(
+        Duration::from_secs(3),
+        "shard-0 out of lock quorums after its failover",
+        async || {
+            resting = info(&mut c, "locks").await;
+            resting.contains("restarted")
+        },
+    )
+    .await;
+    phases.push(phase("member failed over, resting", 1500).await);
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    phases.push(phase("member voting again", 1500).await);
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.unwrap();
+    }
+    println!(
+        "critical sections per phase: {phases:?}; INFO locks while resting: {}",
+        resting
+            .lines()
+            .filter(|l| l.contains("rest"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    assert_eq!(overlaps.load(Ordering::Relaxed), 0, "overlapping critical sections");
+    for (label, n) in phases {
+        assert!(n > 0, "no progress while {label}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn static_replicas_and_the_role_check_without_sentinel() {
+    let _serial = serial().await;
+    let master = RedisNode::start();
+    let replica = RedisNode::start_replica_of(&master);
+    wait_replica_synced(replica.port);
+    let timeouts = "[timeouts]\ncommand_ms = 500\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
+    // read_from = "replica": reads on the static replica only.
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n{timeouts}[[backends]]\nname = \"s\"\naddr = \"{}\"\nreplicas = [\"{}\"]\nread_from = \"replica\"\n",
+        master.addr(),
+        replica.addr()
+    );
+    let proxy = Proxy::start_text(&text, 0).await;
+    let mut c = proxy.conn().await;
+    wait_until_async(Duration::from_secs(5), "the replica usable", async || {
+        info(&mut c, "proxy").await.contains("@ok/")
+    })
+    .await;
+    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut c).await.unwrap();
+    let port = replica.port;
+    wait_until_async(Duration::from_secs(5), "the write replicated", async || {
+        ask(port, &["GET", "k"]).contains("v")
+    })
+    .await;
+    let before = calls(&replica, "get");
+    for _ in 0..20 {
+        let v: String = redis::cmd("GET").arg("k").query_async(&mut c).await.unwrap();
+        assert_eq!(v, "v");
+    }
+    assert_eq!(calls(&replica, "get") - before, 20);
+    assert_eq!(calls(&master, "get"), 0);
+    // Strict: with the replica gone, reads fail naming the shard; writes go on.
+    drop(replica);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let e = redis::cmd("GET")
+        .arg("k")
+        .query_async::<String>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("backend s unavailable") && e.to_string().contains("no replica"),
+        "{e}"
+    );
+    let _: () = redis::cmd("SET").arg("k").arg("w").query_async(&mut c).await.unwrap();
+    drop(proxy);
+
+    // A shard whose `addr` is a replica: nothing is sent to it.
+    let replica = RedisNode::start_replica_of(&master);
+    wait_replica_synced(replica.port);
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n{timeouts}[[backends]]\nname = \"wrong\"\naddr = \"{}\"\nreplicas = [\"{}\"]\n",
+        replica.addr(),
+        master.addr()
+    );
+    let proxy = Proxy::start_text(&text, 0).await;
+    let mut c = proxy.conn().await;
+    let sets = calls(&replica, "set");
+    let e = redis::cmd("SET")
+        .arg("k")
+        .arg("x")
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap_err();
+    println!("write to a shard whose addr is a replica: {e}");
+    assert!(e.to_string().contains("backend wrong unavailable"), "{e}");
+    assert!(e.to_string().contains("not a master"), "{e}");
+    assert_eq!(calls(&replica, "set"), sets, "a write reached the replica");
+    let t = info(&mut c, "proxy").await;
+    assert!(!t.contains("role_refusals=0"), "{t}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_migrate_to_the_current_master_of_a_followed_shard() {
+    let _serial = serial().await;
+    let mut g = Group::start(1, 1);
+    // The monitored master fails over before the proxy knows the shard.
+    let old = g.masters[0].port;
+    g.masters[0].kill();
+    let master = g.wait_new_master("shard-0", old, Duration::from_secs(30)).await;
+    let (a, b) = (RedisNode::start(), RedisNode::start());
+    let timeouts = "[timeouts]\ncommand_ms = 500\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
+    let plain = format!(
+        "listen = \"127.0.0.1:0\"\n{timeouts}[[backends]]\nname = \"a\"\naddr = \"{}\"\n[[backends]]\nname = \"b\"\naddr = \"{}\"\n",
+        a.addr(),
+        b.addr()
+    );
+    let proxy = Proxy::start_text(&plain, 0).await;
+    let mut c = proxy.conn().await;
+    for i in 0..300 {
+        let _: () = redis::cmd("SET")
+            .arg(format!("m{i}"))
+            .arg(i)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    // Reload: a third shard, given by its Sentinel master name.
+    let addrs: Vec<String> = g.sentinels.iter().map(|s| format!("\"{}\"", s.addr())).collect();
+    let text = format!(
+        "{plain}[[backends]]\nname = \"c\"\nmaster = \"shard-0\"\n[sentinel]\naddrs = [{}]\n",
+        addrs.join(", ")
+    );
+    let dir = std::env::temp_dir().join(format!("shardis-sentinel-reload-{}", proxy.addr.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    std::fs::write(&path, text).unwrap();
+    shardis::control::reload(&proxy.shared, &path).await.unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    wait_until_async(Duration::from_secs(30), "the migration to finish", async || {
+        info(&mut c, "migration").await.contains("migration_in_progress:0")
+    })
+    .await;
+    let on_c = (0..300).filter(|i| proxy.shard_of(&format!("m{i}")) == 2).count();
+    for i in 0..300 {
+        let v: i64 = redis::cmd("GET")
+            .arg(format!("m{i}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(v, i);
+    }
+    let dbsize = ask(master, &["DBSIZE"]);
+    println!(
+        "{on_c} keys moved to shard c's master (port {master}): DBSIZE {}",
+        dbsize.trim()
+    );
+    assert!(on_c > 50, "{on_c}");
+    assert_eq!(dbsize.trim(), format!(":{on_c}"));
+    let t = info(&mut c, "proxy").await;
+    assert!(t.contains(&format!("master=127.0.0.1:{master}")), "{t}");
+}
