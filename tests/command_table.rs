@@ -676,3 +676,21 @@ fn key_indices_match_command_getkeys_on_random_arguments() {
         failures[..failures.len().min(30)].join("\n")
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// docs/commands.md is generated from the table and the routes: it must match the code.
+
+#[test]
+fn the_command_reference_matches_the_code() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/commands.md");
+    let want = shardis::command::doc::markdown();
+    if std::env::var_os("SHARDIS_BLESS").is_some() {
+        std::fs::write(&path, &want).expect("write docs/commands.md");
+        return;
+    }
+    let have = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        have == want,
+        "docs/commands.md is stale: run `SHARDIS_BLESS=1 cargo test --test command_table` and commit it"
+    );
+}

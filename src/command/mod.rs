@@ -5,6 +5,7 @@
 //! specs; [`info`] re-encodes table entries as `COMMAND INFO` replies. This
 //! file decides, per command, how the proxy serves it: see [`Route`].
 
+pub mod doc;
 pub mod info;
 mod key_procs;
 pub mod keys;
@@ -241,6 +242,7 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "time" => Route::Local(L::Time),
         "reset" => Route::Local(L::Reset),
         "info" => Route::Local(L::Info),
+        "command" => Route::Local(L::Command),
         n if n.starts_with("command|") => Route::Local(L::Command),
         "client|setname" | "client|getname" | "client|id" | "client|setinfo" | "client|info" | "client|help" => {
             Route::Local(L::Client)
@@ -264,6 +266,18 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "replicaof" | "slaveof" | "sync" | "psync" | "failover" => Route::Refuse(R::Because(why::REPLICATION)),
         "save" | "bgsave" | "bgrewriteaof" => Route::Refuse(R::Because(why::PERSISTENCE)),
         "shutdown" => Route::Refuse(R::Because(why::SHUTDOWN)),
+        "lastsave" => Route::Refuse(R::Because(why::PERSISTENCE)),
+        "replconf" => Route::Refuse(R::Because(why::REPLICATION)),
+        "role" => Route::Refuse(R::Because(why::ROLE)),
+        n if n.starts_with("cluster|") || matches!(n, "asking" | "readonly" | "readwrite") => {
+            Route::Refuse(R::Because(why::CLUSTER))
+        }
+        "client|caching" | "client|getredir" => Route::Refuse(R::Because(why::CACHING)),
+        "client|unblock" => Route::Refuse(R::Because(why::UNBLOCK)),
+        "module|load" | "module|loadex" | "module|unload" => Route::Refuse(R::Because(why::MODULES)),
+        "script|debug" => Route::Refuse(R::Because(why::SCRIPT_DEBUG)),
+        "pubsub|help" | "script|help" | "xgroup|help" | "xinfo|help" | "module|help" | "module|list" | "lolwut"
+        | "pfselftest" => Route::Broadcast(B::First),
         "mget" => Route::Fanout(Fanout::Mget),
         "mset" => Route::Fanout(Fanout::Mset),
         "del" | "unlink" | "exists" | "touch" => Route::Fanout(Fanout::SumKeys),
@@ -342,6 +356,12 @@ mod why {
     pub const PERSISTENCE: &str =
         "persistence is each shard's own; run it on the shards (INFO persistence merges them)";
     pub const SHUTDOWN: &str = "it would stop every shard; stop the proxy with SIGTERM, and the shards on their own";
+    pub const ROLE: &str = "ROLE describes one server's replication; the proxy is not a replica of anything (INFO replication says role:master), ask a shard for its own";
+    pub const CLUSTER: &str = "shardis is not a Redis Cluster: clients see one server (INFO cluster says cluster_enabled:0) and the proxy routes every key itself";
+    pub const CACHING: &str = "client-side caching (CLIENT TRACKING) is not supported";
+    pub const UNBLOCK: &str = "a blocked client waits on a connection of its own to a shard; unblocking it through the proxy is not supported (CLIENT KILL ends it)";
+    pub const MODULES: &str = "modules are loaded on each shard, by its own configuration";
+    pub const SCRIPT_DEBUG: &str = "the Lua debugger needs a debugging session on one server; run it on a shard";
 }
 
 /// CLIENT SETINFO came with Redis 7.2, after the 7.0 table; modern clients
@@ -487,7 +507,11 @@ mod tests {
         assert_eq!(route("client kill id 1"), Ok(Route::Local(Local::Client)));
         assert_eq!(route("slowlog get 1"), Ok(Route::Local(Local::Slowlog)));
         assert_eq!(route("monitor"), Ok(Route::Local(Local::Monitor)));
-        assert_eq!(route("lastsave"), Ok(Route::Refuse(Refusal::Unsupported)));
+        assert_eq!(route("lastsave"), Ok(Route::Refuse(Refusal::Because(why::PERSISTENCE))));
+        assert_eq!(route("command"), Ok(Route::Local(Local::Command)));
+        assert_eq!(route("cluster info"), Ok(Route::Refuse(Refusal::Because(why::CLUSTER))));
+        assert_eq!(route("readonly"), Ok(Route::Refuse(Refusal::Because(why::CLUSTER))));
+        assert_eq!(route("xinfo help"), Ok(Route::Broadcast(Broadcast::First)));
         assert_eq!(route("config get save"), Ok(Route::Broadcast(Broadcast::ConfigGet)));
         assert_eq!(route("config set a b"), Ok(Route::Broadcast(Broadcast::AdminAgree)));
         assert_eq!(route("eval x 0"), Ok(Route::Keyed));

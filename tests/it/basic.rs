@@ -219,6 +219,9 @@ async fn local_commands() {
     assert!(info.contains(&format!("id={id} ")));
     let count: i64 = q(&mut c, &["COMMAND", "COUNT"]).await.unwrap();
     assert!(count > 150, "{count}");
+    // Bare COMMAND (some clients read it on connect): one entry per served command.
+    let all: Vec<Value> = q(&mut c, &["COMMAND"]).await.unwrap();
+    assert_eq!(all.len() as i64, count);
     let list: Vec<String> = q(&mut c, &["COMMAND", "LIST"]).await.unwrap();
     assert!(list.contains(&"get".to_string()) && !list.contains(&"bgsave".to_string()));
     let info: Vec<Value> = q(&mut c, &["COMMAND", "INFO", "get", "nosuch"]).await.unwrap();
