@@ -9,6 +9,7 @@
 #   bench/callgrind.sh                 # GET -P 16, 200000 requests
 #   TEST=set P=1 N=50000 bench/callgrind.sh
 #   SHARDIS=/path/to/other/shardis bench/callgrind.sh   # a build to compare
+#   CG_OUT=/tmp/x.cg bench/callgrind.sh                 # keep the profile
 #
 # Under valgrind every request takes tens of milliseconds of wall time, so
 # the slow log (a wall-clock threshold) would log all of them: it is set to
@@ -38,6 +39,11 @@ vg=$!
 pids+=($vg)
 wait_ports "${ports[@]}"
 for _ in $(seq 200); do redis-cli -p "$proxy" ping >/dev/null 2>&1 && break; sleep 0.1; done
+if ! redis-cli -p "$proxy" ping >/dev/null 2>&1; then
+  echo "callgrind.sh: the proxy did not start:" >&2
+  tail -5 "$dir/valgrind.log" >&2
+  exit 1
+fi
 # Warm the keyspace so GETs find values, outside the counted window.
 redis-benchmark -p "$proxy" -c 50 -P 16 -n 100000 -r 100000 -t set -q >/dev/null
 callgrind_control -i on "$vg" >/dev/null 2>&1
@@ -45,6 +51,7 @@ redis-benchmark -p "$proxy" -c 50 -P "$pipeline" -n "$n" -r 100000 -t "$test" -q
 callgrind_control -i off "$vg" >/dev/null 2>&1
 kill -INT "$vg"
 wait "$vg" 2>/dev/null || true
+[ -n "${CG_OUT:-}" ] && cp "$dir/cg.out" "$CG_OUT"
 total=$(callgrind_annotate "$dir/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
 echo "$test -P $pipeline, $n requests: $total instructions, $((total / n)) per request ($bin)"
 echo "--- top functions, self"
