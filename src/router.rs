@@ -64,10 +64,14 @@ impl<'a> View<'a> {
 
 /// What the router reads of the client.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Ctx {
+pub struct Ctx<'a> {
     pub authenticated: bool,
-    /// Gave `SHARDIS.ADMIN` the admin password.
+    /// Passes the legacy admin gate: gave `SHARDIS.ADMIN` the admin
+    /// password, or is a configured user (its permissions decide).
     pub admin: bool,
+    /// The user's permissions, when some command or key is not allowed
+    /// (see [`crate::acl`]).
+    pub perms: Option<&'a crate::acl::Perms>,
     /// Inside MULTI: commands are queued.
     pub in_tx: bool,
     /// Earlier requests of this client wait for a migration: a keyed request
@@ -190,7 +194,7 @@ impl Router {
     /// Decides what to do with `req` (whose arguments are `args`).
     pub fn route(&mut self, view: &View<'_>, ctx: Ctx, req: &Request, args: &[&[u8]]) -> Plan {
         self.spec = None;
-        let Lookup { spec, route } = match command::lookup(args) {
+        let Lookup { spec, route, id } = match command::lookup(args) {
             Ok(l) => {
                 self.spec = Some(l.spec);
                 l
@@ -207,6 +211,16 @@ impl Router {
         };
         if !ctx.authenticated && !matches!(route, Route::Local(Local::Auth | Local::Hello | Local::Quit)) {
             return Plan::Error(ReplyError::new(ErrorKind::NoAuth, "Authentication required."));
+        }
+        if let Some(perms) = ctx.perms {
+            if let Err(e) = crate::acl::check(perms, spec, id, args, &mut self.keys) {
+                // Inside MULTI, as Redis: not queued, and EXEC answers EXECABORT.
+                return if ctx.in_tx {
+                    Plan::Tx(TxStep::Refuse(e))
+                } else {
+                    Plan::Error(e)
+                };
+            }
         }
         // Inside MULTI everything but MULTI/EXEC/DISCARD/WATCH is queued (or
         // refused); UNWATCH is queued, as Redis does.
@@ -249,7 +263,7 @@ impl Router {
             Route::ShardPubSub(kind) => pubsub::sharded(view, kind, req, args, &mut self.parts),
             Route::Fanout(kind) => fanout(view, kind, req, args, &mut self.parts),
             Route::Broadcast(kind) => broadcast(view, ctx, kind, spec, args, &mut self.parts),
-            Route::Local(_) if view.config.admin_password.is_some() && !ctx.admin && command::admin_only(spec.name) => {
+            Route::Local(_) if gated(view, ctx) && command::admin_only(spec.name) => {
                 Plan::Error(command::needs_admin(spec.name))
             }
             Route::Local(cmd) => Plan::Local(cmd),
@@ -349,6 +363,13 @@ impl Router {
     }
 }
 
+/// Whether the legacy admin gate closes admin commands to this client: an
+/// `admin_password` (or users) is configured and the client is the legacy
+/// default user without SHARDIS.ADMIN.
+fn gated(view: &View<'_>, ctx: Ctx<'_>) -> bool {
+    (view.config.admin_password.is_some() || !view.config.users.is_empty()) && !ctx.admin
+}
+
 fn proxy_in_multi() -> ReplyError {
     ReplyError::err("shardis: SHARDIS.* commands cannot be used inside MULTI")
 }
@@ -381,7 +402,7 @@ fn proxy(view: &View<'_>, ctx: Ctx, cmd: ProxyCommand, args: &[&[u8]]) -> Plan {
             Some(_) => Plan::Error(ReplyError::new(ErrorKind::WrongPass, "invalid admin password")),
         },
         ProxyCommand::Reload => {
-            if admin_password.is_some() && !ctx.admin {
+            if gated(view, ctx) {
                 return Plan::Error(ReplyError::new(
                     ErrorKind::NoPerm,
                     "shardis: SHARDIS.RELOAD needs SHARDIS.ADMIN <admin_password> first",
@@ -554,7 +575,7 @@ fn broadcast(
             names: view.names.to_vec(),
         },
         Broadcast::AdminAgree => {
-            if view.config.admin_password.is_some() && !ctx.admin {
+            if gated(view, ctx) {
                 return Plan::Error(ReplyError::new(
                     ErrorKind::NoPerm,
                     format!("shardis: {} needs SHARDIS.ADMIN <admin_password> first", what()),

@@ -5,6 +5,7 @@
 //! specs; [`info`] re-encodes table entries as `COMMAND INFO` replies. This
 //! file decides, per command, how the proxy serves it: see [`Route`].
 
+pub mod ids;
 pub mod info;
 mod key_procs;
 pub mod keys;
@@ -92,6 +93,8 @@ pub enum Local {
     Slowlog,
     /// LATENCY: the proxy records no latency events; answered empty.
     Latency,
+    /// ACL WHOAMI / USERS / CAT / LIST / DRYRUN: the users of proxy.toml.
+    Acl,
 }
 
 /// The sharded pub/sub commands.
@@ -187,6 +190,8 @@ pub struct Lookup {
     /// The spec that applies (the subcommand's, for container commands).
     pub spec: &'static CommandSpec,
     pub route: Route,
+    /// The command's id ([`ids`]): what an ACL permission check tests.
+    pub id: usize,
 }
 
 /// Finds the command, checks its arity like Redis and picks its route.
@@ -195,9 +200,10 @@ pub fn lookup(args: &[&[u8]]) -> Result<Lookup, ReplyError> {
     let Some(name) = args.first() else {
         return Err(ReplyError::err("empty command"));
     };
-    let Some(mut spec) = spec::lookup(name).or_else(|| proxy_command(name)) else {
+    let Some(parent) = spec::lookup(name).or_else(|| proxy_command(name)) else {
         return Err(unknown_command(args));
     };
+    let mut spec = parent;
     // A bare `COMMAND` is a command of its own; every other container needs a subcommand.
     let bare_command = spec.name == "command" && args.len() == 1;
     if !spec.subcommands.is_empty() && !bare_command {
@@ -221,9 +227,11 @@ pub fn lookup(args: &[&[u8]]) -> Result<Lookup, ReplyError> {
     if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
         return Err(ReplyError::wrong_arity(spec.name));
     }
+    let sub = (!std::ptr::eq(spec, parent)).then_some(spec);
     Ok(Lookup {
         spec,
         route: route_of(spec, args),
+        id: ids::id(parent, sub).unwrap_or(0),
     })
 }
 
@@ -251,6 +259,8 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         }
         "client|trackinginfo" => Route::Local(L::Client),
         "monitor" => Route::Local(L::Monitor),
+        "acl|whoami" | "acl|users" | "acl|cat" | "acl|list" | "acl|dryrun" => Route::Local(L::Acl),
+        n if n.starts_with("acl|") => Route::Refuse(R::Because(why::ACL)),
         n if n.starts_with("slowlog|") => Route::Local(L::Slowlog),
         n if n.starts_with("latency|") => Route::Local(L::Latency),
         "memory|purge" => Route::Broadcast(B::AllOk),
@@ -341,6 +351,7 @@ mod why {
     pub const REPLICATION: &str = "replication is set up on each shard, not through the proxy, which would make every shard a replica of one server";
     pub const PERSISTENCE: &str =
         "persistence is each shard's own; run it on the shards (INFO persistence merges them)";
+    pub const ACL: &str = "users are configured in proxy.toml ([[users]]) and re-read by SHARDIS.RELOAD";
     pub const SHUTDOWN: &str = "it would stop every shard; stop the proxy with SIGTERM, and the shards on their own";
 }
 
@@ -360,14 +371,16 @@ pub static CLIENT_SETINFO: CommandSpec = CommandSpec {
 };
 
 /// The proxy's own commands (`SHARDIS.*`), looked up after Redis's.
+/// Their ACL categories: SHARDIS.ADMIN is allowed to every user (as AUTH),
+/// SHARDIS.RELOAD is an admin command, SHARDIS.LOCK writes, SHARDIS.FENCE reads.
 static PROXY_COMMANDS: [CommandSpec; 4] = [
-    proxy_spec("shardis.admin", 2),
-    proxy_spec("shardis.reload", -1),
-    proxy_spec("shardis.lock", 4),
-    proxy_spec("shardis.fence", 3),
+    proxy_spec("shardis.admin", 2, &["@connection"]),
+    proxy_spec("shardis.reload", -1, &["@admin", "@dangerous"]),
+    proxy_spec("shardis.lock", 4, &["@write"]),
+    proxy_spec("shardis.fence", 3, &["@read"]),
 ];
 
-const fn proxy_spec(name: &'static str, arity: i32) -> CommandSpec {
+const fn proxy_spec(name: &'static str, arity: i32, acl_categories: &'static [&'static str]) -> CommandSpec {
     CommandSpec {
         name,
         arity,
@@ -375,7 +388,7 @@ const fn proxy_spec(name: &'static str, arity: i32) -> CommandSpec {
         first_key: 0,
         last_key: 0,
         step: 0,
-        acl_categories: &["@admin"],
+        acl_categories,
         tips: &[],
         key_specs: &[],
         subcommands: &[],

@@ -96,13 +96,14 @@ impl Fixture {
 const USER: Ctx = Ctx {
     authenticated: true,
     admin: false,
+    perms: None,
     in_tx: false,
     parked: false,
     released: false,
     rerouted: false,
 };
 
-fn in_tx() -> Ctx {
+fn in_tx() -> Ctx<'static> {
     Ctx { in_tx: true, ..USER }
 }
 

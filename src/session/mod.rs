@@ -162,10 +162,12 @@ const LINGER_QUIET: Duration = Duration::from_millis(100);
 
 impl Session {
     pub fn new(shared: Arc<Shared>, id: u64, addr: String, laddr: String) -> Session {
-        let cfg = shared.topology.load().config.clone();
+        let topo = shared.topology.load_full();
+        let cfg = topo.config.clone();
         let (entry, kill) = shared.clients.register(id, addr.clone(), laddr.clone());
+        let user = topo.acl.default_user().clone();
         Session {
-            state: ClientState::new(id, addr, laddr, cfg.password.is_some(), entry),
+            state: ClientState::new(id, addr, laddr, user, topo.acl.needs_login(), entry),
             parser: RequestParser::new(cfg.parser_limits()),
             router: Router::default(),
             replies: Replies::default(),
@@ -367,7 +369,8 @@ impl Session {
         }
         let ctx = Ctx {
             authenticated: self.state.authenticated,
-            admin: self.state.admin,
+            admin: self.state.admin_gate_open(),
+            perms: self.state.perms(),
             in_tx: self.tx.is_some(),
             parked: self.parked > 0,
             released,
