@@ -63,7 +63,7 @@ fn role(name: &str) -> Option<(&'static str, &'static str)> {
             "+@read +@connection -@admin -@dangerous -@write +ping +info +command",
             "allkeys",
         ),
-        "read-write" => ("+@all -@admin -@dangerous", "allkeys"),
+        "read-write" => ("+@all -@admin -@dangerous +info", "allkeys"),
         "admin" => ("+@all", "allkeys"),
         _ => return None,
     })
