@@ -6,7 +6,9 @@
 //! table's route, authentication, transaction steps, lock keys (detected
 //! here and nowhere else), requests that must wait for their keys to move
 //! during a migration, cross-shard refusals, the split of multi-key commands
-//! and how their replies merge.
+//! and how their replies merge. The user's permissions ([`crate::acl`]) are
+//! checked right after authentication. [`steps`]: transaction steps and
+//! `SHARDIS.*` with the legacy admin gate.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::command::spec::CommandSpec;
-use crate::command::{self, Broadcast, Fanout, Local, Lookup, ProxyCommand, Route, TxCommand, keys::key_indices};
+use crate::command::{self, Broadcast, Fanout, Local, Lookup, Route, TxCommand, keys::key_indices};
 use crate::config::Config;
 use crate::error::{ErrorKind, ReplyError};
 use crate::hold::Hold;
@@ -363,64 +365,6 @@ impl Router {
     }
 }
 
-/// Whether the legacy admin gate closes admin commands to this client: an
-/// `admin_password` (or users) is configured and the client is the legacy
-/// default user without SHARDIS.ADMIN.
-fn gated(view: &View<'_>, ctx: Ctx<'_>) -> bool {
-    (view.config.admin_password.is_some() || !view.config.users.is_empty()) && !ctx.admin
-}
-
-fn proxy_in_multi() -> ReplyError {
-    ReplyError::err("shardis: SHARDIS.* commands cannot be used inside MULTI")
-}
-
-fn transaction_step(step: TxCommand, ctx: Ctx) -> Plan {
-    match (step, ctx.in_tx) {
-        (TxCommand::Multi, false) => Plan::Tx(TxStep::Multi),
-        (TxCommand::Multi, true) => Plan::Error(ReplyError::err("MULTI calls can not be nested")),
-        (TxCommand::Exec, true) => Plan::Tx(TxStep::Exec),
-        (TxCommand::Exec, false) => Plan::Error(ReplyError::err("EXEC without MULTI")),
-        (TxCommand::Discard, true) => Plan::Tx(TxStep::Discard),
-        (TxCommand::Discard, false) => Plan::Error(ReplyError::err("DISCARD without MULTI")),
-        (TxCommand::Watch, true) => Plan::Error(ReplyError::err("WATCH inside MULTI is not allowed")),
-        // Routed as a WATCH before this (outside MULTI).
-        (TxCommand::Watch, false) => Plan::Error(ReplyError::err("shardis: WATCH not routed")),
-        // Inside MULTI, UNWATCH is queued before this.
-        (TxCommand::Unwatch, _) => Plan::Tx(TxStep::Unwatch),
-    }
-}
-
-/// `SHARDIS.*` (arity already checked by the lookup).
-fn proxy(view: &View<'_>, ctx: Ctx, cmd: ProxyCommand, args: &[&[u8]]) -> Plan {
-    let admin_password = view.config.admin_password.as_deref();
-    match cmd {
-        ProxyCommand::Admin => match admin_password {
-            None => Plan::Error(ReplyError::err(
-                "shardis: no admin_password is configured; admin commands are open to every client",
-            )),
-            Some(pw) if args.get(1).is_some_and(|given| pw.as_bytes() == *given) => Plan::Admin(Admin::Login),
-            Some(_) => Plan::Error(ReplyError::new(ErrorKind::WrongPass, "invalid admin password")),
-        },
-        ProxyCommand::Reload => {
-            if gated(view, ctx) {
-                return Plan::Error(ReplyError::new(
-                    ErrorKind::NoPerm,
-                    "shardis: SHARDIS.RELOAD needs SHARDIS.ADMIN <admin_password> first",
-                ));
-            }
-            match args {
-                [_] => Plan::Admin(Admin::Reload { force: false }),
-                [_, f] if f.eq_ignore_ascii_case(b"force") => Plan::Admin(Admin::Reload { force: true }),
-                _ => Plan::Error(ReplyError::err("syntax error: SHARDIS.RELOAD [FORCE]")),
-            }
-        }
-        ProxyCommand::Lock | ProxyCommand::Fence => match classify::classify_proxy_command(args[0], args, view.locks) {
-            Ok(op) => Plan::Lock(Box::new(LockPlan { op, script: None })),
-            Err(e) => Plan::Error(e),
-        },
-    }
-}
-
 /// A command on lock keys: for the lock worker when every key is a lock
 /// key, refused when it mixes them with other keys.
 fn lock_command(name: &str, args: &[&[u8]], req: &Request, all_lock_keys: bool) -> Plan {
@@ -620,7 +564,9 @@ fn spec_name_of(name: &[u8]) -> &'static str {
 
 mod pubsub;
 mod scan;
+mod steps;
 use scan::scan;
+use steps::{gated, proxy, proxy_in_multi, transaction_step};
 
 #[cfg(test)]
 mod tests;
