@@ -94,6 +94,7 @@ impl ClientState {
             lib_name: self.lib_name.clone(),
             lib_ver: self.lib_ver.clone(),
             resp: if self.proto == Protocol::Resp3 { 3 } else { 2 },
+            user: (self.user.name != "default").then(|| Bytes::copy_from_slice(self.user.name.as_bytes())),
         });
     }
 }

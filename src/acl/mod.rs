@@ -115,8 +115,7 @@ impl User {
         let Some(want) = &self.digest else {
             return false;
         };
-        let got = sha256(pass);
-        want.iter().zip(got.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        ct_eq(want, &sha256(pass))
     }
 
     /// Whether the user is the only one whose permissions are unrestricted
@@ -301,6 +300,16 @@ impl Acl {
             _ => Err(wrongpass()),
         }
     }
+}
+
+/// Whether two secrets are equal, in time independent of where they differ
+/// (their SHA-256 digests are compared).
+pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    ct_eq(&sha256(a), &sha256(b))
+}
+
+fn ct_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Redis's answer to bad credentials.

@@ -38,10 +38,19 @@ pub(super) fn proxy(view: &View<'_>, ctx: Ctx, cmd: ProxyCommand, args: &[&[u8]]
     let admin_password = view.config.admin_password.as_deref();
     match cmd {
         ProxyCommand::Admin => match admin_password {
+            None if !view.config.users.is_empty() => Plan::Error(ReplyError::err(
+                "shardis: no admin_password is configured; log in as a user allowed the @admin commands",
+            )),
             None => Plan::Error(ReplyError::err(
                 "shardis: no admin_password is configured; admin commands are open to every client",
             )),
-            Some(pw) if args.get(1).is_some_and(|given| pw.as_bytes() == *given) => Plan::Admin(Admin::Login),
+            Some(pw)
+                if args
+                    .get(1)
+                    .is_some_and(|given| crate::acl::same_secret(pw.as_bytes(), given)) =>
+            {
+                Plan::Admin(Admin::Login)
+            }
             Some(_) => Plan::Error(ReplyError::new(ErrorKind::WrongPass, "invalid admin password")),
         },
         ProxyCommand::Reload => {

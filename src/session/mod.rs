@@ -446,7 +446,7 @@ impl Session {
                 let mut b = BytesMut::new();
                 let mut enc = Encoder::new(&mut b, proto);
                 let outcome = local::run(cmd, args, &mut self.state, &self.shared, topo, &mut enc);
-                if matches!(cmd, Local::Hello | Local::Client | Local::Reset) {
+                if matches!(cmd, Local::Hello | Local::Client | Local::Reset | Local::Auth) {
                     self.state.publish();
                 }
                 match outcome {

@@ -172,7 +172,8 @@ async fn admin_commands_need_the_admin_category() {
     let mut boss = conn_as(&addr, "boss", "hunter2").await;
     ok(&mut boss, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).await;
     ok(&mut boss, &["SLOWLOG", "RESET"]).await;
-    ok(&mut boss, &["CLIENT", "LIST"]).await;
+    let list = text(ok(&mut boss, &["CLIENT", "LIST"]).await);
+    assert!(list.contains(" user=boss ") && list.contains(" user=writer "), "{list}");
     ok(&mut boss, &["FLUSHALL"]).await;
 }
 
