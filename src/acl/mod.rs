@@ -340,7 +340,7 @@ pub fn no_key_perm() -> ReplyError {
 /// (as Redis: ACCESS reads, INSERT/DELETE/UPDATE write). With several key
 /// specs, their union applies to every key: stricter than Redis for
 /// commands such as COPY, never looser.
-fn key_need(spec: &CommandSpec) -> u8 {
+pub fn key_need(spec: &CommandSpec) -> u8 {
     let flags = spec.key_specs.iter().fold(0, |acc, ks| acc | ks.flags);
     let mut need = 0;
     if flags & KS_ACCESS != 0 {

@@ -129,7 +129,7 @@ fn dryrun(args: &[&[u8]], topo: &Topology, enc: &mut Encoder<'_>) {
             let key = keys
                 .iter()
                 .filter_map(|&i| cmd.get(i))
-                .find(|k| !user.perms.allows_key(k, rules::KEY_READ | rules::KEY_WRITE))
+                .find(|k| !user.perms.allows_key(k, acl::key_need(spec)))
                 .map_or(String::new(), |k| String::from_utf8_lossy(k).into_owned());
             enc.bulk(format!("This user has no permissions to access the '{key}' key").as_bytes());
         }
