@@ -22,7 +22,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 
 use crate::command::keys::key_indices;
-use crate::command::spec::{CommandSpec, F_NO_AUTH, KS_ACCESS, KS_DELETE, KS_INSERT, KS_UPDATE};
+use crate::command::spec::{CommandSpec, F_NO_AUTH, F_PUBSUB, KS_ACCESS, KS_DELETE, KS_INSERT, KS_UPDATE};
 use crate::error::{ErrorKind, ReplyError};
 pub use rules::Perms;
 
@@ -50,6 +50,10 @@ pub struct UserConfig {
     /// Key patterns: `~prefix:*`, `%R~ro:*`, `%W~wo:*`, `allkeys`.
     #[serde(default)]
     pub keys: Option<Vec<String>>,
+    /// Pub/sub channel patterns: `&news:*`, `allchannels` (the default),
+    /// `resetchannels` (none).
+    #[serde(default)]
+    pub channels: Option<Vec<String>>,
 }
 
 fn yes() -> bool {
@@ -121,11 +125,10 @@ impl User {
     /// Whether the user is the only one whose permissions are unrestricted
     /// commands and keys (the check can be skipped).
     pub fn unrestricted(&self) -> bool {
-        self.perms.all_commands && self.perms.all_keys
+        self.perms.all_commands && self.perms.all_keys && self.perms.all_channels
     }
 
-    /// The user as `ACL LIST` shows it (channels are not restricted by
-    /// shardis: always `&*`).
+    /// The user as `ACL LIST` shows it.
     pub fn acl_line(&self) -> String {
         let mut s = format!("user {} {}", self.name, if self.enabled { "on" } else { "off" });
         if self.nopass {
@@ -141,7 +144,9 @@ impl User {
             s.push(' ');
             s.push_str(&keys);
         }
-        s.push_str(" &* ");
+        s.push(' ');
+        s.push_str(&self.perms.channel_text());
+        s.push(' ');
         s.push_str(&self.perms.command_text());
         s
     }
@@ -176,7 +181,8 @@ impl User {
             }
             keys.extend(k.iter().cloned());
         }
-        let perms = rules::compile(&commands, &keys)?;
+        let channels = c.channels.clone().unwrap_or_else(|| vec!["allchannels".into()]);
+        let perms = rules::compile(&commands, &keys, &channels)?;
         Ok(User {
             name: c.name.clone(),
             enabled: c.enabled,
@@ -373,6 +379,20 @@ pub fn check(
             .any(|&i| args.get(i).is_none_or(|k| !perms.allows_key(k, need)))
         {
             return Err(no_key_perm());
+        }
+    }
+    if !perms.all_channels && spec.flags & F_PUBSUB != 0 {
+        let channels = match spec.name {
+            "publish" | "spublish" => args.get(1..2),
+            "subscribe" | "ssubscribe" | "psubscribe" => args.get(1..),
+            _ => None,
+        };
+        let pattern = spec.name == "psubscribe";
+        if channels.is_some_and(|cs| cs.iter().any(|c| !perms.allows_channel(c, pattern))) {
+            return Err(ReplyError::new(
+                ErrorKind::NoPerm,
+                "this user has no permissions to access one of the channels used as arguments",
+            ));
         }
     }
     Ok(())

@@ -59,6 +59,10 @@ pub struct Perms {
     /// `allkeys` (`~*`): keys are not checked.
     pub all_keys: bool,
     pub keys: Vec<KeyPattern>,
+    /// `allchannels` (`&*`): pub/sub channels are not checked.
+    pub all_channels: bool,
+    /// Channel patterns (`&pattern`).
+    pub channels: Vec<Vec<u8>>,
     /// The command rules as given, lowercased, from the last `+@all` /
     /// `-@all` on (ACL LIST).
     text: Vec<String>,
@@ -72,6 +76,8 @@ impl Default for Perms {
             all_commands: false,
             all_keys: false,
             keys: Vec::new(),
+            all_channels: false,
+            channels: Vec::new(),
             text: Vec::new(),
         }
     }
@@ -85,7 +91,7 @@ impl Perms {
     /// Everything: `+@all ~* &*`.
     pub fn all() -> Perms {
         let mut p = Perms::default();
-        for r in ["+@all", "~*"] {
+        for r in ["+@all", "~*", "&*"] {
             let _ = p.apply(r);
         }
         p
@@ -136,12 +142,23 @@ impl Perms {
             "allcommands" => return self.apply("+@all"),
             "nocommands" => return self.apply("-@all"),
             "allkeys" => return self.apply("~*"),
+            "allchannels" => return self.apply("&*"),
+            "resetchannels" => {
+                self.all_channels = false;
+                self.channels.clear();
+                return Ok(());
+            }
             "resetkeys" => {
                 self.all_keys = false;
                 self.keys.clear();
                 return Ok(());
             }
             _ => {}
+        }
+        if let Some(pattern) = rule.strip_prefix('&') {
+            self.all_channels |= pattern == "*";
+            self.channels.push(pattern.as_bytes().to_vec());
+            return Ok(());
         }
         if let Some((perm, pattern)) = key_rule(rule) {
             if perm == 0 {
@@ -190,6 +207,35 @@ impl Perms {
                 .keys
                 .iter()
                 .any(|k| k.perm & need == need && crate::lock::glob::glob_match(&k.pattern, key))
+    }
+
+    /// Whether `channel` may be used; `pattern`: it is a PSUBSCRIBE
+    /// pattern, allowed only when the user has that very pattern (Redis).
+    pub fn allows_channel(&self, channel: &[u8], pattern: bool) -> bool {
+        self.all_channels
+            || self.channels.iter().any(|p| {
+                if pattern {
+                    p.as_slice() == channel
+                } else {
+                    crate::lock::glob::glob_match(p, channel)
+                }
+            })
+    }
+
+    /// The channel rules in Redis's text (ACL LIST).
+    pub fn channel_text(&self) -> String {
+        if self.all_channels {
+            return "&*".into();
+        }
+        if self.channels.is_empty() {
+            return "resetchannels".into();
+        }
+        let v: Vec<String> = self
+            .channels
+            .iter()
+            .map(|c| format!("&{}", String::from_utf8_lossy(c)))
+            .collect();
+        v.join(" ")
     }
 
     /// The command rules in Redis's text (ACL LIST): `+@all ...` or
@@ -245,10 +291,21 @@ fn key_rule(rule: &str) -> Option<(u8, &str)> {
     Some((perm, pattern))
 }
 
-/// Compiles whitespace-separated command rules and key patterns.
-pub fn compile(commands: &str, keys: &[String]) -> Result<Perms, String> {
+/// Compiles whitespace-separated command rules, key and channel patterns.
+pub fn compile(commands: &str, keys: &[String], channels: &[String]) -> Result<Perms, String> {
     let mut p = Perms::default();
+    for c in channels {
+        if !(c.starts_with('&') || matches!(c.as_str(), "allchannels" | "resetchannels")) {
+            return Err(format!(
+                "'{c}' is not a channel rule (&pattern, allchannels, resetchannels)"
+            ));
+        }
+        p.apply(c)?;
+    }
     for r in commands.split_whitespace() {
+        if r.starts_with('&') || matches!(r, "allchannels" | "resetchannels") {
+            return Err(format!("'{r}' is a channel rule: put it in `channels`"));
+        }
         if r.starts_with('~') || r.starts_with('%') || matches!(r, "allkeys" | "resetkeys") {
             return Err(format!("'{r}' is a key rule: put it in `keys`"));
         }
@@ -275,24 +332,24 @@ mod tests {
 
     #[test]
     fn categories_and_commands_apply_in_order() {
-        let p = compile("+@read -@dangerous +ping", &[]).unwrap();
+        let p = compile("+@read -@dangerous +ping", &[], &[]).unwrap();
         assert!(allowed(&p, "get"));
         assert!(allowed(&p, "ping"));
         assert!(!allowed(&p, "set"));
         assert!(!allowed(&p, "keys"), "keys is @dangerous");
         assert!(!allowed(&p, "config|set"));
 
-        let p = compile("+@all -@admin", &[]).unwrap();
+        let p = compile("+@all -@admin", &[], &[]).unwrap();
         assert!(!p.all_commands);
         assert!(allowed(&p, "set") && allowed(&p, "flushall"));
         assert!(!allowed(&p, "config|set") && !allowed(&p, "monitor") && !allowed(&p, "client|kill"));
         assert!(!allowed(&p, "shardis.reload"));
         assert!(allowed(&p, "config|get") || !allowed(&p, "config|get"));
 
-        let p = compile("allcommands", &[]).unwrap();
+        let p = compile("allcommands", &[], &[]).unwrap();
         assert!(p.all_commands && allowed(&p, "config|set"));
 
-        let p = compile("nocommands +config -config|set +client|list", &[]).unwrap();
+        let p = compile("nocommands +config -config|set +client|list", &[], &[]).unwrap();
         assert!(allowed(&p, "config|get") && !allowed(&p, "config|set"));
         assert!(allowed(&p, "client|list") && !allowed(&p, "client|kill"));
         assert!(!allowed(&p, "get"));
@@ -301,24 +358,24 @@ mod tests {
     #[test]
     fn bad_rules_are_refused_with_the_reason() {
         assert!(
-            compile("+@bogus", &[])
+            compile("+@bogus", &[], &[])
                 .unwrap_err()
                 .contains("Unknown command or category")
         );
         assert!(
-            compile("+nosuch", &[])
+            compile("+nosuch", &[], &[])
                 .unwrap_err()
                 .contains("Unknown command or category")
         );
-        assert!(compile("get", &[]).unwrap_err().contains("Syntax error"));
-        assert!(compile("~a:*", &[]).unwrap_err().contains("key rule"));
-        assert!(compile("+get", &["a:*".into()]).is_err());
-        assert!(compile("+get", &["%X~a".into()]).is_err());
+        assert!(compile("get", &[], &[]).unwrap_err().contains("Syntax error"));
+        assert!(compile("~a:*", &[], &[]).unwrap_err().contains("key rule"));
+        assert!(compile("+get", &["a:*".into()], &[]).is_err());
+        assert!(compile("+get", &["%X~a".into()], &[]).is_err());
     }
 
     #[test]
     fn key_patterns() {
-        let p = compile("+@all", &["~app:*".into(), "%R~ro:*".into(), "%W~wo:*".into()]).unwrap();
+        let p = compile("+@all", &["~app:*".into(), "%R~ro:*".into(), "%W~wo:*".into()], &[]).unwrap();
         assert!(!p.all_keys);
         assert!(p.allows_key(b"app:1", KEY_READ | KEY_WRITE));
         assert!(p.allows_key(b"ro:1", KEY_READ));
@@ -326,18 +383,34 @@ mod tests {
         assert!(p.allows_key(b"wo:1", KEY_WRITE));
         assert!(!p.allows_key(b"wo:1", KEY_READ));
         assert!(!p.allows_key(b"other", KEY_READ));
-        let p = compile("+@all", &["allkeys".into()]).unwrap();
+        let p = compile("+@all", &["allkeys".into()], &[]).unwrap();
         assert!(p.all_keys && p.allows_key(b"x", KEY_WRITE));
     }
 
     #[test]
+    fn channel_patterns() {
+        let p = compile("+@all", &["allkeys".into()], &["&news:*".into()]).unwrap();
+        assert!(!p.all_channels);
+        assert!(p.allows_channel(b"news:1", false));
+        assert!(!p.allows_channel(b"sport", false));
+        assert!(p.allows_channel(b"news:*", true), "the same pattern");
+        assert!(!p.allows_channel(b"news:1*", true), "a pattern is compared literally");
+        assert_eq!(p.channel_text(), "&news:*");
+        let p = compile("+@all", &[], &["resetchannels".into()]).unwrap();
+        assert_eq!(p.channel_text(), "resetchannels");
+        assert!(compile("+@all", &[], &["news".into()]).is_err());
+        assert!(compile("+@all &x", &[], &[]).is_err());
+        assert!(compile("", &[], &["allchannels".into()]).unwrap().all_channels);
+    }
+
+    #[test]
     fn rule_text() {
-        let p = compile("+@read +@connection", &["~ro:*".into()]).unwrap();
+        let p = compile("+@read +@connection", &["~ro:*".into()], &[]).unwrap();
         assert_eq!(p.command_text(), "-@all +@read +@connection");
         assert_eq!(p.key_text(), "~ro:*");
-        let p = compile("+@all -@admin", &["allkeys".into()]).unwrap();
+        let p = compile("+@all -@admin", &["allkeys".into()], &[]).unwrap();
         assert_eq!(p.command_text(), "+@all -@admin");
         assert_eq!(p.key_text(), "~*");
-        assert_eq!(compile("allcommands", &[]).unwrap().command_text(), "+@all");
+        assert_eq!(compile("allcommands", &[], &[]).unwrap().command_text(), "+@all");
     }
 }

@@ -32,6 +32,13 @@ commands = "+@all -@admin"
 keys = ["~app:*", "%R~shared:*"]
 
 [[users]]
+name = "news"
+password = "npass"
+commands = "+@all"
+keys = ["allkeys"]
+channels = ["&news:*"]
+
+[[users]]
 name = "off"
 password = "x"
 enabled = false
@@ -145,6 +152,25 @@ async fn read_only_and_key_pattern_users_are_refused_as_redis_refuses() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn channel_patterns_are_checked_as_redis_checks_them() {
+    let nodes = three_nodes();
+    let proxy = users_proxy(&nodes, "").await;
+    let plain = RedisNode::start();
+    let mut news = conn_as(&proxy.addr.to_string(), "news", "npass").await;
+    let mut redis_news = redis_with_user(&plain, "news", "npass", "+@all ~* &news:*").await;
+    ok(&mut news, &["PUBLISH", "news:1", "m"]).await;
+    ok(&mut news, &["SPUBLISH", "news:2", "m"]).await;
+    for args in [&["PUBLISH", "sport", "m"][..], &["SPUBLISH", "sport", "m"]] {
+        let want = error_of(&mut redis_news, args).await;
+        assert_eq!(
+            want,
+            "NOPERM this user has no permissions to access one of the channels used as arguments"
+        );
+        assert_eq!(error_of(&mut news, args).await, want, "{args:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn admin_commands_need_the_admin_category() {
     let nodes = three_nodes();
     let proxy = users_proxy(&nodes, "").await;
@@ -205,7 +231,7 @@ async fn logins_whoami_and_acl_introspection() {
         panic!("ACL USERS")
     };
     let users: Vec<String> = users.into_iter().map(text).collect();
-    assert_eq!(users, ["app", "boss", "default", "off", "reader", "writer"]);
+    assert_eq!(users, ["app", "boss", "default", "news", "off", "reader", "writer"]);
     let redis::Value::Array(list) = ok(&mut c, &["ACL", "LIST"]).await else {
         panic!("ACL LIST")
     };
