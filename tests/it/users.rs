@@ -160,6 +160,18 @@ async fn channel_patterns_are_checked_as_redis_checks_them() {
     let mut redis_news = redis_with_user(&plain, "news", "npass", "+@all ~* &news:*").await;
     ok(&mut news, &["PUBLISH", "news:1", "m"]).await;
     ok(&mut news, &["SPUBLISH", "news:2", "m"]).await;
+    // The subscriber pipe would be unchecked: refused to restricted users.
+    assert!(
+        error_of(&mut news, &["SUBSCRIBE", "news:1"])
+            .await
+            .starts_with("NOPERM shardis: SUBSCRIBE")
+    );
+    let mut reader = conn_as(&proxy.addr.to_string(), "reader", "rpass").await;
+    assert!(
+        error_of(&mut reader, &["PSUBSCRIBE", "news:*"])
+            .await
+            .starts_with("NOPERM")
+    );
     for args in [&["PUBLISH", "sport", "m"][..], &["SPUBLISH", "sport", "m"]] {
         let want = error_of(&mut redis_news, args).await;
         assert_eq!(
