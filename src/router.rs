@@ -196,7 +196,7 @@ impl Router {
     /// Decides what to do with `req` (whose arguments are `args`).
     pub fn route(&mut self, view: &View<'_>, ctx: Ctx, req: &Request, args: &[&[u8]]) -> Plan {
         self.spec = None;
-        let Lookup { spec, route, id } = match command::lookup(args) {
+        let lookup @ Lookup { spec, route, .. } = match command::lookup(args) {
             Ok(l) => {
                 self.spec = Some(l.spec);
                 l
@@ -215,7 +215,7 @@ impl Router {
             return Plan::Error(ReplyError::new(ErrorKind::NoAuth, "Authentication required."));
         }
         if let Some(perms) = ctx.perms {
-            if let Err(e) = crate::acl::check(perms, spec, id, args, &mut self.keys) {
+            if let Err(e) = crate::acl::check(perms, spec, lookup.id(), args, &mut self.keys) {
                 // Inside MULTI, as Redis: not queued, and EXEC answers EXECABORT.
                 return if ctx.in_tx {
                     Plan::Tx(TxStep::Refuse(e))

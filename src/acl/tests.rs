@@ -14,7 +14,7 @@ fn lookup(line: &str) -> (Vec<&[u8]>, crate::command::Lookup) {
 
 fn run(u: &User, line: &str) -> Result<(), String> {
     let (args, l) = lookup(line);
-    check(&u.perms, l.spec, l.id, &args, &mut Vec::new()).map_err(|e| e.to_string())
+    check(&u.perms, l.spec, l.id(), &args, &mut Vec::new()).map_err(|e| e.to_string())
 }
 
 #[test]

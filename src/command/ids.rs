@@ -123,7 +123,7 @@ mod tests {
         ] {
             let args: Vec<&[u8]> = line.split(' ').map(str::as_bytes).collect();
             let l = crate::command::lookup(&args).unwrap();
-            assert_eq!(Some(l.id), by_name(l.spec.name).map(|(id, _)| id), "{line}");
+            assert_eq!(Some(l.id()), by_name(l.spec.name).map(|(id, _)| id), "{line}");
         }
     }
 }

@@ -190,8 +190,20 @@ pub struct Lookup {
     /// The spec that applies (the subcommand's, for container commands).
     pub spec: &'static CommandSpec,
     pub route: Route,
+    /// The top-level command (`spec` itself, or its container).
+    pub parent: &'static CommandSpec,
+}
+
+impl Lookup {
     /// The command's id ([`ids`]): what an ACL permission check tests.
-    pub id: usize,
+    /// Computed on demand: unrestricted users never need it.
+    pub fn id(&self) -> usize {
+        ids::id(
+            self.parent,
+            (!std::ptr::eq(self.spec, self.parent)).then_some(self.spec),
+        )
+        .unwrap_or(0)
+    }
 }
 
 /// Finds the command, checks its arity like Redis and picks its route.
@@ -227,11 +239,10 @@ pub fn lookup(args: &[&[u8]]) -> Result<Lookup, ReplyError> {
     if (arity > 0 && n != arity) || (arity < 0 && n < -arity) {
         return Err(ReplyError::wrong_arity(spec.name));
     }
-    let sub = (!std::ptr::eq(spec, parent)).then_some(spec);
     Ok(Lookup {
         spec,
         route: route_of(spec, args),
-        id: ids::id(parent, sub).unwrap_or(0),
+        parent,
     })
 }
 

@@ -118,9 +118,9 @@ fn dryrun(args: &[&[u8]], topo: &Topology, enc: &mut Encoder<'_>) {
         }
     };
     let spec = lookup.spec;
-    match acl::check(&user.perms, spec, lookup.id, cmd, &mut Vec::new()) {
+    match acl::check(&user.perms, spec, lookup.id(), cmd, &mut Vec::new()) {
         Ok(()) => enc.ok(),
-        Err(_) if !user.perms.allows(lookup.id) => {
+        Err(_) if !user.perms.allows(lookup.id()) => {
             enc.bulk(format!("This user has no permissions to run the '{}' command", spec.name).as_bytes())
         }
         Err(_) => {
