@@ -174,8 +174,11 @@ pub enum TxStep {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admin {
-    /// The admin password was right: this connection may use admin commands.
+    /// The admin password was right: this connection may use admin commands
+    /// (unless its IP is over the failed-login limit).
     Login,
+    /// The admin password was wrong: counted as a failed login.
+    BadPassword,
     /// Re-read the configuration file.
     Reload { force: bool },
 }

@@ -51,7 +51,7 @@ pub(super) fn proxy(view: &View<'_>, ctx: Ctx, cmd: ProxyCommand, args: &[&[u8]]
             {
                 Plan::Admin(Admin::Login)
             }
-            Some(_) => Plan::Error(ReplyError::new(ErrorKind::WrongPass, "invalid admin password")),
+            Some(_) => Plan::Admin(Admin::BadPassword),
         },
         ProxyCommand::Reload => {
             if gated(view, ctx) {

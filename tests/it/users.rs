@@ -298,6 +298,18 @@ async fn legacy_password_and_admin_password_keep_working() {
             .await
             .contains("SHARDIS.ADMIN")
     );
+    assert_eq!(
+        error_of(&mut c, &["SHARDIS.ADMIN", "nope"]).await,
+        "WRONGPASS invalid admin password"
+    );
+    assert_eq!(
+        proxy
+            .shared
+            .stats
+            .auth_failures
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
     ok(&mut c, &["SHARDIS.ADMIN", "s3cret"]).await;
     ok(&mut c, &["CONFIG", "SET", "maxmemory-policy", "noeviction"]).await;
 
