@@ -375,3 +375,41 @@ async fn redis_py_logs_in_with_a_username() {
     let proxy = users_proxy(&nodes, "").await;
     crate::support::run_py("users.py", proxy.addr).await;
 }
+
+/// A reload (SHARDIS.RELOAD by a user allowed it) brings new users and
+/// rules; a user removed can no longer log in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_changes_the_users() {
+    let nodes = three_nodes();
+    let refs: Vec<&RedisNode> = nodes.iter().collect();
+    let proxy = users_proxy(&nodes, "").await;
+    let dir = std::env::temp_dir().join(format!("shardis-users-{}", proxy.addr.port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("proxy.toml");
+    let carol = "[[users]]\nname = \"carol\"\npassword = \"cpass\"\nrole = \"read-only\"\n";
+    let without_writer = USERS.replace(
+        "name = \"writer\"\npassword = \"wpass\"",
+        "name = \"writer\"\npassword = \"changed\"",
+    );
+    std::fs::write(
+        &path,
+        crate::support::config_text(&refs, &format!("{without_writer}{carol}")),
+    )
+    .unwrap();
+    proxy.shared.config_path.set(path).unwrap();
+    let addr = proxy.addr.to_string();
+    let mut writer = conn_as(&addr, "writer", "wpass").await;
+    assert!(error_of(&mut writer, &["SHARDIS.RELOAD"]).await.starts_with("NOPERM"));
+    let mut boss = conn_as(&addr, "boss", "hunter2").await;
+    assert_eq!(ok(&mut boss, &["SHARDIS.RELOAD"]).await, redis::Value::Int(2));
+    let mut c = proxy.conn().await;
+    ok(&mut c, &["AUTH", "carol", "cpass"]).await;
+    assert_eq!(
+        error_of(&mut c, &["AUTH", "writer", "wpass"]).await,
+        "WRONGPASS invalid username-password pair or user is disabled."
+    );
+    ok(&mut c, &["AUTH", "writer", "changed"]).await;
+    // A connection logged in before keeps its user.
+    ok(&mut writer, &["SET", "k", "v"]).await;
+    let _ = std::fs::remove_dir_all(&dir);
+}
