@@ -1,8 +1,8 @@
 //! What the proxy knows of one client connection: its id and addresses,
-//! protocol, name and library (HELLO, CLIENT SETNAME/SETINFO), and whether it
-//! authenticated; CLIENT REPLY's mode; and its entry in the registry of live
-//! sessions ([`crate::registry`]). Read by the router and changed by local
-//! commands.
+//! protocol, name and library (HELLO, CLIENT SETNAME/SETINFO), whether it
+//! authenticated and as which user ([`crate::acl`]); CLIENT REPLY's mode; and
+//! its entry in the registry of live sessions ([`crate::registry`]). Read by
+//! the router and changed by local commands.
 
 use std::sync::Arc;
 

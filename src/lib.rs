@@ -40,7 +40,7 @@
 //! - [`info`]: INFO's sections, the proxy's own and those summed over the shards.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`transaction`]: MULTI/EXEC when every key is on one shard.
-//! - [`client`]: one connection's state (protocol, name, authentication).
+//! - [`client`]: one connection's state (protocol, name, authentication, its user).
 //! - [`router`]: the pure routing decision: request + topology + client
 //!   state -> a [`router::Plan`], with no I/O.
 //! - [`local`]: commands the proxy answers itself (HELLO, CLIENT, COMMAND, INFO ...).
