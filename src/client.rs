@@ -1,13 +1,14 @@
 //! What the proxy knows of one client connection: its id and addresses,
-//! protocol, name and library (HELLO, CLIENT SETNAME/SETINFO), and whether it
-//! authenticated; CLIENT REPLY's mode; and its entry in the registry of live
-//! sessions ([`crate::registry`]). Read by the router and changed by local
-//! commands.
+//! protocol, name and library (HELLO, CLIENT SETNAME/SETINFO), whether it
+//! authenticated and as which user ([`crate::acl`]); CLIENT REPLY's mode; and
+//! its entry in the registry of live sessions ([`crate::registry`]). Read by
+//! the router and changed by local commands.
 
 use std::sync::Arc;
 
 use bytes::Bytes;
 
+use crate::acl::User;
 use crate::protocol::Protocol;
 use crate::registry::{Desc, Entry};
 
@@ -32,7 +33,10 @@ pub struct ClientState {
     pub lib_name: Option<Bytes>,
     pub lib_ver: Option<Bytes>,
     pub authenticated: bool,
-    /// Gave `SHARDIS.ADMIN` the admin password (see `admin_password`).
+    /// The user this connection is (`default` until AUTH).
+    pub user: Arc<User>,
+    /// Gave `SHARDIS.ADMIN` the admin password (see `admin_password`): every
+    /// command and key is allowed.
     pub admin: bool,
     pub addr: String,
     pub laddr: String,
@@ -43,9 +47,16 @@ pub struct ClientState {
 }
 
 impl ClientState {
-    /// A client that just connected: RESP2, authenticated only when no
-    /// password is configured.
-    pub fn new(id: u64, addr: String, laddr: String, needs_password: bool, entry: Arc<Entry>) -> ClientState {
+    /// A client that just connected as `user` (the default user): RESP2,
+    /// authenticated only when the default user needs no password.
+    pub fn new(
+        id: u64,
+        addr: String,
+        laddr: String,
+        user: Arc<User>,
+        needs_password: bool,
+        entry: Arc<Entry>,
+    ) -> ClientState {
         ClientState {
             id,
             proto: Protocol::Resp2,
@@ -53,6 +64,7 @@ impl ClientState {
             lib_name: None,
             lib_ver: None,
             authenticated: !needs_password,
+            user,
             admin: false,
             addr,
             laddr,
@@ -60,6 +72,18 @@ impl ClientState {
             reply: ReplyMode::On,
             entry,
         }
+    }
+
+    /// Whether the legacy admin gate (`admin_password`, SHARDIS.ADMIN) lets
+    /// this client through: it gave the admin password, or its user is a
+    /// configured one (whose permissions decide).
+    pub fn admin_gate_open(&self) -> bool {
+        self.admin || !self.user.gated
+    }
+
+    /// The permissions to check, `None` when everything is allowed.
+    pub fn perms(&self) -> Option<&crate::acl::Perms> {
+        (!self.admin && !self.user.unrestricted()).then_some(&self.user.perms)
     }
 
     /// Copies what other sessions read (CLIENT LIST) into the entry, after
@@ -70,6 +94,7 @@ impl ClientState {
             lib_name: self.lib_name.clone(),
             lib_ver: self.lib_ver.clone(),
             resp: if self.proto == Protocol::Resp3 { 3 } else { 2 },
+            user: (self.user.name != "default").then(|| Bytes::copy_from_slice(self.user.name.as_bytes())),
         });
     }
 }

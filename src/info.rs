@@ -537,6 +537,11 @@ pub fn stats_fields(shared: &Shared) -> Vec<(&'static str, &'static str, String)
             "rejected_connections",
             st.rejected.load(Ordering::Relaxed).to_string(),
         ),
+        (
+            "stats",
+            "shardis_auth_failures",
+            st.auth_failures.load(Ordering::Relaxed).to_string(),
+        ),
     ]
 }
 

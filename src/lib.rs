@@ -10,10 +10,13 @@
 //! - [`error`]: typed errors: reply errors with a kind, backend errors.
 //! - [`protocol`]: client request parser (hand-written, with limits), backend
 //!   reply framing, reply encoding for RESP2/RESP3.
-//! - [`config`]: `proxy.toml` schema and validation.
-//! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`command`]: the Redis 7.0 command table (generated), key extraction from
-//!   key specs, and each command's [`command::Route`].
+//!   key specs, each command's [`command::Route`] and id ([`command::ids`]).
+//! - [`acl`]: users and permissions in Redis ACL syntax (`[[users]]`): the
+//!   rule parser, a permission bitset per user, key patterns (with the glob
+//!   matcher of [`lock::glob`], a leaf), the failed-login limit.
+//! - [`config`]: `proxy.toml` schema and validation (compiles the users).
+//! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`workers`]: thread-per-core worker runtimes.
 //! - [`shutdown`]: the graceful-shutdown signal, its hooks, SIGTERM/SIGINT.
 //! - [`backend`]: per-shard pipelined connections, timeouts, reconnects; the
@@ -40,7 +43,7 @@
 //! - [`info`]: INFO's sections, the proxy's own and those summed over the shards.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`transaction`]: MULTI/EXEC when every key is on one shard.
-//! - [`client`]: one connection's state (protocol, name, authentication).
+//! - [`client`]: one connection's state (protocol, name, authentication, its user).
 //! - [`router`]: the pure routing decision: request + topology + client
 //!   state -> a [`router::Plan`], with no I/O.
 //! - [`local`]: commands the proxy answers itself (HELLO, CLIENT, COMMAND, INFO ...).
@@ -58,6 +61,7 @@
 //! and [`testkit`] starts `redis-server` processes on free ports and waits on
 //! conditions (the project's own tests and benches use it).
 
+pub mod acl;
 pub mod backend;
 pub mod client;
 pub mod cluster;

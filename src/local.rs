@@ -5,8 +5,11 @@
 //!
 //! - [`clients`]: CLIENT LIST / INFO / KILL / PAUSE / REPLY ... across the
 //!   proxy's clients.
+//! - [`acl`]: AUTH and HELLO AUTH logins (with the failed-login limit), and
+//!   ACL WHOAMI / USERS / CAT / LIST / DRYRUN.
 //! - [`latency`]: LATENCY, answered for a proxy that records no events.
 
+mod acl;
 mod clients;
 mod latency;
 
@@ -93,7 +96,8 @@ pub fn run(
         Local::Reset => {
             st.proto = Protocol::Resp2;
             st.name = None;
-            st.authenticated = topo.config.password.is_none();
+            st.user = topo.acl.default_user().clone();
+            st.authenticated = !topo.acl.needs_login();
             st.admin = false;
             st.reply = crate::client::ReplyMode::On;
             st.entry.set_flag(crate::registry::flag::NO_EVICT, false);
@@ -109,15 +113,17 @@ pub fn run(
                     return Outcome::Reply;
                 }
             };
-            match auth(user, pass, topo) {
-                Ok(()) => {
+            match acl::login(user, pass, st, shared, topo) {
+                Ok(u) => {
+                    st.user = u;
                     st.authenticated = true;
                     enc.ok();
                 }
                 Err(e) => e.encode(enc),
             }
         }
-        Local::Hello => hello(args, st, topo, enc),
+        Local::Acl => acl::command(args, st, topo, enc),
+        Local::Hello => hello(args, st, shared, topo, enc),
         Local::Client => return client(args, st, shared, enc),
         Local::Monitor => {
             enc.ok();
@@ -137,22 +143,7 @@ pub fn run(
     Outcome::Reply
 }
 
-fn auth(user: Option<&[u8]>, pass: &[u8], topo: &Topology) -> Result<(), ReplyError> {
-    match &topo.config.password {
-        None if user.is_none() => Err(ReplyError::err(
-            "AUTH <password> called without any password configured for the default user. Are you sure your configuration is correct?",
-        )),
-        // The default user has no password: any password is accepted, as by Redis.
-        None if user == Some(b"default") => Ok(()),
-        Some(pw) if user.is_none_or(|u| u == b"default") && pass == pw.as_bytes() => Ok(()),
-        _ => Err(ReplyError::new(
-            ErrorKind::WrongPass,
-            "invalid username-password pair or user is disabled.",
-        )),
-    }
-}
-
-fn hello(args: &[&[u8]], st: &mut ClientState, topo: &Topology, enc: &mut Encoder<'_>) {
+fn hello(args: &[&[u8]], st: &mut ClientState, shared: &Shared, topo: &Topology, enc: &mut Encoder<'_>) {
     let mut proto = st.proto;
     let mut i = 1;
     if let Some(v) = args.get(1) {
@@ -176,11 +167,13 @@ fn hello(args: &[&[u8]], st: &mut ClientState, topo: &Topology, enc: &mut Encode
     }
     let mut name = None;
     let mut authed = st.authenticated;
+    let mut user = None;
     while i < args.len() {
         let more = args.len() - i - 1;
         if args[i].eq_ignore_ascii_case(b"auth") && more >= 2 {
-            if let Err(e) = auth(Some(args[i + 1]), args[i + 2], topo) {
-                return e.encode(enc);
+            match acl::login(Some(args[i + 1]), args[i + 2], st, shared, topo) {
+                Ok(u) => user = Some(u),
+                Err(e) => return e.encode(enc),
             }
             authed = true;
             i += 3;
@@ -201,6 +194,9 @@ fn hello(args: &[&[u8]], st: &mut ClientState, topo: &Topology, enc: &mut Encode
         return enc.error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
     }
     st.authenticated = true;
+    if let Some(u) = user {
+        st.user = u;
+    }
     if name.is_some() {
         st.name = name;
     }

@@ -57,6 +57,8 @@ pub struct Desc {
     pub lib_ver: Option<Bytes>,
     /// 2 or 3.
     pub resp: u8,
+    /// The user logged in as (`None`: `default`).
+    pub user: Option<Bytes>,
 }
 
 /// One live session, as other sessions see it.

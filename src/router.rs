@@ -6,7 +6,9 @@
 //! table's route, authentication, transaction steps, lock keys (detected
 //! here and nowhere else), requests that must wait for their keys to move
 //! during a migration, cross-shard refusals, the split of multi-key commands
-//! and how their replies merge.
+//! and how their replies merge. The user's permissions ([`crate::acl`]) are
+//! checked right after authentication. [`steps`]: transaction steps and
+//! `SHARDIS.*` with the legacy admin gate.
 
 use std::sync::Arc;
 
@@ -14,7 +16,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 
 use crate::command::spec::CommandSpec;
-use crate::command::{self, Broadcast, Fanout, Local, Lookup, ProxyCommand, Route, TxCommand, keys::key_indices};
+use crate::command::{self, Broadcast, Fanout, Local, Lookup, Route, TxCommand, keys::key_indices};
 use crate::config::Config;
 use crate::error::{ErrorKind, ReplyError};
 use crate::hold::Hold;
@@ -64,10 +66,14 @@ impl<'a> View<'a> {
 
 /// What the router reads of the client.
 #[derive(Debug, Clone, Copy, Default)]
-pub struct Ctx {
+pub struct Ctx<'a> {
     pub authenticated: bool,
-    /// Gave `SHARDIS.ADMIN` the admin password.
+    /// Passes the legacy admin gate: gave `SHARDIS.ADMIN` the admin
+    /// password, or is a configured user (its permissions decide).
     pub admin: bool,
+    /// The user's permissions, when some command or key is not allowed
+    /// (see [`crate::acl`]).
+    pub perms: Option<&'a crate::acl::Perms>,
     /// Inside MULTI: commands are queued.
     pub in_tx: bool,
     /// Earlier requests of this client wait for a migration: a keyed request
@@ -168,8 +174,11 @@ pub enum TxStep {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Admin {
-    /// The admin password was right: this connection may use admin commands.
+    /// The admin password was right: this connection may use admin commands
+    /// (unless its IP is over the failed-login limit).
     Login,
+    /// The admin password was wrong: counted as a failed login.
+    BadPassword,
     /// Re-read the configuration file.
     Reload { force: bool },
 }
@@ -190,7 +199,7 @@ impl Router {
     /// Decides what to do with `req` (whose arguments are `args`).
     pub fn route(&mut self, view: &View<'_>, ctx: Ctx, req: &Request, args: &[&[u8]]) -> Plan {
         self.spec = None;
-        let Lookup { spec, route } = match command::lookup(args) {
+        let lookup @ Lookup { spec, route, .. } = match command::lookup(args) {
             Ok(l) => {
                 self.spec = Some(l.spec);
                 l
@@ -207,6 +216,16 @@ impl Router {
         };
         if !ctx.authenticated && !matches!(route, Route::Local(Local::Auth | Local::Hello | Local::Quit)) {
             return Plan::Error(ReplyError::new(ErrorKind::NoAuth, "Authentication required."));
+        }
+        if let Some(perms) = ctx.perms {
+            if let Err(e) = crate::acl::check(perms, spec, lookup.id(), args, &mut self.keys) {
+                // Inside MULTI, as Redis: not queued, and EXEC answers EXECABORT.
+                return if ctx.in_tx {
+                    Plan::Tx(TxStep::Refuse(e))
+                } else {
+                    Plan::Error(e)
+                };
+            }
         }
         // Inside MULTI everything but MULTI/EXEC/DISCARD/WATCH is queued (or
         // refused); UNWATCH is queued, as Redis does.
@@ -245,11 +264,17 @@ impl Router {
             Route::Keyed => self.keyed(view, spec, req, args, Plan::Forward),
             Route::Blocking => self.keyed(view, spec, req, args, Plan::Block),
             Route::PubSub => Plan::Forward(PUBSUB_SHARD),
+            // The subscriber pipe copies bytes to the shard unchecked (a
+            // RESET there, or RESP3, would let any command through).
+            Route::Subscribe if ctx.perms.is_some() => Plan::Error(ReplyError::new(
+                ErrorKind::NoPerm,
+                "shardis: SUBSCRIBE / PSUBSCRIBE are only for users allowed every command, key and channel: the subscriber connection is piped to the shard unchecked; use SSUBSCRIBE",
+            )),
             Route::Subscribe => Plan::Subscribe,
             Route::ShardPubSub(kind) => pubsub::sharded(view, kind, req, args, &mut self.parts),
             Route::Fanout(kind) => fanout(view, kind, req, args, &mut self.parts),
             Route::Broadcast(kind) => broadcast(view, ctx, kind, spec, args, &mut self.parts),
-            Route::Local(_) if view.config.admin_password.is_some() && !ctx.admin && command::admin_only(spec.name) => {
+            Route::Local(_) if gated(view, ctx) && command::admin_only(spec.name) => {
                 Plan::Error(command::needs_admin(spec.name))
             }
             Route::Local(cmd) => Plan::Local(cmd),
@@ -346,57 +371,6 @@ impl Router {
         Plan::Tx(TxStep::Queue(
             self.keys.iter().filter_map(|&i| req.arg_bytes(i)).collect(),
         ))
-    }
-}
-
-fn proxy_in_multi() -> ReplyError {
-    ReplyError::err("shardis: SHARDIS.* commands cannot be used inside MULTI")
-}
-
-fn transaction_step(step: TxCommand, ctx: Ctx) -> Plan {
-    match (step, ctx.in_tx) {
-        (TxCommand::Multi, false) => Plan::Tx(TxStep::Multi),
-        (TxCommand::Multi, true) => Plan::Error(ReplyError::err("MULTI calls can not be nested")),
-        (TxCommand::Exec, true) => Plan::Tx(TxStep::Exec),
-        (TxCommand::Exec, false) => Plan::Error(ReplyError::err("EXEC without MULTI")),
-        (TxCommand::Discard, true) => Plan::Tx(TxStep::Discard),
-        (TxCommand::Discard, false) => Plan::Error(ReplyError::err("DISCARD without MULTI")),
-        (TxCommand::Watch, true) => Plan::Error(ReplyError::err("WATCH inside MULTI is not allowed")),
-        // Routed as a WATCH before this (outside MULTI).
-        (TxCommand::Watch, false) => Plan::Error(ReplyError::err("shardis: WATCH not routed")),
-        // Inside MULTI, UNWATCH is queued before this.
-        (TxCommand::Unwatch, _) => Plan::Tx(TxStep::Unwatch),
-    }
-}
-
-/// `SHARDIS.*` (arity already checked by the lookup).
-fn proxy(view: &View<'_>, ctx: Ctx, cmd: ProxyCommand, args: &[&[u8]]) -> Plan {
-    let admin_password = view.config.admin_password.as_deref();
-    match cmd {
-        ProxyCommand::Admin => match admin_password {
-            None => Plan::Error(ReplyError::err(
-                "shardis: no admin_password is configured; admin commands are open to every client",
-            )),
-            Some(pw) if args.get(1).is_some_and(|given| pw.as_bytes() == *given) => Plan::Admin(Admin::Login),
-            Some(_) => Plan::Error(ReplyError::new(ErrorKind::WrongPass, "invalid admin password")),
-        },
-        ProxyCommand::Reload => {
-            if admin_password.is_some() && !ctx.admin {
-                return Plan::Error(ReplyError::new(
-                    ErrorKind::NoPerm,
-                    "shardis: SHARDIS.RELOAD needs SHARDIS.ADMIN <admin_password> first",
-                ));
-            }
-            match args {
-                [_] => Plan::Admin(Admin::Reload { force: false }),
-                [_, f] if f.eq_ignore_ascii_case(b"force") => Plan::Admin(Admin::Reload { force: true }),
-                _ => Plan::Error(ReplyError::err("syntax error: SHARDIS.RELOAD [FORCE]")),
-            }
-        }
-        ProxyCommand::Lock | ProxyCommand::Fence => match classify::classify_proxy_command(args[0], args, view.locks) {
-            Ok(op) => Plan::Lock(Box::new(LockPlan { op, script: None })),
-            Err(e) => Plan::Error(e),
-        },
     }
 }
 
@@ -554,7 +528,7 @@ fn broadcast(
             names: view.names.to_vec(),
         },
         Broadcast::AdminAgree => {
-            if view.config.admin_password.is_some() && !ctx.admin {
+            if gated(view, ctx) {
                 return Plan::Error(ReplyError::new(
                     ErrorKind::NoPerm,
                     format!("shardis: {} needs SHARDIS.ADMIN <admin_password> first", what()),
@@ -599,7 +573,9 @@ fn spec_name_of(name: &[u8]) -> &'static str {
 
 mod pubsub;
 mod scan;
+mod steps;
 use scan::scan;
+use steps::{gated, proxy, proxy_in_multi, transaction_step};
 
 #[cfg(test)]
 mod tests;

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::acl::limit::LoginLimit;
 use crate::config::Config;
 use crate::lock::service::LockService;
 use crate::monitor::Monitors;
@@ -27,6 +28,9 @@ pub struct Stats {
     pub blocked: AtomicUsize,
     /// Bumped on every read of every client: striped, see [`StripedCounter`].
     pub commands: StripedCounter,
+    /// Failed logins (AUTH, HELLO AUTH), including those refused by the
+    /// rate limit ([`crate::acl::limit`]).
+    pub auth_failures: AtomicU64,
 }
 
 /// Stripes of [`StripedCounter`]; threads beyond this share stripes.
@@ -79,6 +83,8 @@ pub struct Shared {
     pub slowlog: SlowLog,
     /// The failover task's state (Sentinel subscription, polls), for INFO.
     pub sentinel: crate::backend::sentinel::SentinelStatus,
+    /// Failed logins per source IP (see [`crate::acl::limit`]).
+    pub logins: LoginLimit,
 }
 
 impl Shared {
@@ -98,6 +104,7 @@ impl Shared {
             monitors: Monitors::default(),
             slowlog,
             sentinel: Default::default(),
+            logins: LoginLimit::default(),
         })
     }
 

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 
+use crate::acl::Acl;
 use crate::backend::{BackendSpec, Shard};
 use crate::config::Config;
 use crate::hold::Hold;
@@ -40,6 +41,8 @@ pub struct Topology {
     /// A prepared change (fleet mode): requests on keys that it moves are
     /// held until it is committed or aborted (see [`crate::hold`]).
     pub hold: Option<Arc<Hold>>,
+    /// The users of `config`, compiled (see [`crate::acl`]).
+    pub acl: Arc<Acl>,
 }
 
 impl Topology {
@@ -87,6 +90,14 @@ impl Topology {
         let migration = previous.and_then(|p| {
             Migration::plan(p.epoch, &p.ring, &p.names, p.shards.clone(), &ring, &names, epoch).map(Arc::new)
         });
+        // The configuration was validated, which compiled its users.
+        let acl = Acl::build(
+            &config.users,
+            config.password.as_deref(),
+            config.admin_password.is_some(),
+        )
+        .map(Arc::new)
+        .unwrap_or_else(|_| previous.map(|p| p.acl.clone()).unwrap_or_default());
         Topology {
             epoch,
             ring,
@@ -96,6 +107,7 @@ impl Topology {
             locks,
             migration,
             hold: None,
+            acl,
         }
     }
 
@@ -111,6 +123,7 @@ impl Topology {
             locks: self.locks.clone(),
             migration: self.migration.clone(),
             hold,
+            acl: self.acl.clone(),
         }
     }
 

@@ -6,6 +6,7 @@
 //! file decides, per command, how the proxy serves it: see [`Route`].
 
 pub mod doc;
+pub mod ids;
 pub mod info;
 mod key_procs;
 pub mod keys;
@@ -93,6 +94,8 @@ pub enum Local {
     Slowlog,
     /// LATENCY: the proxy records no latency events; answered empty.
     Latency,
+    /// ACL WHOAMI / USERS / CAT / LIST / DRYRUN: the users of proxy.toml.
+    Acl,
 }
 
 /// The sharded pub/sub commands.
@@ -188,6 +191,20 @@ pub struct Lookup {
     /// The spec that applies (the subcommand's, for container commands).
     pub spec: &'static CommandSpec,
     pub route: Route,
+    /// The top-level command (`spec` itself, or its container).
+    pub parent: &'static CommandSpec,
+}
+
+impl Lookup {
+    /// The command's id ([`ids`]): what an ACL permission check tests.
+    /// Computed on demand: unrestricted users never need it.
+    pub fn id(&self) -> usize {
+        ids::id(
+            self.parent,
+            (!std::ptr::eq(self.spec, self.parent)).then_some(self.spec),
+        )
+        .unwrap_or(0)
+    }
 }
 
 /// Finds the command, checks its arity like Redis and picks its route.
@@ -196,9 +213,10 @@ pub fn lookup(args: &[&[u8]]) -> Result<Lookup, ReplyError> {
     let Some(name) = args.first() else {
         return Err(ReplyError::err("empty command"));
     };
-    let Some(mut spec) = spec::lookup(name).or_else(|| proxy_command(name)) else {
+    let Some(parent) = spec::lookup(name).or_else(|| proxy_command(name)) else {
         return Err(unknown_command(args));
     };
+    let mut spec = parent;
     // A bare `COMMAND` is a command of its own; every other container needs a subcommand.
     let bare_command = spec.name == "command" && args.len() == 1;
     if !spec.subcommands.is_empty() && !bare_command {
@@ -225,6 +243,7 @@ pub fn lookup(args: &[&[u8]]) -> Result<Lookup, ReplyError> {
     Ok(Lookup {
         spec,
         route: route_of(spec, args),
+        parent,
     })
 }
 
@@ -253,6 +272,8 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         }
         "client|trackinginfo" => Route::Local(L::Client),
         "monitor" => Route::Local(L::Monitor),
+        "acl|whoami" | "acl|users" | "acl|cat" | "acl|list" | "acl|dryrun" => Route::Local(L::Acl),
+        n if n.starts_with("acl|") => Route::Refuse(R::Because(why::ACL)),
         n if n.starts_with("slowlog|") => Route::Local(L::Slowlog),
         n if n.starts_with("latency|") => Route::Local(L::Latency),
         "memory|purge" => Route::Broadcast(B::AllOk),
@@ -355,6 +376,7 @@ mod why {
     pub const REPLICATION: &str = "replication is set up on each shard, not through the proxy, which would make every shard a replica of one server";
     pub const PERSISTENCE: &str =
         "persistence is each shard's own; run it on the shards (INFO persistence merges them)";
+    pub const ACL: &str = "users are configured in proxy.toml ([[users]]) and re-read by SHARDIS.RELOAD";
     pub const SHUTDOWN: &str = "it would stop every shard; stop the proxy with SIGTERM, and the shards on their own";
     pub const ROLE: &str = "ROLE describes one server's replication; the proxy is not a replica of anything (INFO replication says role:master), ask a shard for its own";
     pub const CLUSTER: &str = "shardis is not a Redis Cluster: clients see one server (INFO cluster says cluster_enabled:0) and the proxy routes every key itself";
@@ -380,14 +402,16 @@ pub static CLIENT_SETINFO: CommandSpec = CommandSpec {
 };
 
 /// The proxy's own commands (`SHARDIS.*`), looked up after Redis's.
+/// Their ACL categories: SHARDIS.ADMIN is allowed to every user (as AUTH),
+/// SHARDIS.RELOAD is an admin command, SHARDIS.LOCK writes, SHARDIS.FENCE reads.
 static PROXY_COMMANDS: [CommandSpec; 4] = [
-    proxy_spec("shardis.admin", 2),
-    proxy_spec("shardis.reload", -1),
-    proxy_spec("shardis.lock", 4),
-    proxy_spec("shardis.fence", 3),
+    proxy_spec("shardis.admin", 2, &["@connection"]),
+    proxy_spec("shardis.reload", -1, &["@admin", "@dangerous"]),
+    proxy_spec("shardis.lock", 4, &["@write"]),
+    proxy_spec("shardis.fence", 3, &["@read"]),
 ];
 
-const fn proxy_spec(name: &'static str, arity: i32) -> CommandSpec {
+const fn proxy_spec(name: &'static str, arity: i32, acl_categories: &'static [&'static str]) -> CommandSpec {
     CommandSpec {
         name,
         arity,
@@ -395,7 +419,7 @@ const fn proxy_spec(name: &'static str, arity: i32) -> CommandSpec {
         first_key: 0,
         last_key: 0,
         step: 0,
-        acl_categories: &["@admin"],
+        acl_categories,
         tips: &[],
         key_specs: &[],
         subcommands: &[],

@@ -37,6 +37,9 @@ pub struct Config {
     /// default), any authenticated client may reload.
     #[serde(default)]
     pub admin_password: Option<String>,
+    /// Users and their permissions in Redis ACL syntax (see [`crate::acl`]).
+    #[serde(default)]
+    pub users: Vec<crate::acl::UserConfig>,
     /// Worker threads; 0 (the default) means one per CPU. Read at start-up
     /// only. Each worker runs its own clients and its own backend
     /// connections (see [`crate::workers`]). Fewer threads than CPUs cost
@@ -476,6 +479,11 @@ impl Config {
         }
         if self.admin_password.as_deref().is_some_and(str::is_empty) {
             return Err(invalid("admin_password", "must not be empty (leave it out for none)"));
+        }
+        if let Err((key, why)) =
+            crate::acl::Acl::build(&self.users, self.password.as_deref(), self.admin_password.is_some())
+        {
+            return Err(invalid(key, why));
         }
         if self.pool.connections == 0 || self.pool.connections > 64 {
             return Err(invalid("pool.connections", "must be between 1 and 64"));

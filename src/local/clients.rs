@@ -128,6 +128,7 @@ pub struct Line {
     pub resp: u8,
     pub lib_name: String,
     pub lib_ver: String,
+    pub user: String,
 }
 
 impl Line {
@@ -148,6 +149,9 @@ impl Line {
             resp: d.resp,
             lib_name: s(d.lib_name),
             lib_ver: s(d.lib_ver),
+            user: d
+                .user
+                .map_or_else(|| "default".into(), |u| String::from_utf8_lossy(&u).into_owned()),
         }
     }
 
@@ -173,7 +177,7 @@ impl Line {
         }
         let _ = writeln!(
             out,
-            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user=default redir=-1 resp={} lib-name={} lib-ver={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.laddr,
@@ -184,6 +188,7 @@ impl Line {
             flags,
             self.multi,
             self.cmd,
+            self.user,
             self.resp,
             self.lib_name,
             self.lib_ver,
@@ -416,6 +421,7 @@ mod tests {
             resp: 3,
             lib_name: "redis-py".into(),
             lib_ver: "5.0".into(),
+            user: "default".into(),
         };
         line.write(&mut s);
         assert_eq!(

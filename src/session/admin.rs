@@ -1,12 +1,16 @@
 //! The proxy's admin commands on a session: `SHARDIS.ADMIN` (the router has
-//! checked the password) and `SHARDIS.RELOAD`.
+//! checked the password; failures count against the failed-login limit)
+//! and `SHARDIS.RELOAD`.
 
 use super::Session;
 use bytes::BytesMut;
 
 use super::replies::{At, Slot};
 use crate::control;
-use crate::error::ReplyError;
+use std::sync::atomic::Ordering;
+
+use crate::acl::limit;
+use crate::error::{ErrorKind, ReplyError};
 use crate::protocol::Encoder;
 use crate::router::Admin;
 
@@ -14,9 +18,25 @@ impl Session {
     pub(super) fn admin(&mut self, cmd: Admin, at: At) {
         let proto = self.state.proto;
         match cmd {
-            Admin::Login => {
-                self.state.admin = true;
-                self.replies.reply_with(at, proto, |e| e.ok());
+            // Counted and limited per source IP as AUTH is (crate::acl::limit).
+            Admin::Login | Admin::BadPassword => {
+                let ip = limit::ip_of(&self.state.addr);
+                let now = std::time::Instant::now();
+                let blocked = self.shared.logins.blocked(ip, now);
+                if cmd == Admin::Login && !blocked {
+                    self.state.admin = true;
+                    return self.replies.reply_with(at, proto, |e| e.ok());
+                }
+                if !blocked {
+                    self.shared.logins.failed(ip, now);
+                }
+                self.shared.stats.auth_failures.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(addr = %self.state.addr, "failed SHARDIS.ADMIN");
+                self.replies.error(
+                    at,
+                    proto,
+                    &ReplyError::new(ErrorKind::WrongPass, "invalid admin password"),
+                );
             }
             // Re-reads the configuration file, as SIGHUP does, and answers
             // the new topology epoch, or why the file was refused. A task

@@ -26,10 +26,12 @@
 //! - [`scan`]: SCAN going on into the next shard within one call.
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
+//! - [`io`]: socket reads and the lingering close of a drained connection.
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
 
 mod admin;
+mod io;
 mod ops;
 mod parked;
 mod parking;
@@ -47,8 +49,10 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use io::{linger_close, read_some};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -149,23 +153,14 @@ enum Drain {
 /// yet may take to send its first request (see [`Drain::FirstRequest`]).
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(100);
 
-/// After a draining session has written its last reply and sent FIN, it
-/// reads (and drops) what the client still sends until the client closes,
-/// sends nothing for [`LINGER_QUIET`], or this long has passed. Closing a
-/// socket with unread input makes the kernel answer with a reset, which can
-/// destroy replies not yet delivered.
-const LINGER: Duration = Duration::from_secs(1);
-
-/// See [`LINGER`]: a client silent this long after our FIN (an idle pooled
-/// connection that reads only when used) is closed without waiting more.
-const LINGER_QUIET: Duration = Duration::from_millis(100);
-
 impl Session {
     pub fn new(shared: Arc<Shared>, id: u64, addr: String, laddr: String) -> Session {
-        let cfg = shared.topology.load().config.clone();
+        let topo = shared.topology.load_full();
+        let cfg = topo.config.clone();
         let (entry, kill) = shared.clients.register(id, addr.clone(), laddr.clone());
+        let user = topo.acl.default_user().clone();
         Session {
-            state: ClientState::new(id, addr, laddr, cfg.password.is_some(), entry),
+            state: ClientState::new(id, addr, laddr, user, topo.acl.needs_login(), entry),
             parser: RequestParser::new(cfg.parser_limits()),
             router: Router::default(),
             replies: Replies::default(),
@@ -367,7 +362,8 @@ impl Session {
         }
         let ctx = Ctx {
             authenticated: self.state.authenticated,
-            admin: self.state.admin,
+            admin: self.state.admin_gate_open(),
+            perms: self.state.perms(),
             in_tx: self.tx.is_some(),
             parked: self.parked > 0,
             released,
@@ -457,7 +453,7 @@ impl Session {
                 let mut b = BytesMut::new();
                 let mut enc = Encoder::new(&mut b, proto);
                 let outcome = local::run(cmd, args, &mut self.state, &self.shared, topo, &mut enc);
-                if matches!(cmd, Local::Hello | Local::Client | Local::Reset) {
+                if matches!(cmd, Local::Hello | Local::Client | Local::Reset | Local::Auth) {
                     self.state.publish();
                 }
                 match outcome {
@@ -588,44 +584,6 @@ async fn first_request_grace(drain: Drain) {
     }
 }
 
-/// Closes a drained connection: FIN after the last reply, then whatever the
-/// client still sends is read and dropped until it closes its side (it has
-/// seen the end of the stream), goes quiet, or [`LINGER`] has passed. Its
-/// requests sent after the shutdown started are neither executed nor
-/// answered.
-async fn linger_close(mut sock: TcpStream, mut rbuf: BytesMut) {
-    if sock.shutdown().await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(LINGER, async {
-        loop {
-            rbuf.clear();
-            match tokio::time::timeout(LINGER_QUIET, read_some(&mut sock, &mut rbuf)).await {
-                Ok(Ok(0) | Err(_)) | Err(_) => return,
-                Ok(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-}
-
 /// Most bytes read from a blocked client (and kept until its blocking
 /// command answers); past it the socket is left alone.
 const BLOCKED_READ_MAX: usize = 64 * 1024;
-
-/// Size of a client's read buffer, allocated when the client first sends.
-const READ_BUF: usize = 16 * 1024;
-
-/// Reads what the client sent into `rbuf`. A connection that has never sent
-/// anything has no buffer: the buffer is allocated only once the socket is
-/// readable, so 10,000 idle clients cost no read buffers (RSS measured by
-/// bench/compare.sh, 10,000 idle clients: 125 MB -> 85 MB).
-async fn read_some(sock: &mut TcpStream, rbuf: &mut BytesMut) -> std::io::Result<usize> {
-    if rbuf.capacity() == 0 {
-        sock.readable().await?;
-    }
-    if rbuf.capacity() - rbuf.len() < 4096 {
-        rbuf.reserve(READ_BUF);
-    }
-    sock.read_buf(rbuf).await
-}

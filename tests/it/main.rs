@@ -21,3 +21,4 @@ mod scan;
 mod sharded_pubsub;
 mod shutdown;
 mod transactions;
+mod users;
