@@ -34,6 +34,14 @@ pub(super) struct Watching {
     proto: Protocol,
 }
 
+impl Watching {
+    /// Whether a topology change took the watch's shard or one of its keys
+    /// away: the watch no longer guards them, so EXEC must answer nil.
+    fn lost(&self, topo: &Topology) -> bool {
+        topo.names.get(self.shard) != Some(&self.name) || self.keys.iter().any(|k| topo.shard_of(k) != self.shard)
+    }
+}
+
 /// EXEC's reply when the transaction did not run (a watched key changed).
 fn null_array(proto: Protocol) -> Bytes {
     Bytes::from_static(match proto {
@@ -65,11 +73,15 @@ impl Session {
             }
             TxStep::Queue(keys) => {
                 let limits = &topo.config.limits;
+                // A reload took the watched keys to another shard: EXEC will
+                // answer nil (see `exec_watched`), so queue as Redis would,
+                // rather than refuse keys that now live elsewhere.
+                let lost = self.watching.as_ref().filter(|w| w.lost(topo)).map(|w| w.shard);
                 let queued = match &mut self.tx {
                     Some(tx) => tx.queue(
                         req.clone(),
                         keys,
-                        |k| topo.shard_of(k),
+                        |k| lost.unwrap_or_else(|| topo.shard_of(k)),
                         limits.max_pipeline,
                         limits.max_request,
                     ),
@@ -183,6 +195,9 @@ impl Session {
     /// optimistic client retries.
     fn exec_watched(&mut self, topo: &Topology, tx: Transaction, mut w: Watching) {
         let proto = self.state.proto;
+        if w.lost(topo) {
+            return self.replies.ready(At::Next, null_array(proto));
+        }
         let mut ex = match tx.batch() {
             Ok(ex) => ex,
             Err(e) => return self.replies.error(At::Next, proto, &e),

@@ -585,3 +585,54 @@ async fn all_old_shards_are_walked_at_once_and_concurrent_writes_win() {
     let total: i64 = nodes.iter().map(dbsize).sum();
     assert_eq!(total, want_total as i64, "no key lost, duplicated or brought back");
 }
+
+/// WATCH across a reload: a watched key that the new ring gives to another
+/// shard cannot stay watched (the watch lives on the old shard's
+/// connection), so EXEC answers nil, as Redis does when a watched key
+/// changed, and the client's retry runs on the new owner. A watched key that
+/// stays where it was keeps its watch: EXEC runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exec_after_a_reload_moved_the_watched_key_answers_nil() {
+    let nodes: Vec<RedisNode> = (0..4).map(|_| RedisNode::start()).collect();
+    let named: Vec<(&str, &RedisNode)> = ["a", "b", "c", "d"].into_iter().zip(nodes.iter()).collect();
+    let before = config_named(&named[..3]);
+    let after = config_named(&named);
+    let proxy = Proxy::start_text(&before, 2).await;
+    // Which keys the fourth shard takes, from the ring the reload will build.
+    let old_ring = shardis::ring::Ring::for_config(&shardis::config::Config::parse(&before).unwrap());
+    let new_ring = shardis::ring::Ring::for_config(&shardis::config::Config::parse(&after).unwrap());
+    let keys: Vec<String> = (0..200).map(|i| format!("w:{i}")).collect();
+    let moving = keys
+        .iter()
+        .find(|k| new_ring.shard_of(k.as_bytes()) != old_ring.shard_of(k.as_bytes()))
+        .unwrap()
+        .clone();
+    let staying = keys
+        .iter()
+        .find(|k| new_ring.shard_of(k.as_bytes()) == old_ring.shard_of(k.as_bytes()))
+        .unwrap()
+        .clone();
+
+    let mut moved_conn = proxy.conn().await;
+    let mut stayed_conn = proxy.conn().await;
+    for (c, k) in [(&mut moved_conn, &moving), (&mut stayed_conn, &staying)] {
+        let _: () = c.set(k, "0").await.unwrap();
+        let _: () = redis::cmd("WATCH").arg(k).query_async(c).await.unwrap();
+    }
+    assert!(reload(&proxy, &after, "watch", false).await.is_ok());
+    let mut c = proxy.conn().await;
+    wait_until_done(&mut c).await;
+
+    for (c, k) in [(&mut moved_conn, &moving), (&mut stayed_conn, &staying)] {
+        let _: () = redis::cmd("MULTI").query_async(c).await.unwrap();
+        let _: () = redis::cmd("SET").arg(k).arg("1").query_async(c).await.unwrap();
+    }
+    let moved: redis::Value = redis::cmd("EXEC").query_async(&mut moved_conn).await.unwrap();
+    assert_eq!(moved, redis::Value::Nil, "EXEC on the moved key");
+    let stayed: redis::Value = redis::cmd("EXEC").query_async(&mut stayed_conn).await.unwrap();
+    assert_ne!(stayed, redis::Value::Nil, "EXEC on the key that stayed");
+    let v: Option<String> = c.get(&moving).await.unwrap();
+    assert_eq!(v.as_deref(), Some("0"), "the aborted transaction wrote nothing");
+    let v: Option<String> = c.get(&staying).await.unwrap();
+    assert_eq!(v.as_deref(), Some("1"));
+}
