@@ -15,6 +15,8 @@
 //! - [`command`]: the Redis 7.0 command table (generated), key extraction from
 //!   key specs, and each command's [`command::Route`].
 //! - [`workers`]: thread-per-core worker runtimes.
+//! - [`counters`]: the `/metrics` counters the hot path bumps: per-command
+//!   and per-shard arrays of relaxed atomics, one block per worker.
 //! - [`shutdown`]: the graceful-shutdown signal, its hooks, SIGTERM/SIGINT.
 //! - [`backend`]: per-shard pipelined connections, timeouts, reconnects; the
 //!   one way to call a backend.
@@ -47,6 +49,8 @@
 //!   phase machine, the per-proxy agent, fencing, `shardis ctl`.
 //! - [`session`]: one client connection: parse, route, execute the plan,
 //!   replies in order.
+//! - [`admin`]: the admin HTTP endpoint (`[admin] listen`): `/metrics`,
+//!   `/healthz`, `/readyz`, `/api/status` and the status page.
 //! - [`server`]: the listener (`SO_REUSEPORT`), client limit, and the
 //!   drain at shutdown.
 //!
@@ -55,12 +59,14 @@
 //! and [`testkit`] starts `redis-server` processes on free ports and waits on
 //! conditions (the project's own tests and benches use it).
 
+pub mod admin;
 pub mod backend;
 pub mod client;
 pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod error;
 pub mod hold;
 pub mod info;

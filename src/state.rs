@@ -1,14 +1,16 @@
 //! State shared by every session and background task of one proxy: the live
 //! topology, the lock service, counters, the shutdown signal, where the
-//! configuration came from, the live sessions, monitors and slow log. Made once per proxy ([`Shared::new`]); nothing here starts tasks or
+//! configuration came from, the live sessions, monitors, slow log and the
+//! `/metrics` counters. Made once per proxy ([`Shared::new`]); nothing here starts tasks or
 //! does I/O.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::config::Config;
+use crate::counters::CommandCounters;
 use crate::lock::service::LockService;
 use crate::monitor::Monitors;
 use crate::registry::Registry;
@@ -27,6 +29,9 @@ pub struct Stats {
     pub blocked: AtomicUsize,
     /// Bumped on every read of every client: striped, see [`StripedCounter`].
     pub commands: StripedCounter,
+    /// The client listener accepts (set by [`crate::server::Server::run`],
+    /// cleared when it closes): part of `/readyz`.
+    pub listening: AtomicBool,
 }
 
 /// Stripes of [`StripedCounter`]; threads beyond this share stripes.
@@ -77,6 +82,8 @@ pub struct Shared {
     pub monitors: Monitors,
     /// The proxy's SLOWLOG.
     pub slowlog: SlowLog,
+    /// Per-command counters for `/metrics` (see [`crate::counters`]).
+    pub counters: CommandCounters,
 }
 
 impl Shared {
@@ -84,6 +91,7 @@ impl Shared {
     /// start their connections on `executors` (needs a tokio runtime).
     pub fn new(config: Config, executors: Executors) -> Arc<Shared> {
         let slowlog = SlowLog::new(config.slowlog_log_slower_than_us, config.slowlog_max_len);
+        let counters = CommandCounters::new(executors.groups());
         Arc::new(Shared {
             topology: TopologyCell::new(Arc::new(config), executors),
             stats: Stats::default(),
@@ -95,6 +103,7 @@ impl Shared {
             clients: Registry::default(),
             monitors: Monitors::default(),
             slowlog,
+            counters,
         })
     }
 

@@ -5,6 +5,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -16,6 +17,7 @@ use tracing::{debug, info, warn};
 use super::backoff::Backoff;
 use super::conn::connect;
 use super::{BackendSpec, Identity, Job, ReplyTo};
+use crate::counters::{ShardCounters, ShardGroup};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::protocol::Protocol;
 use crate::protocol::reply::ReplyScanner;
@@ -30,23 +32,30 @@ const BATCH: usize = 512;
 pub(super) async fn conn_task(
     spec: Arc<BackendSpec>,
     identity: Arc<Identity>,
+    counters: Arc<ShardCounters>,
+    group: usize,
     proto: Protocol,
     lane: usize,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
+    let c = counters.group(group);
     let mut backoff = Backoff::new(spec.reconnect_min, spec.reconnect_max);
     let mut was_up = true; // log the first failure loudly
     loop {
         let failure = match connect(&spec, &identity, proto).await {
             Ok(stream) => {
                 if !was_up {
+                    c.reconnects.fetch_add(1, Ordering::Relaxed);
                     info!(shard = %spec.name, addr = %spec.addr, ?proto, lane, "backend connection restored");
                 } else {
                     debug!(shard = %spec.name, addr = %spec.addr, ?proto, lane, "backend connected");
                 }
                 was_up = true;
                 backoff.reset();
-                match serve(stream, &mut rx, &spec).await {
+                c.live.fetch_add(1, Ordering::Relaxed);
+                let served = serve(stream, &mut rx, &spec, c).await;
+                c.live.fetch_sub(1, Ordering::Relaxed);
+                match served {
                     Ok(()) => return, // pool dropped and every job answered
                     Err(e) => e,
                 }
@@ -59,6 +68,7 @@ pub(super) async fn conn_task(
             debug!(shard = %spec.name, error = %failure.detail(), "backend still unavailable");
         }
         was_up = false;
+        c.connection_failures.fetch_add(1, Ordering::Relaxed);
         // Until the next attempt, jobs are not sent at all.
         let err = BackendError::new(BackendErrorKind::Unavailable, &spec.name, failure.detail());
         let retry_at = Instant::now() + backoff.next_delay();
@@ -66,7 +76,10 @@ pub(super) async fn conn_task(
             tokio::select! {
                 _ = sleep_until(retry_at) => break,
                 job = rx.recv() => match job {
-                    Some(job) => job.reply.complete(Err(err.clone())),
+                    Some(job) => {
+                        c.failures.fetch_add(1, Ordering::Relaxed);
+                        job.reply.complete(Err(err.clone()));
+                    }
                     None => return,
                 },
             }
@@ -81,6 +94,7 @@ async fn serve(
     stream: TcpStream,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     spec: &BackendSpec,
+    c: &ShardGroup,
 ) -> Result<(), BackendError> {
     let (mut rd, mut wr) = stream.into_split();
     // Outstanding jobs in write order: where the answer goes, when it was
@@ -112,6 +126,8 @@ async fn serve(
                     Ok(_) => {}
                 }
                 let mut failed = None;
+                // One clock read per read, only if a reply completes.
+                let mut now = None;
                 loop {
                     match scanner.next_frame(&rbuf) {
                         Ok(Some(n)) => {
@@ -123,7 +139,12 @@ async fn serve(
                                 // An earlier frame of a batch (MULTI's +OK, a +QUEUED).
                                 Some((_, _, left)) if *left > 1 => *left -= 1,
                                 Some(_) => {
-                                    if let Some((to, _, _)) = inflight.pop_front() {
+                                    if let Some((to, written, _)) = inflight.pop_front() {
+                                        if matches!(frame.first(), Some(b'-' | b'!')) {
+                                            c.error_replies.fetch_add(1, Ordering::Relaxed);
+                                        }
+                                        let t = *now.get_or_insert_with(Instant::now);
+                                        c.latency.observe(t.saturating_duration_since(written).as_micros() as u64, 1);
                                         to.complete(Ok(frame));
                                     }
                                 }
@@ -169,6 +190,7 @@ async fn serve(
                     }
                 }
                 last_batch = batch.len();
+                c.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let now = Instant::now();
                 for job in batch.drain(..) {
                     wbuf.extend_from_slice(&job.req);
@@ -197,6 +219,8 @@ async fn serve(
         }
     };
     if let Err(err) = &result {
+        c.failures
+            .fetch_add((inflight.len() + batch.len()) as u64, Ordering::Relaxed);
         for (to, _, _) in inflight.drain(..) {
             to.complete(Err(err.clone()));
         }

@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod fleet;
-pub use fleet::{ClusterConfig, FleetSpec};
+pub use fleet::{AdminConfig, ClusterConfig, FleetSpec};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -67,6 +67,10 @@ pub struct Config {
     /// [`crate::cluster`]); without it the file is the topology.
     #[serde(default)]
     pub cluster: Option<ClusterConfig>,
+    /// `[admin]`: the HTTP endpoint for metrics, probes and the status page
+    /// (see [`crate::admin`]); off without `listen`.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// With `[cluster]`, only the seed of an empty cluster: a proxy joining
     /// a cluster that has a topology ignores its own backends.
     #[serde(default)]

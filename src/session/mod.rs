@@ -28,8 +28,11 @@
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
+//! - [`metered`]: the `/metrics` counts (per command, per class latency).
+//! - [`sock`]: the lazily allocated read buffer, the lingering close.
 
 mod admin;
+mod metered;
 mod ops;
 mod parked;
 mod parking;
@@ -37,6 +40,7 @@ mod pubsub;
 mod replies;
 mod scan;
 mod sharded;
+mod sock;
 mod transaction;
 
 use std::collections::VecDeque;
@@ -47,7 +51,7 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
@@ -69,6 +73,7 @@ use crate::state::Shared;
 use crate::topology::Topology;
 use crate::transaction::Transaction;
 use replies::{At, Replies, Slot};
+use sock::{linger_close, read_some};
 
 pub struct Session {
     shared: Arc<Shared>,
@@ -127,6 +132,7 @@ pub struct Session {
     slow: Option<Duration>,
     /// Requests waiting for their reply, for the slow log.
     timings: VecDeque<ops::Timing>,
+    metered: metered::Metered,
 }
 
 /// A session's part in a shutdown.
@@ -148,17 +154,6 @@ enum Drain {
 /// How long, after the shutdown starts, a client that has not sent anything
 /// yet may take to send its first request (see [`Drain::FirstRequest`]).
 const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(100);
-
-/// After a draining session has written its last reply and sent FIN, it
-/// reads (and drops) what the client still sends until the client closes,
-/// sends nothing for [`LINGER_QUIET`], or this long has passed. Closing a
-/// socket with unread input makes the kernel answer with a reset, which can
-/// destroy replies not yet delivered.
-const LINGER: Duration = Duration::from_secs(1);
-
-/// See [`LINGER`]: a client silent this long after our FIN (an idle pooled
-/// connection that reads only when used) is closed without waiting more.
-const LINGER_QUIET: Duration = Duration::from_millis(100);
 
 impl Session {
     pub fn new(shared: Arc<Shared>, id: u64, addr: String, laddr: String) -> Session {
@@ -190,6 +185,7 @@ impl Session {
             read_at: Instant::now(),
             slow: None,
             timings: VecDeque::new(),
+            metered: metered::Metered::new(shared.topology.executors().group_here()),
             shared,
         }
     }
@@ -231,7 +227,7 @@ impl Session {
                 r = read_some(&mut sock, &mut rbuf), if can_read => {
                     match r {
                         Ok(0) | Err(_) => return,
-                        Ok(_) => {}
+                        Ok(n) => self.shared.counters.bytes(self.metered.group, n as u64, 0),
                     }
                     self.heard = true;
                     self.parse_and_dispatch(&mut rbuf);
@@ -317,12 +313,14 @@ impl Session {
         if out.is_empty() {
             return true;
         }
+        self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
         if sock.write_all_buf(out).await.is_err() {
             return false;
         }
         if out.capacity() > 1024 * 1024 {
             *out = BytesMut::new();
         }
+        self.meter_written();
         true
     }
 
@@ -355,7 +353,7 @@ impl Session {
                 }
             }
         }
-        self.shared.stats.commands.add(n);
+        self.meter_read(n);
     }
 
     /// Routes `req` and executes the plan into slot `at`. `released`: the
@@ -378,6 +376,7 @@ impl Session {
             return self.execute(topo, plan, &req, &args, at);
         }
         self.ops_before(&args);
+        self.meter_call();
         let (seq, served) = (self.replies.next_seq(), ops::Served::of(&plan, &self.router.parts));
         let tx = matches!(plan, Plan::Tx(_));
         self.execute(topo, plan, &req, &args, at);
@@ -422,6 +421,7 @@ impl Session {
             Plan::Split { merge } => {
                 // Taken and given back: the router's buffer keeps its capacity.
                 let mut parts = std::mem::take(&mut self.router.parts);
+                self.meter_fanout(false);
                 let seq = self.replies.put(at, Slot::many(merge, parts.len()));
                 for (part, (shard, sub)) in parts.drain(..).enumerate() {
                     self.send(topo, shard, sub, seq, part as u32);
@@ -429,6 +429,7 @@ impl Session {
                 self.router.parts = parts;
             }
             Plan::Broadcast { merge, script } => {
+                self.meter_fanout(true);
                 let merge = self.config_hook(args, merge);
                 if let Some(body) = script {
                     self.shared.locks.remember_script(&body);
@@ -478,7 +479,10 @@ impl Session {
                 self.park(topo, m.as_deref(), moves, parked::Then::Dispatch(req.clone()), at);
             }
             Plan::Hold => self.hold(topo, parked::Then::Dispatch(req.clone()), at),
-            Plan::Error(e) => self.replies.error(at, proto, &e),
+            Plan::Error(e) => {
+                self.meter_error(&e);
+                self.replies.error(at, proto, &e);
+            }
             // Only keyed requests wait for a migration or a hold: none of
             // these can be the plan of a request routed again.
             Plan::Subscribe | Plan::Tx(_) => self.replies.error(
@@ -581,44 +585,6 @@ async fn first_request_grace(drain: Drain) {
     }
 }
 
-/// Closes a drained connection: FIN after the last reply, then whatever the
-/// client still sends is read and dropped until it closes its side (it has
-/// seen the end of the stream), goes quiet, or [`LINGER`] has passed. Its
-/// requests sent after the shutdown started are neither executed nor
-/// answered.
-async fn linger_close(mut sock: TcpStream, mut rbuf: BytesMut) {
-    if sock.shutdown().await.is_err() {
-        return;
-    }
-    let _ = tokio::time::timeout(LINGER, async {
-        loop {
-            rbuf.clear();
-            match tokio::time::timeout(LINGER_QUIET, read_some(&mut sock, &mut rbuf)).await {
-                Ok(Ok(0) | Err(_)) | Err(_) => return,
-                Ok(Ok(_)) => {}
-            }
-        }
-    })
-    .await;
-}
-
 /// Most bytes read from a blocked client (and kept until its blocking
 /// command answers); past it the socket is left alone.
 const BLOCKED_READ_MAX: usize = 64 * 1024;
-
-/// Size of a client's read buffer, allocated when the client first sends.
-const READ_BUF: usize = 16 * 1024;
-
-/// Reads what the client sent into `rbuf`. A connection that has never sent
-/// anything has no buffer: the buffer is allocated only once the socket is
-/// readable, so 10,000 idle clients cost no read buffers (RSS measured by
-/// bench/compare.sh, 10,000 idle clients: 125 MB -> 85 MB).
-async fn read_some(sock: &mut TcpStream, rbuf: &mut BytesMut) -> std::io::Result<usize> {
-    if rbuf.capacity() == 0 {
-        sock.readable().await?;
-    }
-    if rbuf.capacity() - rbuf.len() < 4096 {
-        rbuf.reserve(READ_BUF);
-    }
-    sock.read_buf(rbuf).await
-}
