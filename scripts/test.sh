@@ -12,8 +12,9 @@
 #             timing-sensitive
 #   phase 2:  fleet (local etcd + processes), then  |  containers (Docker)
 #             the lib's and bin's unit tests, the
-#             other test binaries, the benches in
-#             test mode, doc tests
+#             other test binaries (browser: headless
+#             Chromium on the status page), the
+#             benches in test mode, doc tests
 #
 # Lanes never share a resource other than the CPU: tests take free ports, and
 # Docker's containers only publish on ports Docker picks or the tests found
@@ -125,6 +126,8 @@ lane() {
   for l in "$@"; do run_bin "$l"; done
 }
 
+# Light: every other test binary (test-command_table, test-browser, ...),
+# the lib's and bin's unit tests and the benches, from the list above.
 heavy=(test-it test-fleet test-containers)
 light=()
 while read -r label _; do
