@@ -98,12 +98,12 @@ async fn the_status_page_renders_the_shards() {
 
     let dom = run_chromium(&bin, &url, &["--dump-dom".to_string()]).await;
     let text = text_of(&dom);
-    for i in 0..3 {
+    for (i, node) in nodes.iter().enumerate() {
         assert!(
             text.contains(&format!("shard-{i}")),
             "shard-{i} missing from the page:\n{text}"
         );
-        assert!(text.contains(&nodes[i].addr()), "address of shard-{i} missing:\n{text}");
+        assert!(text.contains(&node.addr()), "address of shard-{i} missing:\n{text}");
     }
     assert!(text.matches(" up ").count() >= 3, "three 'up' badges expected:\n{text}");
     assert!(
