@@ -63,6 +63,28 @@ impl StripedCounter {
     }
 }
 
+/// What the fleet agent last read from etcd (fleet mode), for
+/// `/api/status` and `/metrics`: written by [`crate::cluster`] on every
+/// change it sees.
+#[derive(Debug, Clone, Default)]
+pub struct FleetView {
+    /// `stable`, `prepared` or `committed`.
+    pub phase: &'static str,
+    pub epoch: u64,
+    pub members: Vec<FleetMember>,
+}
+
+/// One proxy of the fleet.
+#[derive(Debug, Clone)]
+pub struct FleetMember {
+    pub id: String,
+    pub addr: String,
+    /// The epoch it serves.
+    pub serving: u64,
+    /// Its liveness lease is current.
+    pub alive: bool,
+}
+
 /// State shared by every session.
 pub struct Shared {
     pub topology: TopologyCell,
@@ -84,6 +106,8 @@ pub struct Shared {
     pub slowlog: SlowLog,
     /// Per-command counters for `/metrics` (see [`crate::counters`]).
     pub counters: CommandCounters,
+    /// The fleet as the agent last saw it; none outside fleet mode.
+    pub fleet: arc_swap::ArcSwapOption<FleetView>,
 }
 
 impl Shared {
@@ -104,6 +128,7 @@ impl Shared {
             monitors: Monitors::default(),
             slowlog,
             counters,
+            fleet: arc_swap::ArcSwapOption::empty(),
         })
     }
 

@@ -18,14 +18,14 @@
 //! `migration_keys_scanned`, `migration_keys_moved`,
 //! `migration_shards_left`, `migration_shards_total`, `migration_errors`,
 //! `config_epoch`, `uptime_seconds`, `build_info{version}`, and in fleet
-//! mode `fleet_info{cluster,id}`.
+//! mode `fleet_info{cluster,id,phase}`, `fleet_members`, `fleet_members_alive`.
 
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
@@ -69,8 +69,16 @@ type Fmt = Result<(), std::fmt::Error>;
 /// One metric without labels.
 fn single(enc: &mut DescriptorEncoder, name: &str, help: &str, ty: MetricType, v: f64) -> Fmt {
     let mut m = enc.encode_descriptor(name, help, None, ty)?;
+    value_of(&mut m, ty, v)
+}
+
+/// A counter or gauge value: integral values as integers (`42`, not `42.0`).
+fn value_of(m: &mut MetricEncoder, ty: MetricType, v: f64) -> Fmt {
+    let int = v.fract() == 0.0 && v.abs() < 9e15;
     match ty {
+        MetricType::Counter if int => m.encode_counter::<NoLabelSet, _, u64>(&(v.max(0.0) as u64), None),
         MetricType::Counter => m.encode_counter::<NoLabelSet, _, u64>(&v, None),
+        _ if int => m.encode_gauge(&(v as i64)),
         _ => m.encode_gauge(&v),
     }
 }
@@ -86,10 +94,7 @@ fn family<L: EncodeLabelSet>(
     let mut m = enc.encode_descriptor(name, help, None, ty)?;
     for (labels, v) in rows {
         let mut f = m.encode_family(labels)?;
-        match ty {
-            MetricType::Counter => f.encode_counter::<NoLabelSet, _, u64>(v, None)?,
-            _ => f.encode_gauge(v)?,
-        }
+        value_of(&mut f, ty, *v)?;
     }
     Ok(())
 }
@@ -400,13 +405,32 @@ impl Collector for ShardisCollector {
         m.encode_info(&[("version", env!("CARGO_PKG_VERSION"))])?;
         if let Some(c) = &topo.config.cluster {
             let id = crate::cluster::agent::proxy_id(&topo.config, c);
+            let view = s.fleet.load_full();
+            let phase = view.as_ref().map_or("", |v| v.phase).to_string();
             let mut m = e.encode_descriptor(
                 "shardis_fleet",
-                "This proxy's fleet and id (fleet mode)",
+                "This proxy's fleet, id and the fleet's phase (fleet mode)",
                 None,
                 MetricType::Info,
             )?;
-            m.encode_info(&[("cluster", c.name.clone()), ("id", id)])?;
+            m.encode_info(&[("cluster", c.name.clone()), ("id", id), ("phase", phase)])?;
+            let (members, alive) = view.as_ref().map_or((0, 0), |v| {
+                (v.members.len(), v.members.iter().filter(|m| m.alive).count())
+            });
+            single(
+                e,
+                "shardis_fleet_members",
+                "Proxies registered in the fleet",
+                Gauge,
+                members as f64,
+            )?;
+            single(
+                e,
+                "shardis_fleet_members_alive",
+                "Proxies of the fleet whose lease is current",
+                Gauge,
+                alive as f64,
+            )?;
         }
         Ok(())
     }

@@ -68,7 +68,8 @@ pub async fn serve(shared: Arc<Shared>, listener: TcpListener) {
         .route("/metrics", get(metrics_text))
         .route("/api/status", get(api_status))
         .with_state(app);
-    info!(admin = ?local.map(|a: SocketAddr| a.to_string()), "admin endpoint listening");
+    let local = local.map_or_else(String::new, |a: SocketAddr| a.to_string());
+    info!(admin = %local, "admin endpoint listening");
     if let Err(e) = axum::serve(listener, router).await {
         warn!(error = %e, "the admin endpoint stopped");
     }

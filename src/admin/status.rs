@@ -96,7 +96,21 @@ pub struct LockMember {
 #[derive(Debug, Serialize)]
 pub struct FleetStatus {
     pub name: String,
+    /// This proxy's id.
     pub id: String,
+    /// `stable`, `prepared` or `committed`; empty before the agent's first
+    /// read.
+    pub phase: String,
+    pub epoch: u64,
+    pub members: Vec<FleetMemberStatus>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct FleetMemberStatus {
+    pub id: String,
+    pub addr: String,
+    pub serving: u64,
+    pub alive: bool,
 }
 
 /// One shard's sample: its name, requests and latency histogram.
@@ -220,9 +234,23 @@ impl Status {
             denied: l.denied.load(Ordering::Relaxed),
             no_quorum: l.no_quorum.load(Ordering::Relaxed),
         };
+        let view = shared.fleet.load_full();
         let fleet = topo.config.cluster.as_ref().map(|c| FleetStatus {
             name: c.name.clone(),
             id: crate::cluster::agent::proxy_id(&topo.config, c),
+            phase: view.as_ref().map_or("", |v| v.phase).to_string(),
+            epoch: view.as_ref().map_or(topo.epoch, |v| v.epoch),
+            members: view.as_ref().map_or_else(Vec::new, |v| {
+                v.members
+                    .iter()
+                    .map(|m| FleetMemberStatus {
+                        id: m.id.clone(),
+                        addr: m.addr.clone(),
+                        serving: m.serving,
+                        alive: m.alive,
+                    })
+                    .collect()
+            }),
         });
         let st = &shared.stats;
         Status {
