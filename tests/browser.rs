@@ -94,6 +94,11 @@ async fn the_status_page_renders_the_shards() {
     for i in 0..200 {
         let _: () = c.set(format!("k{i}"), i).await.expect("SET");
     }
+    // The pools connect in the background: every shard up before the page loads.
+    support::wait_until_async(Duration::from_secs(10), "ready", async || {
+        support::http_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
     let url = format!("http://{admin}/");
 
     let dom = run_chromium(&bin, &url, &["--dump-dom".to_string()]).await;

@@ -4,18 +4,18 @@
 //!
 //! Cost per request: two relaxed `fetch_add`s on this worker's own lines
 //! (calls; errors only when refused) and a local increment. Latency reuses
-//! the per-read `Instant` the session already takes (`read_at`): each read
-//! leaves one mark (its last reply's seq and how many requests of each
-//! class it had), and after a write the marks whose replies are all written
-//! are timed with one more clock read per write, so every request of a read
-//! counts the time from that read to the write that finished the read's
-//! replies.
+//! the per-read `Instant` the session already takes (`read_at`): one read
+//! in [`TIME_ONE_IN`] leaves a mark (its last reply's seq and how many
+//! requests of each class it had), and after a write the marks whose
+//! replies are all written are timed with one more clock read, so every
+//! request of a timed read counts the time from that read to the write that
+//! finished the read's replies. Other reads cost no clock read.
 
 use std::collections::VecDeque;
 use std::time::Instant;
 
 use super::Session;
-use crate::counters::{CLASSES, class_of, command_index};
+use crate::counters::{CLASSES, TIME_ONE_IN, class_of, command_index};
 use crate::error::{ErrorKind, ReplyError};
 
 /// Most reads waiting for their replies that are kept for timing; older
@@ -29,6 +29,8 @@ pub(super) struct Metered {
     pub(super) group: usize,
     /// Requests of each class in the current read.
     classes: [u32; CLASSES.len()],
+    /// Reads so far (one in [`TIME_ONE_IN`] is timed).
+    reads: u32,
     /// Per read not fully answered: the seq after its last request, when it
     /// was read, its requests per class.
     marks: VecDeque<(u64, Instant, [u32; CLASSES.len()])>,
@@ -71,7 +73,10 @@ impl Session {
     pub(super) fn meter_read(&mut self, n: u64) {
         self.shared.stats.commands.add(n);
         let m = &mut self.metered;
-        if m.classes == [0; CLASSES.len()] {
+        let timed = m.reads % TIME_ONE_IN == 0;
+        m.reads = m.reads.wrapping_add(1);
+        if !timed || m.classes == [0; CLASSES.len()] {
+            m.classes = [0; CLASSES.len()];
             return;
         }
         if m.marks.len() >= MAX_MARKS {

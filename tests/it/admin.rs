@@ -55,9 +55,10 @@ async fn metrics_count_requests_by_command_and_shard() {
     assert_eq!(get("shardis_commands_total{command=\"unknown\"}"), before + 1.0);
     assert_eq!(get("shardis_command_errors_total{command=\"unknown\"}"), 1.0);
     assert!(get(&format!("shardis_shard_requests_total{{shard=\"{shard}\"}}")) >= 30.0);
-    assert!(get(&format!("shardis_shard_duration_seconds_count{{shard=\"{shard}\"}}")) >= 30.0);
-    assert!(get("shardis_command_duration_seconds_count{class=\"write\"}") >= 20.0);
-    assert!(get("shardis_command_duration_seconds_count{class=\"read\"}") >= 10.0);
+    // Latency is timed on one read in 8 (counters::TIME_ONE_IN), the first included.
+    assert!(get(&format!("shardis_shard_duration_seconds_count{{shard=\"{shard}\"}}")) >= 1.0);
+    assert!(get("shardis_command_duration_seconds_count{class=\"write\"}") >= 1.0);
+    assert!(get("shardis_command_duration_seconds_count{class=\"read\"}") >= 1.0);
     assert!(get("shardis_fanout_total{kind=\"split\"}") >= 1.0);
     assert!(get("shardis_client_bytes_received_total") > 0.0);
     assert!(get("shardis_client_bytes_sent_total") > 0.0);
@@ -109,6 +110,12 @@ async fn api_status_describes_the_proxy() {
     let p = Proxy::start_with(&refs, &format!("{EXTRA}{redlock}")).await;
     let mut c = p.conn().await;
     let _: () = c.set("k", 1).await.unwrap();
+    // The pools connect in the background: every shard up first.
+    let a = admin(&p);
+    wait_until_async(Duration::from_secs(10), "ready", async || {
+        http_get(a, "/readyz").await.0 == 200
+    })
+    .await;
     let st = status(&p).await;
     assert_eq!(st["version"], env!("CARGO_PKG_VERSION"));
     assert_eq!(st["epoch"], p.shared.topology.load().epoch);
