@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Installs what the tests and the local cluster need, if missing:
 # Debian's redis-server/redis-tools, etcd-server and protobuf-compiler (fleet
-# mode), nutcracker (twemproxy, for benchmarks),
-# and redis-py for the Python client tests.
+# mode), nutcracker (twemproxy, for benchmarks), chromium (headless, for the
+# status page's browser test, tests/browser.rs) and redis-py for the Python
+# client tests.
 set -euo pipefail
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
@@ -11,6 +12,8 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # and protoc (the etcd-client crate compiles etcd's protobuf definitions).
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# Headless Chromium renders the admin status page in tests/browser.rs.
+command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=(chromium)
 if [ "${SHARDIS_BENCH:-0}" = 1 ] && ! command -v nutcracker >/dev/null 2>&1 && [ ! -x /usr/sbin/nutcracker ]; then
   need+=(nutcracker)
 fi

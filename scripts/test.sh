@@ -14,8 +14,9 @@
 #             sentinel (redis-server masters,
 #             replicas and Sentinels), then the lib's
 #             and bin's unit tests, the other test
-#             binaries, the benches in test mode,
-#             doc tests
+#             binaries (browser: headless Chromium
+#             on the status page), the benches in
+#             test mode, doc tests
 #
 # Lanes never share a resource other than the CPU: tests take free ports, and
 # Docker's containers only publish on ports Docker picks or the tests found
@@ -127,6 +128,8 @@ lane() {
   for l in "$@"; do run_bin "$l"; done
 }
 
+# Light: every other test binary (test-command_table, test-browser, ...),
+# the lib's and bin's unit tests and the benches, from the list above.
 heavy=(test-it test-fleet test-sentinel test-containers)
 light=()
 while read -r label _; do

@@ -18,6 +18,8 @@
 //! - [`config`]: `proxy.toml` schema and validation (compiles the users).
 //! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`workers`]: thread-per-core worker runtimes.
+//! - [`counters`]: the `/metrics` counters the hot path bumps: per-command
+//!   and per-shard arrays of relaxed atomics, one block per worker.
 //! - [`shutdown`]: the graceful-shutdown signal, its hooks, SIGTERM/SIGINT.
 //! - [`backend`]: per-shard pipelined connections, timeouts, reconnects; the
 //!   one way to call a backend; the master's address followed through
@@ -53,6 +55,8 @@
 //!   phase machine, the per-proxy agent, fencing, `shardis ctl`.
 //! - [`session`]: one client connection: parse, route, execute the plan,
 //!   replies in order.
+//! - [`admin`]: the admin HTTP endpoint (`[admin] listen`): `/metrics`,
+//!   `/healthz`, `/readyz`, `/api/status` and the status page.
 //! - [`server`]: the listener (`SO_REUSEPORT`), client limit, and the
 //!   drain at shutdown.
 //!
@@ -62,12 +66,14 @@
 //! conditions (the project's own tests and benches use it).
 
 pub mod acl;
+pub mod admin;
 pub mod backend;
 pub mod client;
 pub mod cluster;
 pub mod command;
 pub mod config;
 pub mod control;
+pub mod counters;
 pub mod error;
 pub mod failover;
 pub mod hold;

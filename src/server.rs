@@ -7,6 +7,9 @@
 //! runs, the kernel spreads new connections over both, and once the first
 //! closes its listener (SIGTERM) they all go to the second. That is a
 //! rolling restart on one host with no refused connection (README).
+//!
+//! With `[admin] listen`, the admin HTTP endpoint ([`crate::admin`]) is
+//! bound with the listener and served on this (the main) runtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,6 +31,9 @@ pub struct Server {
     listener: TcpListener,
     /// Where sessions run: the worker runtimes, or this runtime if none.
     executors: Executors,
+    /// The admin HTTP endpoint's listener (`[admin] listen`), served by
+    /// [`Server::run`] on this runtime.
+    admin: Option<TcpListener>,
 }
 
 impl Server {
@@ -43,6 +49,14 @@ impl Server {
     pub async fn bind_on(config: Config, listen: Option<&str>, executors: Executors) -> std::io::Result<Server> {
         let addr = listen.unwrap_or(&config.listen).to_string();
         let listener = bind_reuseport(&addr).await?;
+        let admin = match &config.admin.listen {
+            Some(a) => Some(
+                crate::admin::bind(a)
+                    .await
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("admin endpoint {a}: {e}")))?,
+            ),
+            None => None,
+        };
         let shared = Shared::new(config, executors.clone());
         // Follows Sentinel failovers and replicas' lag (idle without them).
         crate::failover::spawn(&shared);
@@ -50,6 +64,7 @@ impl Server {
             shared,
             listener,
             executors,
+            admin,
         })
     }
 
@@ -57,12 +72,17 @@ impl Server {
         self.listener.local_addr()
     }
 
+    /// Where the admin HTTP endpoint listens, if it is on.
+    pub fn admin_addr(&self) -> Option<SocketAddr> {
+        self.admin.as_ref().and_then(|l| l.local_addr().ok())
+    }
+
     /// Accepts clients until the shutdown starts (`shared.shutdown`, see
     /// [`crate::shutdown`]); then takes the connections already waiting in
     /// the accept queue (they would be reset when the listener closes),
     /// closes the listener, tells the sessions to drain and returns. Wait
     /// for them with [`drain`].
-    pub async fn run(self) {
+    pub async fn run(mut self) {
         let topo = self.shared.topology.load_full();
         info!(
             listen = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(),
@@ -72,6 +92,10 @@ impl Server {
             "shardis listening"
         );
         drop(topo);
+        if let Some(admin) = self.admin.take() {
+            tokio::spawn(crate::admin::serve(self.shared.clone(), admin));
+        }
+        self.shared.stats.listening.store(true, Ordering::Release);
         let mut next_worker = 0usize;
         {
             let stop = self.shared.shutdown.wait();
@@ -94,10 +118,12 @@ impl Server {
         }
         // The reactor may not have seen every queued connection yet: take
         // them with plain non-blocking accepts until the queue is empty.
+        self.shared.stats.listening.store(false, Ordering::Release);
         let Server {
             shared,
             listener,
             executors,
+            ..
         } = self;
         let listener = match listener.into_std() {
             Ok(l) => l,

@@ -1,15 +1,17 @@
 //! State shared by every session and background task of one proxy: the live
 //! topology, the lock service, counters, the shutdown signal, where the
-//! configuration came from, the live sessions, monitors and slow log. Made once per proxy ([`Shared::new`]); nothing here starts tasks or
+//! configuration came from, the live sessions, monitors, slow log and the
+//! `/metrics` counters. Made once per proxy ([`Shared::new`]); nothing here starts tasks or
 //! does I/O.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use crate::acl::limit::LoginLimit;
 use crate::config::Config;
+use crate::counters::CommandCounters;
 use crate::lock::service::LockService;
 use crate::monitor::Monitors;
 use crate::registry::Registry;
@@ -31,6 +33,9 @@ pub struct Stats {
     /// Failed logins (AUTH, HELLO AUTH), including those refused by the
     /// rate limit ([`crate::acl::limit`]).
     pub auth_failures: AtomicU64,
+    /// The client listener accepts (set by [`crate::server::Server::run`],
+    /// cleared when it closes): part of `/readyz`.
+    pub listening: AtomicBool,
 }
 
 /// Stripes of [`StripedCounter`]; threads beyond this share stripes.
@@ -62,6 +67,28 @@ impl StripedCounter {
     }
 }
 
+/// What the fleet agent last read from etcd (fleet mode), for
+/// `/api/status` and `/metrics`: written by [`crate::cluster`] on every
+/// change it sees.
+#[derive(Debug, Clone, Default)]
+pub struct FleetView {
+    /// `stable`, `prepared` or `committed`.
+    pub phase: &'static str,
+    pub epoch: u64,
+    pub members: Vec<FleetMember>,
+}
+
+/// One proxy of the fleet.
+#[derive(Debug, Clone)]
+pub struct FleetMember {
+    pub id: String,
+    pub addr: String,
+    /// The epoch it serves.
+    pub serving: u64,
+    /// Its liveness lease is current.
+    pub alive: bool,
+}
+
 /// State shared by every session.
 pub struct Shared {
     pub topology: TopologyCell,
@@ -85,6 +112,10 @@ pub struct Shared {
     pub sentinel: crate::backend::sentinel::SentinelStatus,
     /// Failed logins per source IP (see [`crate::acl::limit`]).
     pub logins: LoginLimit,
+    /// Per-command counters for `/metrics` (see [`crate::counters`]).
+    pub counters: CommandCounters,
+    /// The fleet as the agent last saw it; none outside fleet mode.
+    pub fleet: arc_swap::ArcSwapOption<FleetView>,
 }
 
 impl Shared {
@@ -92,6 +123,7 @@ impl Shared {
     /// start their connections on `executors` (needs a tokio runtime).
     pub fn new(config: Config, executors: Executors) -> Arc<Shared> {
         let slowlog = SlowLog::new(config.slowlog_log_slower_than_us, config.slowlog_max_len);
+        let counters = CommandCounters::new(executors.groups());
         Arc::new(Shared {
             topology: TopologyCell::new(Arc::new(config), executors),
             stats: Stats::default(),
@@ -105,6 +137,8 @@ impl Shared {
             slowlog,
             sentinel: Default::default(),
             logins: LoginLimit::default(),
+            counters,
+            fleet: arc_swap::ArcSwapOption::empty(),
         })
     }
 

@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
 use crate::config::{self, ReadFrom};
+use crate::counters::ShardCounters;
 pub use crate::error::{BackendError, BackendErrorKind};
 use crate::protocol::Protocol;
 use crate::workers::Executors;
@@ -239,6 +240,9 @@ impl Identity {
 pub struct Shard {
     pub spec: Arc<BackendSpec>,
     pub identity: Arc<Identity>,
+    /// Requests, errors, latency and connections, per worker group
+    /// (`/metrics`, see [`crate::counters`]).
+    pub counters: Arc<ShardCounters>,
     /// Where the connection tasks run: one group of connections per worker.
     executors: Executors,
     /// `[group][connection]`: each worker's own connections.
@@ -254,11 +258,13 @@ impl Shard {
     pub fn start(spec: BackendSpec, executors: &Executors) -> Arc<Shard> {
         let spec = Arc::new(spec);
         let identity = Arc::new(Identity::default());
-        let resp2 = spawn_conns(&spec, &identity, Protocol::Resp2, executors);
+        let counters = Arc::new(ShardCounters::new(executors.groups()));
+        let resp2 = spawn_conns(&spec, &identity, &counters, Protocol::Resp2, executors);
         let replicas = (spec.read_from != ReadFrom::Master).then(|| Box::new(Replicas::start(spec.clone(), executors)));
         Arc::new(Shard {
             spec,
             identity,
+            counters,
             executors: executors.clone(),
             resp2,
             resp3: OnceLock::new(),
@@ -316,9 +322,15 @@ impl Shard {
     pub fn send(&self, proto: Protocol, lane: usize, job: Job) {
         let groups = match proto {
             Protocol::Resp2 => &self.resp2,
-            Protocol::Resp3 => self
-                .resp3
-                .get_or_init(|| spawn_conns(&self.spec, &self.identity, Protocol::Resp3, &self.executors)),
+            Protocol::Resp3 => self.resp3.get_or_init(|| {
+                spawn_conns(
+                    &self.spec,
+                    &self.identity,
+                    &self.counters,
+                    Protocol::Resp3,
+                    &self.executors,
+                )
+            }),
         };
         let conns = &groups[self.executors.group_here() % groups.len()];
         let tx = &conns[lane % conns.len()];
@@ -365,6 +377,7 @@ impl Shard {
 fn spawn_conns(
     spec: &Arc<BackendSpec>,
     identity: &Arc<Identity>,
+    counters: &Arc<ShardCounters>,
     proto: Protocol,
     executors: &Executors,
 ) -> Vec<Vec<mpsc::UnboundedSender<Job>>> {
@@ -375,7 +388,9 @@ fn spawn_conns(
                 .map(|i| {
                     let (tx, rx) = mpsc::unbounded_channel();
                     let lane = g * per_group + i;
-                    executors.spawn_on(g, pipeline::conn_task(spec.clone(), identity.clone(), proto, lane, rx));
+                    let task =
+                        pipeline::conn_task(spec.clone(), identity.clone(), counters.clone(), g, proto, lane, rx);
+                    executors.spawn_on(g, task);
                     tx
                 })
                 .collect()

@@ -8,6 +8,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -19,6 +20,7 @@ use tracing::{debug, info, warn};
 use super::backoff::Backoff;
 use super::conn::connect_to;
 use super::{BackendSpec, Identity, Job, ReplyTo};
+use crate::counters::{ShardCounters, ShardGroup, TIME_ONE_IN};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::protocol::Protocol;
 use crate::protocol::reply::ReplyScanner;
@@ -33,10 +35,13 @@ const BATCH: usize = 512;
 pub(super) async fn conn_task(
     spec: Arc<BackendSpec>,
     identity: Arc<Identity>,
+    counters: Arc<ShardCounters>,
+    group: usize,
     proto: Protocol,
     lane: usize,
     mut rx: mpsc::UnboundedReceiver<Job>,
 ) {
+    let c = counters.group(group);
     let mut backoff = Backoff::new(spec.reconnect_min, spec.reconnect_max);
     let mut was_up = true; // log the first failure loudly
     // Only a followed master's address moves.
@@ -48,13 +53,17 @@ pub(super) async fn conn_task(
         let failure = match connect_to(&spec, &identity, proto).await {
             Ok((stream, addr)) => {
                 if !was_up {
+                    c.reconnects.fetch_add(1, Ordering::Relaxed);
                     info!(shard = %spec.name, addr = %spec.addr, ?proto, lane, "backend connection restored");
                 } else {
                     debug!(shard = %spec.name, addr = %spec.addr, ?proto, lane, "backend connected");
                 }
                 was_up = true;
                 backoff.reset();
-                match serve(stream, &mut rx, &spec, moves.as_mut().map(|m| (m, addr.clone()))).await {
+                c.live.fetch_add(1, Ordering::Relaxed);
+                let served = serve(stream, &mut rx, &spec, c, moves.as_mut().map(|m| (m, addr.clone()))).await;
+                c.live.fetch_sub(1, Ordering::Relaxed);
+                match served {
                     Ok(()) => return, // pool dropped and every job answered
                     // The master moved: to the new one at once, the jobs
                     // queued meanwhile go there.
@@ -73,6 +82,7 @@ pub(super) async fn conn_task(
             debug!(shard = %spec.name, error = %failure.detail(), "backend still unavailable");
         }
         was_up = false;
+        c.connection_failures.fetch_add(1, Ordering::Relaxed);
         // Until the next attempt, jobs are not sent at all.
         let err = BackendError::new(BackendErrorKind::Unavailable, &spec.name, failure.detail());
         let retry_at = Instant::now() + backoff.next_delay();
@@ -82,7 +92,10 @@ pub(super) async fn conn_task(
                 // The master moved: try it now.
                 _ = moved(moves.as_mut()), if moves.is_some() => break,
                 job = rx.recv() => match job {
-                    Some(job) => job.reply.complete(Err(err.clone())),
+                    Some(job) => {
+                        c.failures.fetch_add(1, Ordering::Relaxed);
+                        job.reply.complete(Err(err.clone()));
+                    }
                     None => return,
                 },
             }
@@ -97,6 +110,7 @@ async fn serve(
     stream: TcpStream,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     spec: &BackendSpec,
+    c: &ShardGroup,
     moves: Option<(&mut watch::Receiver<u64>, Arc<String>)>,
 ) -> Result<(), BackendError> {
     let follows = moves.is_some();
@@ -115,6 +129,8 @@ async fn serve(
     let mut closing = false;
     // Jobs in the previous write (see the yield below).
     let mut last_batch = 0;
+    // Reads so far: the replies of one in TIME_ONE_IN are timed (/metrics).
+    let mut reads: u32 = 0;
     let cmd_timeout = spec.command_timeout;
     let lost = |e: std::io::Error| BackendError::io(BackendErrorKind::ConnectionLost, &spec.name, e);
     let result = loop {
@@ -134,6 +150,10 @@ async fn serve(
                     Ok(_) => {}
                 }
                 let mut failed = None;
+                // One clock read per timed read, only if a reply completes.
+                let timed = reads % TIME_ONE_IN == 0;
+                reads = reads.wrapping_add(1);
+                let mut now = None;
                 loop {
                     match scanner.next_frame(&rbuf) {
                         Ok(Some(n)) => {
@@ -145,11 +165,19 @@ async fn serve(
                                 // An earlier frame of a batch (MULTI's +OK, a +QUEUED).
                                 Some((_, _, left)) if *left > 1 => *left -= 1,
                                 Some(_) => {
-                                    if let Some((to, _, _)) = inflight.pop_front() {
-                                        // A followed master that answers READONLY was demoted.
-                                        if follows && frame.starts_with(b"-READONLY") {
-                                            to.complete(Err(demoted(spec, connected.as_deref())));
-                                            continue;
+                                    if let Some((to, written, _)) = inflight.pop_front() {
+                                        if matches!(frame.first(), Some(b'-' | b'!')) {
+                                            c.error_replies.fetch_add(1, Ordering::Relaxed);
+                                            // A followed master that answers READONLY was demoted.
+                                            if follows && frame.starts_with(b"-READONLY") {
+                                                to.complete(Err(demoted(spec, connected.as_deref())));
+                                                continue;
+                                            }
+                                        }
+                                        if timed {
+                                            let t = *now.get_or_insert_with(Instant::now);
+                                            let us = t.saturating_duration_since(written).as_micros() as u64;
+                                            c.latency.observe(us, 1);
                                         }
                                         to.complete(Ok(frame));
                                     }
@@ -224,6 +252,7 @@ async fn serve(
                     ));
                 }
                 last_batch = batch.len();
+                c.requests.fetch_add(batch.len() as u64, Ordering::Relaxed);
                 let now = Instant::now();
                 for job in batch.drain(..) {
                     wbuf.extend_from_slice(&job.req);
@@ -252,6 +281,8 @@ async fn serve(
         }
     };
     if let Err(err) = &result {
+        c.failures
+            .fetch_add((inflight.len() + batch.len()) as u64, Ordering::Relaxed);
         for (to, _, _) in inflight.drain(..) {
             to.complete(Err(err.clone()));
         }

@@ -292,6 +292,7 @@ impl Agent {
     /// Brings this proxy in line with `snap`, then acts as coordinator and
     /// migrator if elected.
     async fn sync(&mut self, snap: &Snapshot) {
+        super::view::publish(&self.shared, snap);
         if self.evicted || self.leaving.load(Ordering::Acquire) {
             return;
         }

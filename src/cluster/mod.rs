@@ -8,6 +8,7 @@
 //!   switch epochs, and when elected coordinate and migrate.
 //! - [`fence`]: per-proxy ACL users, disabled on eviction.
 //! - [`ctl`]: `shardis ctl apply | status | evict`.
+//! - `view`: what the agent saw, published for the admin endpoint.
 //!
 //! The safety argument (docs/fleet.md): once any key of a slot has moved,
 //! no proxy may write that slot's keys to the old owner. A change commits
@@ -21,3 +22,4 @@ pub mod ctl;
 pub mod fence;
 pub mod phase;
 pub mod store;
+mod view;

@@ -1,9 +1,22 @@
 //! `[cluster]` (this proxy is one of a fleet, see [`crate::cluster`]) and
-//! the part of the configuration a fleet shares through etcd ([`FleetSpec`]).
+//! the part of the configuration a fleet shares through etcd ([`FleetSpec`]);
+//! also `[admin]`, the admin HTTP endpoint ([`AdminConfig`]).
 
 use serde::Deserialize;
 
 use super::{Backend, Config, ConfigError, RedlockConfig, RingConfig, invalid};
+
+/// `[admin]`: the admin HTTP endpoint (`/metrics`, `/healthz`, `/readyz`,
+/// `/api/status`, the status page at `/`). Not reloadable: bound once at
+/// start.
+#[derive(Debug, Clone, Default, Deserialize, serde::Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// `host:port` to serve it on; none (the default): no endpoint. It has
+    /// no authentication: keep it on loopback or a private network.
+    #[serde(default)]
+    pub listen: Option<String>,
+}
 
 /// `[cluster]`: this proxy is one of a fleet whose topology lives in etcd.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]

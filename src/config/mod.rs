@@ -10,7 +10,7 @@ use std::time::Duration;
 use serde::Deserialize;
 
 mod fleet;
-pub use fleet::{ClusterConfig, FleetSpec};
+pub use fleet::{AdminConfig, ClusterConfig, FleetSpec};
 mod sentinel;
 pub use sentinel::{DEFAULT_POLL_MS, ReadFrom, SentinelConfig};
 
@@ -76,6 +76,10 @@ pub struct Config {
     /// [`SentinelConfig`]).
     #[serde(default)]
     pub sentinel: Option<SentinelConfig>,
+    /// `[admin]`: the HTTP endpoint for metrics, probes and the status page
+    /// (see [`crate::admin`]); off without `listen`.
+    #[serde(default)]
+    pub admin: AdminConfig,
     /// With `[cluster]`, only the seed of an empty cluster: a proxy joining
     /// a cluster that has a topology ignores its own backends.
     #[serde(default)]

@@ -73,6 +73,8 @@ pub struct Migration {
     old_shards: ArcSwap<Vec<Arc<Shard>>>,
     /// Per old shard: it lost slots and the migrator has not finished it.
     pending: Vec<AtomicBool>,
+    /// Old shards that lost slots (the migrator walks each once).
+    sources: usize,
     done: AtomicBool,
     abandoned: AtomicBool,
     started: Instant,
@@ -114,6 +116,7 @@ impl Migration {
             old_ring: old_ring.clone(),
             old_names: old_names.to_vec(),
             old_shards: ArcSwap::from_pointee(old_shards),
+            sources: losing.iter().filter(|l| **l).count(),
             pending: losing.into_iter().map(AtomicBool::new).collect(),
             done: AtomicBool::new(false),
             abandoned: AtomicBool::new(false),
@@ -150,6 +153,11 @@ impl Migration {
     /// Old shards the migrator still has to walk.
     pub fn sources_left(&self) -> usize {
         self.pending.iter().filter(|p| p.load(Ordering::Acquire)).count()
+    }
+
+    /// Old shards the migrator walks in all.
+    pub fn sources_total(&self) -> usize {
+        self.sources
     }
 
     /// Stops the migration where it is (a forced reload): keys not moved

@@ -29,9 +29,11 @@
 //! - [`io`]: socket reads and the lingering close of a drained connection.
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
+//! - [`metered`]: the `/metrics` counts (per command, per class latency).
 
 mod admin;
 mod io;
+mod metered;
 mod ops;
 mod parked;
 mod parking;
@@ -131,6 +133,7 @@ pub struct Session {
     slow: Option<Duration>,
     /// Requests waiting for their reply, for the slow log.
     timings: VecDeque<ops::Timing>,
+    metered: metered::Metered,
 }
 
 /// A session's part in a shutdown.
@@ -185,6 +188,7 @@ impl Session {
             read_at: Instant::now(),
             slow: None,
             timings: VecDeque::new(),
+            metered: metered::Metered::new(shared.topology.executors().group_here()),
             shared,
         }
     }
@@ -226,7 +230,7 @@ impl Session {
                 r = read_some(&mut sock, &mut rbuf), if can_read => {
                     match r {
                         Ok(0) | Err(_) => return,
-                        Ok(_) => {}
+                        Ok(n) => self.shared.counters.bytes(self.metered.group, n as u64, 0),
                     }
                     self.heard = true;
                     self.parse_and_dispatch(&mut rbuf);
@@ -312,12 +316,14 @@ impl Session {
         if out.is_empty() {
             return true;
         }
+        self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
         if sock.write_all_buf(out).await.is_err() {
             return false;
         }
         if out.capacity() > 1024 * 1024 {
             *out = BytesMut::new();
         }
+        self.meter_written();
         true
     }
 
@@ -350,7 +356,7 @@ impl Session {
                 }
             }
         }
-        self.shared.stats.commands.add(n);
+        self.meter_read(n);
     }
 
     /// Routes `req` and executes the plan into slot `at`. `released`: the
@@ -374,6 +380,7 @@ impl Session {
             return self.execute(topo, plan, &req, &args, at);
         }
         self.ops_before(&args);
+        self.meter_call();
         let (seq, served) = (self.replies.next_seq(), ops::Served::of(&plan, &self.router.parts));
         let tx = matches!(plan, Plan::Tx(_));
         self.execute(topo, plan, &req, &args, at);
@@ -422,6 +429,7 @@ impl Session {
             Plan::Split { merge } => {
                 // Taken and given back: the router's buffer keeps its capacity.
                 let mut parts = std::mem::take(&mut self.router.parts);
+                self.meter_fanout(false);
                 let seq = self.replies.put(at, Slot::many(merge, parts.len()));
                 for (part, (shard, sub)) in parts.drain(..).enumerate() {
                     // Each part is the same command on fewer keys.
@@ -432,6 +440,7 @@ impl Session {
                 self.router.parts = parts;
             }
             Plan::Broadcast { merge, script } => {
+                self.meter_fanout(true);
                 let merge = self.config_hook(args, merge);
                 if let Some(body) = script {
                     self.shared.locks.remember_script(&body);
@@ -481,7 +490,10 @@ impl Session {
                 self.park(topo, m.as_deref(), moves, parked::Then::Dispatch(req.clone()), at);
             }
             Plan::Hold => self.hold(topo, parked::Then::Dispatch(req.clone()), at),
-            Plan::Error(e) => self.replies.error(at, proto, &e),
+            Plan::Error(e) => {
+                self.meter_error(&e);
+                self.replies.error(at, proto, &e);
+            }
             // Only keyed requests wait for a migration or a hold: none of
             // these can be the plan of a request routed again.
             Plan::Subscribe | Plan::Tx(_) => self.replies.error(

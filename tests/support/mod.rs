@@ -36,6 +36,9 @@ impl NodeClient for RedisNode {
 pub struct Proxy {
     pub addr: SocketAddr,
     pub shared: Arc<Shared>,
+    /// The admin HTTP endpoint, when the configuration has `[admin] listen`
+    /// (`127.0.0.1:0` for a free port).
+    pub admin: Option<SocketAddr>,
     task: tokio::task::JoinHandle<()>,
     /// Stopped (and joined) when the proxy is dropped.
     workers: Option<Workers>,
@@ -68,11 +71,13 @@ impl Proxy {
         let executors = workers.as_ref().map(|w| w.executors()).unwrap_or_default();
         let server = Server::bind_on(cfg, None, executors).await.expect("bind");
         let addr = server.local_addr().expect("addr");
+        let admin = server.admin_addr();
         let shared = server.shared.clone();
         let task = tokio::spawn(server.run());
         Proxy {
             addr,
             shared,
+            admin,
             task,
             workers,
         }
@@ -103,6 +108,43 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// `GET path` on an HTTP endpoint (the admin endpoint): status and body.
+/// A minimal HTTP/1.1 client for tests (one request, `Connection: close`).
+pub async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect to the admin endpoint");
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    s.write_all(req.as_bytes()).await.expect("write");
+    let mut raw = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut raw))
+        .await
+        .expect("admin endpoint answers within 10 s")
+        .expect("read");
+    let text = String::from_utf8_lossy(&raw).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let chunked = head.to_ascii_lowercase().contains("transfer-encoding: chunked");
+    (status, if chunked { unchunk(body) } else { body.to_string() })
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn unchunk(mut body: &str) -> String {
+    let mut out = String::new();
+    while let Some((size, rest)) = body.split_once("\r\n") {
+        let Ok(n) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if n == 0 || rest.len() < n {
+            break;
+        }
+        out.push_str(&rest[..n]);
+        body = rest[n..].trim_start_matches("\r\n");
+    }
+    out
 }
 
 /// Three fresh shards.
