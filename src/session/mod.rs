@@ -25,6 +25,7 @@
 //! - [`pubsub`]: the subscriber pipe.
 //! - [`scan`]: SCAN going on into the next shard within one call.
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
+//! - [`drain`]: a session's part in a shutdown.
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
 //! - [`io`]: socket reads and the lingering close of a drained connection.
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
@@ -32,6 +33,7 @@
 //! - [`metered`]: the `/metrics` counts (per command, per class latency).
 
 mod admin;
+mod drain;
 mod io;
 mod metered;
 mod ops;
@@ -54,6 +56,7 @@ use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
+use drain::{Drain, FIRST_REQUEST_GRACE, first_request_grace};
 use io::{linger_close, read_some};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
@@ -135,26 +138,6 @@ pub struct Session {
     timings: VecDeque<ops::Timing>,
     metered: metered::Metered,
 }
-
-/// A session's part in a shutdown.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Drain {
-    /// No shutdown: normal service.
-    Serving,
-    /// Shutting down, and the client had sent nothing yet: it most likely
-    /// connected to send a request, just before the listener closed. It is
-    /// read until that first request is in whole (or until this instant),
-    /// then it drains.
-    FirstRequest(Instant),
-    /// Shutting down: nothing more is read; once the requests already read
-    /// are answered (a blocking command's too, until the deadline), the
-    /// connection closes.
-    Draining,
-}
-
-/// How long, after the shutdown starts, a client that has not sent anything
-/// yet may take to send its first request (see [`Drain::FirstRequest`]).
-const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(100);
 
 impl Session {
     pub fn new(shared: Arc<Shared>, id: u64, addr: String, laddr: String) -> Session {
@@ -584,15 +567,6 @@ async fn recv(inbox: &mut Option<Inbox>) -> Option<Completion> {
     match inbox {
         Some((_, rx)) => rx.recv().await,
         None => std::future::pending().await,
-    }
-}
-
-/// Resolves when the grace of [`Drain::FirstRequest`] is over; never in
-/// any other state.
-async fn first_request_grace(drain: Drain) {
-    match drain {
-        Drain::FirstRequest(until) => tokio::time::sleep_until(until.into()).await,
-        _ => std::future::pending().await,
     }
 }
 

@@ -1,0 +1,33 @@
+//! A session's part in a shutdown: serving, waiting for a first request
+//! that was on its way when the listener closed, or draining.
+
+use std::time::{Duration, Instant};
+
+/// A session's part in a shutdown.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Drain {
+    /// No shutdown: normal service.
+    Serving,
+    /// Shutting down, and the client had sent nothing yet: it most likely
+    /// connected to send a request, just before the listener closed. It is
+    /// read until that first request is in whole (or until this instant),
+    /// then it drains.
+    FirstRequest(Instant),
+    /// Shutting down: nothing more is read; once the requests already read
+    /// are answered (a blocking command's too, until the deadline), the
+    /// connection closes.
+    Draining,
+}
+
+/// How long, after the shutdown starts, a client that has not sent anything
+/// yet may take to send its first request (see [`Drain::FirstRequest`]).
+pub(super) const FIRST_REQUEST_GRACE: Duration = Duration::from_millis(100);
+
+/// Resolves when the grace of [`Drain::FirstRequest`] is over; never in
+/// any other state.
+pub(super) async fn first_request_grace(drain: Drain) {
+    match drain {
+        Drain::FirstRequest(until) => tokio::time::sleep_until(until.into()).await,
+        _ => std::future::pending().await,
+    }
+}
