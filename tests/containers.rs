@@ -11,7 +11,10 @@
 //! - docker-compose.yml with one proxy (`SHARDIS_CONFIG=./deploy/compose-proxy.toml
 //!   docker-compose up shardis`) + `redis-cli -p <port>`;
 //! - docker-compose.yml as shipped, a fleet: etcd and two proxies on one
-//!   topology, grown to a fourth shard by `shardis ctl apply` from the host.
+//!   topology, grown to a fourth shard by `shardis ctl apply` from the host;
+//! - deploy/docker-compose.sentinel.yml: shards of a master and a replica
+//!   under three Sentinels, a master container stopped, the proxy following
+//!   the failover (`sentinel_compose`).
 //!
 //! One test binary; the tests take a shared lock so only one cluster runs at
 //! a time (2-core machines). The images are built on first use by
@@ -29,6 +32,9 @@ use testcontainers::GenericImage;
 use testcontainers::RunnableImage;
 use testcontainers::clients::Cli;
 use testcontainers::core::WaitFor;
+
+#[path = "containers/sentinel_compose.rs"]
+mod sentinel_compose;
 
 /// Serializes the tests of this binary: one cluster at a time.
 static LOCK: Mutex<()> = Mutex::new(());
@@ -436,12 +442,15 @@ fn compose_command() -> Vec<&'static str> {
     }
 }
 
-/// A project of the shipped docker-compose.yml with every published port on
-/// a free host port (so it runs beside anything, another project included),
-/// taken down (containers, network) on drop.
+/// A project of a compose file (the shipped docker-compose.yml unless
+/// [`ComposeProject::with_file`]) with every published port on a free host
+/// port (so it runs beside anything, another project included), taken down
+/// (containers, network) on drop.
 struct ComposeProject {
     cmd: Vec<&'static str>,
     name: String,
+    /// The compose file, relative to the repository.
+    file: &'static str,
     /// Host port of `shardis`.
     port: u16,
     /// Host port of `shardis-2`.
@@ -456,10 +465,17 @@ impl ComposeProject {
     /// Project `shardis-test-<pid>-<suffix>` (the pid lets `sweep_stale`
     /// remove what a killed run left).
     fn new(suffix: &str) -> ComposeProject {
-        assert!(repo_root().join("docker-compose.yml").exists());
+        ComposeProject::with_file(suffix, "docker-compose.yml")
+    }
+
+    /// A project of `file` (relative to the repository; its own directory
+    /// is the project directory, for the relative paths in it).
+    fn with_file(suffix: &str, file: &'static str) -> ComposeProject {
+        assert!(repo_root().join(file).exists(), "{file} is missing");
         ComposeProject {
             cmd: compose_command(),
             name: format!("shardis-test-{}-{suffix}", std::process::id()),
+            file,
             port: free_port(),
             port_2: free_port(),
             etcd_port: free_port(),
@@ -471,7 +487,7 @@ impl ComposeProject {
         let mut cmd = Command::new(self.cmd[0]);
         cmd.args(&self.cmd[1..])
             .args(["--project-name", &self.name, "--file"])
-            .arg(repo_root().join("docker-compose.yml"))
+            .arg(repo_root().join(self.file))
             .args(args)
             .env("SHARDIS_PORT", self.port.to_string())
             .env("SHARDIS_PORT_2", self.port_2.to_string())
