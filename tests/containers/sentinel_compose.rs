@@ -7,7 +7,8 @@
 
 use std::time::{Duration, Instant};
 
-use super::{ComposeProject, connect, docker_or_skip, get, set};
+use super::compose::ComposeProject;
+use super::{connect, docker_or_skip, get, set};
 
 /// `(master name, master service, replica service)` of each shard.
 const SHARDS: [(&str, &str, &str); 2] = [("shard-1", "redis-1a", "redis-1b"), ("shard-2", "redis-2a", "redis-2b")];
