@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds the three local images, offline (no registry, no base image, no builder):
 #
-#   shardis/redis:local    redis-server + redis-cli from the host's Debian packages
+#   shardis/redis:local    redis-server + redis-cli from the host's Debian packages,
+#                          + bash and redis-sentinel-start (Sentinel on a writable
+#                          copy of its configuration)
 #   shardis/shardis:local  target/release/shardis (+ redis-cli for healthchecks),
 #                          config at /etc/shardis/proxy.toml, runs as uid 65534 (nobody)
 #   shardis/etcd:local     etcd from Debian's etcd-server (the fleet's control plane,
@@ -122,6 +124,26 @@ redis_root="$work/redis"
 skeleton "$redis_root"
 copy_with_libs "$redis_root" "$(command -v redis-server)" /usr/bin/redis-server
 copy_with_libs "$redis_root" "$(command -v redis-cli)" /usr/bin/redis-cli
+# Sentinel is redis-server --sentinel from this image, but it rewrites its
+# configuration file (what it learns: replicas, other Sentinels, failovers), so
+# it cannot run on a read-only bind mount. redis-sentinel-start (bash, no other
+# tool in the image) copies the mounted file to /data once, then runs Sentinel
+# on the copy (deploy/docker-compose.sentinel.yml).
+copy_with_libs "$redis_root" "$(command -v bash)" /bin/bash
+cat >"$redis_root/usr/bin/redis-sentinel-start" <<'SENTINEL'
+#!/bin/bash
+# redis-sentinel-start [CONF]: runs Sentinel on a writable copy of CONF
+# (default /etc/redis/sentinel.conf) in /data; a restarted container keeps the
+# copy, and with it what Sentinel had learnt.
+src=${1:-/etc/redis/sentinel.conf}
+dst=/data/sentinel.conf
+[ -r "$src" ] || { echo "redis-sentinel-start: cannot read $src" >&2; exit 1; }
+if [ ! -e "$dst" ]; then
+  printf '%s\n' "$(<"$src")" >"$dst" || exit 1
+fi
+exec /usr/bin/redis-server "$dst" --sentinel
+SENTINEL
+chmod 0755 "$redis_root/usr/bin/redis-sentinel-start"
 import "$prefix/redis:$tag" "$redis_root" \
   'ENTRYPOINT ["/usr/bin/redis-server"]' \
   'CMD ["--port", "6379", "--protected-mode", "no", "--save", "", "--appendonly", "no"]' \

@@ -1,12 +1,15 @@
 //! Reads on replicas (`read_from = "replica" | "prefer-replica"`): a shard's
 //! replica pools, which of them may be read from, and the choice of where a
-//! forwarded request goes ([`super::Shard::send_keyed`]).
+//! forwarded request goes ([`super::Shard::send_keyed`]): `replica` spreads
+//! reads over the usable replicas and falls back to the master when none is
+//! usable; `prefer-replica` spreads them over the usable replicas and the
+//! master together (one more read target).
 //!
 //! Only commands the command table flags `readonly`, and not scripts or
 //! blocking commands, go to a replica; everything else, and every request
 //! of the lock worker, the migrator, transactions and WATCH, goes to the
-//! master through [`super::Shard::send`]. Replicas are taken in turn
-//! (round-robin) among those marked usable; the failover task
+//! master through [`super::Shard::send`]. Targets are taken in turn
+//! (round-robin) among the replicas marked usable; the failover task
 //! ([`crate::failover`]) marks a replica unusable when it is down, not
 //! linked to its master, or further behind than `max_replica_lag_ms`, and
 //! replaces the list when the Sentinels name other replicas. A replica pool
@@ -21,7 +24,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use arc_swap::ArcSwap;
 
 use super::endpoint::{Endpoint, Role};
-use super::{BackendError, BackendErrorKind, BackendSpec, Job, Shard};
+use super::{BackendSpec, Job, Shard};
 use crate::command::spec::{self, F_BLOCKING, F_READONLY};
 use crate::config::ReadFrom;
 use crate::protocol::Protocol;
@@ -128,34 +131,62 @@ impl Replicas {
     }
 
     /// Sends `job` (the forwarded request `args`) to a usable replica if it
-    /// is a read, else to `master`.
+    /// is a read (or, with `prefer-replica`, to the master in its turn),
+    /// else to `master`.
     pub(super) fn send(&self, master: &Shard, proto: Protocol, lane: usize, job: Job, args: &[&[u8]]) {
         if self.mode == ReadFrom::Master || !is_replica_read(args) {
             return master.send(proto, lane, job);
         }
         let nodes = self.nodes.load();
-        let n = nodes.len();
-        if n > 0 {
-            let start = self.next.fetch_add(1, Ordering::Relaxed);
-            for i in 0..n {
-                let node = &nodes[(start + i) % n];
-                if node.usable() && node.pool.spec.endpoint.is_up() {
-                    self.reads.fetch_add(1, Ordering::Relaxed);
-                    return node.pool.send(proto, lane, job);
-                }
+        let usable = |i: usize| nodes[i].usable() && nodes[i].pool.spec.endpoint.is_up();
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        match choose(self.mode, nodes.len(), usable, turn) {
+            Target::Replica(i) => {
+                self.reads.fetch_add(1, Ordering::Relaxed);
+                nodes[i].pool.send(proto, lane, job)
             }
-        }
-        match self.mode {
-            ReadFrom::Replica => job.reply.complete(Err(BackendError::new(
-                BackendErrorKind::Unavailable,
-                &master.spec.name,
-                "no replica to read from (read_from = \"replica\": down, lagging or none known)",
-            ))),
-            _ => {
+            Target::MasterTurn => master.send(proto, lane, job),
+            Target::Fallback => {
                 self.fallbacks.fetch_add(1, Ordering::Relaxed);
                 master.send(proto, lane, job)
             }
         }
+    }
+}
+
+/// Where one read goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    /// The replica at this index.
+    Replica(usize),
+    /// The master, as one of the read targets (`prefer-replica`).
+    MasterTurn,
+    /// The master, for want of a usable replica.
+    Fallback,
+}
+
+/// The target of the `turn`-th read among `n` replicas of which `usable`
+/// tells which may be read from: with `replica`, the usable replicas in
+/// turn, the master when none is; with `prefer-replica`, the usable
+/// replicas and the master in turn (the master takes one read in
+/// `usable + 1`). Two passes over the list, no allocation.
+fn choose(mode: ReadFrom, n: usize, usable: impl Fn(usize) -> bool, turn: usize) -> Target {
+    let count = (0..n).filter(|&i| usable(i)).count();
+    let slots = match mode {
+        ReadFrom::PreferReplica => count + 1,
+        _ => count,
+    };
+    if slots == 0 {
+        return Target::Fallback;
+    }
+    let k = turn % slots;
+    if k == count {
+        return Target::MasterTurn;
+    }
+    match (0..n).filter(|&i| usable(i)).nth(k) {
+        Some(i) => Target::Replica(i),
+        // The usable set changed between the two passes: no replica then.
+        None => Target::Fallback,
     }
 }
 
@@ -175,6 +206,42 @@ pub fn is_replica_read(args: &[&[u8]]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn targets(mode: ReadFrom, usable: &[bool], reads: usize) -> Vec<Target> {
+        (0..reads)
+            .map(|t| choose(mode, usable.len(), |i| usable[i], t))
+            .collect()
+    }
+
+    #[test]
+    fn replica_spreads_over_usable_replicas_and_falls_back_to_the_master() {
+        use Target::*;
+        let r = ReadFrom::Replica;
+        assert_eq!(
+            targets(r, &[true, true], 4),
+            [Replica(0), Replica(1), Replica(0), Replica(1)]
+        );
+        assert_eq!(targets(r, &[false, true, true], 2), [Replica(1), Replica(2)]);
+        assert_eq!(targets(r, &[false, false], 2), [Fallback, Fallback]);
+        assert_eq!(targets(r, &[], 1), [Fallback]);
+    }
+
+    #[test]
+    fn prefer_replica_spreads_over_usable_replicas_and_the_master() {
+        use Target::*;
+        let p = ReadFrom::PreferReplica;
+        assert_eq!(
+            targets(p, &[true, true], 6),
+            [Replica(0), Replica(1), MasterTurn, Replica(0), Replica(1), MasterTurn]
+        );
+        // A skipped replica's share is spread evenly, not given to its neighbour.
+        assert_eq!(
+            targets(p, &[false, true, true], 3),
+            [Replica(1), Replica(2), MasterTurn]
+        );
+        assert_eq!(targets(p, &[false], 2), [MasterTurn, MasterTurn]);
+        assert_eq!(targets(p, &[], 1), [MasterTurn]);
+    }
 
     #[test]
     fn only_plain_reads_go_to_replicas() {

@@ -222,9 +222,16 @@ pub async fn ask_replicas(cfg: &SentinelConfig, name: &str, within: Duration) ->
     ))
 }
 
+/// One entry of `SENTINEL REPLICAS`; none without a usable address: a
+/// Sentinel that monitors by hostname (`resolve-hostnames yes`) lists a
+/// demoted master whose name no longer resolves (its container stopped)
+/// with an empty `ip`.
 fn replica_of(entry: &Bytes) -> Option<ReplicaAddr> {
     let f = fields(entry);
     let (ip, port) = (field(&f, "ip")?, field(&f, "port")?);
+    if ip.is_empty() {
+        return None;
+    }
     port.parse::<u16>().ok()?;
     let flags = field(&f, "flags").unwrap_or("");
     let down = flags
@@ -296,6 +303,11 @@ mod tests {
         let up =
             Bytes::from_static(b"*6\r\n$2\r\nip\r\n$1\r\nh\r\n$4\r\nport\r\n$1\r\n1\r\n$5\r\nflags\r\n$5\r\nslave\r\n");
         assert!(replica_of(&up).unwrap().healthy);
+        // A demoted master whose hostname no longer resolves: no address.
+        let unresolved = Bytes::from_static(
+            b"*6\r\n$2\r\nip\r\n$0\r\n\r\n$4\r\nport\r\n$4\r\n6379\r\n$5\r\nflags\r\n$12\r\nslave,s_down\r\n",
+        );
+        assert!(replica_of(&unresolved).is_none());
         // Garbage and truncated replies give nothing, never a panic.
         for junk in [&b"+OK\r\n"[..], b"*3\r\n$2\r\nip\r\n", b"*2\r\n$2\r\nip\r\n:1\r\n", b""] {
             let b = Bytes::copy_from_slice(junk);

@@ -46,11 +46,14 @@ pub enum ReadFrom {
     /// Everything to the master (the default).
     #[default]
     Master,
-    /// Reads to the replicas only: with no usable replica, a read fails
-    /// with an error naming the shard (the master keeps its capacity for
-    /// writes).
+    /// Reads spread over the usable replicas (none on the master while one
+    /// is usable, so the master keeps its capacity for writes); with no
+    /// usable replica (down, lagging, none known), to the master.
     Replica,
-    /// Reads to the replicas; with no usable replica, to the master.
+    /// Reads spread over the usable replicas and the master together: the
+    /// master is one more read target (with two usable replicas it takes a
+    /// third of the reads), so reads get the capacity of every node; with no
+    /// usable replica, all to the master.
     PreferReplica,
 }
 
