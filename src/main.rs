@@ -143,7 +143,7 @@ fn main() -> ExitCode {
         return ExitCode::SUCCESS;
     }
     let threads = match config.threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        0 => shardis::workers::default_threads(std::thread::available_parallelism().map_or(1, |n| n.get())),
         n => n,
     };
     // Look at the runtime's queue of wake-ups from other threads every 4 task
