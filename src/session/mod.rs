@@ -222,12 +222,20 @@ impl Session {
                         self.drain = Drain::Draining;
                     }
                 }
-                Some(ev) = sharded::next_event(&mut self.ssub) => self.shard_event(ev),
+                // The arms below are rare: their guards keep them from being
+                // polled on every pass of a busy session.
+                Some(ev) = sharded::next_event(&mut self.ssub), if self.ssub.is_some() => self.shard_event(ev),
                 // None: the monitor fell too far behind (see crate::monitor).
-                line = ops::monitor_line(&mut self.monitor) => if !self.monitor_write(line) { return },
-                _ = ops::pause_over(&self.shared, self.held.is_some()) => self.release_held(&mut rbuf),
+                line = ops::monitor_line(&mut self.monitor), if self.monitor.is_some() => {
+                    if !self.monitor_write(line) { return }
+                }
+                _ = ops::pause_over(&self.shared, self.held.is_some()), if self.held.is_some() => {
+                    self.release_held(&mut rbuf)
+                }
                 _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
-                _ = first_request_grace(self.drain) => self.drain = Drain::Draining,
+                _ = first_request_grace(self.drain), if matches!(self.drain, Drain::FirstRequest(_)) => {
+                    self.drain = Drain::Draining
+                }
             }
             self.replies.flush(self.state.proto);
             if !self.timings.is_empty() {
