@@ -542,6 +542,11 @@ pub fn stats_fields(shared: &Shared) -> Vec<(&'static str, &'static str, String)
             "shardis_auth_failures",
             st.auth_failures.load(Ordering::Relaxed).to_string(),
         ),
+        (
+            "stats",
+            "shardis_idle_clients_closed",
+            st.idle_closed.load(Ordering::Relaxed).to_string(),
+        ),
     ]
 }
 

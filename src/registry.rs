@@ -335,3 +335,8 @@ mod tests {
         assert!(r.pause.current().is_none());
     }
 }
+
+/// Whether `e` has sent nothing for `limit` seconds or more at `now`.
+pub fn idle_past(e: &Entry, now: Instant, limit: u64) -> bool {
+    e.idle(now) >= limit
+}

@@ -95,6 +95,7 @@ impl Server {
         if let Some(admin) = self.admin.take() {
             tokio::spawn(crate::admin::serve(self.shared.clone(), admin));
         }
+        tokio::spawn(close_idle(self.shared.clone()));
         self.shared.stats.listening.store(true, Ordering::Release);
         let mut next_worker = 0usize;
         {
@@ -341,4 +342,36 @@ pub async fn drain(shared: &Shared, deadline: Instant) -> usize {
         );
     }
     left
+}
+
+/// Closes, once a second, the clients idle for longer than the
+/// configuration's `limits.client_idle_timeout_s` (read each time, so a
+/// reload applies), as Redis's `timeout` does: not blocked clients,
+/// subscribers or monitors. It reads the idle time each session stores on
+/// every read, so the request path pays nothing for it. Ends with the
+/// shutdown.
+async fn close_idle(shared: Arc<Shared>) {
+    use crate::registry::{flag, idle_past};
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut watch = shared.shutdown.watch(0);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = watch.fired() => return,
+        }
+        let limit = shared.topology.load().config.limits.client_idle_timeout_s;
+        if limit == 0 {
+            continue;
+        }
+        let now = std::time::Instant::now();
+        let spared = flag::BLOCKED | flag::PUBSUB | flag::MONITOR;
+        let (n, _) = shared
+            .clients
+            .kill(0, |e| e.flags() & spared == 0 && idle_past(e, now, limit));
+        if n > 0 {
+            shared.stats.idle_closed.fetch_add(n as u64, Ordering::Relaxed);
+            tracing::debug!(clients = n, limit_s = limit, "closed idle clients");
+        }
+    }
 }

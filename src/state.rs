@@ -24,6 +24,8 @@ use crate::workers::Executors;
 #[derive(Debug, Default)]
 pub struct Stats {
     pub clients: AtomicUsize,
+    /// Clients closed for being idle past `limits.client_idle_timeout_s`.
+    pub idle_closed: AtomicU64,
     pub connections: AtomicU64,
     pub rejected: AtomicU64,
     /// Clients waiting on a blocking command (BLPOP ...).

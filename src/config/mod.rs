@@ -170,6 +170,12 @@ pub struct LimitsConfig {
     /// Most client connections at once; more are refused with an error.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    /// Close a client that has sent nothing for this many seconds (Redis's
+    /// `timeout`; 0, the default, never). Blocked clients, subscribers and
+    /// monitors are left alone, as Redis leaves them. Checked once a second
+    /// by [`crate::registry::close_idle`], off the request path.
+    #[serde(default)]
+    pub client_idle_timeout_s: u64,
 }
 
 impl Default for LimitsConfig {
@@ -181,6 +187,7 @@ impl Default for LimitsConfig {
             max_request: default_max_request(),
             max_pipeline: default_max_pipeline(),
             max_clients: default_max_clients(),
+            client_idle_timeout_s: 0,
         }
     }
 }

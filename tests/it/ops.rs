@@ -495,3 +495,52 @@ async fn a_monitor_that_does_not_read_is_disconnected_not_buffered() {
     );
     assert_eq!(c.cmd(&["PING"]), "+PONG\r\n");
 }
+
+/// `limits.client_idle_timeout_s` (Redis's `timeout`): a client silent past
+/// it is closed; one that keeps talking, a subscriber and a monitor are not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_clients_are_closed_after_the_timeout_and_no_others() {
+    let nodes: Vec<RedisNode> = (0..3).map(|_| RedisNode::start()).collect();
+    let refs: Vec<&RedisNode> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, "[limits]\nclient_idle_timeout_s = 1\n").await;
+    let addr = proxy.addr;
+    tokio::task::spawn_blocking(move || {
+        let mut idle = Raw::connect(addr);
+        assert_eq!(idle.cmd(&["PING"]), "+PONG\r\n");
+        let mut busy = Raw::connect(addr);
+        let mut sub = Raw::connect(addr);
+        sub.send(&["SUBSCRIBE", "idle-test"]);
+        assert!(
+            sub.read_until(Duration::from_secs(5), |b| b.ends_with(b":1\r\n"))
+                .is_some()
+        );
+        let mut mon = Raw::connect(addr);
+        assert_eq!(mon.cmd(&["MONITOR"]), "+OK\r\n");
+        // Past the limit and the once-a-second check, with `busy` talking.
+        let until = Instant::now() + Duration::from_millis(3500);
+        while Instant::now() < until {
+            assert_eq!(busy.cmd(&["PING"]), "+PONG\r\n");
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        assert!(idle.closed(), "the idle client reads EOF");
+        assert_eq!(busy.cmd(&["PING"]), "+PONG\r\n");
+        let info = busy.cmd(&["INFO", "stats"]);
+        let closed: u64 = info
+            .lines()
+            .find_map(|l| l.strip_prefix("shardis_idle_clients_closed:"))
+            .and_then(|v| v.trim().parse().ok())
+            .expect("INFO stats has shardis_idle_clients_closed");
+        assert!(closed >= 1, "{info}");
+        // Still open: a read that waits finds no EOF.
+        assert!(
+            sub.read_until(Duration::from_millis(300), |_| false).is_some(),
+            "the subscriber stays"
+        );
+        assert!(
+            mon.read_until(Duration::from_millis(300), |_| false).is_some(),
+            "the monitor stays"
+        );
+    })
+    .await
+    .unwrap();
+}
