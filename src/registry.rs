@@ -301,6 +301,11 @@ impl Pause {
     }
 }
 
+/// Whether `e` has sent nothing for `limit` seconds or more at `now`.
+pub fn idle_past(e: &Entry, now: Instant, limit: u64) -> bool {
+    e.idle(now) >= limit
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -334,9 +339,4 @@ mod tests {
         r.pause.unpause();
         assert!(r.pause.current().is_none());
     }
-}
-
-/// Whether `e` has sent nothing for `limit` seconds or more at `now`.
-pub fn idle_past(e: &Entry, now: Instant, limit: u64) -> bool {
-    e.idle(now) >= limit
 }
