@@ -116,7 +116,7 @@ pub struct Session {
     subscribing: Option<Bytes>,
     /// The client's shard channels (SSUBSCRIBE) and its connections to
     /// their shards, from its first SSUBSCRIBE until RESET.
-    ssub: Option<sharded::ShardSubs>,
+    ssub: Option<Box<sharded::ShardSubs>>,
     /// Fires when the proxy starts shutting down.
     watch: Watch,
     /// Where this session is in a shutdown.
@@ -129,7 +129,7 @@ pub struct Session {
     monitor: Option<mpsc::Receiver<Bytes>>,
     /// A request read during a CLIENT PAUSE that holds it: nothing more is
     /// parsed until the pause ends.
-    held: Option<Request>,
+    held: Option<Box<Request>>,
     /// When the last read happened (the start of its requests' slow log time).
     read_at: Instant,
     /// The slow log threshold for the requests of this read (`None`: off).
@@ -408,7 +408,7 @@ impl Session {
                 let reply = self.reply_to(seq, 0);
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
             }
-            Plan::Subscribe if self.ssub.as_ref().is_some_and(sharded::ShardSubs::active) => self.replies.error(
+            Plan::Subscribe if self.ssub.as_deref().is_some_and(sharded::ShardSubs::active) => self.replies.error(
                 at,
                 proto,
                 &ReplyError::err(

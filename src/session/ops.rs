@@ -175,7 +175,7 @@ impl Session {
     /// further, as Redis blocks a paused client.
     pub(super) fn hold_paused(&mut self, req: Request) {
         self.state.entry.set_flag(flag::BLOCKED, true);
-        self.held = Some(req);
+        self.held = Some(Box::new(req));
     }
 
     /// The pause is over: the held request runs, then what followed it.
@@ -183,7 +183,7 @@ impl Session {
         let Some(req) = self.held.take() else { return };
         self.state.entry.set_flag(flag::BLOCKED, false);
         let topo = self.shared.topology.load();
-        self.dispatch(&topo, req, At::Next, false);
+        self.dispatch(&topo, *req, At::Next, false);
         drop(topo);
         self.parse_and_dispatch(rbuf);
     }

@@ -103,7 +103,7 @@ impl ShardSubs {
 /// The next event of a client's shard connections, or [`Event::Recheck`]
 /// when a subscribed client's channels are due for a check against the
 /// topology; never resolves without shard connections.
-pub(super) async fn next_event(subs: &mut Option<ShardSubs>) -> Option<Event> {
+pub(super) async fn next_event(subs: &mut Option<Box<ShardSubs>>) -> Option<Event> {
     let Some(s) = subs else {
         return std::future::pending().await;
     };
@@ -154,7 +154,7 @@ impl Session {
             return self.replies.ready(at, confirmation(proto, kind, None, 0));
         }
         let subs = if subscribe {
-            Some(self.ssub.get_or_insert_with(|| ShardSubs::new(topo.epoch)))
+            Some(self.ssub.get_or_insert_with(|| Box::new(ShardSubs::new(topo.epoch))))
         } else {
             self.ssub.as_mut()
         };
@@ -278,7 +278,7 @@ impl Session {
     /// the reply to a command it may not send there, or PING's; `None` for
     /// the commands it may send.
     pub(super) fn subscribed_mode(&self, args: &[&[u8]]) -> Option<Bytes> {
-        if self.state.proto != Protocol::Resp2 || !self.ssub.as_ref().is_some_and(ShardSubs::active) {
+        if self.state.proto != Protocol::Resp2 || !self.ssub.as_deref().is_some_and(ShardSubs::active) {
             return None;
         }
         let name = args.first()?;
