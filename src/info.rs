@@ -294,9 +294,13 @@ fn combine(field: &str, values: &[&str]) -> String {
     }
     if values.iter().all(|v| v.parse::<i64>().is_ok()) {
         let n = values.iter().filter_map(|v| v.parse::<i64>().ok());
-        return if is_max(field) { n.max() } else { Some(n.sum()) }
-            .unwrap_or(0)
-            .to_string();
+        return if is_max(field) {
+            n.max()
+        } else {
+            Some(n.fold(0, i64::saturating_add))
+        }
+        .unwrap_or(0)
+        .to_string();
     }
     if values.iter().all(|v| v.parse::<f64>().is_ok()) {
         let n = values.iter().filter_map(|v| v.parse::<f64>().ok());
@@ -331,8 +335,10 @@ fn combine_subfields(values: &[&str]) -> String {
         if let (Some(t), Some(e)) = (sub("avg_ttl"), sub("expires"))
             && t > 0
         {
-            ttl_weighted += t * e;
-            ttl_keys += e;
+            // Saturating: a shard's numbers are not ours to trust (an
+            // overflow panicked in debug builds; found by fuzz/merge).
+            ttl_weighted = ttl_weighted.saturating_add(t.saturating_mul(e));
+            ttl_keys = ttl_keys.saturating_add(e);
         }
         for kv in v.split(',') {
             let Some((k, x)) = kv.split_once('=') else { continue };
@@ -349,7 +355,7 @@ fn combine_subfields(values: &[&str]) -> String {
                     order.len() - 1
                 }
             };
-            sums[i] += int;
+            sums[i] = sums[i].saturating_add(int);
             if let Some(f) = frac {
                 maxima[i] = Some(maxima[i].map_or(f, |m: f64| m.max(f)));
             }

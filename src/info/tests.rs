@@ -75,3 +75,14 @@ fn command_and_latency_stats_are_merged() {
         "p50=3.001,p99=2.007"
     );
 }
+
+#[test]
+fn huge_shard_numbers_saturate() {
+    // Found by fuzz/merge: sums and avg_ttl's weighting overflowed (a
+    // panic in debug builds, nonsense in release).
+    let max = i64::MAX.to_string();
+    assert_eq!(combine("used_memory", &[&max, "1"]), max);
+    let big = format!("keys=1,expires={},avg_ttl={}", i128::MAX, i128::MAX);
+    let out = combine_subfields(&[&big, &big]);
+    assert!(out.starts_with(&format!("keys=2,expires={}", i128::MAX)), "{out}");
+}

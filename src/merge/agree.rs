@@ -166,7 +166,9 @@ pub fn config_get(own: &[(&str, String)], parts: Vec<Option<BackendResult>>, enc
     let Some(fields) = reply::elements(f) else {
         return enc.error("ERR shardis: unexpected reply from backend to CONFIG GET");
     };
-    enc.map(fields.len() / 2);
+    // A reply with a key but no value (odd length) gets a null value: one
+    // more pair, or the client reads a frame too many (fuzz/merge).
+    enc.map(fields.len().div_ceil(2));
     for kv in fields.chunks(2) {
         let key = reply::as_bytes(&kv[0]);
         let mine = key
@@ -233,6 +235,15 @@ mod tests {
             out.starts_with("-ERR shardis: library 'y' is loaded on shard(s) a, c but not on b"),
             "{out}"
         );
+    }
+
+    #[test]
+    fn config_get_of_an_odd_reply_is_one_frame() {
+        // Found by fuzz/merge: 3 fields made a map of 1 pair followed by 2
+        // more frames, and the client's replies went out of step.
+        let shard = b"*3\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n";
+        let out = run(|e| config_get(&[], vec![ok(shard)], e));
+        assert_eq!(out, "*4\r\n$1\r\na\r\n$1\r\n1\r\n$1\r\nb\r\n$-1\r\n");
     }
 
     #[test]

@@ -115,6 +115,34 @@ fn large_request_is_scanned_once() {
 }
 
 #[test]
+fn length_lines_fail_alike_in_any_chunking() {
+    // Found by fuzz/request_parser: under max_inline 1, a length line still
+    // without its `\r` was refused past 1 byte when it came in pieces, and
+    // accepted when it came whole.
+    let limits = Limits {
+        max_inline: 1,
+        ..Limits::default()
+    };
+    let input = b"*-9223372036854775808\r\n*1\r\n$10\r\n0123456789\r\n";
+    for step in [1, 3, input.len()] {
+        let mut p = RequestParser::new(limits);
+        let mut buf = BytesMut::new();
+        let mut got = Vec::new();
+        for c in input.chunks(step) {
+            buf.extend_from_slice(c);
+            while let Some(r) = p.parse(&mut buf).unwrap() {
+                got.push(r.name().to_vec());
+            }
+        }
+        assert_eq!(got, vec![b"0123456789".to_vec()], "chunks of {step}");
+    }
+    // Past 32 bytes the line is refused, whole or not.
+    let long = [&b"*"[..], &[b'1'; 33], b"\r\n"].concat();
+    assert_eq!(parse_all(&long, &[]).unwrap_err().0, "too big mbulk count string");
+    assert_eq!(parse_all(&long, &[1; 40]).unwrap_err().0, "too big mbulk count string");
+}
+
+#[test]
 fn parse_i64_like_redis() {
     assert_eq!(parse_i64(b"0"), Some(0));
     assert_eq!(parse_i64(b"-12"), Some(-12));
