@@ -261,10 +261,7 @@ impl RedisNode {
 
     /// Kills the server; its data is gone.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Starts a fresh (empty) server on the same port.
@@ -291,6 +288,16 @@ fn signal(pid: i32, sig: i32) {
         unsafe {
             libc::kill(pid, sig);
         }
+    }
+}
+
+/// Kills a child we started (SIGCONT first, so a paused one dies too) and
+/// reaps it; nothing if it is gone already.
+fn kill_child(child: &mut Option<std::process::Child>) {
+    if let Some(mut c) = child.take() {
+        signal(c.id() as i32, libc::SIGCONT);
+        let _ = c.kill();
+        let _ = c.wait();
     }
 }
 

@@ -188,11 +188,7 @@ impl EtcdNode {
 
     /// Kills etcd (SIGKILL); its data directory stays for [`EtcdNode::restart`].
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id() as i32, libc::SIGCONT);
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// Hangs etcd (SIGSTOP): its sockets stay open but nothing answers.

@@ -181,11 +181,7 @@ impl SentinelNode {
     /// Kills the Sentinel (SIGKILL); [`SentinelNode::restart`] brings it back
     /// with the configuration it has rewritten.
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            signal(c.id() as i32, libc::SIGCONT);
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_child(&mut self.child);
     }
 
     /// SIGSTOP: it keeps its sockets and answers nothing.
