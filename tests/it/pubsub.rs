@@ -8,24 +8,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::time::{Duration, Instant};
 
 use crate::support::Proxy;
+use crate::support::read_until;
 use crate::support::three_nodes;
-
-/// Reads until `want` has arrived (or 5 s): what arrived.
-fn read_until(s: &mut TcpStream, want: &str) -> String {
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !String::from_utf8_lossy(&out).contains(want) && Instant::now() < deadline {
-        if let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
 
 fn command(addr: SocketAddr, input: &str, want: &str) -> String {
     let mut s = TcpStream::connect(addr).unwrap();

@@ -4,28 +4,11 @@
 //! with Redis's replies byte for byte, in RESP2 and RESP3.
 
 use std::collections::BTreeSet;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use crate::support::{NodeClient, Proxy, RedisNode, three_nodes, wait_until};
-
-/// Reads until `want` has arrived (or 5 s): what arrived.
-fn read_until(s: &mut TcpStream, want: &str) -> String {
-    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    let deadline = Instant::now() + Duration::from_secs(5);
-    while !String::from_utf8_lossy(&out).contains(want) && Instant::now() < deadline {
-        if let Ok(n) = s.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            out.extend_from_slice(&buf[..n]);
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
+use crate::support::{NodeClient, Proxy, RedisNode, read_until, three_nodes, wait_until};
 
 fn send(s: &mut TcpStream, input: &str, want: &str) -> String {
     s.write_all(input.as_bytes()).unwrap();

@@ -148,6 +148,23 @@ fn unchunk(mut body: &str) -> String {
 }
 
 /// Three fresh shards.
+/// Reads until `want` has arrived (or 5 s): what arrived.
+pub fn read_until(s: &mut TcpStream, want: &str) -> String {
+    s.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !String::from_utf8_lossy(&out).contains(want) && Instant::now() < deadline {
+        if let Ok(n) = std::io::Read::read(s, &mut buf) {
+            if n == 0 {
+                break;
+            }
+            out.extend_from_slice(&buf[..n]);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
 pub fn three_nodes() -> Vec<RedisNode> {
     (0..3).map(|_| RedisNode::start()).collect()
 }
