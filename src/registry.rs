@@ -217,7 +217,14 @@ impl Registry {
     /// caller closes itself after its reply). Returns how many were picked,
     /// `me` included, and whether `me` was.
     pub fn kill(&self, me: u64, pick: impl Fn(&Entry) -> bool) -> (usize, bool) {
-        let picked: Vec<Arc<Entry>> = lock(&self.sessions).values().filter(|e| pick(e)).cloned().collect();
+        // A session already killed (its signal taken) is on its way out, not
+        // a client any more: a second CLIENT KILL finds no such client even
+        // in the moment before it leaves the registry.
+        let picked: Vec<Arc<Entry>> = lock(&self.sessions)
+            .values()
+            .filter(|e| pick(e) && (e.id == me || lock(&e.kill).is_some()))
+            .cloned()
+            .collect();
         let mut self_too = false;
         for e in &picked {
             if e.id == me {

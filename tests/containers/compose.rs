@@ -79,6 +79,30 @@ impl ComposeProject {
         cmd.output().expect("run docker compose")
     }
 
+    /// `compose up ARGS`, which must succeed. The published ports were free
+    /// when picked, but another test binary running beside this one can
+    /// take one before Docker binds it: then the project is taken down and
+    /// brought up again on fresh ports (up to 3 tries).
+    pub(super) fn up(&mut self, args: &[&str]) {
+        let up: Vec<&str> = ["up"].iter().chain(args).copied().collect();
+        for _ in 0..2 {
+            let out = self.run(&up);
+            if out.status.success() {
+                return;
+            }
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                err.contains("address already in use"),
+                "compose {}: {err}",
+                up.join(" ")
+            );
+            eprintln!("compose up: a published port was taken meanwhile; again on fresh ports");
+            let _ = self.run(&["down", "--volumes", "--timeout", "2"]);
+            (self.port, self.port_2, self.etcd_port) = (free_port(), free_port(), free_port());
+        }
+        self.ok(&up);
+    }
+
     /// Runs a compose command that must succeed.
     pub(super) fn ok(&self, args: &[&str]) {
         let out = self.run(args);
@@ -161,7 +185,7 @@ fn compose_up_serves_redis_cli() {
     let mut project = ComposeProject::new("single");
     project.config = Some("./deploy/compose-proxy.toml");
     let start = Instant::now();
-    project.ok(&["up", "--detach", "shardis"]);
+    project.up(&["--detach", "shardis"]);
     // shardis' own healthcheck (redis-cli in its image) must turn healthy.
     project.wait_healthy("shardis", Duration::from_secs(30));
     eprintln!("compose: healthy {:?} after up", start.elapsed());
@@ -263,9 +287,9 @@ fn compose_fleet_adds_a_shard_with_ctl_apply() {
     let Some(_lock) = docker_or_skip("compose_fleet_adds_a_shard_with_ctl_apply") else {
         return;
     };
-    let project = ComposeProject::new("fleet");
+    let mut project = ComposeProject::new("fleet");
     let start = Instant::now();
-    project.ok(&["up", "--detach"]);
+    project.up(&["--detach"]);
     project.wait_healthy("shardis", Duration::from_secs(60));
     project.wait_healthy("shardis-2", Duration::from_secs(60));
     eprintln!("compose fleet: both proxies healthy {:?} after up", start.elapsed());

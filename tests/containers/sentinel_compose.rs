@@ -89,9 +89,9 @@ fn compose_sentinel_failover_is_followed() {
     let Some(_lock) = docker_or_skip("compose_sentinel_failover_is_followed") else {
         return;
     };
-    let project = ComposeProject::with_file("sentinel", "deploy/docker-compose.sentinel.yml");
+    let mut project = ComposeProject::with_file("sentinel", "deploy/docker-compose.sentinel.yml");
     let start = Instant::now();
-    project.ok(&["up", "--detach"]);
+    project.up(&["--detach"]);
     project.wait_healthy("shardis", Duration::from_secs(60));
     wait_sentinels_ready(&project);
     eprintln!(
