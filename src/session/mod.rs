@@ -92,6 +92,10 @@ pub struct Session {
     /// Which connection of each shard's pool this client uses.
     lane: usize,
     max_pipeline: usize,
+    /// Parsing stopped at `max_pipeline` with requests left in the read
+    /// buffer: they are parsed as soon as a slot is written out, since the
+    /// client may send nothing more to wake the session.
+    pipeline_full: bool,
     /// Close after writing what is pending (QUIT, protocol error).
     closing: bool,
     /// This session's lock worker, started by its first lock command.
@@ -153,6 +157,7 @@ impl Session {
             inbox: None,
             lane: id as usize,
             max_pipeline: cfg.limits.max_pipeline,
+            pipeline_full: false,
             closing: false,
             lock_tx: None,
             parked: 0,
@@ -238,6 +243,10 @@ impl Session {
                 }
             }
             self.replies.flush(self.state.proto);
+            if self.pipeline_full && self.replies.len() < self.max_pipeline {
+                self.parse_and_dispatch(&mut rbuf);
+                self.replies.flush(self.state.proto);
+            }
             if !self.timings.is_empty() {
                 self.check_slow();
             }
@@ -347,6 +356,7 @@ impl Session {
                 }
             }
         }
+        self.pipeline_full = !rbuf.is_empty() && self.replies.len() >= self.max_pipeline;
         self.meter_read(n);
     }
 

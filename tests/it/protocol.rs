@@ -183,3 +183,37 @@ async fn client_tracking_is_refused_with_a_reason() {
     .await
     .unwrap();
 }
+
+/// A pipeline longer than `limits.max_pipeline` whose head is slow: the
+/// session stops parsing at the limit, and the head's reply frees every slot
+/// at once, with nothing else in flight. The rest of the pipeline, already
+/// read and waiting in the session's buffer, must still be parsed (a hang
+/// the suite once hit with 5,000 pipelined SETs and the default 4,096).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pipeline_longer_than_the_limit_is_answered_when_its_slow_head_completes() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, "[limits]\nmax_pipeline = 4\n").await;
+    let addr = proxy.addr;
+    tokio::task::spawn_blocking(move || {
+        // A script that spins for about 200 ms on `slow`'s shard, then
+        // GETs on the same key (same shard, same backend connection): they
+        // complete together with the script, in one batch.
+        let spin = "local t = redis.call('TIME') local s = t[1] * 1000000 + t[2] \
+                    repeat local n = redis.call('TIME') until n[1] * 1000000 + n[2] - s > 200000 return 1";
+        let mut input = format!(
+            "*4\r\n$4\r\nEVAL\r\n${}\r\n{spin}\r\n$1\r\n1\r\n$4\r\nslow\r\n",
+            spin.len()
+        )
+        .into_bytes();
+        let mut want = b":1\r\n".to_vec();
+        for _ in 0..20 {
+            input.extend_from_slice(b"*2\r\n$3\r\nGET\r\n$4\r\nslow\r\n");
+            want.extend_from_slice(b"$-1\r\n");
+        }
+        let out = raw_roundtrip(addr, &input, want.len(), Duration::from_secs(5));
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&want));
+    })
+    .await
+    .unwrap();
+}
