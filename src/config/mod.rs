@@ -13,6 +13,8 @@ mod fleet;
 pub use fleet::{AdminConfig, ClusterConfig, FleetSpec};
 mod redlock;
 pub use redlock::{NoQuorum, RedlockConfig};
+mod crossshard;
+pub use crossshard::{CrossShardConfig, SpanMode};
 mod sentinel;
 pub use sentinel::{DEFAULT_POLL_MS, ReadFrom, SentinelConfig};
 
@@ -83,6 +85,10 @@ pub struct Config {
     /// (see [`crate::admin`]); off without `listen`.
     #[serde(default)]
     pub admin: AdminConfig,
+    /// `[crossshard]`: requests whose keys are on several shards (see
+    /// [`CrossShardConfig`]).
+    #[serde(default)]
+    pub crossshard: CrossShardConfig,
     /// With `[cluster]`, only the seed of an empty cluster: a proxy joining
     /// a cluster that has a topology ignores its own backends.
     #[serde(default)]
@@ -363,6 +369,10 @@ impl Config {
         }
         if let Some(s) = &self.sentinel {
             sentinel::validate_sentinel(s)?;
+        }
+        if let Err(why) = self.crossshard.validate() {
+            let (key, why) = why.split_once(": ").unwrap_or(("crossshard", why.as_str()));
+            return Err(invalid(key, why));
         }
         if self.backends.len() > 4096 {
             return Err(invalid("backends", "at most 4096 backends are supported"));
