@@ -1,5 +1,6 @@
-//! A session's socket reads: the read buffer allocated only once a client
-//! sends, and the lingering close of a drained connection.
+//! A session's socket reads: read buffers lent by the thread to the session
+//! that reads (none held by an idle client), and the lingering close of a
+//! drained connection.
 
 use std::time::Duration;
 
@@ -39,19 +40,68 @@ pub(super) async fn linger_close(mut sock: TcpStream, mut rbuf: BytesMut) {
     .await;
 }
 
-/// Size of a client's read buffer, allocated when the client first sends.
+/// Size of a read buffer: reserved when less than [`READ_MIN`] is free.
 const READ_BUF: usize = 16 * 1024;
+/// Free space below which a read buffer grows by [`READ_BUF`] before a read.
+const READ_MIN: usize = 4096;
+/// A buffer with more capacity than this is not kept as a thread's spare
+/// (it grew for one large request): freed instead.
+const SPARE_MAX: usize = 64 * 1024;
 
-/// Reads what the client sent into `rbuf`. A connection that has never sent
-/// anything has no buffer: the buffer is allocated only once the socket is
-/// readable, so 10,000 idle clients cost no read buffers (RSS measured by
-/// bench/compare.sh, 10,000 idle clients: 125 MB -> 85 MB).
+thread_local! {
+    /// Each thread's spare read buffer, lent to whichever of its sessions
+    /// reads next (see [`read_some`]).
+    static SPARE: std::cell::Cell<Option<BytesMut>> = const { std::cell::Cell::new(None) };
+}
+
+/// Reads what the client sent into `rbuf`.
+///
+/// A session holds no read buffer between requests. When its buffer is empty
+/// (every request read so far was parsed, the usual case), the read goes into
+/// its thread's spare buffer, which the session then holds while it parses
+/// and gives back with [`give_back`] once everything in it is parsed; only a
+/// session left with part of a request (or requests it may not parse yet)
+/// keeps a buffer. So 10,000 clients that each sent a request and now idle
+/// hold no read buffers, as 10,000 that never sent one (which is why the
+/// first read waits for readability before taking a buffer). The parsed
+/// requests are views into the buffer (no copy): a buffer with requests
+/// still in flight is not written over, `reserve` moves on to a new one.
 pub(super) async fn read_some(sock: &mut TcpStream, rbuf: &mut BytesMut) -> std::io::Result<usize> {
-    if rbuf.capacity() == 0 {
+    if !rbuf.is_empty() {
+        if rbuf.capacity() - rbuf.len() < READ_MIN {
+            rbuf.reserve(READ_BUF);
+        }
+        return sock.read_buf(rbuf).await;
+    }
+    loop {
         sock.readable().await?;
+        let mut buf = SPARE.take().unwrap_or_default();
+        if buf.capacity() - buf.len() < READ_MIN {
+            buf.reserve(READ_BUF);
+        }
+        match sock.try_read_buf(&mut buf) {
+            Ok(n) => {
+                *rbuf = buf;
+                return Ok(n);
+            }
+            Err(e) => {
+                SPARE.set(Some(buf));
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    return Err(e);
+                }
+            }
+        }
     }
-    if rbuf.capacity() - rbuf.len() < 4096 {
-        rbuf.reserve(READ_BUF);
+}
+
+/// Gives an emptied read buffer back to the thread (see [`read_some`]); a
+/// buffer with bytes in it stays with the session.
+#[inline]
+pub(super) fn give_back(rbuf: &mut BytesMut) {
+    if rbuf.is_empty() && rbuf.capacity() != 0 {
+        let buf = std::mem::take(rbuf);
+        if buf.capacity() <= SPARE_MAX {
+            SPARE.set(Some(buf));
+        }
     }
-    sock.read_buf(rbuf).await
 }
