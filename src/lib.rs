@@ -91,6 +91,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod slowlog;
+pub mod spanning;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

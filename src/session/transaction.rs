@@ -57,6 +57,7 @@ impl Session {
             TxStep::Multi => {
                 self.tx = Some(Box::new(match &self.watching {
                     Some(w) => Transaction::on_shard(w.shard),
+                    None if crate::spanning::transactions_on(&topo.config) => Transaction::spanning(),
                     None => Transaction::default(),
                 }));
                 self.replies.reply_with(At::Next, proto, |e| e.ok());
@@ -242,6 +243,13 @@ impl Session {
     /// Sends a transaction's batch to the shard of its keys in `topo` (which
     /// may be newer than the one it was queued under).
     pub(super) fn send_exec(&mut self, topo: &Topology, mut ex: Exec, at: At) {
+        if ex.spanning {
+            // Several shards: one MULTI/EXEC each (session/spanning.rs).
+            let Some(one) = self.exec_spanning(topo, ex, at) else {
+                return;
+            };
+            ex = one;
+        }
         let shard = match ex.shard(|k| topo.shard_of(k)) {
             Ok(s) => s,
             Err(e) => return self.replies.error(at, self.state.proto, &e),
@@ -262,7 +270,7 @@ impl Session {
 
     /// The EXEC answering into slot `seq` has PUBLISH / SPUBLISH to send
     /// once it has committed.
-    fn publish_after(&mut self, seq: u64, publishes: Vec<Publish>) {
+    pub(super) fn publish_after(&mut self, seq: u64, publishes: Vec<Publish>) {
         if !publishes.is_empty() {
             self.exec_publishes.push((seq, publishes));
         }

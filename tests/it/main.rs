@@ -21,5 +21,6 @@ mod reload;
 mod scan;
 mod sharded_pubsub;
 mod shutdown;
+mod spanning;
 mod transactions;
 mod users;

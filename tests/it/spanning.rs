@@ -1,0 +1,422 @@
+//! Transactions and blocking pops over several shards (issue 12, item 4):
+//! `[crossshard] transactions = "per-shard"` and `blocking = "all-shards"`,
+//! against real redis-server shards (and one plain Redis to compare with).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use redis::{AsyncCommands, Value};
+
+use crate::support::{NodeClient, Proxy, RedisNode, three_nodes};
+
+const ON: &str = "[timeouts]\ncommand_ms = 1000\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n\
+                  [crossshard]\ntransactions = \"per-shard\"\nblocking = \"all-shards\"\n";
+
+/// `n` keys named `prefix…`, each on another shard.
+fn spread(proxy: &Proxy, prefix: &str, n: usize) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for i in 0..10_000 {
+        let k = format!("{prefix}{i}");
+        if !out.iter().any(|o| proxy.shard_of(o) == proxy.shard_of(&k)) {
+            out.push(k);
+            if out.len() == n {
+                return out;
+            }
+        }
+    }
+    panic!("no {n} keys on distinct shards");
+}
+
+fn blocked_clients(node: &RedisNode) -> i64 {
+    let info: String = redis::cmd("INFO").arg("clients").query(&mut node.client()).unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
+}
+
+async fn wait_blocked(nodes: &[&RedisNode], want: i64) {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while nodes.iter().any(|n| blocked_clients(n) != want) {
+        assert!(Instant::now() < deadline, "shards never had {want} blocked clients");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// MULTI, `cmds`, EXEC on one connection: EXEC's reply.
+async fn tx(conn: &mut redis::aio::MultiplexedConnection, cmds: &[Vec<String>]) -> redis::RedisResult<Value> {
+    let () = redis::cmd("MULTI").query_async(conn).await?;
+    for c in cmds {
+        let mut cmd = redis::cmd(&c[0]);
+        for a in &c[1..] {
+            cmd.arg(a);
+        }
+        let _: Value = cmd.query_async(conn).await?;
+    }
+    redis::cmd("EXEC").query_async(conn).await
+}
+
+/// MULTI, `cmds`, EXEC over a plain socket to `addr`: every reply frame,
+/// as text (EXEC's last), so error elements compare too.
+fn raw_tx(addr: &str, cmds: &[Vec<String>]) -> Vec<String> {
+    use std::io::Read;
+    let mut all = vec![words("MULTI")];
+    all.extend(cmds.iter().cloned());
+    all.push(words("EXEC"));
+    let mut req = Vec::new();
+    for c in &all {
+        req.extend_from_slice(format!("*{}\r\n", c.len()).as_bytes());
+        for a in c {
+            req.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
+        }
+    }
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(&req).unwrap();
+    let (mut buf, mut out) = (Vec::new(), Vec::new());
+    while out.len() < all.len() {
+        while let Some(n) = shardis::protocol::reply::frame_len(&buf) {
+            out.push(String::from_utf8_lossy(&buf[..n]).into_owned());
+            buf.drain(..n);
+        }
+        if out.len() == all.len() {
+            break;
+        }
+        let mut chunk = [0u8; 4096];
+        let n = s.read(&mut chunk).unwrap();
+        assert!(n > 0, "closed after {out:?}");
+        buf.extend_from_slice(&chunk[..n]);
+    }
+    out
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split_whitespace().map(String::from).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_the_settings_off_the_refusal_names_them() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let k = spread(&proxy, "k", 3);
+    let mut c = proxy.conn().await;
+    let e = tx(
+        &mut c,
+        &[words(&format!("SET {} 1", k[0])), words(&format!("SET {} 1", k[1]))],
+    )
+    .await
+    .unwrap_err();
+    assert!(e.to_string().contains("crossshard.transactions = \"per-shard\""), "{e}");
+    let _ = redis::cmd("DISCARD").query_async::<Value>(&mut c).await;
+    let e = redis::cmd("BLPOP")
+        .arg(&k[0])
+        .arg(&k[1])
+        .arg(1)
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("CROSSSHARD"), "{e}");
+    assert!(e.to_string().contains("crossshard.blocking = \"all-shards\""), "{e}");
+    let n: Option<String> = c.get(&k[1]).await.unwrap();
+    assert_eq!(n, None, "nothing of the refused transaction ran");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_transaction_over_three_shards_answers_as_one_redis() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, ON).await;
+    let plain = RedisNode::start();
+    let k = spread(&proxy, "job", 3);
+    let (a, b, c) = (&k[0], &k[1], &k[2]);
+    let script: Vec<Vec<String>> = [
+        "PING".to_string(),
+        format!("HSET {a} status queued data x"),
+        format!("RPUSH {b} {a}"),
+        "ECHO hi".into(),
+        format!("SADD {c} {b}"),
+        format!("INCR {a}"), // WRONGTYPE: an error in its place, the rest runs
+        format!("HGET {a} status"),
+        format!("LRANGE {b} 0 -1"),
+        "PUBLISH news hello".into(),
+        format!("SMEMBERS {c}"),
+        format!("EXPIRE {b} 100"),
+        "PING again".into(),
+    ]
+    .iter()
+    .map(|s| words(s))
+    .collect();
+    let (paddr, daddr, s2) = (proxy.addr.to_string(), plain.addr(), script.clone());
+    let (got, want) = tokio::task::spawn_blocking(move || (raw_tx(&paddr, &s2), raw_tx(&daddr, &s2)))
+        .await
+        .unwrap();
+    assert_eq!(got, want);
+    assert!(got[script.len() + 1].contains("WRONGTYPE"), "{got:?}");
+    let mut via = proxy.conn().await;
+    // Every write landed on its own shard.
+    for key in [a, b, c] {
+        let t: String = redis::cmd("TYPE")
+            .arg(key)
+            .query(&mut nodes[proxy.shard_of(key)].client())
+            .unwrap();
+        assert_ne!(t, "none", "{key}");
+    }
+    // A command after EXEC sees the whole transaction.
+    let got: Vec<String> = via.lrange(b, 0, -1).await.unwrap();
+    assert_eq!(got, vec![a.clone()]);
+    // Queue-time errors abort as on Redis.
+    let e = tx(&mut via, &[words(&format!("SET {a}x 1")), words("NOSUCH cmd")])
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("unknown command"), "{e}");
+    let e = redis::cmd("EXEC").query_async::<Value>(&mut via).await.unwrap_err();
+    assert_eq!(e.code(), Some("EXECABORT"), "{e}");
+    // One command's own keys must share a shard.
+    let _: () = redis::cmd("MULTI").query_async(&mut via).await.unwrap();
+    let e = redis::cmd("MSET")
+        .arg(a)
+        .arg(1)
+        .arg(b)
+        .arg(2)
+        .query_async::<Value>(&mut via)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("CROSSSHARD"), "{e}");
+    let _ = redis::cmd("DISCARD").query_async::<Value>(&mut via).await;
+    // WATCH stays on one shard.
+    let _: () = redis::cmd("WATCH").arg(a).query_async(&mut via).await.unwrap();
+    let _: () = redis::cmd("MULTI").query_async(&mut via).await.unwrap();
+    let e = redis::cmd("SET")
+        .arg(b)
+        .arg(1)
+        .query_async::<Value>(&mut via)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("CROSSSHARD"), "{e}");
+    let _ = redis::cmd("DISCARD").query_async::<Value>(&mut via).await;
+    // Scripts over several shards are still refused.
+    let e = redis::cmd("EVAL")
+        .arg("return 1")
+        .arg(2)
+        .arg(a)
+        .arg(b)
+        .query_async::<Value>(&mut via)
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Some("CROSSSHARD"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_down_mid_transaction_is_named_with_what_was_applied() {
+    let mut nodes = three_nodes();
+    let proxy = {
+        let refs: Vec<_> = nodes.iter().collect();
+        Proxy::start_with(&refs, ON).await
+    };
+    let k = spread(&proxy, "p", 3);
+    let (first, down, last) = (proxy.shard_of(&k[0]), proxy.shard_of(&k[1]), proxy.shard_of(&k[2]));
+    nodes[down].kill();
+    let mut c = proxy.conn().await;
+    let script: Vec<Vec<String>> = [
+        format!("SET {} one", k[0]),
+        format!("SET {} two", k[1]),
+        format!("SET {} three", k[2]),
+        format!("APPEND {} more", k[0]),
+    ]
+    .iter()
+    .map(|s| words(s))
+    .collect();
+    let e = tx(&mut c, &script).await.unwrap_err();
+    let m = e.to_string();
+    assert!(m.contains("failed at part 2 of 3"), "{m}");
+    assert!(m.contains("applied: shard") && m.contains("(commands 1,4)"), "{m}");
+    assert!(m.contains("not applied: shard") && m.contains("(commands 3)"), "{m}");
+    // The first part committed, the last was never sent.
+    let v: String = redis::cmd("GET").arg(&k[0]).query(&mut nodes[first].client()).unwrap();
+    assert_eq!(v, "onemore");
+    let v: Option<String> = redis::cmd("GET").arg(&k[2]).query(&mut nodes[last].client()).unwrap();
+    assert_eq!(v, None);
+    // The down shard first: nothing applied.
+    let script: Vec<Vec<String>> = [format!("SET {} x", k[1]), format!("SET {} x", k[2])]
+        .iter()
+        .map(|s| words(s))
+        .collect();
+    let m = tx(&mut c, &script).await.unwrap_err().to_string();
+    assert!(
+        m.contains("failed at part 1 of 2") && m.contains("applied: none"),
+        "{m}"
+    );
+    let v: String = redis::cmd("GET")
+        .arg(&k[2])
+        .query(&mut nodes[last].client())
+        .unwrap_or_default();
+    assert_eq!(v, "", "the part after the failed one was not sent");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blpop_over_three_shards_delivers_each_push_once() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, ON).await;
+    let q = spread(&proxy, "q", 3);
+    // Non-empty at the call: the first non-empty key in argument order wins.
+    let mut c = proxy.conn().await;
+    let _: () = c.rpush(&q[2], "from2").await.unwrap();
+    let _: () = c.rpush(&q[1], "from1").await.unwrap();
+    let got: Option<(String, String)> = c.blpop(&q, 1.0).await.unwrap();
+    assert_eq!(got, Some((q[1].clone(), "from1".into())));
+    let got: Option<(String, String)> = c.brpop(&q, 1.0).await.unwrap();
+    assert_eq!(got, Some((q[2].clone(), "from2".into())));
+    // Empty: it waits on all three, and a push on any one is delivered once.
+    for (round, target) in [0usize, 2, 1, 0].into_iter().enumerate() {
+        let mut consumer = proxy.conn().await;
+        let keys = q.clone();
+        let waiter = tokio::spawn(async move {
+            let got: Option<(String, String)> = consumer.blpop(&keys, 0.0).await.unwrap();
+            got
+        });
+        wait_blocked(&refs, 1).await;
+        let owner = &nodes[proxy.shard_of(&q[target])];
+        let _: () = redis::cmd("RPUSH")
+            .arg(&q[target])
+            .arg(format!("e{round}"))
+            .query(&mut owner.client())
+            .unwrap();
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(got, Some((q[target].clone(), format!("e{round}"))));
+        // Every other shard's wait was stopped, and nothing is left behind.
+        wait_blocked(&refs, 0).await;
+        for key in &q {
+            let n: i64 = c.llen(key).await.unwrap();
+            assert_eq!(n, 0, "{key}");
+        }
+    }
+    // Sorted sets too, with the score.
+    let _: () = c.zadd(&q[1], "m", 2.5).await.unwrap();
+    let got: Value = redis::cmd("BZPOPMIN").arg(&q).arg(1).query_async(&mut c).await.unwrap();
+    assert_eq!(
+        format!("{got:?}"),
+        format!(
+            "{:?}",
+            Value::Array(vec![
+                Value::BulkString(q[1].clone().into_bytes()),
+                Value::BulkString(b"m".to_vec()),
+                Value::BulkString(b"2.5".to_vec()),
+            ])
+        )
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_answer_nil_and_a_client_that_leaves_frees_every_shard() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, ON).await;
+    let q = spread(&proxy, "t", 3);
+    let mut c = proxy.conn().await;
+    let t = Instant::now();
+    let got: Option<(String, String)> = c.blpop(&q, 1.0).await.unwrap();
+    assert_eq!(got, None);
+    let waited = t.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(3),
+        "{waited:?}"
+    );
+    let got: Value = redis::cmd("BLMPOP")
+        .arg(0.3)
+        .arg(3)
+        .arg(&q)
+        .arg("LEFT")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(got, Value::Nil);
+    // A client blocked for ever leaves: every shard's wait ends, and an
+    // element pushed afterwards stays where it is.
+    let mut s = TcpStream::connect(proxy.addr).unwrap();
+    let req = format!(
+        "*5\r\n$5\r\nBLPOP\r\n${}\r\n{}\r\n${}\r\n{}\r\n${}\r\n{}\r\n$1\r\n0\r\n",
+        q[0].len(),
+        q[0],
+        q[1].len(),
+        q[1],
+        q[2].len(),
+        q[2]
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    wait_blocked(&refs, 1).await;
+    drop(s);
+    wait_blocked(&refs, 0).await;
+    let _: () = c.rpush(&q[1], "kept").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n: i64 = c.llen(&q[1]).await.unwrap();
+    assert_eq!(n, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_producers_and_consumers_lose_and_duplicate_nothing() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, ON).await;
+    let q = spread(&proxy, "c", 3);
+    const PRODUCERS: usize = 4;
+    const PER: usize = 150;
+    let mut consumers = Vec::new();
+    for _ in 0..6 {
+        let mut conn = proxy.conn().await;
+        let keys = q.clone();
+        consumers.push(tokio::spawn(async move {
+            let mut got = Vec::new();
+            // Until the queues stay empty for a second after the producers.
+            while let Some((_, v)) = conn.blpop::<_, Option<(String, String)>>(&keys, 1.0).await.unwrap() {
+                got.push(v);
+            }
+            got
+        }));
+    }
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        // Straight to the shards, at once on all three: the race where two
+        // shards answer the same waiting consumer.
+        let mut conns: Vec<redis::Connection> = q.iter().map(|k| nodes[proxy.shard_of(k)].client()).collect();
+        let keys = q.clone();
+        producers.push(std::thread::spawn(move || {
+            for i in 0..PER {
+                let which = (i + p) % 3;
+                let _: () = redis::cmd("RPUSH")
+                    .arg(&keys[which])
+                    .arg(format!("{p}-{i}"))
+                    .query(&mut conns[which])
+                    .unwrap();
+            }
+        }));
+    }
+    for p in producers {
+        p.join().unwrap();
+    }
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for c in consumers {
+        for v in c.await.unwrap() {
+            *seen.entry(v).or_default() += 1;
+        }
+    }
+    let mut c = proxy.conn().await;
+    let mut left = 0;
+    for k in &q {
+        let rest: Vec<String> = c.lrange(k, 0, -1).await.unwrap();
+        left += rest.len();
+        for v in rest {
+            *seen.entry(v).or_default() += 1;
+        }
+    }
+    let dup: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(dup.is_empty(), "delivered twice: {dup:?}");
+    assert_eq!(seen.len(), PRODUCERS * PER, "{left} left in the queues");
+    assert_eq!(left, 0, "consumers stopped with elements left");
+}
