@@ -172,6 +172,15 @@ impl Transaction {
         }
     }
 
+    /// A transaction opened while watching keys on `shard`, whose commands
+    /// may be on other shards too (the watched shard's part goes first).
+    pub fn on_shard_spanning(shard: usize) -> Transaction {
+        Transaction {
+            spanning: true,
+            ..Transaction::on_shard(shard)
+        }
+    }
+
     /// A transaction whose commands may be on several shards
     /// (`crossshard.transactions = "per-shard"`).
     pub fn spanning() -> Transaction {

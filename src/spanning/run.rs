@@ -38,6 +38,10 @@ pub struct SpanTx {
     pub raws: Vec<Bytes>,
     /// Sent command i's place among everything queued (for the error).
     pub place: Vec<usize>,
+    /// While watching: the first part goes over the WATCH connection, as
+    /// this batch (a HELLO first when the client switched protocol) with
+    /// this many reply frames; EXEC answering nil there ends it all.
+    pub watched: Option<(mpsc::UnboundedSender<Job>, Bytes, u32)>,
 }
 
 /// Sends `job`'s request to `shard` on `lane` and awaits the answer.
@@ -56,6 +60,29 @@ async fn call(shard: &Shard, proto: Protocol, lane: usize, req: Bytes, frames: u
         .unwrap_or_else(|_| Err(BackendError::new(BackendErrorKind::ShuttingDown, &shard.spec.name, "")))
 }
 
+/// Sends a batch over a WATCH connection and awaits its last reply.
+async fn converse(conv: &mpsc::UnboundedSender<Job>, shard: &Shard, req: Bytes, frames: u32) -> BackendResult {
+    let (tx, rx) = oneshot::channel();
+    let gone = || {
+        BackendError::new(
+            BackendErrorKind::Unavailable,
+            &shard.spec.name,
+            "the WATCH connection is gone",
+        )
+    };
+    if conv
+        .send(Job {
+            req,
+            reply: ReplyTo::Call(tx),
+            frames,
+        })
+        .is_err()
+    {
+        return Err(gone());
+    }
+    rx.await.unwrap_or_else(|_| Err(gone()))
+}
+
 fn error_frame(proto: Protocol, msg: &str) -> Bytes {
     let mut b = BytesMut::new();
     Encoder::new(&mut b, proto).error(msg);
@@ -64,7 +91,7 @@ fn error_frame(proto: Protocol, msg: &str) -> Bytes {
 
 /// Runs the parts in order; answers EXEC's whole reply, or the error that
 /// says which parts were applied.
-pub fn transaction(t: SpanTx, proto: Protocol, lane: usize, reply: ReplyTo) {
+pub fn transaction(mut t: SpanTx, proto: Protocol, lane: usize, reply: ReplyTo) {
     tokio::spawn(async move {
         let mut replies = Vec::with_capacity(t.parts.len());
         let parts: Vec<Part> = t.parts.iter().map(|(_, p)| p.clone()).collect();
@@ -78,8 +105,16 @@ pub fn transaction(t: SpanTx, proto: Protocol, lane: usize, reply: ReplyTo) {
             v
         };
         for (i, (shard, part)) in t.parts.iter().enumerate() {
-            let (batch, frames) = part.batch(&t.raws);
-            let failed = match call(shard, proto, lane, batch, frames).await {
+            let answer = match t.watched.take() {
+                Some((conv, batch, frames)) if i == 0 => converse(&conv, shard, batch, frames).await,
+                _ => {
+                    let (batch, frames) = part.batch(&t.raws);
+                    call(shard, proto, lane, batch, frames).await
+                }
+            };
+            let failed = match answer {
+                // A watched key changed: nothing was applied.
+                Ok(f) if i == 0 && reply::is_null(&f) => return reply.complete(Ok(f)),
                 Ok(f) if reply::elements(&f).is_some_and(|e| e.len() == part.cmds.len()) => {
                     replies.push(f);
                     continue;

@@ -62,6 +62,22 @@ pub fn split(shards: &[Option<usize>]) -> Option<Vec<Part>> {
     Some(parts)
 }
 
+/// While the client WATCHes keys on `watched`: that shard's part goes first
+/// (an empty one when no command is there), since its EXEC is the one the
+/// WATCH guards: when it answers nil nothing at all has been applied. The
+/// other parts keep their order.
+pub fn watched_first(mut parts: Vec<Part>, watched: usize) -> Vec<Part> {
+    let w = match parts.iter().position(|p| p.shard == watched) {
+        Some(i) => parts.remove(i),
+        None => Part {
+            shard: watched,
+            cmds: Vec::new(),
+        },
+    };
+    parts.insert(0, w);
+    parts
+}
+
 /// EXEC's reply for the whole transaction: every part's EXEC array (in part
 /// order) spread back to the commands' places. `Err(part)` names the first
 /// part whose reply is not an array of the right length (an error, nil).
@@ -112,6 +128,9 @@ pub fn failure(parts: &[Part], names: &[&str], place: &[usize], at: usize, how: 
             .map(|&i| (place.get(i).copied().unwrap_or(i) + 1).to_string())
             .collect();
         let name = names.get(p.shard).copied().unwrap_or("?");
+        if cmds.is_empty() {
+            return format!("shard {name} (the WATCH check)");
+        }
         format!("shard {name} (commands {})", cmds.join(","))
     };
     let list = |ps: &[Part]| -> String {
@@ -161,6 +180,32 @@ mod tests {
         );
         assert_eq!(split(&[None, None]), None);
         assert_eq!(split(&[Some(2)]).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn the_watched_shard_goes_first_even_with_nothing_to_do() {
+        let parts = split(&[Some(0), Some(1), Some(2)]).unwrap();
+        let order = |ps: &[Part]| ps.iter().map(|p| (p.shard, p.cmds.clone())).collect::<Vec<_>>();
+        assert_eq!(
+            order(&watched_first(parts.clone(), 2)),
+            [(2, vec![2]), (0, vec![0]), (1, vec![1])]
+        );
+        assert_eq!(
+            order(&watched_first(parts, 5)),
+            [(5, vec![]), (0, vec![0]), (1, vec![1]), (2, vec![2])]
+        );
+        // An empty part is an empty MULTI/EXEC: it checks the WATCH.
+        let (b, frames) = Part { shard: 5, cmds: vec![] }.batch(&[]);
+        assert_eq!((&b[..], frames), (&b"*1\r\n$5\r\nMULTI\r\n*1\r\n$4\r\nEXEC\r\n"[..], 2));
+        let replies = [Bytes::from_static(b"*0\r\n"), Bytes::from_static(b"*1\r\n:1\r\n")];
+        let parts = vec![
+            Part { shard: 5, cmds: vec![] },
+            Part {
+                shard: 0,
+                cmds: vec![0],
+            },
+        ];
+        assert_eq!(&assemble(1, &parts, &replies).unwrap()[..], b"*1\r\n:1\r\n");
     }
 
     #[test]

@@ -186,17 +186,33 @@ async fn a_transaction_over_three_shards_answers_as_one_redis() {
         .unwrap_err();
     assert_eq!(e.code(), Some("CROSSSHARD"), "{e}");
     let _ = redis::cmd("DISCARD").query_async::<Value>(&mut via).await;
-    // WATCH stays on one shard.
-    let _: () = redis::cmd("WATCH").arg(a).query_async(&mut via).await.unwrap();
-    let _: () = redis::cmd("MULTI").query_async(&mut via).await.unwrap();
-    let e = redis::cmd("SET")
+    // WATCH guards one shard: keys of several shards are refused.
+    let e = redis::cmd("WATCH")
+        .arg(a)
         .arg(b)
-        .arg(1)
         .query_async::<Value>(&mut via)
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("CROSSSHARD"), "{e}");
-    let _ = redis::cmd("DISCARD").query_async::<Value>(&mut via).await;
+    // Watched keys on one shard, the transaction over several: the watched
+    // shard's part commits first, under the WATCH.
+    let w = spread(&proxy, "w", 3);
+    let script = [words(&format!("SET {} 1", w[1])), words(&format!("SET {} 1", w[0]))];
+    let _: () = redis::cmd("WATCH").arg(&w[0]).query_async(&mut via).await.unwrap();
+    let got = tx(&mut via, &script).await.unwrap();
+    assert_eq!(got, Value::Array(vec![Value::Okay, Value::Okay]));
+    // A watched key changed: nil, and nothing applied on any shard.
+    let _: () = redis::cmd("WATCH").arg(&w[0]).query_async(&mut via).await.unwrap();
+    let mut other = proxy.conn().await;
+    let _: () = other.del(&w[0]).await.unwrap();
+    let script = [words(&format!("SET {} 2", w[2])), words(&format!("SET {} 2", w[0]))];
+    let got = tx(&mut via, &script).await.unwrap();
+    assert_eq!(got, Value::Nil);
+    let n: i64 = via.exists(&w).await.unwrap();
+    assert_eq!(
+        n, 1,
+        "only the first transaction's write on the unwatched shard is there"
+    );
     // Scripts over several shards are still refused.
     let e = redis::cmd("EVAL")
         .arg("return 1")
@@ -419,4 +435,46 @@ async fn many_producers_and_consumers_lose_and_duplicate_nothing() {
     assert!(dup.is_empty(), "delivered twice: {dup:?}");
     assert_eq!(seen.len(), PRODUCERS * PER, "{left} left in the queues");
     assert_eq!(left, 0, "consumers stopped with elements left");
+}
+
+/// Runs `tests/py/rq_flow.py` against the proxy: RQ's own enqueue, worker and
+/// result through shardis, with its default key names.
+async fn rq_flow(proxy: &Proxy, mode: &str, other: &str) -> std::process::Output {
+    let path = format!("{}/tests/py/rq_flow.py", env!("CARGO_MANIFEST_DIR"));
+    let args = [path, proxy.addr.port().to_string(), mode.to_string(), other.to_string()];
+    tokio::task::spawn_blocking(move || std::process::Command::new("python3").args(args).output())
+        .await
+        .unwrap()
+        .expect("python3 must be installed (with redis and rq: scripts/install-deps.sh)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rq_enqueues_and_runs_jobs_through_shardis() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let off = Proxy::start(&refs).await;
+    // A second queue whose list is on another shard than "default"'s, so the
+    // waiting worker's BLPOP spans shards.
+    let other = (0..100)
+        .map(|i| format!("other{i}"))
+        .find(|q| off.shard_of(&format!("rq:queue:{q}")) != off.shard_of("rq:queue:default"))
+        .unwrap();
+    let out = rq_flow(&off, "off", &other).await;
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("refused:") && text.contains("CROSSSHARD"), "{text}");
+    drop(off);
+    let proxy = Proxy::start_with(&refs, ON).await;
+    let out = rq_flow(&proxy, "on", &other).await;
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("ok: [10, 11, 12, 101, 22, 33]"), "{text}");
 }
