@@ -435,6 +435,11 @@ async fn many_producers_and_consumers_lose_and_duplicate_nothing() {
     assert!(dup.is_empty(), "delivered twice: {dup:?}");
     assert_eq!(seen.len(), PRODUCERS * PER, "{left} left in the queues");
     assert_eq!(left, 0, "consumers stopped with elements left");
+    let given_back: u64 = nodes.iter().map(|n| calls(n, "lpush")).sum();
+    eprintln!(
+        "{} elements, 6 consumers over 3 shards: {given_back} given back",
+        PRODUCERS * PER
+    );
 }
 
 /// Runs `tests/py/rq_flow.py` against the proxy: RQ's own enqueue, worker and
@@ -477,4 +482,91 @@ async fn rq_enqueues_and_runs_jobs_through_shardis() {
     );
     assert!(out.status.success(), "{text}");
     assert!(text.contains("ok: [10, 11, 12, 101, 22, 33]"), "{text}");
+}
+
+/// `cmdstat_<cmd>`'s calls on `node` (0 before the first).
+fn calls(node: &RedisNode, cmd: &str) -> u64 {
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut node.client())
+        .unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("cmdstat_{cmd}:calls=")))
+        .and_then(|v| v.split(',').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pushes_on_every_shard_at_once_deliver_one_and_give_the_others_back() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, ON).await;
+    let q = spread(&proxy, "g", 3);
+    let mut c = proxy.conn().await;
+    for round in 0..20 {
+        let mut consumer = proxy.conn().await;
+        let keys = q.clone();
+        let waiter = tokio::spawn(async move {
+            let got: Option<(String, String)> = consumer.blpop(&keys, 0.0).await.unwrap();
+            got
+        });
+        wait_blocked(&refs, 1).await;
+        // The three pushes leave together: several shards wake the consumer.
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let pushers: Vec<_> = (0..3)
+            .map(|i| {
+                let mut conn = nodes[proxy.shard_of(&q[i])].client();
+                let (key, barrier) = (q[i].clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let _: () = redis::cmd("RPUSH")
+                        .arg(&key)
+                        .arg(format!("r{round}-{i}"))
+                        .query(&mut conn)
+                        .unwrap();
+                })
+            })
+            .collect();
+        for p in pushers {
+            p.join().unwrap();
+        }
+        let (key, v) = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        wait_blocked(&refs, 0).await;
+        // Exactly the two others are left, each in its own list.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let mut left = Vec::new();
+            for k in &q {
+                let rest: Vec<String> = c.lrange(k, 0, -1).await.unwrap();
+                left.extend(rest.into_iter().map(|e| (k.clone(), e)));
+            }
+            left.sort();
+            let mut want: Vec<(String, String)> = (0..3)
+                .map(|i| (q[i].clone(), format!("r{round}-{i}")))
+                .filter(|(_, e)| *e != v)
+                .collect();
+            want.sort();
+            if left == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: delivered {key}={v}, left {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for k in &q {
+            let _: () = c.del(k).await.unwrap();
+        }
+    }
+    let given_back: u64 = nodes.iter().map(|n| calls(n, "lpush")).sum();
+    eprintln!("20 rounds of pushes on three shards at once: {given_back} elements given back");
+    assert!(
+        given_back > 0,
+        "the race never happened: the give-back path was not tested"
+    );
 }
