@@ -39,7 +39,8 @@
 //! Keys on several shards: refused with CROSSSHARD (naming the setting)
 //! unless `[crossshard] transactions = "per-shard"`; then each command's own
 //! keys must share a shard, and EXEC runs one MULTI/EXEC per shard (see
-//! [`crate::spanning`]). Never while watching: WATCH guards one shard.
+//! [`crate::spanning`]). While watching, the watched keys stay on one shard
+//! and that shard's part goes first, over the WATCH connection.
 //!
 //! Not offered: commands that do not run on one shard
 //! (KEYS, DBSIZE, FLUSHALL ...), lock keys (they live on a quorum), and the
