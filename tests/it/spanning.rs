@@ -58,13 +58,14 @@ async fn tx(conn: &mut redis::aio::MultiplexedConnection, cmds: &[Vec<String>]) 
     redis::cmd("EXEC").query_async(conn).await
 }
 
-/// MULTI, `cmds`, EXEC over a plain socket to `addr`: every reply frame,
-/// as text (EXEC's last), so error elements compare too.
-fn raw_tx(addr: &str, cmds: &[Vec<String>]) -> Vec<String> {
+/// MULTI, `cmds`, EXEC, then `after`, in one write over a plain socket to
+/// `addr`: every reply frame as text, so error elements compare too.
+fn raw_tx(addr: &str, cmds: &[Vec<String>], after: &[Vec<String>]) -> Vec<String> {
     use std::io::Read;
     let mut all = vec![words("MULTI")];
     all.extend(cmds.iter().cloned());
     all.push(words("EXEC"));
+    all.extend(after.iter().cloned());
     let mut req = Vec::new();
     for c in &all {
         req.extend_from_slice(format!("*{}\r\n", c.len()).as_bytes());
@@ -149,8 +150,13 @@ async fn a_transaction_over_three_shards_answers_as_one_redis() {
     .iter()
     .map(|s| words(s))
     .collect();
+    // Pipelined behind EXEC: reads of every shard see the whole transaction.
+    let after: Vec<Vec<String>> = [format!("HGETALL {a}"), format!("LRANGE {b} 0 -1"), format!("SCARD {c}")]
+        .iter()
+        .map(|s| words(s))
+        .collect();
     let (paddr, daddr, s2) = (proxy.addr.to_string(), plain.addr(), script.clone());
-    let (got, want) = tokio::task::spawn_blocking(move || (raw_tx(&paddr, &s2), raw_tx(&daddr, &s2)))
+    let (got, want) = tokio::task::spawn_blocking(move || (raw_tx(&paddr, &s2, &after), raw_tx(&daddr, &s2, &after)))
         .await
         .unwrap();
     assert_eq!(got, want);
