@@ -16,7 +16,7 @@
 //! A client that leaves while waiting stops them all the same way.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -230,6 +230,15 @@ async fn wait_all(
     let mut outcome: Option<(usize, BackendResult)> = None;
     let mut left = waits.len();
     let mut client_gone = false;
+    // A shard that does not answer by the client's timeout plus the command
+    // timeout (stopped, unreachable) fails the call rather than holding the
+    // client for ever; 0 (for ever) has no such bound.
+    let grace = shards
+        .iter()
+        .map(|&s| all[s].spec.command_timeout)
+        .max()
+        .unwrap_or_default();
+    let bound = (pop.timeout > 0.0).then(|| started + Duration::from_secs_f64(pop.timeout) + grace);
     while left > 0 {
         tokio::select! {
             r = done_rx.recv() => {
@@ -243,6 +252,16 @@ async fn wait_all(
                 waits[i].answer = Some(r);
             }
             _ = reply.closed() => { client_gone = true; break; }
+            _ = sleep_until(bound) => {
+                let silent: Vec<&str> = waits.iter().filter(|w| w.answer.is_none()).map(|w| all[w.shard].name()).collect();
+                let e = BackendError::new(
+                    BackendErrorKind::Timeout,
+                    &all[waits.iter().find(|w| w.answer.is_none()).map_or(0, |w| w.shard)].spec.name,
+                    format!("no answer to a blocking pop within its timeout from {}", silent.join(", ")),
+                );
+                outcome = Some((usize::MAX, Err(e)));
+                break;
+            }
         }
     }
     let winner = outcome.as_ref().map(|(i, _)| *i);
@@ -282,6 +301,14 @@ async fn wait_all(
         if let Ok(a) = r {
             give_back(&pop, &all[waits[i].shard], lane, &a).await;
         }
+    }
+}
+
+/// Sleeps until `at`, or for ever without one.
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
     }
 }
 

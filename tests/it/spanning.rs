@@ -240,8 +240,56 @@ async fn a_shard_down_mid_transaction_is_named_with_what_was_applied() {
     };
     let k = spread(&proxy, "p", 3);
     let (first, down, last) = (proxy.shard_of(&k[0]), proxy.shard_of(&k[1]), proxy.shard_of(&k[2]));
-    nodes[down].kill();
     let mut c = proxy.conn().await;
+    // Stopped (SIGSTOP): its part is sent and not answered within
+    // command_ms, so it may or may not have been applied.
+    nodes[down].pause();
+    let script: Vec<Vec<String>> = [
+        format!("SET {} a", k[0]),
+        format!("SET {} b", k[1]),
+        format!("SET {} c", k[2]),
+    ]
+    .iter()
+    .map(|s| words(s))
+    .collect();
+    let m = tx(&mut c, &script).await.unwrap_err().to_string();
+    assert!(
+        m.contains("failed at part 2 of 3") && m.contains("may or may not have been applied"),
+        "{m}"
+    );
+    nodes[down].resume();
+    // A shard stopped while a blocking pop waits on it: an error once the
+    // pop's timeout and command_ms have passed, not a wait for ever.
+    let sq = spread(&proxy, "sq", 3);
+    let on = |shard: usize| sq.iter().find(|q| proxy.shard_of(q) == shard).unwrap().clone();
+    let keys = [on(first), on(down)];
+    let mut waiter = proxy.conn().await;
+    let pop = tokio::spawn(async move {
+        loop {
+            // The pool may still be reconnecting to the resumed shard.
+            match waiter.blpop::<_, Option<(String, String)>>(&keys, 1.0).await {
+                Err(e) if !e.to_string().contains("no answer") => tokio::time::sleep(Duration::from_millis(50)).await,
+                r => return r,
+            }
+        }
+    });
+    let both = [&nodes[first], &nodes[down]];
+    wait_blocked(&both, 1).await;
+    let t_pause = Instant::now();
+    nodes[down].pause();
+    let got = tokio::time::timeout(Duration::from_secs(6), pop)
+        .await
+        .unwrap()
+        .unwrap();
+    let took = t_pause.elapsed();
+    nodes[down].resume();
+    let e = got.unwrap_err().to_string();
+    assert!(e.contains("no answer to a blocking pop"), "{e}");
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "{took:?}"
+    );
+    nodes[down].kill();
     let script: Vec<Vec<String>> = [
         format!("SET {} one", k[0]),
         format!("SET {} two", k[1]),
