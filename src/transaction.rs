@@ -393,6 +393,45 @@ mod tests {
     }
 
     #[test]
+    fn with_per_shard_transactions_each_command_keeps_its_keys_on_one_shard() {
+        // Off: the refusal names the setting.
+        let mut tx = Transaction::default();
+        tx.queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 1000)
+            .unwrap();
+        let e = tx.queue(req(&["SET", "z", "1"]), keys(&["z"]), by_letter, 10, 1000);
+        assert!(e.unwrap_err().to_string().contains("crossshard.transactions"));
+        // On: commands on several shards queue; one command over two does not.
+        let mut tx = Transaction::spanning();
+        tx.queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 1000)
+            .unwrap();
+        tx.queue_publish(req(&["PUBLISH", "ch", "m"]), false, 10, 1000).unwrap();
+        tx.queue(req(&["PING"]), vec![], by_letter, 10, 1000).unwrap();
+        tx.queue(req(&["RPUSH", "z", "a"]), keys(&["z"]), by_letter, 10, 1000)
+            .unwrap();
+        let ex = tx.exec().unwrap().expect("commands queued");
+        assert!(ex.spanning);
+        assert_eq!(ex.command_shards(by_letter), Ok(vec![Some(0), None, Some(1)]));
+        assert_eq!(ex.places(), [0, 2, 3], "the PUBLISH is second");
+        let mut tx = Transaction::spanning();
+        let e = tx.queue(
+            req(&["MSET", "a", "1", "z", "2"]),
+            keys(&["a", "z"]),
+            by_letter,
+            10,
+            1000,
+        );
+        assert!(e.unwrap_err().to_string().starts_with("CROSSSHARD keys of one command"));
+        assert_eq!(tx.exec().unwrap_err(), execabort());
+        // Watching on 0: other shards queue too (the watched part goes first).
+        let mut tx = Transaction::on_shard_spanning(0);
+        tx.queue(req(&["SET", "z", "1"]), keys(&["z"]), by_letter, 10, 1000)
+            .unwrap();
+        let mut tx = Transaction::on_shard(0);
+        let e = tx.queue(req(&["SET", "z", "1"]), keys(&["z"]), by_letter, 10, 1000);
+        assert!(e.unwrap_err().to_string().contains("watched keys"));
+    }
+
+    #[test]
     fn a_topology_change_before_exec_is_caught() {
         let mut tx = Transaction::default();
         tx.queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 1000)
