@@ -624,3 +624,77 @@ async fn pushes_on_every_shard_at_once_deliver_one_and_give_the_others_back() {
         "the race never happened: the give-back path was not tested"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sorted_set_members_popped_too_many_go_back_with_their_scores() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, ON).await;
+    let z = spread(&proxy, "z", 3);
+    let mut c = proxy.conn().await;
+    for round in 0..10 {
+        let mut consumer = proxy.conn().await;
+        let keys = z.clone();
+        let waiter = tokio::spawn(async move {
+            let got: Value = redis::cmd("BZPOPMAX")
+                .arg(&keys)
+                .arg(0)
+                .query_async(&mut consumer)
+                .await
+                .unwrap();
+            got
+        });
+        wait_blocked(&refs, 1).await;
+        let barrier = std::sync::Arc::new(std::sync::Barrier::new(3));
+        let adders: Vec<_> = (0..3)
+            .map(|i| {
+                let mut conn = nodes[proxy.shard_of(&z[i])].client();
+                let (key, barrier) = (z[i].clone(), barrier.clone());
+                std::thread::spawn(move || {
+                    barrier.wait();
+                    let _: () = redis::cmd("ZADD")
+                        .arg(&key)
+                        .arg(format!("{i}.5"))
+                        .arg(format!("m{round}"))
+                        .query(&mut conn)
+                        .unwrap();
+                })
+            })
+            .collect();
+        for a in adders {
+            a.join().unwrap();
+        }
+        let got = tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .unwrap()
+            .unwrap();
+        let Value::Array(got) = got else { panic!("{got:?}") };
+        let key = redis::from_redis_value::<String>(got[0].clone()).unwrap();
+        wait_blocked(&refs, 0).await;
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            let mut left = Vec::new();
+            for (i, k) in z.iter().enumerate() {
+                let rest: Vec<(String, f64)> = c.zrange_withscores(k, 0, -1).await.unwrap();
+                left.extend(rest.into_iter().map(|(m, s)| (i, m, s)));
+            }
+            let want: Vec<(usize, String, f64)> = (0..3)
+                .filter(|&i| z[i] != key)
+                .map(|i| (i, format!("m{round}"), i as f64 + 0.5))
+                .collect();
+            if left == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: popped from {key}, left {left:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        for k in &z {
+            let _: () = c.del(k).await.unwrap();
+        }
+    }
+    let given_back: u64 = nodes.iter().map(|n| calls(n, "zadd")).sum::<u64>() - 30;
+    eprintln!("10 rounds of ZADD on three shards at once under BZPOPMAX: {given_back} given back");
+}
