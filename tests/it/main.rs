@@ -22,5 +22,6 @@ mod scan;
 mod sharded_pubsub;
 mod shutdown;
 mod spanning;
+mod spanning_pops;
 mod transactions;
 mod users;
