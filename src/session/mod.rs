@@ -22,6 +22,7 @@
 //! - [`parking`] and [`parked`]: requests waiting for their keys to move
 //!   (migration).
 //! - [`transaction`]: MULTI / EXEC / DISCARD and queueing.
+//! - [`spanning`]: transactions and blocking pops over several shards.
 //! - [`pubsub`]: the subscriber pipe.
 //! - [`scan`]: SCAN going on into the next shard within one call.
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
@@ -44,6 +45,7 @@ mod rare;
 mod replies;
 mod scan;
 mod sharded;
+mod spanning;
 mod transaction;
 
 use std::collections::VecDeque;
@@ -434,6 +436,7 @@ impl Session {
                 let reply = self.reply_to(seq, 0);
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
             }
+            Plan::SpanPop(cmd) => self.span_pop(topo, cmd, args, at),
             Plan::Subscribe if self.ssub.as_deref().is_some_and(sharded::ShardSubs::active) => self.replies.error(
                 at,
                 proto,
