@@ -1,4 +1,4 @@
-//! A session's socket reads: read buffers lent by the thread to the session
+//! A session's socket I/O: replies written out, read buffers lent by the thread to the session
 //! that reads (none held by an idle client), and the lingering close of a
 //! drained connection.
 
@@ -99,5 +99,24 @@ pub(super) fn give_back(rbuf: &mut BytesMut) {
         if buf.capacity() <= SPARE_MAX {
             SPARE.set(Some(buf));
         }
+    }
+}
+
+impl super::Session {
+    /// Writes what is ready; false when the client is gone.
+    pub(super) async fn write_out(&mut self, sock: &mut TcpStream) -> bool {
+        let out = &mut self.replies.out;
+        if out.is_empty() {
+            return true;
+        }
+        self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
+        if sock.write_all_buf(out).await.is_err() {
+            return false;
+        }
+        if out.capacity() > 1024 * 1024 {
+            *out = BytesMut::new();
+        }
+        self.meter_written();
+        true
     }
 }

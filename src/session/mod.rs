@@ -59,7 +59,7 @@ use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use drain::{Drain, FIRST_REQUEST_GRACE};
+use drain::Drain;
 use io::{linger_close, read_some};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
@@ -316,33 +316,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// The proxy is shutting down: stop reading (a client that has sent
-    /// nothing yet first gets [`FIRST_REQUEST_GRACE`] to send a request).
-    fn start_drain(&mut self) {
-        self.drain = if self.heard {
-            Drain::Draining
-        } else {
-            Drain::FirstRequest(Instant::now() + FIRST_REQUEST_GRACE)
-        };
-    }
-
-    /// Writes what is ready; false when the client is gone.
-    async fn write_out(&mut self, sock: &mut TcpStream) -> bool {
-        let out = &mut self.replies.out;
-        if out.is_empty() {
-            return true;
-        }
-        self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
-        if sock.write_all_buf(out).await.is_err() {
-            return false;
-        }
-        if out.capacity() > 1024 * 1024 {
-            *out = BytesMut::new();
-        }
-        self.meter_written();
-        true
     }
 
     fn parse_and_dispatch(&mut self, rbuf: &mut BytesMut) {
