@@ -200,6 +200,13 @@ impl Session {
             // Never taken before: `run` consumes the session.
             let Some(mut kill) = self.kill.take() else { return };
             loop {
+                // CLIENT KILL: the connection closes at once, as on Redis. A
+                // busy session sees the flag here; one that waits is woken by
+                // `kill`, polled last so that a pass with work to do does not
+                // pay for it.
+                if self.state.entry.killed() {
+                    return;
+                }
                 // While blocked the socket is still read (up to a bound), not
                 // parsed: a client that leaves must be noticed, so its blocking
                 // command's backend connection is closed, as Redis would.
@@ -210,8 +217,6 @@ impl Session {
                     && ((self.blocked.is_none() && self.held.is_none()) || rbuf.len() < BLOCKED_READ_MAX);
                 tokio::select! {
                     biased;
-                    // CLIENT KILL: the connection closes at once, as on Redis.
-                    _ = &mut kill => return,
                     c = recv(&mut self.inbox) => {
                         // The session holds a sender, so the channel never closes.
                         let Some(c) = c else { return };
@@ -249,6 +254,7 @@ impl Session {
                         }
                     }
                     _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
+                    _ = &mut kill => return,
                 }
                 self.replies.flush(self.state.proto);
                 if self.pipeline_full && self.replies.len() < self.max_pipeline {
