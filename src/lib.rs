@@ -53,6 +53,8 @@
 //!   the migrator.
 //! - [`cluster`]: a fleet of proxies sharing one topology in etcd: the
 //!   phase machine, the per-proxy agent, fencing, `shardis ctl`.
+//! - [`xshard`]: multi-key commands whose keys are on several shards, run
+//!   across them (operands copied to one shard; two-shard moves as sagas).
 //! - [`session`]: one client connection: parse, route, execute the plan,
 //!   replies in order.
 //! - [`admin`]: the admin HTTP endpoint (`[admin] listen`): `/metrics`,
@@ -99,3 +101,4 @@ pub mod testkit;
 pub mod topology;
 pub mod transaction;
 pub mod workers;
+pub mod xshard;

@@ -138,6 +138,9 @@ pub enum Plan {
     /// A prepared change moves one of its keys (fleet mode): wait until the
     /// change is committed or aborted, then route the request again.
     Hold,
+    /// Keys on several shards, of a command that runs across them
+    /// (`[crossshard] commands`): for [`crate::xshard::spawn`].
+    CrossShard(Box<crate::xshard::CrossPlan>),
     /// Answer with this error.
     Error(ReplyError),
 }
@@ -299,7 +302,7 @@ impl Router {
         // numkeys, unbalanced lists) or, for scripts, that there are no
         // keys: route by what was found (no key: the first shard) and let
         // the backend give Redis's own answer.
-        let _ = key_indices(spec, args, &mut self.keys);
+        let keys_ok = key_indices(spec, args, &mut self.keys).is_ok();
         if view.locks.enabled() {
             let lock_keys = self.keys.iter().filter(|&&i| view.locks.is_lock_key(args[i])).count();
             if lock_keys > 0 {
@@ -311,16 +314,28 @@ impl Router {
             let s = view.shard_of(args[i]);
             match shard {
                 None => shard = Some(s),
-                Some(prev) if prev != s => {
-                    return Plan::Error(ReplyError::new(
-                        ErrorKind::CrossShard,
-                        "keys in request don't hash to the same shard",
-                    ));
-                }
+                Some(prev) if prev != s => return self.cross_shard(view, spec, args, keys_ok),
                 _ => {}
             }
         }
         to(shard.unwrap_or(0))
+    }
+
+    /// Keys on several shards: run across them when the command can be
+    /// and `[crossshard] commands` is on, else CROSSSHARD. Off the hot path:
+    /// only requests that would be refused get here.
+    #[cold]
+    fn cross_shard(&self, view: &View<'_>, spec: &CommandSpec, args: &[&[u8]], keys_ok: bool) -> Plan {
+        if keys_ok
+            && view.config.crossshard.commands
+            && let Some(p) = crate::xshard::plan::decide(spec.name, args, &self.keys, |k| view.shard_of(k))
+        {
+            return Plan::CrossShard(Box::new(p));
+        }
+        Plan::Error(ReplyError::new(
+            ErrorKind::CrossShard,
+            "keys in request don't hash to the same shard",
+        ))
     }
 
     /// WATCH outside MULTI: every key on one shard (not lock keys).

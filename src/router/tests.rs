@@ -146,8 +146,26 @@ fn single_key_commands_go_to_the_owner() {
 }
 
 #[test]
-fn keys_on_two_shards_are_crossshard() {
+fn keys_on_two_shards_run_across_them_unless_turned_off() {
     let f = Fixture::new("");
+    let (a, b) = (f.key_on(0, None), f.key_on(1, None));
+    for cmd in [
+        format!("RENAME {a} {b}"),
+        format!("SINTER {a} {b}"),
+        format!("SMOVE {a} {b} m"),
+        format!("BLMOVE {a} {b} LEFT RIGHT 0"),
+        format!("SUNIONSTORE {b} {a}"),
+    ] {
+        assert!(matches!(f.route(USER, &cmd), Plan::CrossShard(_)), "{cmd}");
+    }
+    // A script cannot be split: still CROSSSHARD.
+    let e = error_of(f.route(USER, &format!("EVAL x 2 {a} {b}")));
+    assert_eq!(e.kind(), ErrorKind::CrossShard);
+}
+
+#[test]
+fn keys_on_two_shards_are_crossshard() {
+    let f = Fixture::new("[crossshard]\ncommands = false\n");
     let (a, b) = (f.key_on(0, None), f.key_on(1, None));
     for cmd in [
         format!("RENAME {a} {b}"),

@@ -31,6 +31,7 @@
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
 //! - [`metered`]: the `/metrics` counts (per command, per class latency).
+//! - [`xshard`]: starting a cross-shard command ([`crate::xshard`]).
 
 mod admin;
 mod drain;
@@ -44,6 +45,7 @@ mod replies;
 mod scan;
 mod sharded;
 mod transaction;
+mod xshard;
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -115,6 +117,8 @@ pub struct Session {
     /// The slot of a blocking command (BLPOP ...) still waiting: until it
     /// answers, nothing more is read or dispatched, as Redis blocks a client.
     blocked: Option<u64>,
+    /// `blocked` counts in INFO's blocked_clients (not a cross-shard command).
+    blocked_counted: bool,
     /// A SUBSCRIBE / PSUBSCRIBE to forward once every earlier reply is
     /// written; the connection then becomes a subscriber (see [`pubsub`]).
     subscribing: Option<Bytes>,
@@ -165,6 +169,7 @@ impl Session {
             watching: None,
             exec_publishes: Vec::new(),
             blocked: None,
+            blocked_counted: false,
             subscribing: None,
             ssub: None,
             watch: shared.shutdown.watch(id),
@@ -412,12 +417,11 @@ impl Session {
                 // Like Redis, this client is served nothing more until the
                 // blocking command answers.
                 let seq = self.replies.put(at, Slot::One(None));
-                self.blocked = Some(seq);
-                self.state.entry.set_flag(flag::BLOCKED, true);
-                self.shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
+                self.block_on(seq, true);
                 let reply = self.reply_to(seq, 0);
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
             }
+            Plan::CrossShard(p) => self.cross_shard(p, at),
             Plan::Subscribe if self.ssub.as_deref().is_some_and(sharded::ShardSubs::active) => self.replies.error(
                 at,
                 proto,
@@ -551,8 +555,10 @@ impl Session {
     fn complete(&mut self, c: Completion) {
         if self.blocked == Some(c.seq) {
             self.blocked = None;
-            self.state.entry.set_flag(flag::BLOCKED, false);
-            self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+            if std::mem::take(&mut self.blocked_counted) {
+                self.state.entry.set_flag(flag::BLOCKED, false);
+                self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         if self.scan_step(&c) || self.publish_step(&c) {
             return;
@@ -567,7 +573,7 @@ impl Drop for Session {
     /// A client that leaves while blocked is no longer counted as blocked
     /// (INFO clients); it leaves the registry (CLIENT LIST) and the monitors.
     fn drop(&mut self) {
-        if self.blocked.is_some() {
+        if self.blocked.is_some() && self.blocked_counted {
             self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
         }
         self.shared.clients.remove(self.state.id);

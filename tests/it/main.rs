@@ -23,3 +23,4 @@ mod sharded_pubsub;
 mod shutdown;
 mod transactions;
 mod users;
+mod xshard;
