@@ -24,3 +24,4 @@ mod shutdown;
 mod transactions;
 mod users;
 mod xshard;
+mod xshard_moves;
