@@ -471,3 +471,56 @@ async fn refused_when_off_and_over_max_bytes() {
         .unwrap();
     assert_eq!(n, 0);
 }
+
+/// Latency of a cross-shard SUNIONSTORE and RENAME against the same-shard
+/// (hash-tagged) form: `cargo test --test it -- --ignored xshard::latency
+/// --nocapture` (figures in README.md, "Cross-shard commands").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore]
+async fn latency() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, "").await;
+    let mut c = proxy.conn().await;
+    let (a, b) = apart(&proxy, "lat:");
+    let (ta, tb) = ("{lat}a".to_string(), "{lat}b".to_string());
+    let members: Vec<String> = (0..10).map(|i| format!("m{i}")).collect();
+    for k in [&a, &b, &ta, &tb] {
+        let _: i64 = redis::cmd("SADD")
+            .arg(k)
+            .arg(&members)
+            .query_async(&mut c)
+            .await
+            .unwrap();
+    }
+    const N: usize = 1000;
+    let mut report = Vec::new();
+    for (what, x, y) in [("same shard", &ta, &tb), ("cross shard", &a, &b)] {
+        for cmd in ["SUNIONSTORE", "RENAME"] {
+            let mut t = Vec::with_capacity(N);
+            for i in 0..N {
+                let (from, to) = if i % 2 == 0 { (x, y) } else { (y, x) };
+                let start = std::time::Instant::now();
+                let r = if cmd == "RENAME" {
+                    redis::cmd("RENAME")
+                        .arg(from)
+                        .arg(to)
+                        .query_async::<Value>(&mut c)
+                        .await
+                } else {
+                    redis::cmd("SUNIONSTORE")
+                        .arg(to)
+                        .arg(from)
+                        .arg(to)
+                        .query_async::<Value>(&mut c)
+                        .await
+                };
+                t.push(start.elapsed());
+                r.unwrap();
+            }
+            t.sort();
+            report.push(format!("{cmd} {what}: median {:?} p99 {:?}", t[N / 2], t[N * 99 / 100]));
+        }
+    }
+    eprintln!("{}", report.join("\n"));
+}
