@@ -3,7 +3,8 @@
 //! that waits for a definite answer ([`Conv`], the moves' steps), and the
 //! error replies the executors give.
 
-use std::time::Duration;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use tokio::sync::{mpsc, oneshot};
@@ -40,30 +41,138 @@ pub async fn answer(rx: oneshot::Receiver<BackendResult>, shard: &Shard) -> Back
 
 /// A conversation with one shard on a connection of its own: requests run
 /// in order, each answer awaited until it comes, the connection breaks, or
-/// `wait` passes.
+/// `wait` passes. Those that wait [`PATIENCE`] come from, and go back to,
+/// a small process-wide pool of idle ones ([`IDLE`]) while their connection
+/// is sound, so a move does not pay a connect and handshake (nor leave a
+/// socket in TIME_WAIT) each time.
 pub struct Conv {
-    tx: mpsc::UnboundedSender<Job>,
-    shard: std::sync::Arc<str>,
+    shard: Arc<Shard>,
+    proto: Protocol,
+    /// Where the connection went (a failover changes the shard's address).
+    addr: Option<Arc<String>>,
+    pooled: bool,
+    state: Mutex<ConvState>,
 }
 
+struct ConvState {
+    tx: Option<mpsc::UnboundedSender<Job>>,
+    /// Taken from the pool and not used yet: a broken idle connection is
+    /// replaced once, at the first request.
+    reused: bool,
+    healthy: bool,
+}
+
+/// An idle conversation, for [`Conv::open`].
+struct Idle {
+    shard: Weak<Shard>,
+    proto: Protocol,
+    addr: Option<Arc<String>>,
+    since: Instant,
+    tx: mpsc::UnboundedSender<Job>,
+}
+
+/// Idle conversations of the moves (all shards), at most [`IDLE_MAX`], each
+/// kept at most [`IDLE_FOR`]. Locked only by cross-shard moves.
+static IDLE: Mutex<Vec<Idle>> = Mutex::new(Vec::new());
+const IDLE_MAX: usize = 64;
+const IDLE_FOR: Duration = Duration::from_secs(10);
+
 impl Conv {
-    pub fn open(shard: &Shard, proto: Protocol, wait: Option<Duration>) -> Conv {
+    pub fn open(shard: &Arc<Shard>, proto: Protocol, wait: Option<Duration>) -> Conv {
+        let pooled = wait == Some(PATIENCE);
+        let addr = shard.spec.endpoint.addr();
+        let idle = pooled.then(|| take_idle(shard, proto, &addr)).flatten();
+        let reused = idle.is_some();
+        let tx = idle.unwrap_or_else(|| shard.converse_within(proto, wait));
         Conv {
-            tx: shard.converse_within(proto, wait),
-            shard: shard.spec.name.clone(),
+            shard: shard.clone(),
+            proto,
+            addr,
+            pooled,
+            state: Mutex::new(ConvState {
+                tx: Some(tx),
+                reused,
+                healthy: true,
+            }),
         }
     }
 
+    fn state(&self) -> std::sync::MutexGuard<'_, ConvState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     pub async fn ask(&self, req: Bytes) -> BackendResult {
+        let reused = std::mem::take(&mut self.state().reused);
+        let r = self.ask_once(req.clone()).await;
+        if reused
+            && let Err(e) = &r
+            && matches!(
+                e.kind(),
+                BackendErrorKind::ConnectionLost | BackendErrorKind::Unavailable
+            )
+        {
+            // An idle connection the server closed (a restart): the request
+            // did not reach a server that could run it. Once more, fresh.
+            let fresh = self.shard.converse_within(self.proto, Some(PATIENCE));
+            *self.state() = ConvState {
+                tx: Some(fresh),
+                reused: false,
+                healthy: true,
+            };
+            return self.ask_once(req).await;
+        }
+        r
+    }
+
+    async fn ask_once(&self, req: Bytes) -> BackendResult {
         let (tx, rx) = oneshot::channel();
-        let gone = || BackendError::new(BackendErrorKind::ShuttingDown, &self.shard, "");
-        self.tx.send(Job::new(req, ReplyTo::Call(tx))).map_err(|_| gone())?;
-        rx.await.unwrap_or_else(|_| Err(gone()))
+        let gone = || BackendError::new(BackendErrorKind::ShuttingDown, &self.shard.spec.name, "");
+        let sender = self.state().tx.clone();
+        let sent = sender.is_some_and(|t| t.send(Job::new(req, ReplyTo::Call(tx))).is_ok());
+        let r = if sent {
+            rx.await.unwrap_or_else(|_| Err(gone()))
+        } else {
+            Err(gone())
+        };
+        self.state().healthy &= r.is_ok();
+        r
     }
 
     pub fn name(&self) -> &str {
-        &self.shard
+        &self.shard.spec.name
     }
+}
+
+impl Drop for Conv {
+    /// A sound conversation goes back to the pool (room permitting).
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
+        let Some(tx) = st.tx.take() else { return };
+        if !(self.pooled && st.healthy) {
+            return;
+        }
+        let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+        idle.retain(|i| i.since.elapsed() < IDLE_FOR && i.shard.strong_count() > 0);
+        if idle.len() < IDLE_MAX {
+            idle.push(Idle {
+                shard: Arc::downgrade(&self.shard),
+                proto: self.proto,
+                addr: self.addr.clone(),
+                since: Instant::now(),
+                tx,
+            });
+        }
+    }
+}
+
+/// An idle conversation with `shard` in `proto` to its address now, if any.
+fn take_idle(shard: &Arc<Shard>, proto: Protocol, addr: &Option<Arc<String>>) -> Option<mpsc::UnboundedSender<Job>> {
+    let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());
+    idle.retain(|i| i.since.elapsed() < IDLE_FOR && i.shard.strong_count() > 0);
+    let at = idle
+        .iter()
+        .rposition(|i| std::ptr::eq(i.shard.as_ptr(), Arc::as_ptr(shard)) && i.proto == proto && i.addr == *addr)?;
+    Some(idle.swap_remove(at).tx)
 }
 
 /// An `-ERR ...` reply frame.

@@ -69,11 +69,11 @@ struct Ends<'a> {
 }
 
 impl Ends<'_> {
-    fn open<'a>(topo: &Topology, proto: Protocol, plan: &'a CrossPlan, wait: Option<std::time::Duration>) -> Ends<'a> {
+    fn open<'a>(topo: &Topology, proto: Protocol, plan: &'a CrossPlan) -> Ends<'a> {
         let (s, d) = (plan.keys[0].1, plan.keys[1].1);
         Ends {
             proto,
-            src: Conv::open(&topo.shards[s], proto, wait),
+            src: Conv::open(&topo.shards[s], proto, Some(PATIENCE)),
             dst: Conv::open(&topo.shards[d], proto, Some(PATIENCE)),
             name: std::str::from_utf8(&plan.args[0]).unwrap_or("command"),
         }
@@ -139,7 +139,7 @@ fn frame(r: BackendResult, proto: Protocol) -> Result<Bytes, Bytes> {
 }
 
 pub async fn rename(topo: &Topology, proto: Protocol, plan: &CrossPlan, nx: bool, max_bytes: u64) -> Bytes {
-    let e = Ends::open(topo, proto, plan, Some(PATIENCE));
+    let e = Ends::open(topo, proto, plan);
     let (src, dst) = (&plan.args[plan.keys[0].0], &plan.args[plan.keys[1].0]);
     let no_such_key = || call::err(proto, "ERR no such key");
     let r: Result<Bytes, Bytes> = async {
@@ -187,7 +187,7 @@ pub async fn rename(topo: &Topology, proto: Protocol, plan: &CrossPlan, nx: bool
 }
 
 pub async fn smove(topo: &Topology, proto: Protocol, plan: &CrossPlan) -> Bytes {
-    let e = Ends::open(topo, proto, plan, Some(PATIENCE));
+    let e = Ends::open(topo, proto, plan);
     let (src, dst) = (&plan.args[plan.keys[0].0], &plan.args[plan.keys[1].0]);
     let member = &plan.args[3];
     let r: Result<Bytes, Bytes> = async {
@@ -233,7 +233,7 @@ pub async fn lmove(
     block: Option<&Bytes>,
     gone: impl Fn() -> bool,
 ) -> Bytes {
-    let e = Ends::open(topo, proto, plan, block.map(|_| PATIENCE + PATIENCE));
+    let e = Ends::open(topo, proto, plan);
     let (src, dst) = (&plan.args[plan.keys[0].0], &plan.args[plan.keys[1].0]);
     let (pop, push, give_back): (&[u8], &[u8], &[u8]) = (
         if from_left { b"LPOP" } else { b"RPOP" },
