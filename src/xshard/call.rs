@@ -108,11 +108,12 @@ impl Conv {
             && let Err(e) = &r
             && matches!(
                 e.kind(),
-                BackendErrorKind::ConnectionLost | BackendErrorKind::Unavailable
+                BackendErrorKind::ConnectionLost | BackendErrorKind::Unavailable | BackendErrorKind::ShuttingDown
             )
         {
-            // An idle connection the server closed (a restart): the request
-            // did not reach a server that could run it. Once more, fresh.
+            // An idle connection the server closed (a restart), or whose task
+            // is gone: the request did not reach a server that could run it.
+            // Once more, on a fresh connection.
             let fresh = self.shard.converse_within(self.proto, Some(PATIENCE));
             *self.state() = ConvState {
                 tx: Some(fresh),
