@@ -589,3 +589,26 @@ fn a_plan_is_small() {
 
 mod hold;
 mod pubsub;
+
+#[test]
+fn a_cross_shard_command_on_moving_keys_parks_first() {
+    let f = Fixture::migrating();
+    let moving = f.key_on(2, Some(Some(0)));
+    let staying = f.key_on(1, Some(None));
+    let cmd = format!("SUNIONSTORE {moving} {staying}");
+    match f.route(USER, &cmd) {
+        Plan::Park(moves) => assert_eq!(moves.len(), 1),
+        other => panic!("{other:?}"),
+    }
+    let released = Ctx { released: true, ..USER };
+    match f.route(released, &cmd) {
+        Plan::CrossShard(p) => assert_eq!(
+            p.op,
+            crate::xshard::Op::Copy {
+                exec: 2,
+                keep_ttl: false
+            }
+        ),
+        other => panic!("{other:?}"),
+    }
+}

@@ -327,3 +327,90 @@ async fn a_destination_killed_mid_way_gives_back_to_the_source() {
         moved.len()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn blocking_moves_across_shards_wait_time_out_and_stop_when_the_client_leaves() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let (src, dst) = apart(&proxy, "bq:");
+    let mut c = proxy.conn().await;
+    // Waits, then moves what another client pushes.
+    let (url, s, d) = (proxy.url(), src.clone(), dst.clone());
+    let waiter = tokio::spawn(async move {
+        let mut w = redis::Client::open(url)
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap();
+        let started = std::time::Instant::now();
+        let v: Option<String> = redis::cmd("BLMOVE")
+            .arg(&s)
+            .arg(&d)
+            .arg("LEFT")
+            .arg("RIGHT")
+            .arg(0)
+            .query_async(&mut w)
+            .await
+            .unwrap();
+        (v, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(&src)
+        .arg("x")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let (v, waited) = waiter.await.unwrap();
+    assert_eq!(v.as_deref(), Some("x"));
+    assert!(waited >= Duration::from_millis(250), "{waited:?}");
+    let moved: Vec<String> = redis::cmd("LRANGE")
+        .arg(&dst)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(moved, ["x"]);
+    // Its own timeout: nil after it.
+    let started = std::time::Instant::now();
+    let v: Option<String> = redis::cmd("BRPOPLPUSH")
+        .arg(&src)
+        .arg(&dst)
+        .arg("0.3")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(v, None);
+    assert!(started.elapsed() >= Duration::from_millis(290));
+    // A client that leaves while waiting: within a second the proxy stops
+    // waiting, and a later element stays where it was pushed.
+    {
+        use std::io::Write;
+        let mut raw = std::net::TcpStream::connect(proxy.addr).unwrap();
+        let req = format!(
+            "*6\r\n$6\r\nBLMOVE\r\n${}\r\n{src}\r\n${}\r\n{dst}\r\n$4\r\nLEFT\r\n$4\r\nLEFT\r\n$1\r\n0\r\n",
+            src.len(),
+            dst.len()
+        );
+        raw.write_all(req.as_bytes()).unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(&src)
+        .arg("y")
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left: Vec<String> = redis::cmd("LRANGE")
+        .arg(&src)
+        .arg(0)
+        .arg(-1)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    assert_eq!(left, ["y"], "an abandoned wait took the element");
+}
