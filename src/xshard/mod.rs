@@ -57,6 +57,10 @@ pub fn spawn(
     behind: bool,
     mut reply: ReplyTo,
 ) {
+    let Some(plan) = plan.refreshed(topo.shards.len(), |k| topo.ring.shard_of(k)) else {
+        let e = call::err(proto, "ERR shardis: the shards changed under the command, retry it");
+        return reply.complete(Ok(e));
+    };
     let barrier: Vec<_> = if behind {
         let mut shards: Vec<usize> = plan.keys.iter().map(|k| k.1).collect();
         shards.sort_unstable();

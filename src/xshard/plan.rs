@@ -118,6 +118,30 @@ pub fn decide(name: &str, args: &[&[u8]], key_idx: &[usize], shard_of: impl Fn(&
     })
 }
 
+impl CrossPlan {
+    /// The plan under the topology it runs in (`shard_of`, `n_shards`): the
+    /// same unless a reload between routing and running moved a key's
+    /// owner; then decided again (`None`: no longer possible).
+    pub fn refreshed(self, n_shards: usize, shard_of: impl Fn(&[u8]) -> usize) -> Option<CrossPlan> {
+        let exec_ok = match self.op {
+            Op::Copy { exec, .. } => exec < n_shards,
+            _ => true,
+        };
+        if exec_ok
+            && self
+                .keys
+                .iter()
+                .all(|&(i, s)| s < n_shards && shard_of(&self.args[i]) == s)
+        {
+            return Some(self);
+        }
+        let name = String::from_utf8_lossy(&self.args[0]).to_ascii_lowercase();
+        let args: Vec<&[u8]> = self.args.iter().map(|a| &a[..]).collect();
+        let idx: Vec<usize> = self.keys.iter().map(|k| k.0).collect();
+        decide(&name, &args, &idx, |k| shard_of(k) % n_shards.max(1))
+    }
+}
+
 /// The shard holding the most operands (ties: the one that comes first in
 /// argument order).
 fn most_operands(keys: &[(usize, usize)]) -> Option<usize> {
@@ -296,6 +320,23 @@ mod tests {
         assert!(plan("lmove a b up down", &[1, 2]).is_none());
         assert!(plan("eval x 2 a b", &[3, 4]).is_none());
         assert!(plan("msetnx a 1 b 2", &[1, 3]).is_some());
+    }
+
+    #[test]
+    fn a_plan_follows_a_reload() {
+        let p = plan("sunionstore c1 a1 b1", &[1, 2, 3]).unwrap();
+        let same = p.clone().refreshed(3, shard_of).unwrap();
+        assert_eq!(same.op, p.op);
+        // Two shards now: "c..." keys are on shard 0.
+        let moved = p.refreshed(2, |k| shard_of(k) % 2).unwrap();
+        assert_eq!(
+            moved.op,
+            Op::Copy {
+                exec: 0,
+                keep_ttl: false
+            }
+        );
+        assert_eq!(moved.keys, [(1, 0), (2, 0), (3, 1)]);
     }
 
     #[test]

@@ -414,3 +414,77 @@ async fn blocking_moves_across_shards_wait_time_out_and_stop_when_the_client_lea
         .unwrap();
     assert_eq!(left, ["y"], "an abandoned wait took the element");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_msetnx_across_shards_is_all_or_nothing() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    const ROUNDS: usize = 40;
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|id| {
+            let url = proxy.url();
+            tokio::spawn(async move {
+                let mut c = redis::Client::open(url)
+                    .unwrap()
+                    .get_multiplexed_async_connection()
+                    .await
+                    .unwrap();
+                let mut rng = StdRng::seed_from_u64(77 + id as u64);
+                let mut out = Vec::new();
+                for r in 0..ROUNDS {
+                    let mut keys: Vec<String> = (0..6).map(|k| format!("mx:{r}:{k}")).collect();
+                    keys.retain(|_| rng.random_bool(0.5));
+                    if keys.len() < 2 {
+                        keys = vec![format!("mx:{r}:0"), format!("mx:{r}:5")];
+                    }
+                    let value = format!("c{id}.{r}");
+                    let mut cmd = redis::cmd("MSETNX");
+                    for k in &keys {
+                        cmd.arg(k).arg(&value);
+                    }
+                    let won: i64 = cmd.query_async(&mut c).await.unwrap();
+                    out.push((r, keys, value, won == 1));
+                }
+                out
+            })
+        })
+        .collect();
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    let mut c = proxy.conn().await;
+    let mut winners = 0;
+    for r in 0..ROUNDS {
+        let keys: Vec<String> = (0..6).map(|k| format!("mx:{r}:{k}")).collect();
+        let values: Vec<Option<String>> = redis::cmd("MGET").arg(&keys).query_async(&mut c).await.unwrap();
+        let held: BTreeMap<&String, &String> = keys
+            .iter()
+            .zip(&values)
+            .filter_map(|(k, v)| v.as_ref().map(|v| (k, v)))
+            .collect();
+        let round: Vec<_> = all.iter().filter(|a| a.0 == r).collect();
+        for (_, ks, value, won) in &round {
+            let holds = ks.iter().filter(|k| held.get(k) == Some(&value)).count();
+            if *won {
+                winners += 1;
+                assert_eq!(holds, ks.len(), "round {r}: a winner {value} lacks keys");
+            } else {
+                assert_eq!(holds, 0, "round {r}: a loser {value} left keys");
+            }
+        }
+        // Every key set belongs to a winner.
+        for (k, v) in &held {
+            assert!(
+                round.iter().any(|a| a.3 && &&a.2 == v && a.1.contains(k)),
+                "round {r}: {k}={v}"
+            );
+        }
+        assert!(
+            round.iter().any(|a| a.3),
+            "round {r}: nobody won (two MSETNX failed on each other)"
+        );
+    }
+    eprintln!("MSETNX: {winners} winners in {ROUNDS} rounds of {CLIENTS} clients");
+}
