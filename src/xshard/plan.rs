@@ -122,7 +122,7 @@ impl CrossPlan {
     /// The plan under the topology it runs in (`shard_of`, `n_shards`): the
     /// same unless a reload between routing and running moved a key's
     /// owner; then decided again (`None`: no longer possible).
-    pub fn refreshed(self, n_shards: usize, shard_of: impl Fn(&[u8]) -> usize) -> Option<CrossPlan> {
+    pub fn refreshed(self: Box<Self>, n_shards: usize, shard_of: impl Fn(&[u8]) -> usize) -> Option<Box<CrossPlan>> {
         let exec_ok = match self.op {
             Op::Copy { exec, .. } => exec < n_shards,
             _ => true,
@@ -138,7 +138,7 @@ impl CrossPlan {
         let name = String::from_utf8_lossy(&self.args[0]).to_ascii_lowercase();
         let args: Vec<&[u8]> = self.args.iter().map(|a| &a[..]).collect();
         let idx: Vec<usize> = self.keys.iter().map(|k| k.0).collect();
-        decide(&name, &args, &idx, |k| shard_of(k) % n_shards.max(1))
+        decide(&name, &args, &idx, |k| shard_of(k) % n_shards.max(1)).map(Box::new)
     }
 }
 
@@ -324,7 +324,7 @@ mod tests {
 
     #[test]
     fn a_plan_follows_a_reload() {
-        let p = plan("sunionstore c1 a1 b1", &[1, 2, 3]).unwrap();
+        let p = Box::new(plan("sunionstore c1 a1 b1", &[1, 2, 3]).unwrap());
         let same = p.clone().refreshed(3, shard_of).unwrap();
         assert_eq!(same.op, p.op);
         // Two shards now: "c..." keys are on shard 0.
