@@ -1,5 +1,6 @@
 //! Read-only commands and the STORE forms across shards ([`Op::Copy`]):
-//! `DUMP` the operands that are not on the executing shard, then on that
+//! `DUMP` the operands that are not on the executing shard (in a script that
+//! sends no payload over `crossshard.max_bytes`), then on that
 //! shard, in one MULTI/EXEC: `RESTORE` them under temporary names, run the
 //! client's command with the names rewritten, `DEL` the temporaries. Redis
 //! computes the answer itself, options and errors included (a missing
@@ -26,6 +27,20 @@ use crate::topology::Topology;
 /// deleted in the EXEC that creates them).
 const TEMP_TTL_MS: i64 = 60_000;
 
+/// DUMP and PTTL of a key, or nil when it is missing, or an error when its
+/// payload is over ARGV[1] bytes.
+const DUMP_WITHIN: &str = "\
+local v = redis.call('DUMP', KEYS[1])
+if not v then return false end
+if string.len(v) > tonumber(ARGV[1]) then
+  return redis.error_reply('ERR shardis: the operands to copy between shards exceed crossshard.max_bytes (' .. ARGV[1] .. ' bytes)')
+end
+return {v, redis.call('PTTL', KEYS[1])}";
+
+fn too_big(max_bytes: u64) -> String {
+    format!("ERR shardis: the operands to copy between shards exceed crossshard.max_bytes ({max_bytes} bytes)")
+}
+
 /// Runs `plan` on shard `exec` and returns the client's reply frame.
 pub async fn run(
     topo: &Topology,
@@ -41,52 +56,48 @@ pub async fn run(
         return call::err(proto, "ERR shardis: no name for a temporary key (one shard?)");
     };
     let rw = plan::rewrite(plan, exec, &tag);
-    // Every DUMP (and PTTL) at once, then their answers.
-    let mut pending = Vec::with_capacity(rw.remote.len());
-    for (i, s, _) in &rw.remote {
-        let key = &plan.args[*i];
-        let shard = &topo.shards[*s];
-        let dump = send(shard, Protocol::Resp2, lane, plan::encode(&[&b"DUMP"[..], key]), 1);
-        let pttl = keep_ttl.then(|| send(shard, Protocol::Resp2, lane, plan::encode(&[&b"PTTL"[..], key]), 1));
-        pending.push((dump, pttl));
-    }
+    // Every operand's DUMP at once, then their answers. The script sends
+    // no payload over `max_bytes`, so no more than that is read per operand.
+    let max = max_bytes.to_string();
+    let pending: Vec<_> = rw
+        .remote
+        .iter()
+        .map(|(i, s, _)| {
+            let req = plan::encode(&[
+                &b"EVAL"[..],
+                DUMP_WITHIN.as_bytes(),
+                b"1",
+                &plan.args[*i],
+                max.as_bytes(),
+            ]);
+            send(&topo.shards[*s], Protocol::Resp2, lane, req, 1)
+        })
+        .collect();
     let mut restores = Vec::with_capacity(rw.remote.len());
     let mut total = 0u64;
-    for ((dump, pttl), (_, s, tmp)) in pending.into_iter().zip(&rw.remote) {
-        let shard = &topo.shards[*s];
-        let frame = match answer(dump, shard).await {
+    for (rx, (_, s, tmp)) in pending.into_iter().zip(&rw.remote) {
+        let frame = match answer(rx, &topo.shards[*s]).await {
             Ok(f) => f,
             Err(e) => return call::failed(proto, &e),
-        };
-        let ttl = match pttl {
-            Some(rx) => match answer(rx, shard).await {
-                Ok(f) => reply::as_integer(&f).unwrap_or(-1),
-                Err(e) => return call::failed(proto, &e),
-            },
-            None => TEMP_TTL_MS,
         };
         if reply::is_error(&frame) {
             return frame;
         }
         // A missing key: not restored, so its temporary name reads as missing.
-        let Some(payload) = reply::as_bytes(&frame) else {
+        let Some(parts) = elements(&frame).filter(|p| p.len() == 2) else {
+            continue;
+        };
+        let (Some(payload), Some(pttl)) = (reply::as_bytes(&parts[0]), reply::as_integer(&parts[1])) else {
             continue;
         };
         total += payload.len() as u64;
         if total > max_bytes {
-            return call::err(
-                proto,
-                &format!(
-                    "ERR shardis: the operands to copy between shards exceed crossshard.max_bytes ({max_bytes} bytes)"
-                ),
-            );
+            return call::err(proto, &too_big(max_bytes));
         }
-        // COPY of a key without a TTL: none on the temporary either (COPY
-        // would copy it); it is deleted in the same EXEC anyway.
-        if ttl == -2 {
-            continue; // expired between DUMP and PTTL
-        }
-        restores.push((tmp.clone(), ttl.max(0), payload));
+        // COPY copies the TTL: the temporary gets its source's (or none);
+        // the others get the safety net. Deleted in the same EXEC anyway.
+        let ttl = if keep_ttl { pttl.max(0) } else { TEMP_TTL_MS };
+        restores.push((tmp.clone(), ttl, payload));
     }
     let (req, frames) = plan::transaction(&restores, &rw.command);
     let shard = &topo.shards[exec];
