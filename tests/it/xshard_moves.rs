@@ -3,8 +3,8 @@
 //! with SADD / RPUSH / RPUSHX on the same keys, then a conservation check:
 //! no element lost or duplicated, every acknowledged write present. The
 //! same with a shard SIGSTOPped mid-way (the moves wait for it and finish),
-//! and with the destination shard killed mid-way (what was taken and not
-//! put is given back to the source).
+//! and with the destination shard stopped then killed mid-way (what was
+//! taken and not put is given back to the source).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use redis::Value;
 
-use crate::support::{Proxy, three_nodes};
+use crate::support::{NodeClient, Proxy, three_nodes};
 use crate::xshard::apart;
 
 const CLIENTS: usize = 8;
@@ -52,6 +52,8 @@ struct Log {
     acked: BTreeSet<String>,
     unsure: BTreeSet<String>,
     errors: BTreeMap<String, usize>,
+    /// The longest a move took that succeeded.
+    slowest_move: Duration,
 }
 
 async fn client(url: String, k: std::sync::Arc<Keys>, id: usize, ops: usize, seed: u64) -> Log {
@@ -115,7 +117,12 @@ async fn client(url: String, k: std::sync::Arc<Keys>, id: usize, ops: usize, see
                 cmd
             }
         };
-        match cmd.query_async::<Value>(&mut c).await {
+        let started = std::time::Instant::now();
+        let r = cmd.query_async::<Value>(&mut c).await;
+        if r.is_ok() && writes.is_none() {
+            log.slowest_move = log.slowest_move.max(started.elapsed());
+        }
+        match r {
             // RPUSHX on a missing name: not written.
             Ok(Value::Int(0)) if writes.is_some() => {}
             Ok(_) => {
@@ -158,7 +165,7 @@ async fn members(c: &mut redis::aio::MultiplexedConnection, k: &Keys) -> (Vec<St
 }
 
 /// Runs the workload (with `during` run meanwhile) and checks conservation.
-async fn workload(proxy: &Proxy, ops: usize, during: impl std::future::Future<Output = ()>) -> BTreeMap<String, usize> {
+async fn workload(proxy: &Proxy, ops: usize, during: impl std::future::Future<Output = ()>) -> Log {
     let k = std::sync::Arc::new(keys(proxy));
     let mut c = proxy.conn().await;
     let initial: Vec<String> = (0..INITIAL).map(|i| format!("m{i}")).collect();
@@ -190,6 +197,7 @@ async fn workload(proxy: &Proxy, ops: usize, during: impl std::future::Future<Ou
         let l = t.await.unwrap();
         log.acked.extend(l.acked);
         log.unsure.extend(l.unsure);
+        log.slowest_move = log.slowest_move.max(l.slowest_move);
         for (e, n) in l.errors {
             *log.errors.entry(e).or_default() += n;
         }
@@ -220,7 +228,7 @@ async fn workload(proxy: &Proxy, ops: usize, during: impl std::future::Future<Ou
         lost.len(),
         &lost[..lost.len().min(5)]
     );
-    log.errors
+    log
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,7 +236,7 @@ async fn concurrent_moves_lose_and_duplicate_nothing() {
     let nodes = three_nodes();
     let refs: Vec<_> = nodes.iter().collect();
     let proxy = Proxy::start(&refs).await;
-    let errors = workload(&proxy, 250, async {}).await;
+    let errors = workload(&proxy, 250, async {}).await.errors;
     // The only errors: RENAME of a name the token is not under.
     assert!(errors.keys().all(|e| e.contains("no such key")), "{errors:?}");
 }
@@ -240,18 +248,24 @@ async fn a_shard_paused_mid_way_loses_and_duplicates_nothing() {
     let proxy = Proxy::start(&refs).await;
     let (_, far) = apart(&proxy, "cs:");
     let paused = &nodes[proxy.shard_of(&far)];
-    let errors = workload(&proxy, 250, async {
+    let log = workload(&proxy, 250, async {
         tokio::time::sleep(Duration::from_millis(150)).await;
         paused.pause();
         tokio::time::sleep(Duration::from_millis(1500)).await;
         paused.resume();
     })
     .await;
-    eprintln!("errors with a shard paused for 1.5 s: {errors:?}");
+    eprintln!(
+        "a shard paused for 1.5 s: errors {:?}, slowest successful move {:?}",
+        log.errors, log.slowest_move
+    );
+    // Moves in flight waited for the shard and finished (past the 500 ms
+    // command timeout the pooled connections have).
+    assert!(log.slowest_move > Duration::from_millis(1000), "{:?}", log.slowest_move);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_destination_killed_mid_way_gives_back_to_the_source() {
+async fn a_destination_stopped_then_killed_mid_way_gives_back_to_the_source() {
     let mut nodes = three_nodes();
     let refs: Vec<_> = nodes.iter().collect();
     let proxy = Proxy::start(&refs).await;
@@ -293,7 +307,10 @@ async fn a_destination_killed_mid_way_gives_back_to_the_source() {
             })
         })
         .collect();
+    // Stopped first, so moves are caught between take and put, then killed.
     tokio::time::sleep(Duration::from_millis(100)).await;
+    nodes[dst_node].pause();
+    tokio::time::sleep(Duration::from_millis(400)).await;
     nodes[dst_node].kill();
     let (mut moved, mut failed) = (Vec::new(), 0);
     for m in movers {
@@ -322,8 +339,22 @@ async fn a_destination_killed_mid_way_gives_back_to_the_source() {
             moved_set.contains(e)
         );
     }
+    // Moves caught between take and put were given back: LPUSH (the end
+    // LMOVE ... LEFT popped from) ran on the source's shard.
+    let info: String = redis::cmd("INFO")
+        .arg("commandstats")
+        .query(&mut nodes[proxy.shard_of(&src)].client())
+        .unwrap();
+    let given_back = info
+        .lines()
+        .find(|l| l.starts_with("cmdstat_lpush:"))
+        .and_then(|l| l.split("calls=").nth(1))
+        .and_then(|x| x.split(',').next())
+        .and_then(|x| x.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(given_back > 0, "no move was caught between take and put");
     eprintln!(
-        "destination killed: {} moved, {failed} failed and given back",
+        "destination stopped then killed: {} moved, {failed} failed, {given_back} of them given back",
         moved.len()
     );
 }
