@@ -314,28 +314,11 @@ impl Router {
             let s = view.shard_of(args[i]);
             match shard {
                 None => shard = Some(s),
-                Some(prev) if prev != s => return self.cross_shard(view, spec, args, keys_ok),
+                Some(prev) if prev != s => return cross::cross_shard(view, spec, args, &self.keys, keys_ok),
                 _ => {}
             }
         }
         to(shard.unwrap_or(0))
-    }
-
-    /// Keys on several shards: run across them when the command can be
-    /// and `[crossshard] commands` is on, else CROSSSHARD. Off the hot path:
-    /// only requests that would be refused get here.
-    #[cold]
-    fn cross_shard(&self, view: &View<'_>, spec: &CommandSpec, args: &[&[u8]], keys_ok: bool) -> Plan {
-        if keys_ok
-            && view.config.crossshard.commands
-            && let Some(p) = crate::xshard::plan::decide(spec.name, args, &self.keys, |k| view.shard_of(k))
-        {
-            return Plan::CrossShard(Box::new(p));
-        }
-        Plan::Error(ReplyError::new(
-            ErrorKind::CrossShard,
-            "keys in request don't hash to the same shard",
-        ))
     }
 
     /// WATCH outside MULTI: every key on one shard (not lock keys).
@@ -586,6 +569,7 @@ fn spec_name_of(name: &[u8]) -> &'static str {
         .unwrap_or("del")
 }
 
+mod cross;
 mod pubsub;
 mod scan;
 mod steps;

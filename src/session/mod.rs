@@ -30,8 +30,7 @@
 //! - [`io`]: socket reads and the lingering close of a drained connection.
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
-//! - [`metered`]: the `/metrics` counts (per command, per class latency).
-//! - [`xshard`]: starting a cross-shard command ([`crate::xshard`]).
+//! - [`metered`]: the `/metrics` counts; [`xshard`]: cross-shard commands.
 
 mod admin;
 mod drain;
@@ -117,8 +116,8 @@ pub struct Session {
     /// The slot of a blocking command (BLPOP ...) still waiting: until it
     /// answers, nothing more is read or dispatched, as Redis blocks a client.
     blocked: Option<u64>,
-    /// `blocked` counts in INFO's blocked_clients (not a cross-shard command).
-    blocked_counted: bool,
+    /// `blocked` is a cross-shard command, not counted in INFO's blocked_clients.
+    blocked_uncounted: bool,
     /// A SUBSCRIBE / PSUBSCRIBE to forward once every earlier reply is
     /// written; the connection then becomes a subscriber (see [`pubsub`]).
     subscribing: Option<Bytes>,
@@ -169,7 +168,7 @@ impl Session {
             watching: None,
             exec_publishes: Vec::new(),
             blocked: None,
-            blocked_counted: false,
+            blocked_uncounted: false,
             subscribing: None,
             ssub: None,
             watch: shared.shutdown.watch(id),
@@ -417,7 +416,9 @@ impl Session {
                 // Like Redis, this client is served nothing more until the
                 // blocking command answers.
                 let seq = self.replies.put(at, Slot::One(None));
-                self.block_on(seq, true);
+                self.blocked = Some(seq);
+                self.state.entry.set_flag(flag::BLOCKED, true);
+                self.shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
                 let reply = self.reply_to(seq, 0);
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
             }
@@ -555,7 +556,7 @@ impl Session {
     fn complete(&mut self, c: Completion) {
         if self.blocked == Some(c.seq) {
             self.blocked = None;
-            if std::mem::take(&mut self.blocked_counted) {
+            if !std::mem::take(&mut self.blocked_uncounted) {
                 self.state.entry.set_flag(flag::BLOCKED, false);
                 self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
             }
@@ -573,7 +574,7 @@ impl Drop for Session {
     /// A client that leaves while blocked is no longer counted as blocked
     /// (INFO clients); it leaves the registry (CLIENT LIST) and the monitors.
     fn drop(&mut self) {
-        if self.blocked.is_some() && self.blocked_counted {
+        if self.blocked.is_some() && !self.blocked_uncounted {
             self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
         }
         self.shared.clients.remove(self.state.id);

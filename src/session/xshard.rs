@@ -17,20 +17,15 @@ impl Session {
     pub(super) fn cross_shard(&mut self, plan: Box<CrossPlan>, at: At) {
         let behind = !self.replies.is_empty();
         let seq = self.replies.put(at, Slot::One(None));
-        self.block_on(seq, plan.blocks());
+        self.blocked = Some(seq);
+        if plan.blocks() {
+            self.state.entry.set_flag(flag::BLOCKED, true);
+            self.shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.blocked_uncounted = true;
+        }
         let reply = self.reply_to(seq, 0);
         let topo = self.shared.topology.load_full();
         crate::xshard::spawn(topo, plan, self.state.proto, self.lane, behind, reply);
-    }
-
-    /// Nothing more of this client is dispatched until slot `seq` answers;
-    /// `counted`: a blocking command (INFO blocked_clients, CLIENT LIST).
-    pub(super) fn block_on(&mut self, seq: u64, counted: bool) {
-        self.blocked = Some(seq);
-        if counted {
-            self.blocked_counted = true;
-            self.state.entry.set_flag(flag::BLOCKED, true);
-            self.shared.stats.blocked.fetch_add(1, Ordering::Relaxed);
-        }
     }
 }

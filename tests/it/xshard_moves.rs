@@ -387,6 +387,8 @@ async fn blocking_moves_across_shards_wait_time_out_and_stop_when_the_client_lea
         (v, started.elapsed())
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // Counted as blocked (INFO clients) while it waits, and only then.
+    assert_eq!(proxy_blocked(&mut c).await, 1);
     let _: i64 = redis::cmd("RPUSH")
         .arg(&src)
         .arg("x")
@@ -394,6 +396,17 @@ async fn blocking_moves_across_shards_wait_time_out_and_stop_when_the_client_lea
         .await
         .unwrap();
     let (v, waited) = waiter.await.unwrap();
+    let _ = redis::cmd("SUNION")
+        .arg(&src)
+        .arg(&dst)
+        .query_async::<Value>(&mut c)
+        .await;
+    let _ = redis::cmd("RENAME")
+        .arg("nokey:a")
+        .arg(&dst)
+        .query_async::<Value>(&mut c)
+        .await;
+    assert_eq!(proxy_blocked(&mut c).await, 0);
     assert_eq!(v.as_deref(), Some("x"));
     assert!(waited >= Duration::from_millis(250), "{waited:?}");
     let moved: Vec<String> = redis::cmd("LRANGE")
@@ -518,4 +531,13 @@ async fn concurrent_msetnx_across_shards_is_all_or_nothing() {
         );
     }
     eprintln!("MSETNX: {winners} winners in {ROUNDS} rounds of {CLIENTS} clients");
+}
+
+/// The proxy's INFO clients blocked_clients.
+async fn proxy_blocked(c: &mut redis::aio::MultiplexedConnection) -> i64 {
+    let info: String = redis::cmd("INFO").arg("clients").query_async(c).await.unwrap();
+    info.lines()
+        .find_map(|l| l.strip_prefix("blocked_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(-1)
 }
