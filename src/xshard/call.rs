@@ -12,9 +12,15 @@ use tokio::sync::{mpsc, oneshot};
 use crate::backend::{BackendError, BackendErrorKind, BackendResult, Job, ReplyTo, Shard};
 use crate::protocol::{Encoder, Protocol};
 
-/// How long a move's step waits for a stalled shard before calling the
-/// outcome unknown (a connection that breaks ends the wait sooner).
-pub const PATIENCE: Duration = Duration::from_secs(30);
+/// How long a move's step waits for a stalled shard before answering the
+/// client (a connection that breaks ends the wait sooner), in command
+/// timeouts (`[timeouts] command_ms`): 30 s by default.
+pub const PATIENCE_FACTOR: u32 = 15;
+
+/// [`PATIENCE_FACTOR`] command timeouts of `shard`.
+pub fn patience(shard: &Shard) -> Duration {
+    shard.spec.command_timeout * PATIENCE_FACTOR
+}
 
 /// Sends `req` (`frames` reply frames, the last delivered) on a pooled
 /// connection of `shard` and returns the receiver of its answer: sending
@@ -40,17 +46,17 @@ pub async fn answer(rx: oneshot::Receiver<BackendResult>, shard: &Shard) -> Back
 }
 
 /// A conversation with one shard on a connection of its own: requests run
-/// in order, each answer awaited until it comes, the connection breaks, or
-/// `wait` passes. Those that wait [`PATIENCE`] come from, and go back to,
-/// a small process-wide pool of idle ones ([`IDLE`]) while their connection
-/// is sound, so a move does not pay a connect and handshake (nor leave a
-/// socket in TIME_WAIT) each time.
+/// in order, each answer awaited until it comes or the connection breaks.
+/// The caller waits [`patience`] at most; a request unanswered by then is
+/// still settled when its answer comes ([`Conv::ask_undo`]). Conversations
+/// come from, and go back to, a small process-wide pool of idle ones
+/// ([`IDLE`]) while their connection is sound, so a move does not pay a
+/// connect and handshake (nor leave a socket in TIME_WAIT) each time.
 pub struct Conv {
     shard: Arc<Shard>,
     proto: Protocol,
     /// Where the connection went (a failover changes the shard's address).
     addr: Option<Arc<String>>,
-    pooled: bool,
     state: Mutex<ConvState>,
 }
 
@@ -77,18 +83,20 @@ static IDLE: Mutex<Vec<Idle>> = Mutex::new(Vec::new());
 const IDLE_MAX: usize = 64;
 const IDLE_FOR: Duration = Duration::from_secs(10);
 
+/// What to run on the source's shard to undo a step whose answer came too
+/// late (`None`: nothing to undo).
+pub type Undo = Box<dyn FnOnce(&BackendResult) -> Option<Bytes> + Send>;
+
 impl Conv {
-    pub fn open(shard: &Arc<Shard>, proto: Protocol, wait: Option<Duration>) -> Conv {
-        let pooled = wait == Some(PATIENCE);
+    pub fn open(shard: &Arc<Shard>, proto: Protocol) -> Conv {
         let addr = shard.spec.endpoint.addr();
-        let idle = pooled.then(|| take_idle(shard, proto, &addr)).flatten();
+        let idle = take_idle(shard, proto, &addr);
         let reused = idle.is_some();
-        let tx = idle.unwrap_or_else(|| shard.converse_within(proto, wait));
+        let tx = idle.unwrap_or_else(|| shard.converse_within(proto, None));
         Conv {
             shard: shard.clone(),
             proto,
             addr,
-            pooled,
             state: Mutex::new(ConvState {
                 tx: Some(tx),
                 reused,
@@ -101,46 +109,88 @@ impl Conv {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// A request whose late answer needs nothing undone (a read, a check).
     pub async fn ask(&self, req: Bytes) -> BackendResult {
+        self.ask_undo(req, self, Box::new(|_| None)).await
+    }
+
+    /// Sends `req`; its answer, or a timeout error after [`patience`]. Then,
+    /// when the answer does come, `undo` says what to run on `back`'s shard
+    /// to undo what it did (a take whose taker gave up, a put that failed
+    /// late): nothing a step took is lost because the client was answered.
+    pub async fn ask_undo(&self, req: Bytes, back: &Conv, undo: Undo) -> BackendResult {
         let reused = std::mem::take(&mut self.state().reused);
-        let r = self.ask_once(req.clone()).await;
+        let (r, undo) = self.ask_once(req.clone(), back, undo).await;
         if reused
             && let Err(e) = &r
             && matches!(
                 e.kind(),
                 BackendErrorKind::ConnectionLost | BackendErrorKind::Unavailable | BackendErrorKind::ShuttingDown
             )
+            && let Some(undo) = undo
         {
             // An idle connection the server closed (a restart), or whose task
             // is gone: the request did not reach a server that could run it.
             // Once more, on a fresh connection.
-            let fresh = self.shard.converse_within(self.proto, Some(PATIENCE));
+            let fresh = self.shard.converse_within(self.proto, None);
             *self.state() = ConvState {
                 tx: Some(fresh),
                 reused: false,
                 healthy: true,
             };
-            return self.ask_once(req).await;
+            return self.ask_once(req, back, undo).await.0;
         }
         r
     }
 
-    async fn ask_once(&self, req: Bytes) -> BackendResult {
-        let (tx, rx) = oneshot::channel();
+    /// One try; gives `undo` back unless it was handed to a late answer.
+    async fn ask_once(&self, req: Bytes, back: &Conv, undo: Undo) -> (BackendResult, Option<Undo>) {
+        let (tx, mut rx) = oneshot::channel();
         let gone = || BackendError::new(BackendErrorKind::ShuttingDown, &self.shard.spec.name, "");
         let sender = self.state().tx.clone();
-        let sent = sender.is_some_and(|t| t.send(Job::new(req, ReplyTo::Call(tx))).is_ok());
-        let r = if sent {
-            rx.await.unwrap_or_else(|_| Err(gone()))
-        } else {
-            Err(gone())
-        };
-        self.state().healthy &= r.is_ok();
-        r
+        if sender.is_none_or(|t| t.send(Job::new(req, ReplyTo::Call(tx))).is_err()) {
+            self.state().healthy = false;
+            return (Err(gone()), Some(undo));
+        }
+        match tokio::time::timeout(patience(&self.shard), &mut rx).await {
+            Ok(r) => {
+                let r = r.unwrap_or_else(|_| Err(gone()));
+                self.state().healthy &= r.is_ok();
+                (r, Some(undo))
+            }
+            Err(_) => {
+                self.state().healthy = false;
+                let (shard, proto, name) = (back.shard.clone(), back.proto, self.shard.spec.name.clone());
+                tokio::spawn(async move {
+                    let Ok(late) = rx.await else { return };
+                    let Some(req) = undo(&late) else { return };
+                    // A connection of its own, waiting as long as it takes.
+                    let (tx, rx) = oneshot::channel();
+                    let _ = shard
+                        .converse_within(proto, None)
+                        .send(Job::new(req, ReplyTo::Call(tx)));
+                    let r = rx.await;
+                    tracing::warn!(shard = %name, undo_on = shard.name(), answer = ?r, "cross-shard move: a late answer undone");
+                });
+                let e = BackendError::new(
+                    BackendErrorKind::Timeout,
+                    &self.shard.spec.name,
+                    format!(
+                        "no answer within {:?} to a cross-shard step; settled when it comes",
+                        patience(&self.shard)
+                    ),
+                );
+                (Err(e), None)
+            }
+        }
     }
 
     pub fn name(&self) -> &str {
         &self.shard.spec.name
+    }
+
+    pub fn shard(&self) -> &Shard {
+        &self.shard
     }
 }
 
@@ -149,7 +199,7 @@ impl Drop for Conv {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         let Some(tx) = st.tx.take() else { return };
-        if !(self.pooled && st.healthy) {
+        if !st.healthy {
             return;
         }
         let mut idle = IDLE.lock().unwrap_or_else(|p| p.into_inner());

@@ -2,7 +2,7 @@
 //! RPOPLPUSH / BLMOVE / BRPOPLPUSH, MSETNX.
 //!
 //! Each is a short saga of atomic steps, each on a connection of its own
-//! that waits for a definite answer ([`Conv`], up to [`PATIENCE`]):
+//! that waits for a definite answer ([`Conv`], up to [`patience`]):
 //! 1. checks Redis makes first (the destination's type, RENAMENX's
 //!    destination existing), read-only;
 //! 2. **take** on the source's shard, one atomic command: `SREM`, `LPOP` /
@@ -17,8 +17,14 @@
 //!    reached, or its connection broke: a killed shard lost its data
 //!    anyway), **give back**: the same atomic inverse on the source (`SADD`,
 //!    `LPUSH`/`RPUSH` at the end it was popped from, `RESTORE`), and the
-//!    client gets the error. A put that timed out after [`PATIENCE`] is
-//!    reported as an unknown outcome and not given back (it may still run).
+//!    client gets the error.
+//!
+//! A step unanswered within [`patience`] (a stalled shard) gets the client
+//! an error saying so, and is settled when its answer comes
+//! ([`Conv::ask_undo`]): a take that took something gives it back, a put
+//! that failed gives back what was taken, a put that succeeded completes
+//! the move. So nothing taken is lost because the client was answered, as
+//! long as the proxy process lives.
 //!
 //! MSETNX: shards in ascending order (so two MSETNX over the same keys never
 //! both fail on each other's partial writes), each shard's keys set by a
@@ -28,7 +34,7 @@
 
 use bytes::Bytes;
 
-use super::call::{self, Conv, PATIENCE, not_sent};
+use super::call::{self, Conv, Undo, not_sent, patience};
 use super::plan::{CrossPlan, encode};
 use crate::backend::{BackendErrorKind, BackendResult};
 use crate::protocol::Protocol;
@@ -73,16 +79,19 @@ impl Ends<'_> {
         let (s, d) = (plan.keys[0].1, plan.keys[1].1);
         Ends {
             proto,
-            src: Conv::open(&topo.shards[s], proto, Some(PATIENCE)),
-            dst: Conv::open(&topo.shards[d], proto, Some(PATIENCE)),
+            src: Conv::open(&topo.shards[s], proto),
+            dst: Conv::open(&topo.shards[d], proto),
             name: std::str::from_utf8(&plan.args[0]).unwrap_or("command"),
         }
     }
 
-    /// Handles the put's outcome: `Ok(frame)` when it ran (its reply), or
-    /// the client's error after giving back what was taken when it surely
-    /// did not.
-    async fn settle(&self, put: BackendResult, give_back: Bytes) -> Result<Bytes, Bytes> {
+    /// The put (`req` on the destination), then its outcome: `Ok(frame)`
+    /// when it ran (its reply), or the client's error after giving back
+    /// what was taken (`give_back` on the source) when it surely did not.
+    /// Unanswered within [`patience`]: the client's error says so, and the
+    /// give-back happens if the answer, when it comes, is a failure.
+    async fn put(&self, req: Bytes, give_back: Bytes) -> Result<Bytes, Bytes> {
+        let put = self.dst.ask_undo(req, &self.src, failed_then(give_back.clone())).await;
         let why = match put {
             Ok(frame) if !is_error(&frame) => return Ok(frame),
             Ok(frame) => frame,
@@ -90,10 +99,10 @@ impl Ends<'_> {
                 return Err(call::err(
                     self.proto,
                     &format!(
-                        "ERR shardis: {} across shards: shard {} did not answer within {}s; the outcome is unknown (the source's part is done)",
+                        "ERR shardis: {} across shards: shard {} did not answer within {:?}; when it does, the move completes or what was taken goes back to the source",
                         self.name.to_uppercase(),
                         self.dst.name(),
-                        PATIENCE.as_secs()
+                        patience(self.dst.shard())
                     ),
                 ));
             }
@@ -118,6 +127,20 @@ impl Ends<'_> {
             }
         }
     }
+}
+
+/// Undo of a put that fails late: give back what was taken.
+fn failed_then(give_back: Bytes) -> Undo {
+    Box::new(move |r| match r {
+        Ok(f) if !is_error(f) => None,
+        _ => Some(give_back),
+    })
+}
+
+/// Undo of a take whose taker gave up: `back` of what it took, if it took
+/// something (`took` reads it from the answer).
+fn took_then(took: impl FnOnce(&Bytes) -> Option<Bytes> + Send + 'static) -> Undo {
+    Box::new(move |r| r.as_ref().ok().and_then(took))
 }
 
 fn int(proto: Protocol, n: i64) -> Bytes {
@@ -152,12 +175,14 @@ pub async fn rename(topo: &Topology, proto: Protocol, plan: &CrossPlan, nx: bool
             });
         }
         let max = max_bytes.to_string();
-        let taken = frame(
-            e.src
-                .ask(encode(&[&b"EVAL"[..], TAKE.as_bytes(), b"1", src, max.as_bytes()]))
-                .await,
-            proto,
-        )?;
+        let take = encode(&[&b"EVAL"[..], TAKE.as_bytes(), b"1", src, max.as_bytes()]);
+        let back = src.clone();
+        let undo = took_then(move |f| {
+            let parts = elements(f).filter(|p| p.len() == 2)?;
+            let ttl = as_integer(&parts[1]).unwrap_or(-1).max(0).to_string();
+            Some(encode(&[&b"RESTORE"[..], &back, ttl.as_bytes(), &as_bytes(&parts[0])?]))
+        });
+        let taken = frame(e.src.ask_undo(take, &e.src, undo).await, proto)?;
         if is_error(&taken) {
             return Ok(taken);
         }
@@ -172,13 +197,11 @@ pub async fn rename(topo: &Topology, proto: Protocol, plan: &CrossPlan, nx: bool
         if !nx {
             put.push(b"REPLACE");
         }
-        let put = e.dst.ask(encode(&put)).await;
-        let busy = matches!(&put, Ok(f) if f.starts_with(b"-BUSYKEY"));
         let give_back = encode(&[&b"RESTORE"[..], src, ttl.as_bytes(), &payload]);
-        match e.settle(put, give_back).await {
+        match e.put(encode(&put), give_back).await {
             Ok(_) => Ok(if nx { int(proto, 1) } else { ok() }),
             // RENAMENX lost a race to a writer of the destination.
-            Err(_) if busy && nx => Ok(int(proto, 0)),
+            Err(why) if nx && why.starts_with(b"-BUSYKEY") => Ok(int(proto, 0)),
             Err(why) => Err(why),
         }
     }
@@ -201,12 +224,17 @@ pub async fn smove(topo: &Topology, proto: Protocol, plan: &CrossPlan) -> Bytes 
                 wrongtype(proto)
             });
         }
-        let removed = frame(e.src.ask(encode(&[&b"SREM"[..], src, member])).await, proto)?;
+        let give_back = encode(&[&b"SADD"[..], src, member]);
+        let back = give_back.clone();
+        let undo = took_then(move |f| (as_integer(f) == Some(1)).then_some(back));
+        let removed = frame(
+            e.src.ask_undo(encode(&[&b"SREM"[..], src, member]), &e.src, undo).await,
+            proto,
+        )?;
         if as_integer(&removed) != Some(1) {
             return Ok(removed); // 0, or WRONGTYPE
         }
-        let put = e.dst.ask(encode(&[&b"SADD"[..], dst, member])).await;
-        e.settle(put, encode(&[&b"SADD"[..], src, member])).await?;
+        e.put(encode(&[&b"SADD"[..], dst, member]), give_back).await?;
         Ok(int(proto, 1))
     }
     .await;
@@ -254,7 +282,8 @@ pub async fn lmove(
         }
         let elem = match block {
             None => {
-                let f = frame(e.src.ask(encode(&[pop, &src[..]])).await, proto)?;
+                let undo = push_back(give_back, src.clone(), false);
+                let f = frame(e.src.ask_undo(encode(&[pop, &src[..]]), &e.src, undo).await, proto)?;
                 if is_error(&f) || is_null(&f) {
                     return Ok(f);
                 }
@@ -268,8 +297,11 @@ pub async fn lmove(
         let Some(value) = as_bytes(&elem) else {
             return Ok(call::err(proto, "ERR shardis: unexpected reply to a pop"));
         };
-        let put = e.dst.ask(encode(&[push, &dst[..], &value])).await;
-        e.settle(put, encode(&[give_back, &src[..], &value])).await?;
+        e.put(
+            encode(&[push, &dst[..], &value]),
+            encode(&[give_back, &src[..], &value]),
+        )
+        .await?;
         Ok(elem)
     }
     .await;
@@ -287,12 +319,17 @@ async fn blocking_pop(
     gone: &impl Fn() -> bool,
 ) -> Result<Option<Bytes>, Bytes> {
     let cmd: &[u8] = if from_left { b"BLPOP" } else { b"BRPOP" };
-    let secs = std::str::from_utf8(timeout).ok().and_then(|t| t.parse::<f64>().ok());
-    let Some(secs) = secs.filter(|s| s.is_finite() && *s >= 0.0) else {
-        // Redis's own answer to a bad timeout.
-        let f = frame(e.src.ask(encode(&[cmd, &src[..], timeout])).await, proto)?;
-        return Err(f);
+    let give_back: &'static [u8] = if from_left { b"LPUSH" } else { b"RPUSH" };
+    let secs = std::str::from_utf8(timeout)
+        .ok()
+        .and_then(|t| t.trim().parse::<f64>().ok());
+    // Redis's answers to a bad timeout.
+    let Some(secs) = secs.filter(|s| s.is_finite()) else {
+        return Err(call::err(proto, "ERR timeout is not a float or out of range"));
     };
+    if secs < 0.0 {
+        return Err(call::err(proto, "ERR timeout is negative"));
+    }
     let deadline = (secs > 0.0).then(|| std::time::Instant::now() + std::time::Duration::from_secs_f64(secs));
     loop {
         let slice = match deadline {
@@ -305,12 +342,9 @@ async fn blocking_pop(
                 left.min(1.0)
             }
         };
-        let f = frame(
-            e.src
-                .ask(encode(&[cmd, &src[..], format!("{slice:.3}").as_bytes()]))
-                .await,
-            proto,
-        )?;
+        let req = encode(&[cmd, &src[..], format!("{slice:.3}").as_bytes()]);
+        let undo = push_back(give_back, src.clone(), true);
+        let f = frame(e.src.ask_undo(req, &e.src, undo).await, proto)?;
         if is_error(&f) {
             return Err(f);
         }
@@ -321,6 +355,19 @@ async fn blocking_pop(
             return Ok(None);
         }
     }
+}
+
+/// Undo of a pop whose taker gave up: `push` the element back on `src`
+/// (`pair`: the answer is BLPOP's key and element, else LPOP's element).
+fn push_back(push: &'static [u8], src: Bytes, pair: bool) -> Undo {
+    took_then(move |f| {
+        let elem = if pair {
+            elements(f).filter(|kv| kv.len() == 2)?.pop()?
+        } else {
+            f.clone()
+        };
+        Some(encode(&[push, &src[..], &as_bytes(&elem)?]))
+    })
 }
 
 fn null(proto: Protocol) -> Bytes {
@@ -352,8 +399,11 @@ pub async fn msetnx(topo: &Topology, proto: Protocol, plan: &CrossPlan) -> Bytes
     let mut done: Vec<usize> = Vec::new();
     let mut outcome = int(proto, 1);
     for &s in &shards {
-        let conv = Conv::open(&topo.shards[s], proto, Some(PATIENCE));
-        match conv.ask(script(SET_ALL_NX, s)).await {
+        let conv = Conv::open(&topo.shards[s], proto);
+        // Unanswered in time: the keys it sets when it runs are removed.
+        let undo_req = script(DEL_IF_SAME, s);
+        let undo = took_then(move |f| (as_integer(f) == Some(1)).then_some(undo_req));
+        match conv.ask_undo(script(SET_ALL_NX, s), &conv, undo).await {
             Ok(f) if as_integer(&f) == Some(1) => done.push(s),
             Ok(f) if as_integer(&f) == Some(0) => {
                 outcome = int(proto, 0);
@@ -371,7 +421,7 @@ pub async fn msetnx(topo: &Topology, proto: Protocol, plan: &CrossPlan) -> Bytes
     }
     if as_integer(&outcome) != Some(1) {
         for s in done {
-            let conv = Conv::open(&topo.shards[s], proto, Some(PATIENCE));
+            let conv = Conv::open(&topo.shards[s], proto);
             if let Err(e) = conv.ask(script(DEL_IF_SAME, s)).await {
                 tracing::error!(error = %e, "MSETNX across shards: could not undo the keys set on a shard");
                 outcome = call::err(

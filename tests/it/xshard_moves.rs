@@ -541,3 +541,52 @@ async fn proxy_blocked(c: &mut redis::aio::MultiplexedConnection) -> i64 {
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or(-1)
 }
+
+/// A step a shard answers only after the proxy gave up waiting (its
+/// writes paused with CLIENT PAUSE WRITE longer than the patience of 15
+/// command timeouts) is settled when the answer comes: a late take is put
+/// back, a late put completes the move.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_answered_too_late_is_settled_when_it_comes() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    // Patience: 15 x 100 ms.
+    let proxy = Proxy::start_with(&refs, "[timeouts]\ncommand_ms = 100\nconnect_ms = 300\n").await;
+    let (src, dst) = apart(&proxy, "late:");
+    let mut c = proxy.conn().await;
+    let _: i64 = redis::cmd("RPUSH")
+        .arg(&src)
+        .arg(&["a", "b", "c"])
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let pause = |key: &str| {
+        let mut n = nodes[proxy.shard_of(key)].client();
+        let _: () = redis::cmd("CLIENT")
+            .arg("PAUSE")
+            .arg(2500)
+            .arg("WRITE")
+            .query(&mut n)
+            .unwrap();
+    };
+    let lmove = || redis::cmd("LMOVE").arg(&src).arg(&dst).arg("LEFT").arg("RIGHT").clone();
+    let list = async |c: &mut redis::aio::MultiplexedConnection, k: &str| -> Vec<String> {
+        redis::cmd("LRANGE").arg(k).arg(0).arg(-1).query_async(c).await.unwrap()
+    };
+    // The take (LPOP) waits on the paused source: the client is answered,
+    // and the element popped later goes back where it was.
+    pause(&src);
+    let e = lmove().query_async::<Option<String>>(&mut c).await.unwrap_err();
+    assert!(e.to_string().contains("settled when it comes"), "{e}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(list(&mut c, &src).await, ["a", "b", "c"]);
+    assert!(list(&mut c, &dst).await.is_empty());
+    // The put (RPUSH) waits on the paused destination: when it runs, the
+    // move is complete.
+    pause(&dst);
+    let e = lmove().query_async::<Option<String>>(&mut c).await.unwrap_err();
+    assert!(e.to_string().contains("did not answer within"), "{e}");
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(list(&mut c, &src).await, ["b", "c"]);
+    assert_eq!(list(&mut c, &dst).await, ["a"]);
+}
