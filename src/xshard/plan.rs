@@ -105,7 +105,8 @@ pub fn decide(name: &str, args: &[&[u8]], key_idx: &[usize], shard_of: impl Fn(&
                 block: (name == "blmove").then(|| Bytes::copy_from_slice(args[5])),
             }
         }
-        "msetnx" => Op::Msetnx,
+        // Unbalanced pairs are not run across shards (CROSSSHARD).
+        "msetnx" if args.len() % 2 == 1 => Op::Msetnx,
         _ => return None,
     };
     if matches!(op, Op::Rename { .. } | Op::Smove | Op::Lmove { .. }) && keys.len() != 2 {
@@ -320,6 +321,7 @@ mod tests {
         assert!(plan("lmove a b up down", &[1, 2]).is_none());
         assert!(plan("eval x 2 a b", &[3, 4]).is_none());
         assert!(plan("msetnx a 1 b 2", &[1, 3]).is_some());
+        assert!(plan("msetnx a 1 b", &[1, 3]).is_none());
     }
 
     #[test]
