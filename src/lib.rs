@@ -42,6 +42,8 @@
 //!   [`lock::worker`] that runs Redlock against the members.
 //! - [`failover`]: the per-proxy task that follows Sentinel failovers
 //!   (`+switch-master` and a periodic re-ask) and checks replicas' lag.
+//! - [`xshard`]: multi-key commands whose keys are on several shards, run
+//!   across them (operands copied to one shard; two-shard moves as sagas).
 //! - [`info`]: INFO's sections, the proxy's own and those summed over the shards.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`transaction`]: MULTI/EXEC when every key is on one shard.
@@ -103,3 +105,4 @@ pub mod testkit;
 pub mod topology;
 pub mod transaction;
 pub mod workers;
+pub mod xshard;

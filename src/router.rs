@@ -142,6 +142,9 @@ pub enum Plan {
     /// A prepared change moves one of its keys (fleet mode): wait until the
     /// change is committed or aborted, then route the request again.
     Hold,
+    /// Keys on several shards, of a command that runs across them
+    /// (`[crossshard] commands`): for [`crate::xshard::spawn`].
+    CrossShard(Box<crate::xshard::CrossPlan>),
     /// Answer with this error.
     Error(ReplyError),
 }
@@ -303,7 +306,7 @@ impl Router {
         // numkeys, unbalanced lists) or, for scripts, that there are no
         // keys: route by what was found (no key: the first shard) and let
         // the backend give Redis's own answer.
-        let _ = key_indices(spec, args, &mut self.keys);
+        let keys_ok = key_indices(spec, args, &mut self.keys).is_ok();
         if view.locks.enabled() {
             let lock_keys = self.keys.iter().filter(|&&i| view.locks.is_lock_key(args[i])).count();
             if lock_keys > 0 {
@@ -322,10 +325,7 @@ impl Router {
                             false => Plan::Error(crate::spanning::blocking_refused()),
                         };
                     }
-                    return Plan::Error(ReplyError::new(
-                        ErrorKind::CrossShard,
-                        "keys in request don't hash to the same shard",
-                    ));
+                    return cross::cross_shard(view, spec, args, &self.keys, keys_ok);
                 }
                 _ => {}
             }
@@ -581,6 +581,7 @@ fn spec_name_of(name: &[u8]) -> &'static str {
         .unwrap_or("del")
 }
 
+mod cross;
 mod pubsub;
 mod scan;
 mod steps;

@@ -31,7 +31,7 @@
 //! - [`io`]: socket reads and the lingering close of a drained connection.
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
-//! - [`metered`]: the `/metrics` counts (per command, per class latency).
+//! - [`metered`]: the `/metrics` counts; [`xshard`]: cross-shard commands.
 
 mod admin;
 mod drain;
@@ -47,6 +47,7 @@ mod scan;
 mod sharded;
 mod spanning;
 mod transaction;
+mod xshard;
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -119,6 +120,8 @@ pub struct Session {
     /// The slot of a blocking command (BLPOP ...) still waiting: until it
     /// answers, nothing more is read or dispatched, as Redis blocks a client.
     blocked: Option<u64>,
+    /// `blocked` is a cross-shard command, not counted in INFO's blocked_clients.
+    blocked_uncounted: bool,
     /// A SUBSCRIBE / PSUBSCRIBE to forward once every earlier reply is
     /// written; the connection then becomes a subscriber (see [`pubsub`]).
     subscribing: Option<Bytes>,
@@ -169,6 +172,7 @@ impl Session {
             watching: None,
             exec_publishes: Vec::new(),
             blocked: None,
+            blocked_uncounted: false,
             subscribing: None,
             ssub: None,
             watch: shared.shutdown.watch(id),
@@ -416,6 +420,7 @@ impl Session {
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
             }
             Plan::SpanPop(cmd) => self.span_pop(topo, cmd, args, at),
+            Plan::CrossShard(p) => self.cross_shard(p, at),
             Plan::Subscribe if self.ssub.as_deref().is_some_and(sharded::ShardSubs::active) => self.replies.error(
                 at,
                 proto,
@@ -549,8 +554,10 @@ impl Session {
     fn complete(&mut self, c: Completion) {
         if self.blocked == Some(c.seq) {
             self.blocked = None;
-            self.state.entry.set_flag(flag::BLOCKED, false);
-            self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+            if !std::mem::take(&mut self.blocked_uncounted) {
+                self.state.entry.set_flag(flag::BLOCKED, false);
+                self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         if self.scan_step(&c) || self.publish_step(&c) {
             return;
@@ -565,7 +572,7 @@ impl Drop for Session {
     /// A client that leaves while blocked is no longer counted as blocked
     /// (INFO clients); it leaves the registry (CLIENT LIST) and the monitors.
     fn drop(&mut self) {
-        if self.blocked.is_some() {
+        if self.blocked.is_some() && !self.blocked_uncounted {
             self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
         }
         self.shared.clients.remove(self.state.id);

@@ -46,6 +46,8 @@ impl Served {
         Some(match plan {
             Plan::Forward(s) => Served::Shard(*s),
             Plan::Split { .. } if parts.len() == 1 => Served::Shard(parts[0].0),
+            Plan::CrossShard(p) if p.blocks() => return None,
+            Plan::CrossShard(_) => Served::Many,
             Plan::Split { .. } | Plan::Broadcast { .. } | Plan::Lock(_) | Plan::Park(_) | Plan::Hold | Plan::Tx(_) => {
                 Served::Many
             }

@@ -25,3 +25,5 @@ mod spanning;
 mod spanning_pops;
 mod transactions;
 mod users;
+mod xshard;
+mod xshard_moves;
