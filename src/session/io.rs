@@ -1,11 +1,13 @@
 //! A session's socket reads: the read buffer allocated only once a client
-//! sends, and the lingering close of a drained connection.
+//! sends, and the lingering close of a drained connection. Generic over the
+//! stream (plain TCP or TLS, [`crate::tls::stream`]).
 
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::tls::stream::Stream;
 
 /// After a draining session has written its last reply and sent FIN, it
 /// reads (and drops) what the client still sends until the client closes,
@@ -23,7 +25,7 @@ const LINGER_QUIET: Duration = Duration::from_millis(100);
 /// seen the end of the stream), goes quiet, or [`LINGER`] has passed. Its
 /// requests sent after the shutdown started are neither executed nor
 /// answered.
-pub(super) async fn linger_close(mut sock: TcpStream, mut rbuf: BytesMut) {
+pub(super) async fn linger_close<S: Stream>(mut sock: S, mut rbuf: BytesMut) {
     if sock.shutdown().await.is_err() {
         return;
     }
@@ -45,10 +47,12 @@ const READ_BUF: usize = 16 * 1024;
 /// Reads what the client sent into `rbuf`. A connection that has never sent
 /// anything has no buffer: the buffer is allocated only once the socket is
 /// readable, so 10,000 idle clients cost no read buffers (RSS measured by
-/// bench/compare.sh, 10,000 idle clients: 125 MB -> 85 MB).
-pub(super) async fn read_some(sock: &mut TcpStream, rbuf: &mut BytesMut) -> std::io::Result<usize> {
-    if rbuf.capacity() == 0 {
-        sock.readable().await?;
+/// bench/compare.sh, 10,000 idle clients: 125 MB -> 85 MB). Over TLS the
+/// buffer is allocated at once: the TLS layer may hold decrypted bytes
+/// already (sent with the end of the handshake) while the socket has none.
+pub(super) async fn read_some<S: Stream>(sock: &mut S, rbuf: &mut BytesMut) -> std::io::Result<usize> {
+    if rbuf.capacity() == 0 && !S::BUFFERED {
+        sock.tcp().readable().await?;
     }
     if rbuf.capacity() - rbuf.len() < 4096 {
         rbuf.reserve(READ_BUF);

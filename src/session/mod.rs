@@ -27,7 +27,8 @@
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
 //! - [`drain`]: a session's part in a shutdown.
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
-//! - [`io`]: socket reads and the lingering close of a drained connection.
+//! - [`io`]: socket reads and the lingering close of a drained connection
+//!   (the session is generic over its stream: plain TCP or TLS).
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
 //! - [`metered`]: the `/metrics` counts (per command, per class latency).
@@ -54,7 +55,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use drain::{Drain, FIRST_REQUEST_GRACE, first_request_grace};
 use io::{linger_close, read_some};
@@ -75,6 +75,7 @@ use crate::registry::flag;
 use crate::router::{Ctx, Plan, Router, View};
 use crate::shutdown::Watch;
 use crate::state::Shared;
+use crate::tls::stream::{Stream, send_buf};
 use crate::topology::Topology;
 use crate::transaction::Transaction;
 use replies::{At, Replies, Slot};
@@ -183,10 +184,11 @@ impl Session {
 
     /// Serves the connection until the client leaves or breaks the
     /// protocol, or until the proxy shuts down (see [`Drain`]).
-    pub async fn run(mut self, mut sock: TcpStream) {
+    /// Compiled once per kind of stream (plain TCP, TLS): no dispatch per read.
+    pub async fn run<S: Stream>(mut self, mut sock: S) {
         // Allocated when the client first sends something (see `read_some`).
         let mut rbuf = BytesMut::new();
-        self.state.entry.set_fd(sock.as_raw_fd());
+        self.state.entry.set_fd(sock.tcp().as_raw_fd());
         // Never taken before: `run` consumes the session.
         let Some(mut kill) = self.kill.take() else { return };
         loop {
@@ -311,13 +313,13 @@ impl Session {
     }
 
     /// Writes what is ready; false when the client is gone.
-    async fn write_out(&mut self, sock: &mut TcpStream) -> bool {
+    async fn write_out<S: Stream>(&mut self, sock: &mut S) -> bool {
         let out = &mut self.replies.out;
         if out.is_empty() {
             return true;
         }
         self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
-        if sock.write_all_buf(out).await.is_err() {
+        if send_buf(sock, out).await.is_err() {
             return false;
         }
         if out.capacity() > 1024 * 1024 {
