@@ -4,8 +4,9 @@
 # TLS too (redis-server with --tls-port), GET and SET, -P 1 and -P 16,
 # -c 50 -n 100000 each, repeated REPS times (median). Prints ops/s and the
 # proxy's CPU per request (utime + stime from /proc/PID/stat around each
-# run). The certificates are made with openssl (ECDSA P-256, a CA and a
-# server certificate for 127.0.0.1 and localhost).
+# run; the three variants interleaved, medians). The certificates are made
+# with openssl (lib.sh's make_certs: ECDSA P-256, a CA and a server
+# certificate for 127.0.0.1 and localhost).
 #
 #   bench/tls.sh            # REPS=3
 #   REPS=1 N=50000 bench/tls.sh
@@ -55,27 +56,35 @@ redis-benchmark "${tlsargs[@]}" -p "$both" -c 50 -P 16 -n 100000 -r 100000 -t se
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 hz=$(getconf CLK_TCK)
 
-# one PID PORT TEST P [TLS...]: "ops/s cpu_us_per_request", the median run by ops/s.
-one() {
+# run PID PORT TEST P [TLS...]: one redis-benchmark run, "ops/s cpu_us_per_request".
+run() {
   local pid=$1 port=$2 test=$3 p=$4; shift 4
-  local runs=()
-  for _ in $(seq "$reps"); do
-    local t0 t1 out ops
-    t0=$(cpu_ticks "$pid")
-    out=$(redis-benchmark "$@" -p "$port" -c 50 -n "$n" -r 100000 -P "$p" -t "$test" -q 2>&1 | tr '\r' '\n' | grep -i "requests per second" | tail -1)
-    t1=$(cpu_ticks "$pid")
-    ops=$(echo "$out" | sed -E 's/.*: ([0-9.]+) requests per second.*/\1/')
-    runs+=("$ops $(echo "($t1 - $t0) * 1000000 / $hz / $n" | bc -l)")
-  done
-  printf '%s\n' "${runs[@]}" | sort -n | awk -v m=$(((reps + 1) / 2)) 'NR == m { printf "%9.0f ops/s %6.1f us CPU/req", $1, $2 }'
+  local t0 t1 ops
+  t0=$(cpu_ticks "$pid")
+  ops=$(redis-benchmark "$@" -p "$port" -c 50 -n "$n" -r 100000 -P "$p" -t "$test" -q 2>&1 | tr '\r' '\n' \
+    | grep -i "requests per second" | tail -1 | sed -E 's/.*: ([0-9.]+) requests per second.*/\1/')
+  t1=$(cpu_ticks "$pid")
+  echo "$ops $(echo "($t1 - $t0) * 1000000 / $hz / $n" | bc -l)"
 }
 
-printf '%-5s %-4s | %-34s | %-34s | %-34s\n' test P "plain" "TLS clients" "TLS clients and backends"
+# median COLUMN < runs: the median of one column.
+median() { sort -n -k"$1" | awk -v c="$1" -v m=$(((reps + 1) / 2)) 'NR == m { print $c }'; }
+
+# The three variants of one test are interleaved run by run, so the noise
+# of a shared machine falls on all three alike; medians of each column.
+printf '%-5s %-4s | %-30s | %-30s | %-30s\n' test P "plain" "TLS clients" "TLS clients and backends"
 for test in get set; do
   for p in 1 16; do
-    a=$(one "$pa" "$plain" "$test" "$p")
-    b=$(one "$pa" "$tls" "$test" "$p" "${tlsargs[@]}")
-    c=$(one "$pb" "$both" "$test" "$p" "${tlsargs[@]}")
-    printf '%-5s %-4s | %s | %s | %s\n' "$test" "$p" "$a" "$b" "$c"
+    : >"$dir/a" ; : >"$dir/b" ; : >"$dir/c"
+    for _ in $(seq "$reps"); do
+      run "$pa" "$plain" "$test" "$p" >>"$dir/a"
+      run "$pa" "$tls" "$test" "$p" "${tlsargs[@]}" >>"$dir/b"
+      run "$pb" "$both" "$test" "$p" "${tlsargs[@]}" >>"$dir/c"
+    done
+    cells=()
+    for f in a b c; do
+      cells+=("$(printf '%8.0f ops/s %5.1f us CPU/req' "$(median 1 <"$dir/$f")" "$(median 2 <"$dir/$f")")")
+    done
+    printf '%-5s %-4s | %s | %s | %s\n' "$test" "$p" "${cells[@]}"
   done
 done
