@@ -427,6 +427,46 @@ async fn a_backend_whose_certificate_does_not_match_is_refused_with_the_reason()
     assert!(e.to_string().to_lowercase().contains("certificate"), "{e}");
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_master_named_by_sentinel() {
+    let pki = Pki::new("sentinel");
+    let master = tls_node(&pki, "m", 31);
+    // The Sentinel reaches the TLS master over TLS (tls-replication, its
+    // certificate as a client certificate); the proxy asks it over plain TCP.
+    pki.leaf("sentinel", 32);
+    let conf = format!(
+        "tls-replication yes\ntls-cert-file {}\ntls-key-file {}\ntls-ca-cert-file {}\n",
+        pki.p("sentinel.pem"),
+        pki.p("sentinel.key"),
+        pki.p("ca.pem")
+    );
+    let sentinel = SentinelNode::start_with(&[("tlsmaster", master.port)], SentinelTiming::default(), &conf);
+    pki.leaf("proxy-client", 33);
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n[sentinel]\naddrs = [\"{}\"]\n[tls]\nbackend_ca = \"{}\"\nbackend_cert = \"{}\"\nbackend_key = \"{}\"\n\
+         [[backends]]\nname = \"a\"\nmaster = \"tlsmaster\"\ntls = true\n",
+        sentinel.addr(),
+        pki.p("ca.pem"),
+        pki.p("proxy-client.pem"),
+        pki.p("proxy-client.key"),
+    );
+    let proxy = Proxy::start_text(&text, 0).await;
+    let mut c = proxy.conn().await;
+    let mut last = None;
+    for _ in 0..50 {
+        match redis::cmd("SET").arg("s").arg("tls").query_async::<()>(&mut c).await {
+            Ok(()) => {
+                last = None;
+                break;
+            }
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last.is_none(), "{last:?}");
+    assert_eq!(master.cli_tls(&["GET", "s"]).trim(), "tls");
+}
+
 #[test]
 fn a_missing_or_bad_file_refuses_the_configuration_naming_it() {
     let pki = Pki::new("bad");
