@@ -613,6 +613,13 @@ async fn reload_puts_a_new_certificate_in_service_and_refuses_a_bad_one() {
         "{e}"
     );
     assert_eq!(presented(proxy.tls, &pki.ca()).await, der(&second));
+    // Turning TLS off needs a restart: the reload applies, the running
+    // [tls] stays, and the address stays TLS only.
+    std::fs::write(&path, config_text(&[&node], "")).unwrap();
+    shardis::control::reload(&proxy.shared, &path)
+        .await
+        .expect("reload without [tls]");
+    assert_eq!(presented(proxy.tls, &pki.ca()).await, der(&second));
 }
 
 #[test]

@@ -48,10 +48,10 @@ const READ_BUF: usize = 16 * 1024;
 /// anything has no buffer: the buffer is allocated only once the socket is
 /// readable, so 10,000 idle clients cost no read buffers (RSS measured by
 /// bench/compare.sh, 10,000 idle clients: 125 MB -> 85 MB). Over TLS the
-/// buffer is allocated at once: the TLS layer may hold decrypted bytes
-/// already (sent with the end of the handshake) while the socket has none.
+/// same, unless the TLS layer holds input already (a request sent with the
+/// end of the handshake), which is read at once.
 pub(super) async fn read_some<S: Stream>(sock: &mut S, rbuf: &mut BytesMut) -> std::io::Result<usize> {
-    if rbuf.capacity() == 0 && !S::BUFFERED {
+    if rbuf.capacity() == 0 && !sock.holds_input() {
         sock.tcp().readable().await?;
     }
     if rbuf.capacity() - rbuf.len() < 4096 {

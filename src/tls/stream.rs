@@ -24,6 +24,14 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
 
     /// The TCP connection underneath (its fd, its readiness).
     fn tcp(&self) -> &TcpStream;
+
+    /// Input already read from the socket and not yet returned by a read
+    /// (TLS: decrypted bytes, or a record not yet processed): waiting for
+    /// the socket to be readable would then wait for nothing.
+    #[inline]
+    fn holds_input(&self) -> bool {
+        false
+    }
 }
 
 impl Stream for TcpStream {
@@ -38,6 +46,12 @@ impl Stream for server::TlsStream<TcpStream> {
     const BUFFERED: bool = true;
     fn tcp(&self) -> &TcpStream {
         self.get_ref().0
+    }
+
+    /// rustls wants to read from the socket only when it holds no
+    /// plaintext and no complete record.
+    fn holds_input(&self) -> bool {
+        !self.get_ref().1.wants_read()
     }
 }
 
