@@ -141,7 +141,7 @@ impl TlsConfig {
             BackendTls::With(o) => o.server_name.clone(),
             _ => None,
         };
-        let (files, keys) = match self.backend_files("backend", b)? {
+        let (files, keys) = match self.backend_files(&format!("backend {}", b.name), b)? {
             Ok(f) => f,
             Err(e) => return Some(TlsTarget::new(Err(e.to_string()), ClientFiles::default(), None)),
         };
