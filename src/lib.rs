@@ -49,6 +49,9 @@
 //! - [`info`]: INFO's sections, the proxy's own and those summed over the shards.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`transaction`]: MULTI/EXEC when every key is on one shard.
+//! - [`spanning`]: transactions and blocking pops over several shards
+//!   (`[crossshard] transactions`, `blocking`): the pure split, reassembly
+//!   and give-back, and the tasks that run them against the shards.
 //! - [`client`]: one connection's state (protocol, name, authentication, its user).
 //! - [`router`]: the pure routing decision: request + topology + client
 //!   state -> a [`router::Plan`], with no I/O.
@@ -95,6 +98,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod slowlog;
+pub mod spanning;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;

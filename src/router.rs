@@ -112,6 +112,10 @@ pub enum Plan {
     /// A blocking command: send it to this shard on a connection of its own;
     /// the client is served nothing more until it answers.
     Block(usize),
+    /// A blocking pop whose keys are on several shards, with
+    /// `crossshard.blocking = "all-shards"`: wait on each (see
+    /// [`crate::spanning`]).
+    SpanPop(crate::spanning::pops::Cmd),
     /// SUBSCRIBE / PSUBSCRIBE: the connection becomes a subscriber.
     Subscribe,
     /// SSUBSCRIBE (`subscribe`) / SUNSUBSCRIBE: one part per channel
@@ -312,6 +316,12 @@ impl Router {
             match shard {
                 None => shard = Some(s),
                 Some(prev) if prev != s => {
+                    if let Some(pop) = crate::spanning::pops::Cmd::of(spec.name) {
+                        return match crate::spanning::blocking_on(view.config) {
+                            true => Plan::SpanPop(pop),
+                            false => Plan::Error(crate::spanning::blocking_refused()),
+                        };
+                    }
                     return Plan::Error(ReplyError::new(
                         ErrorKind::CrossShard,
                         "keys in request don't hash to the same shard",

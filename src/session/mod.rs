@@ -22,6 +22,7 @@
 //! - [`parking`] and [`parked`]: requests waiting for their keys to move
 //!   (migration).
 //! - [`transaction`]: MULTI / EXEC / DISCARD and queueing.
+//! - [`spanning`]: transactions and blocking pops over several shards.
 //! - [`pubsub`]: the subscriber pipe.
 //! - [`scan`]: SCAN going on into the next shard within one call.
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
@@ -41,9 +42,11 @@ mod ops;
 mod parked;
 mod parking;
 mod pubsub;
+mod rare;
 mod replies;
 mod scan;
 mod sharded;
+mod spanning;
 mod transaction;
 
 use std::collections::VecDeque;
@@ -56,7 +59,7 @@ use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
-use drain::{Drain, FIRST_REQUEST_GRACE, first_request_grace};
+use drain::Drain;
 use io::{linger_close, read_some};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
@@ -75,9 +78,10 @@ use crate::registry::flag;
 use crate::router::{Ctx, Plan, Router, View};
 use crate::shutdown::Watch;
 use crate::state::Shared;
-use crate::tls::stream::{Stream, send_buf};
+use crate::tls::stream::Stream;
 use crate::topology::Topology;
 use crate::transaction::Transaction;
+use rare::Rare;
 use replies::{At, Replies, Slot};
 
 pub struct Session {
@@ -184,149 +188,136 @@ impl Session {
 
     /// Serves the connection until the client leaves or breaks the
     /// protocol, or until the proxy shuts down (see [`Drain`]).
+    ///
+    /// Not an `async fn`: its arguments would be stored twice in the future
+    /// (once as arguments, once as the body's locals: 944 more bytes in
+    /// every connection's task); an `async move` block keeps one copy.
+    #[allow(clippy::manual_async_fn)]
     /// Compiled once per kind of stream (plain TCP, TLS): no dispatch per read.
-    pub async fn run<S: Stream>(mut self, mut sock: S) {
-        // Allocated when the client first sends something (see `read_some`).
-        let mut rbuf = BytesMut::new();
-        self.state.entry.set_fd(sock.tcp().as_raw_fd());
-        // Never taken before: `run` consumes the session.
-        let Some(mut kill) = self.kill.take() else { return };
-        loop {
-            // While blocked the socket is still read (up to a bound), not
-            // parsed: a client that leaves must be noticed, so its blocking
-            // command's backend connection is closed, as Redis would.
-            let can_read = !self.closing
-                && self.drain != Drain::Draining
-                && self.subscribing.is_none()
-                && self.replies.len() < self.max_pipeline
-                && ((self.blocked.is_none() && self.held.is_none()) || rbuf.len() < BLOCKED_READ_MAX);
-            tokio::select! {
-                biased;
-                // CLIENT KILL: the connection closes at once, as on Redis.
-                _ = &mut kill => return,
-                c = recv(&mut self.inbox) => {
-                    // The session holds a sender, so the channel never closes.
-                    let Some(c) = c else { return };
-                    self.complete(c);
-                    while let Some(Ok(c)) = self.inbox.as_mut().map(|(_, rx)| rx.try_recv()) {
+    pub fn run<S: Stream>(mut self, mut sock: S) -> impl Future<Output = ()> + Send {
+        async move {
+            // Lent by the thread while it holds unparsed bytes (see `io::read_some`).
+            let mut rbuf = BytesMut::new();
+            self.state.entry.set_fd(sock.tcp().as_raw_fd());
+            // Never taken before: `run` consumes the session.
+            let Some(mut kill) = self.kill.take() else { return };
+            loop {
+                // While blocked the socket is still read (up to a bound), not
+                // parsed: a client that leaves must be noticed, so its blocking
+                // command's backend connection is closed, as Redis would.
+                let can_read = !self.closing
+                    && self.drain != Drain::Draining
+                    && self.subscribing.is_none()
+                    && self.replies.len() < self.max_pipeline
+                    && ((self.blocked.is_none() && self.held.is_none()) || rbuf.len() < BLOCKED_READ_MAX);
+                tokio::select! {
+                    biased;
+                    // CLIENT KILL: the connection closes at once, as on Redis.
+                    _ = &mut kill => return,
+                    c = recv(&mut self.inbox) => {
+                        // The session holds a sender, so the channel never closes.
+                        let Some(c) = c else { return };
                         self.complete(c);
+                        while let Some(Ok(c)) = self.inbox.as_mut().map(|(_, rx)| rx.try_recv()) {
+                            self.complete(c);
+                        }
+                        // A blocking command answered: go on with what the
+                        // client pipelined behind it.
+                        if self.blocked.is_none() && !rbuf.is_empty() {
+                            self.parse_and_dispatch(&mut rbuf);
+                        }
                     }
-                    // A blocking command answered: go on with what the
-                    // client pipelined behind it.
-                    if self.blocked.is_none() && !rbuf.is_empty() {
+                    r = read_some(&mut sock, &mut rbuf), if can_read => {
+                        match r {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => self.shared.counters.bytes(self.metered.group, n as u64, 0),
+                        }
+                        self.heard = true;
                         self.parse_and_dispatch(&mut rbuf);
+                        // The first request is in (not cut in two): drain.
+                        if matches!(self.drain, Drain::FirstRequest(_)) && rbuf.is_empty() {
+                            self.drain = Drain::Draining;
+                        }
                     }
-                }
-                r = read_some(&mut sock, &mut rbuf), if can_read => {
-                    match r {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => self.shared.counters.bytes(self.metered.group, n as u64, 0),
+                    // Rare states (see `rare`): guarded, and boxed when they hold.
+                    ev = rare::next(&mut self.ssub, &mut self.monitor, &self.shared, self.held.is_some(), self.drain),
+                        if rare::active(&self.ssub, &self.monitor, self.held.is_some(), self.drain) =>
+                    {
+                        match ev {
+                            Rare::Shard(ev) => self.shard_event(ev),
+                            Rare::Monitor(line) => if !self.monitor_write(line) { return },
+                            Rare::PauseOver => self.release_held(&mut rbuf),
+                            Rare::Grace => self.drain = Drain::Draining,
+                        }
                     }
-                    self.heard = true;
-                    self.parse_and_dispatch(&mut rbuf);
-                    // The first request is in (not cut in two): drain.
-                    if matches!(self.drain, Drain::FirstRequest(_)) && rbuf.is_empty() {
-                        self.drain = Drain::Draining;
-                    }
+                    _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
                 }
-                // The arms below are rare: their guards keep them from being
-                // polled on every pass of a busy session.
-                Some(ev) = sharded::next_event(&mut self.ssub), if self.ssub.is_some() => self.shard_event(ev),
-                // None: the monitor fell too far behind (see crate::monitor).
-                line = ops::monitor_line(&mut self.monitor), if self.monitor.is_some() => {
-                    if !self.monitor_write(line) { return }
-                }
-                _ = ops::pause_over(&self.shared, self.held.is_some()), if self.held.is_some() => {
-                    self.release_held(&mut rbuf)
-                }
-                _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
-                _ = first_request_grace(self.drain), if matches!(self.drain, Drain::FirstRequest(_)) => {
-                    self.drain = Drain::Draining
-                }
-            }
-            self.replies.flush(self.state.proto);
-            if self.pipeline_full && self.replies.len() < self.max_pipeline {
-                self.parse_and_dispatch(&mut rbuf);
                 self.replies.flush(self.state.proto);
-            }
-            if !self.timings.is_empty() {
-                self.check_slow();
-            }
-            if !self.write_out(&mut sock).await {
-                return;
-            }
-            if self.closing && self.replies.is_empty() {
-                let _ = sock.shutdown().await;
-                return;
-            }
-            // The watch wakes a session that waits; this catches one that is
-            // always busy, whose select never gets to the watch (a flag
-            // read, no lock).
-            if self.drain == Drain::Serving && self.shared.shutdown.sessions_draining() {
-                self.start_drain();
-            }
-            // Every request read is answered (a complete one left unparsed
-            // would have a slot: parsing stops only at a full pipeline, a
-            // blocked client or a subscriber).
-            if self.drain == Drain::Draining && self.replies.is_empty() && self.blocked.is_none() && self.held.is_none()
-            {
-                linger_close(sock, rbuf).await;
-                return;
-            }
-            if self.replies.is_empty()
-                && let Some(first) = self.subscribing.take()
-            {
-                if self.drain != Drain::Serving {
-                    // Shutting down: no new subscriber.
-                    linger_close(sock, rbuf).await;
+                if self.pipeline_full && self.replies.len() < self.max_pipeline {
+                    self.parse_and_dispatch(&mut rbuf);
+                    self.replies.flush(self.state.proto);
+                }
+                io::give_back(&mut rbuf);
+                if !self.timings.is_empty() {
+                    self.check_slow();
+                }
+                if !self.write_out(&mut sock).await {
                     return;
                 }
-                self.state.entry.set_flag(flag::PUBSUB, true);
-                let subscribed = tokio::select! {
-                    r = self.subscriber(&mut sock, &mut rbuf, first) => r,
-                    _ = &mut kill => return,
-                };
-                self.state.entry.set_flag(flag::PUBSUB, false);
-                match subscribed {
-                    Ok(()) => return,
-                    Err(e) => {
-                        Encoder::new(&mut self.replies.out, self.state.proto).error(&e.to_string());
-                        if !self.write_out(&mut sock).await {
-                            return;
+                if self.closing && self.replies.is_empty() {
+                    let _ = sock.shutdown().await;
+                    return;
+                }
+                // The watch wakes a session that waits; this catches one that is
+                // always busy, whose select never gets to the watch (a flag
+                // read, no lock).
+                if self.drain == Drain::Serving && self.shared.shutdown.sessions_draining() {
+                    self.start_drain();
+                }
+                // Every request read is answered (a complete one left unparsed
+                // would have a slot: parsing stops only at a full pipeline, a
+                // blocked client or a subscriber).
+                if self.drain == Drain::Draining
+                    && self.replies.is_empty()
+                    && self.blocked.is_none()
+                    && self.held.is_none()
+                {
+                    Box::pin(linger_close(sock, rbuf)).await;
+                    return;
+                }
+                if self.replies.is_empty()
+                    && let Some(first) = self.subscribing.take()
+                {
+                    if self.drain != Drain::Serving {
+                        // Shutting down: no new subscriber.
+                        Box::pin(linger_close(sock, rbuf)).await;
+                        return;
+                    }
+                    self.state.entry.set_flag(flag::PUBSUB, true);
+                    // Boxed: a rare state, kept out of every client's task.
+                    let subscribed = Box::pin(async {
+                        tokio::select! {
+                            r = self.subscriber(&mut sock, &mut rbuf, first) => Some(r),
+                            _ = &mut kill => None,
                         }
-                        // Back to normal service for what follows.
-                        self.parse_and_dispatch(&mut rbuf);
+                    })
+                    .await;
+                    let Some(subscribed) = subscribed else { return };
+                    self.state.entry.set_flag(flag::PUBSUB, false);
+                    match subscribed {
+                        Ok(()) => return,
+                        Err(e) => {
+                            Encoder::new(&mut self.replies.out, self.state.proto).error(&e.to_string());
+                            if !self.write_out(&mut sock).await {
+                                return;
+                            }
+                            // Back to normal service for what follows.
+                            self.parse_and_dispatch(&mut rbuf);
+                        }
                     }
                 }
             }
         }
-    }
-
-    /// The proxy is shutting down: stop reading (a client that has sent
-    /// nothing yet first gets [`FIRST_REQUEST_GRACE`] to send a request).
-    fn start_drain(&mut self) {
-        self.drain = if self.heard {
-            Drain::Draining
-        } else {
-            Drain::FirstRequest(Instant::now() + FIRST_REQUEST_GRACE)
-        };
-    }
-
-    /// Writes what is ready; false when the client is gone.
-    async fn write_out<S: Stream>(&mut self, sock: &mut S) -> bool {
-        let out = &mut self.replies.out;
-        if out.is_empty() {
-            return true;
-        }
-        self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
-        if send_buf(sock, out).await.is_err() {
-            return false;
-        }
-        if out.capacity() > 1024 * 1024 {
-            *out = BytesMut::new();
-        }
-        self.meter_written();
-        true
     }
 
     fn parse_and_dispatch(&mut self, rbuf: &mut BytesMut) {
@@ -420,6 +411,7 @@ impl Session {
                 let reply = self.reply_to(seq, 0);
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
             }
+            Plan::SpanPop(cmd) => self.span_pop(topo, cmd, args, at),
             Plan::Subscribe if self.ssub.as_deref().is_some_and(sharded::ShardSubs::active) => self.replies.error(
                 at,
                 proto,

@@ -50,7 +50,12 @@ impl Served {
                 Served::Many
             }
             // Refused: not run, so not logged (as Redis logs only what it ran).
-            Plan::Local(Local::Monitor) | Plan::Block(_) | Plan::Subscribe | Plan::ShardSub { .. } | Plan::Error(_) => {
+            Plan::Local(Local::Monitor)
+            | Plan::Block(_)
+            | Plan::SpanPop(_)
+            | Plan::Subscribe
+            | Plan::ShardSub { .. }
+            | Plan::Error(_) => {
                 return None;
             }
             Plan::Local(_) | Plan::Admin(_) => Served::Proxy,

@@ -21,5 +21,7 @@ mod reload;
 mod scan;
 mod sharded_pubsub;
 mod shutdown;
+mod spanning;
+mod spanning_pops;
 mod transactions;
 mod users;
