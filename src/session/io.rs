@@ -8,7 +8,7 @@ use std::time::Duration;
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::tls::stream::{Stream, send_buf};
+use crate::tls::stream::Stream;
 
 /// After a draining session has written its last reply and sent FIN, it
 /// reads (and drops) what the client still sends until the client closes,
@@ -116,7 +116,11 @@ impl super::Session {
             return true;
         }
         self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
-        if send_buf(sock, out).await.is_err() {
+        if sock.write_all_buf(out).await.is_err() {
+            return false;
+        }
+        // TLS: records still buffered go out now (plain TCP: compiled out).
+        if S::BUFFERED && sock.flush().await.is_err() {
             return false;
         }
         if out.capacity() > 1024 * 1024 {

@@ -187,13 +187,13 @@ impl Session {
     }
 
     /// Serves the connection until the client leaves or breaks the
-    /// protocol, or until the proxy shuts down (see [`Drain`]).
+    /// protocol, or until the proxy shuts down (see [`Drain`]). Compiled
+    /// once per kind of stream (plain TCP, TLS): no dispatch per read.
     ///
     /// Not an `async fn`: its arguments would be stored twice in the future
     /// (once as arguments, once as the body's locals: 944 more bytes in
     /// every connection's task); an `async move` block keeps one copy.
     #[allow(clippy::manual_async_fn)]
-    /// Compiled once per kind of stream (plain TCP, TLS): no dispatch per read.
     pub fn run<S: Stream>(mut self, mut sock: S) -> impl Future<Output = ()> + Send {
         async move {
             // Lent by the thread while it holds unparsed bytes (see `io::read_some`).
