@@ -75,7 +75,7 @@ use crate::registry::flag;
 use crate::router::{Ctx, Plan, Router, View};
 use crate::shutdown::Watch;
 use crate::state::Shared;
-use crate::tls::stream::{Stream, send_buf};
+use crate::tls::stream::Stream;
 use crate::topology::Topology;
 use crate::transaction::Transaction;
 use replies::{At, Replies, Slot};
@@ -319,7 +319,11 @@ impl Session {
             return true;
         }
         self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
-        if send_buf(sock, out).await.is_err() {
+        if sock.write_all_buf(out).await.is_err() {
+            return false;
+        }
+        // TLS: records still buffered go out now (plain TCP: compiled out).
+        if S::BUFFERED && sock.flush().await.is_err() {
             return false;
         }
         if out.capacity() > 1024 * 1024 {
