@@ -4,12 +4,12 @@
 
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::Session;
 use crate::backend::{BackendError, BackendErrorKind};
 use crate::router::PUBSUB_SHARD;
+use crate::tls::stream::{Stream, send, send_buf};
 
 impl Session {
     /// The connection becomes a subscriber: a connection of its own to the
@@ -21,18 +21,18 @@ impl Session {
     /// the client's connection closes at once: a subscriber has no request
     /// boundary to wait for, and must subscribe again elsewhere as after any
     /// disconnection (a message being copied at that moment may be cut).
-    pub(super) async fn subscriber(
+    pub(super) async fn subscriber<S: Stream>(
         &mut self,
-        sock: &mut TcpStream,
+        sock: &mut S,
         rbuf: &mut BytesMut,
         first: Bytes,
     ) -> Result<(), BackendError> {
         let shard = self.shared.topology.load().shards[PUBSUB_SHARD].clone();
         let mut backend = shard.connect_dedicated(self.state.proto).await?;
         let lost = |e| BackendError::io(BackendErrorKind::ConnectionLost, &shard.spec.name, e);
-        backend.write_all(&first).await.map_err(lost)?;
+        send(&mut backend, &first).await.map_err(lost)?;
         if !rbuf.is_empty() {
-            backend.write_all_buf(rbuf).await.map_err(lost)?;
+            send_buf(&mut backend, rbuf).await.map_err(lost)?;
         }
         debug!(client = self.state.id, shard = shard.name(), "client subscribed");
         tokio::select! {
