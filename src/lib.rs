@@ -15,7 +15,11 @@
 //! - [`acl`]: users and permissions in Redis ACL syntax (`[[users]]`): the
 //!   rule parser, a permission bitset per user, key patterns (with the glob
 //!   matcher of [`lock::glob`], a leaf), the failed-login limit.
-//! - [`config`]: `proxy.toml` schema and validation (compiles the users).
+//! - [`config`]: `proxy.toml` schema and validation (compiles the users;
+//!   parses output buffer limits with [`limits::output`], a leaf).
+//! - [`limits`]: limits that hold under attack: output buffer limits per
+//!   client class, connections per source address, `max_clients` per user;
+//!   their live values and counters.
 //! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`workers`]: thread-per-core worker runtimes.
 //! - [`counters`]: the `/metrics` counters the hot path bumps: per-command
@@ -78,6 +82,7 @@ pub mod error;
 pub mod failover;
 pub mod hold;
 pub mod info;
+pub mod limits;
 pub mod local;
 pub mod lock;
 pub mod merge;

@@ -1,4 +1,5 @@
-//! The listener: accepts clients, enforces the client limit, and hands each
+//! The listener: accepts clients, enforces the client limit and the limits
+//! per source address ([`crate::limits::per_ip`]), and hands each
 //! connection to a worker, where its session runs; at shutdown, stops
 //! accepting and waits for the sessions to drain ([`drain`]).
 //!
@@ -21,6 +22,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{error, info, warn};
 
 use crate::config::Config;
+use crate::limits::per_ip::Refused;
 use crate::session::Session;
 use crate::state::Shared;
 use crate::workers::Executors;
@@ -175,7 +177,27 @@ fn start_session(
 ) {
     let shared = shared.clone();
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let max = shared.topology.load().config.limits.max_clients;
+    let (max, rate, per_ip) = {
+        let l = &shared.topology.load().config.limits;
+        (l.max_clients, l.max_connections_per_second_per_ip, l.max_clients_per_ip)
+    };
+    // Off (the default): not even a lookup.
+    let ip_slot = if rate > 0 || per_ip > 0 {
+        match shared.limits.admit_ip(peer.ip(), rate, per_ip) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let counter = match why {
+                    Refused::Rate => &shared.limits.ip_rate_refused,
+                    Refused::Clients => &shared.limits.ip_clients_refused,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %peer, refused = ?why, "connection refused by a per-address limit");
+                return refuse(sock, why.reply());
+            }
+        }
+    } else {
+        None
+    };
     if shared.stats.clients.fetch_add(1, Ordering::AcqRel) >= max {
         shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
         shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
@@ -191,6 +213,7 @@ fn start_session(
         tokio::spawn(async move {
             let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
             session.run(sock).await;
+            drop(ip_slot);
             client_gone(&shared);
         });
         return;
@@ -215,8 +238,18 @@ fn start_session(
             }
             Err(e) => warn!(error = %e, "a worker cannot take a client"),
         }
+        drop(ip_slot);
         client_gone(&shared);
     });
+}
+
+/// Answers a refused connection with `reply` and closes it, with no task:
+/// a flood of refused connections costs a write and a close each. The
+/// socket is fresh, its send buffer empty: the line fits without waiting.
+fn refuse(sock: TcpStream, reply: &[u8]) {
+    if let Ok(mut s) = sock.into_std() {
+        let _ = std::io::Write::write(&mut s, reply);
+    }
 }
 
 /// A client counted at accept has gone: uncounts it, and tells a waiting

@@ -27,7 +27,10 @@
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
 //! - [`drain`]: a session's part in a shutdown.
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
-//! - [`io`]: socket reads and the lingering close of a drained connection.
+//! - [`io`]: socket reads and writes that never wait, and the lingering
+//!   close of a drained connection.
+//! - [`outbuf`]: writing out, backpressure on a client that does not read,
+//!   the output buffer limit.
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
 //! - [`metered`]: the `/metrics` counts (per command, per class latency).
@@ -37,6 +40,7 @@ mod drain;
 mod io;
 mod metered;
 mod ops;
+mod outbuf;
 mod parked;
 mod parking;
 mod pubsub;
@@ -57,7 +61,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use drain::{Drain, FIRST_REQUEST_GRACE, first_request_grace};
-use io::{linger_close, read_some};
+use io::{linger_close, read_some, writable};
+use outbuf::{READ_PAUSE, soft_due};
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
@@ -141,6 +146,9 @@ pub struct Session {
     /// Requests waiting for their reply, for the slow log.
     timings: VecDeque<ops::Timing>,
     metered: metered::Metered,
+    /// Since when the replies waiting for this client have been over its
+    /// soft output buffer limit (see [`outbuf`]).
+    over_soft: Option<Instant>,
 }
 
 impl Session {
@@ -177,6 +185,7 @@ impl Session {
             slow: None,
             timings: VecDeque::new(),
             metered: metered::Metered::new(shared.topology.executors().group_here()),
+            over_soft: None,
             shared,
         }
     }
@@ -193,11 +202,15 @@ impl Session {
             // While blocked the socket is still read (up to a bound), not
             // parsed: a client that leaves must be noticed, so its blocking
             // command's backend connection is closed, as Redis would.
+            // Nor while its replies pile up unread (see `outbuf`).
+            let unwritten = self.replies.out.len();
             let can_read = !self.closing
                 && self.drain != Drain::Draining
                 && self.subscribing.is_none()
                 && self.replies.len() < self.max_pipeline
+                && unwritten < READ_PAUSE
                 && ((self.blocked.is_none() && self.held.is_none()) || rbuf.len() < BLOCKED_READ_MAX);
+            let due = self.soft_due();
             tokio::select! {
                 biased;
                 // CLIENT KILL: the connection closes at once, as on Redis.
@@ -215,7 +228,7 @@ impl Session {
                         self.parse_and_dispatch(&mut rbuf);
                     }
                 }
-                r = read_some(&mut sock, &mut rbuf), if can_read => {
+                r = read_some(&sock, &mut rbuf), if can_read => {
                     match r {
                         Ok(0) | Err(_) => return,
                         Ok(n) => self.shared.counters.bytes(self.metered.group, n as u64, 0),
@@ -227,11 +240,13 @@ impl Session {
                         self.drain = Drain::Draining;
                     }
                 }
+                // The socket takes more of what is waiting: written below.
+                _ = writable(&sock, unwritten > 0) => {}
                 // The arms below are rare: their guards keep them from being
                 // polled on every pass of a busy session.
                 Some(ev) = sharded::next_event(&mut self.ssub), if self.ssub.is_some() => self.shard_event(ev),
                 // None: the monitor fell too far behind (see crate::monitor).
-                line = ops::monitor_line(&mut self.monitor), if self.monitor.is_some() => {
+                line = ops::monitor_line(&mut self.monitor), if self.monitor.is_some() && unwritten < READ_PAUSE => {
                     if !self.monitor_write(line) { return }
                 }
                 _ = ops::pause_over(&self.shared, self.held.is_some()), if self.held.is_some() => {
@@ -241,6 +256,8 @@ impl Session {
                 _ = first_request_grace(self.drain), if matches!(self.drain, Drain::FirstRequest(_)) => {
                     self.drain = Drain::Draining
                 }
+                // Over the soft output limit for its seconds: closed below.
+                _ = soft_due(due), if due.is_some() => {}
             }
             self.replies.flush(self.state.proto);
             if self.pipeline_full && self.replies.len() < self.max_pipeline {
@@ -250,10 +267,11 @@ impl Session {
             if !self.timings.is_empty() {
                 self.check_slow();
             }
-            if !self.write_out(&mut sock).await {
+            if !self.write_out(&sock) {
                 return;
             }
-            if self.closing && self.replies.is_empty() {
+            let written = self.replies.out.is_empty();
+            if self.closing && self.replies.is_empty() && written {
                 let _ = sock.shutdown().await;
                 return;
             }
@@ -266,12 +284,17 @@ impl Session {
             // Every request read is answered (a complete one left unparsed
             // would have a slot: parsing stops only at a full pipeline, a
             // blocked client or a subscriber).
-            if self.drain == Drain::Draining && self.replies.is_empty() && self.blocked.is_none() && self.held.is_none()
+            if self.drain == Drain::Draining
+                && self.replies.is_empty()
+                && written
+                && self.blocked.is_none()
+                && self.held.is_none()
             {
                 linger_close(sock, rbuf).await;
                 return;
             }
             if self.replies.is_empty()
+                && written
                 && let Some(first) = self.subscribing.take()
             {
                 if self.drain != Drain::Serving {
@@ -289,7 +312,7 @@ impl Session {
                     Ok(()) => return,
                     Err(e) => {
                         Encoder::new(&mut self.replies.out, self.state.proto).error(&e.to_string());
-                        if !self.write_out(&mut sock).await {
+                        if !self.write_out(&sock) {
                             return;
                         }
                         // Back to normal service for what follows.
@@ -308,23 +331,6 @@ impl Session {
         } else {
             Drain::FirstRequest(Instant::now() + FIRST_REQUEST_GRACE)
         };
-    }
-
-    /// Writes what is ready; false when the client is gone.
-    async fn write_out(&mut self, sock: &mut TcpStream) -> bool {
-        let out = &mut self.replies.out;
-        if out.is_empty() {
-            return true;
-        }
-        self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
-        if sock.write_all_buf(out).await.is_err() {
-            return false;
-        }
-        if out.capacity() > 1024 * 1024 {
-            *out = BytesMut::new();
-        }
-        self.meter_written();
-        true
     }
 
     fn parse_and_dispatch(&mut self, rbuf: &mut BytesMut) {
@@ -442,7 +448,7 @@ impl Session {
             }
             Plan::Broadcast { merge, script } => {
                 self.meter_fanout(true);
-                let merge = self.config_hook(args, merge);
+                let Some(merge) = self.config_hook(args, merge, at) else { return };
                 if let Some(body) = script {
                     self.shared.locks.remember_script(&body);
                 }
