@@ -52,7 +52,9 @@ impl OutputLimit {
     pub fn parse(s: &str) -> Result<OutputLimit, String> {
         let parts: Vec<&str> = s.split_whitespace().collect();
         let [hard, soft, secs] = parts[..] else {
-            return Err(format!("'{s}': expected '<hard> <soft> <seconds>', e.g. '256mb 64mb 60'"));
+            return Err(format!(
+                "'{s}': expected '<hard> <soft> <seconds>', e.g. '256mb 64mb 60'"
+            ));
         };
         Ok(OutputLimit {
             hard: memtoull(hard).ok_or_else(|| format!("'{hard}': not a size"))?,
@@ -167,8 +169,9 @@ impl OutputLimits {
                 "replica" | "slave" => None,
                 _ => return Err("Invalid client class specified in buffer limit configuration.".into()),
             };
-            let l = OutputLimit::parse(&w[1..].join(" "))
-                .map_err(|_| "Error in hard, soft or soft_seconds setting in buffer limit configuration.".to_string())?;
+            let l = OutputLimit::parse(&w[1..].join(" ")).map_err(|_| {
+                "Error in hard, soft or soft_seconds setting in buffer limit configuration.".to_string()
+            })?;
             if let Some(c) = class {
                 set.push((c, l));
             }
@@ -195,8 +198,14 @@ mod tests {
             })
         );
         assert_eq!(OutputLimit::parse("0 0 0"), Ok(OutputLimit::default()));
-        assert_eq!(OutputLimit::parse("1K 2kb 3").map(|l| (l.hard, l.soft)), Ok((1000, 2048)));
-        assert_eq!(OutputLimit::parse("1gb 1g 0").map(|l| (l.hard, l.soft)), Ok((1 << 30, 1_000_000_000)));
+        assert_eq!(
+            OutputLimit::parse("1K 2kb 3").map(|l| (l.hard, l.soft)),
+            Ok((1000, 2048))
+        );
+        assert_eq!(
+            OutputLimit::parse("1gb 1g 0").map(|l| (l.hard, l.soft)),
+            Ok((1 << 30, 1_000_000_000))
+        );
         assert!(OutputLimit::parse("1mb 1mb").is_err());
         assert!(OutputLimit::parse("1xb 0 0").is_err());
         assert!(OutputLimit::parse("-1 0 0").is_err());
@@ -217,7 +226,10 @@ mod tests {
         assert_eq!(l.check(10, &mut over, || t0), None);
         assert_eq!(over, Some(t0));
         assert_eq!(l.check(50, &mut over, || t0 + Duration::from_secs(4)), None);
-        assert_eq!(l.check(50, &mut over, || t0 + Duration::from_secs(5)), Some(Breach::Soft));
+        assert_eq!(
+            l.check(50, &mut over, || t0 + Duration::from_secs(5)),
+            Some(Breach::Soft)
+        );
         // Going under resets the clock.
         assert_eq!(l.check(1, &mut over, || t0 + Duration::from_secs(6)), None);
         assert_eq!(over, None);

@@ -140,12 +140,7 @@ impl PerIp {
 impl super::Limits {
     /// [`PerIp::admit`] with a guard that releases the connection when
     /// dropped (`None` when it was not counted).
-    pub fn admit_ip(
-        self: &Arc<Self>,
-        ip: IpAddr,
-        rate: u32,
-        max_clients: usize,
-    ) -> Result<Option<IpSlot>, Refused> {
+    pub fn admit_ip(self: &Arc<Self>, ip: IpAddr, rate: u32, max_clients: usize) -> Result<Option<IpSlot>, Refused> {
         let counted = self.per_ip.admit(ip, Instant::now(), rate, max_clients)?;
         Ok(counted.then(|| IpSlot {
             limits: self.clone(),

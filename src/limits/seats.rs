@@ -59,7 +59,12 @@ impl super::Limits {
     /// `max` (`None`: no limit). `held`: the seat the connection has now,
     /// if it is logged in as someone: kept when it logs in as the same
     /// user again. `None`: the user is full.
-    pub fn take_seat(self: &Arc<Self>, user: &str, max: Option<usize>, held: Option<Seat>) -> Result<Seat, Option<Seat>> {
+    pub fn take_seat(
+        self: &Arc<Self>,
+        user: &str,
+        max: Option<usize>,
+        held: Option<Seat>,
+    ) -> Result<Seat, Option<Seat>> {
         if let Some(h) = held {
             if h.user == user {
                 return Ok(h);

@@ -31,3 +31,15 @@ pub(super) async fn first_request_grace(drain: Drain) {
         _ => std::future::pending().await,
     }
 }
+
+impl super::Session {
+    /// The proxy is shutting down: stop reading (a client that has sent
+    /// nothing yet first gets [`FIRST_REQUEST_GRACE`] to send a request).
+    pub(super) fn start_drain(&mut self) {
+        self.drain = if self.heard {
+            Drain::Draining
+        } else {
+            Drain::FirstRequest(Instant::now() + FIRST_REQUEST_GRACE)
+        };
+    }
+}

@@ -9,8 +9,8 @@
 
 use std::time::Duration;
 
-use bytes::BytesMut;
 use bytes::Buf;
+use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 

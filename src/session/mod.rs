@@ -60,7 +60,7 @@ use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use drain::{Drain, FIRST_REQUEST_GRACE, first_request_grace};
+use drain::{Drain, first_request_grace};
 use io::{linger_close, read_some, writable};
 use outbuf::{READ_PAUSE, soft_due};
 use tokio::sync::{mpsc, oneshot};
@@ -221,6 +221,10 @@ impl Session {
                     self.complete(c);
                     while let Some(Ok(c)) = self.inbox.as_mut().map(|(_, rx)| rx.try_recv()) {
                         self.complete(c);
+                        // Past the limit already: closed before taking more.
+                        if self.replies.held() >= READ_PAUSE && !self.within_output_limit() {
+                            return;
+                        }
                     }
                     // A blocking command answered: go on with what the
                     // client pipelined behind it.
@@ -321,16 +325,6 @@ impl Session {
                 }
             }
         }
-    }
-
-    /// The proxy is shutting down: stop reading (a client that has sent
-    /// nothing yet first gets [`FIRST_REQUEST_GRACE`] to send a request).
-    fn start_drain(&mut self) {
-        self.drain = if self.heard {
-            Drain::Draining
-        } else {
-            Drain::FirstRequest(Instant::now() + FIRST_REQUEST_GRACE)
-        };
     }
 
     fn parse_and_dispatch(&mut self, rbuf: &mut BytesMut) {

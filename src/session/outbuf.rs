@@ -67,7 +67,7 @@ impl Session {
 
     /// False (logged and counted) when the bytes waiting for the client are
     /// past its class's limit.
-    fn within_output_limit(&mut self) -> bool {
+    pub(super) fn within_output_limit(&mut self) -> bool {
         let held = self.replies.held();
         if held == 0 && self.over_soft.is_none() {
             return true;
