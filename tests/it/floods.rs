@@ -108,13 +108,18 @@ async fn a_connection_flood_from_one_address_is_limited_and_others_are_served() 
     let rss_before = proxy.status_kb("VmRSS");
     let flood_for = Duration::from_secs(2);
     let (before, during, failed, (accepted, refused, attempts)) = with_victim(addr, "", async move {
-        // 16 flooders from 127.0.0.2, connecting as fast as they can.
+        // 16 flooders from 127.0.0.2, each a connection every 8 ms: about
+        // 2,000 a second, 100 times the limit. (As fast as they can, about
+        // 9,000 a second, the flooders and the kernel's handshakes take
+        // this 2-core machine's CPU from everyone: the victim's median
+        // went to 4.8x.)
         let started = Instant::now();
         let mut tasks = Vec::new();
         for _ in 0..16 {
             tasks.push(tokio::spawn(async move {
                 let (mut accepted, mut refused, mut attempts) = (0u32, 0u32, 0u32);
                 while started.elapsed() < flood_for {
+                    tokio::time::sleep(Duration::from_millis(8)).await;
                     attempts += 1;
                     let Ok(mut s) = connect_from([127, 0, 0, 2], addr).await else {
                         continue;
@@ -153,7 +158,7 @@ async fn a_connection_flood_from_one_address_is_limited_and_others_are_served() 
     // A burst of 20, then 20 a second: about 60 in 2 s (a little slack for
     // the time the flooders take to stop).
     assert!((20..=70).contains(&accepted), "{accepted} served");
-    assert!(refused > 100, "{refused} refused");
+    assert!(refused > 1000, "{refused} refused");
     assert_eq!(
         info_field(addr, "shardis_ip_rate_refused_connections").await,
         u64::from(refused)
