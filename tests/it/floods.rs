@@ -76,15 +76,25 @@ async fn with_victim<F: std::future::Future>(
     })
     .await
     .unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = StopOnDrop(Arc::new(AtomicBool::new(false)));
     let during = tokio::task::spawn_blocking({
-        let stop = stop.clone();
+        let stop = stop.0.clone();
         move || victim(url, 300, stop)
     });
     let out = attack.await;
-    stop.store(true, Ordering::Relaxed);
+    drop(stop);
     let (during, failed) = during.await.unwrap();
     (median(base), median(during), failed, out)
+}
+
+/// Stops the victim when dropped, also when the attack panics (the
+/// runtime would otherwise wait for the victim's thread for ever).
+pub(crate) struct StopOnDrop(pub(crate) Arc<AtomicBool>);
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
 }
 
 fn within_2x(before: Duration, during: Duration) {
@@ -121,16 +131,20 @@ async fn a_connection_flood_from_one_address_is_limited_and_others_are_served() 
                 while started.elapsed() < flood_for {
                     tokio::time::sleep(Duration::from_millis(8)).await;
                     attempts += 1;
-                    let Ok(mut s) = connect_from([127, 0, 0, 2], addr).await else {
+                    let connect = connect_from([127, 0, 0, 2], addr);
+                    let Ok(Ok(mut s)) = tokio::time::timeout(Duration::from_secs(1), connect).await else {
                         continue;
                     };
-                    let first = first_words(&mut s, Duration::from_millis(100)).await;
+                    let refusal = "-ERR max connections per second from this address reached\r\n";
+                    let mut first = first_words(&mut s, Duration::from_millis(100)).await;
                     if first.is_empty() {
-                        // Served: it answers.
-                        assert_eq!(cmd(&mut s, "PING").await, "+PONG\r\n");
+                        // Served, it answers; or (a loaded machine) refused late.
+                        first = cmd(&mut s, "PING").await;
+                    }
+                    if first == "+PONG\r\n" {
                         accepted += 1;
                     } else {
-                        assert_eq!(first, "-ERR max connections per second from this address reached\r\n");
+                        assert_eq!(first, refusal);
                         refused += 1;
                     }
                 }

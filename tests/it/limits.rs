@@ -224,9 +224,9 @@ async fn output_attack(limit: &str, attack_for: Duration, mgets: usize, pause: D
 
     // The attack: one attacker at a time, each `mgets` MGETs of 2 MiB, one
     // after another, while the victim GETs.
-    let stop = Arc::new(AtomicBool::new(false));
+    let stop = crate::floods::StopOnDrop(Arc::new(AtomicBool::new(false)));
     let during = tokio::task::spawn_blocking({
-        let stop = stop.clone();
+        let stop = stop.0.clone();
         move || victim(format!("redis://{addr}/"), 400, stop)
     });
     let started = Instant::now();
@@ -242,7 +242,7 @@ async fn output_attack(limit: &str, attack_for: Duration, mgets: usize, pause: D
         peak_kb = peak_kb.max(proxy.status_kb("VmRSS"));
         tokio::time::sleep(pause).await;
     }
-    stop.store(true, Ordering::Relaxed);
+    drop(stop);
     let (during, victim_failed) = during.await.unwrap();
     let during = median(during);
     peak_kb = peak_kb.max(proxy.status_kb("VmHWM"));
