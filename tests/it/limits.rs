@@ -10,7 +10,7 @@
 //!   `max_connections_per_second_per_ip` / `max_clients_per_ip` while a
 //!   client from 127.0.0.1 connects and is served;
 //! - `max_clients` per user;
-//! - CONFIG SET / GET `client-output-buffer-limit`.
+//! - the soft limit's seconds, and the pubsub class (SSUBSCRIBE).
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpSocket, TcpStream};
 
-use crate::support::{RedisNode, config_text, free_port, three_nodes, wait_for_ping};
+use crate::support::{RedisNode, config_text, free_port, three_nodes, wait_for_ping, wait_until_async};
 
 const BIN: &str = env!("CARGO_BIN_EXE_shardis");
 
@@ -316,4 +316,94 @@ async fn a_client_that_never_reads_is_closed_at_its_output_limit() {
 async fn without_an_output_limit_for_comparison() {
     let o = output_attack("0 0 0", Duration::from_secs(4), MGETS, Duration::ZERO).await;
     report("no output limit", &o);
+}
+
+/// Reads a stats field of INFO through the in-process proxy.
+async fn stat(proxy: &crate::support::Proxy, field: &str) -> u64 {
+    let mut c = proxy.conn().await;
+    let info: String = redis::cmd("INFO").arg("stats").query_async(&mut c).await.expect("INFO");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&format!("{field}:")))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(u64::MAX)
+}
+
+/// Waits until the proxy has closed `s` (a write fails), up to `within`;
+/// how long that took.
+async fn closed_within(s: &mut TcpStream, within: Duration) -> Option<Duration> {
+    let t = Instant::now();
+    let ping = resp(&[b"PING"]);
+    while t.elapsed() < within {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        if let Ok(Err(_)) = tokio::time::timeout(Duration::from_millis(200), s.write_all(&ping)).await {
+            return Some(t.elapsed());
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_the_soft_limit_a_client_is_closed_after_its_seconds() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = crate::support::Proxy::start_with(&refs, "[limits]\nclient_output_buffer_limit = \"0 1mb 2\"\n").await;
+    let addr = proxy.addr;
+    tokio::task::spawn_blocking(move || load_keys(addr)).await.unwrap();
+    // 5 MGETs of 2 MiB, never read: over the soft limit, under no hard one.
+    let mut s = connect_from([127, 0, 0, 1], addr).await.expect("connect");
+    let names: Vec<String> = (0..BIG_KEYS).map(|i| format!("big:{i}")).collect();
+    let mut args: Vec<&[u8]> = vec![b"MGET"];
+    args.extend(names.iter().map(|n| n.as_bytes()));
+    s.write_all(&resp(&args).repeat(5)).await.expect("write");
+    let took = closed_within(&mut s, Duration::from_secs(10)).await.expect("closed");
+    assert!(
+        took >= Duration::from_millis(1500),
+        "closed after {took:?}, before its 2 s"
+    );
+    assert!(took < Duration::from_secs(5), "closed after {took:?}");
+    assert_eq!(stat(&proxy, "client_output_buffer_limit_disconnections").await, 1);
+    // A client that reads gets the same replies, whole.
+    let mut c = proxy.conn().await;
+    let v: Vec<Vec<u8>> = redis::cmd("MGET").arg(&names).query_async(&mut c).await.expect("MGET");
+    assert_eq!(v.len(), BIG_KEYS);
+    assert!(v.iter().all(|x| x.len() == BIG_VALUE));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_channel_subscriber_that_never_reads_is_closed_at_the_pubsub_limit() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = crate::support::Proxy::start_with(&refs, "[limits]\npubsub_output_buffer_limit = \"1mb 0 0\"\n").await;
+    let addr = proxy.addr;
+    let mut sub = connect_from([127, 0, 0, 1], addr).await.expect("connect");
+    sub.write_all(&resp(&[b"SSUBSCRIBE", b"news"])).await.expect("write");
+    let mut c = proxy.conn().await;
+    // Subscribed once SPUBLISH reaches it.
+    wait_until_async(Duration::from_secs(5), "the subscription", async || {
+        let n: i64 = redis::cmd("SPUBLISH")
+            .arg("news")
+            .arg("x")
+            .query_async(&mut c)
+            .await
+            .expect("SPUBLISH");
+        n == 1
+    })
+    .await;
+    let msg = vec![b'm'; 64 * 1024];
+    // 16 MiB of messages the subscriber never reads.
+    for _ in 0..256 {
+        let _: i64 = redis::cmd("SPUBLISH")
+            .arg("news")
+            .arg(&msg)
+            .query_async(&mut c)
+            .await
+            .expect("SPUBLISH");
+    }
+    closed_within(&mut sub, Duration::from_secs(10)).await.expect("closed");
+    assert_eq!(
+        stat(&proxy, "shardis_pubsub_output_buffer_limit_disconnections").await,
+        1
+    );
+    // Redis's field counts both classes.
+    assert_eq!(stat(&proxy, "client_output_buffer_limit_disconnections").await, 1);
 }
