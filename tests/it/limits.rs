@@ -1,16 +1,10 @@
-//! Limits that hold under attack (issue 13, item 5), each with an attack:
-//! the attacked limit holds, the proxy's memory stays bounded and another
-//! client's GET latency (the median of many) stays within 2x of what it was
-//! before the attack.
-//!
-//! - a client pipelining large MGETs and never reading: closed past its
-//!   output buffer limit (the `shardis` binary as a child process, so its
-//!   RSS is its own);
-//! - a connection flood from 127.0.0.2: refused past
-//!   `max_connections_per_second_per_ip` / `max_clients_per_ip` while a
-//!   client from 127.0.0.1 connects and is served;
-//! - `max_clients` per user;
-//! - the soft limit's seconds, and the pubsub class (SSUBSCRIBE).
+//! Output buffer limits under attack (issue 13, item 5): a client
+//! pipelining large MGETs and never reading is closed past its limit (the
+//! `shardis` binary as a child process, so its RSS is its own), the proxy's
+//! memory stays bounded and another client's GET latency (the median of
+//! many) stays within 2x of what it was before; the soft limit's seconds;
+//! the pubsub class (SSUBSCRIBE). The helpers here (the child process, the
+//! victim) serve `floods.rs` too.
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
