@@ -3,16 +3,16 @@
 //! the output, counted against the output buffer limit, see
 //! `super::outbuf`), and the lingering close of a drained connection.
 //!
-//! Both take the socket by shared reference (readiness, then a
-//! non-blocking call), so the session can wait to read and to write in one
-//! `select!`.
+//! Reads take the socket's read half and waiting to write its write half,
+//! so the session can wait to read and to write in one `select!`.
 
 use std::time::Duration;
 
 use bytes::Buf;
 use bytes::BytesMut;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::net::tcp::{ReadHalf, WriteHalf};
 
 /// After a draining session has written its last reply and sent FIN, it
 /// reads (and drops) what the client still sends until the client closes,
@@ -37,7 +37,8 @@ pub(super) async fn linger_close(mut sock: TcpStream, mut rbuf: BytesMut) {
     let _ = tokio::time::timeout(LINGER, async {
         loop {
             rbuf.clear();
-            match tokio::time::timeout(LINGER_QUIET, read_some(&sock, &mut rbuf)).await {
+            let (mut rd, _) = sock.split();
+            match tokio::time::timeout(LINGER_QUIET, read_some(&mut rd, &mut rbuf)).await {
                 Ok(Ok(0) | Err(_)) | Err(_) => return,
                 Ok(Ok(_)) => {}
             }
@@ -53,19 +54,20 @@ const READ_BUF: usize = 16 * 1024;
 /// anything has no buffer: the buffer is allocated only once the socket is
 /// readable, so 10,000 idle clients cost no read buffers (RSS measured by
 /// bench/compare.sh, 10,000 idle clients: 125 MB -> 85 MB).
-pub(super) async fn read_some(sock: &TcpStream, rbuf: &mut BytesMut) -> std::io::Result<usize> {
+///
+/// Through the read half (`AsyncRead`), not `try_read_buf`: a read that
+/// leaves the socket drained (less than the room it was given) clears the
+/// readiness, so the next pass does not try the socket again only to get
+/// EAGAIN (`try_read_buf` clears it only on EAGAIN: one more recvfrom per
+/// request).
+pub(super) async fn read_some(sock: &mut ReadHalf<'_>, rbuf: &mut BytesMut) -> std::io::Result<usize> {
     if rbuf.capacity() == 0 {
         sock.readable().await?;
     }
     if rbuf.capacity() - rbuf.len() < 4096 {
         rbuf.reserve(READ_BUF);
     }
-    loop {
-        match sock.try_read_buf(rbuf) {
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => sock.readable().await?,
-            r => return r,
-        }
-    }
+    sock.read_buf(rbuf).await
 }
 
 /// Writes as much of `out` as the socket takes now, without waiting; what
@@ -86,7 +88,7 @@ pub(super) fn write_now(sock: &TcpStream, out: &mut BytesMut) -> std::io::Result
 
 /// Resolves when the socket can take more output; never while nothing is
 /// `pending`.
-pub(super) async fn writable(sock: &TcpStream, pending: bool) {
+pub(super) async fn writable(sock: &WriteHalf<'_>, pending: bool) {
     if !pending {
         return std::future::pending().await;
     }

@@ -211,6 +211,7 @@ impl Session {
                 && unwritten < READ_PAUSE
                 && ((self.blocked.is_none() && self.held.is_none()) || rbuf.len() < BLOCKED_READ_MAX);
             let due = self.soft_due();
+            let (mut rd, wr) = sock.split();
             tokio::select! {
                 biased;
                 // CLIENT KILL: the connection closes at once, as on Redis.
@@ -232,7 +233,7 @@ impl Session {
                         self.parse_and_dispatch(&mut rbuf);
                     }
                 }
-                r = read_some(&sock, &mut rbuf), if can_read => {
+                r = read_some(&mut rd, &mut rbuf), if can_read => {
                     match r {
                         Ok(0) | Err(_) => return,
                         Ok(n) => self.shared.counters.bytes(self.metered.group, n as u64, 0),
@@ -245,7 +246,7 @@ impl Session {
                     }
                 }
                 // The socket takes more of what is waiting: written below.
-                _ = writable(&sock, unwritten > 0) => {}
+                _ = writable(&wr, unwritten > 0) => {}
                 // The arms below are rare: their guards keep them from being
                 // polled on every pass of a busy session.
                 Some(ev) = sharded::next_event(&mut self.ssub), if self.ssub.is_some() => self.shard_event(ev),

@@ -203,7 +203,14 @@ async fn output_attack(limit: &str, attack_for: Duration, mgets: usize, pause: D
     let _one = ATTACK.lock().await;
     let nodes = three_nodes();
     let refs: Vec<_> = nodes.iter().collect();
-    let proxy = Binary::start(&refs, &format!("[limits]\nclient_output_buffer_limit = \"{limit}\"\n"));
+    // command_ms 5 s, not 2: on a loaded 2-core machine the debug build's
+    // backend connections can fall 2 s behind the replies closed attackers
+    // had asked for (README, "Not guaranteed"), and the victim's GETs would
+    // fail for that, not for the limit.
+    let proxy = Binary::start(
+        &refs,
+        &format!("[timeouts]\ncommand_ms = 5000\n[limits]\nclient_output_buffer_limit = \"{limit}\"\n"),
+    );
     let addr = proxy.addr;
     tokio::task::spawn_blocking(move || load_keys(addr)).await.unwrap();
     let stop = Arc::new(AtomicBool::new(true));
@@ -227,7 +234,7 @@ async fn output_attack(limit: &str, attack_for: Duration, mgets: usize, pause: D
     let (mut attacks, mut closed, mut peak_kb) = (0, 0, 0);
     while started.elapsed() < attack_for {
         attacks += 1;
-        let attack = tokio::spawn(never_reads(addr, mgets, Duration::from_secs(5)));
+        let attack = tokio::spawn(never_reads(addr, mgets, Duration::from_secs(10)));
         while !attack.is_finished() {
             peak_kb = peak_kb.max(proxy.status_kb("VmRSS"));
             tokio::time::sleep(Duration::from_millis(10)).await;
@@ -282,7 +289,12 @@ fn report(what: &str, o: &Outcome) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_never_reads_is_closed_at_its_output_limit() {
-    let o = output_attack("16mb 8mb 2", Duration::from_secs(4), MGETS, Duration::ZERO).await;
+    // An attacker every 100 ms or so: it reconnects as soon as it is closed
+    // and gives the victim a breath. (Back to back, on a machine loaded by
+    // other work, the victim's median rose to 4.4x: the replies closed
+    // attackers had asked for still come through the backend connections
+    // the victim shares; README, "Not guaranteed".)
+    let o = output_attack("16mb 8mb 2", Duration::from_secs(4), MGETS, Duration::from_millis(100)).await;
     report("output limit 16mb 8mb 2", &o);
     assert!(o.attacks >= 1);
     assert_eq!(o.closed, o.attacks, "every attacker is closed");
