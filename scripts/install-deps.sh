@@ -23,6 +23,6 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q "${need[@]}"
 fi
 # The redis-server package may start a system instance on 6379; tests never use it.
-if ! python3 -c 'import redis' >/dev/null 2>&1; then
-  python3 -m pip install -q 'redis>=5' || python3 -m pip install -q --break-system-packages 'redis>=5'
+if ! python3 -c 'import redis, rq' >/dev/null 2>&1; then
+  python3 -m pip install -q 'redis>=5' 'rq>=2' || python3 -m pip install -q --break-system-packages 'redis>=5' 'rq>=2'
 fi

@@ -46,9 +46,14 @@
 //!   [`lock::worker`] that runs Redlock against the members.
 //! - [`failover`]: the per-proxy task that follows Sentinel failovers
 //!   (`+switch-master` and a periodic re-ask) and checks replicas' lag.
+//! - [`xshard`]: multi-key commands whose keys are on several shards, run
+//!   across them (operands copied to one shard; two-shard moves as sagas).
 //! - [`info`]: INFO's sections, the proxy's own and those summed over the shards.
 //! - [`merge`]: combining the replies of fanned-out requests.
 //! - [`transaction`]: MULTI/EXEC when every key is on one shard.
+//! - [`spanning`]: transactions and blocking pops over several shards
+//!   (`[crossshard] transactions`, `blocking`): the pure split, reassembly
+//!   and give-back, and the tasks that run them against the shards.
 //! - [`client`]: one connection's state (protocol, name, authentication, its user).
 //! - [`router`]: the pure routing decision: request + topology + client
 //!   state -> a [`router::Plan`], with no I/O.
@@ -96,6 +101,7 @@ pub mod server;
 pub mod session;
 pub mod shutdown;
 pub mod slowlog;
+pub mod spanning;
 pub mod state;
 #[cfg(feature = "testing")]
 pub mod testing;
@@ -104,3 +110,4 @@ pub mod testkit;
 pub mod topology;
 pub mod transaction;
 pub mod workers;
+pub mod xshard;

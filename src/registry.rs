@@ -19,7 +19,7 @@
 //! wait on its `Notify`.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI32, AtomicI64, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicPtr, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -79,12 +79,22 @@ pub struct Entry {
     multi: AtomicI64,
     desc: Mutex<Desc>,
     kill: Mutex<Option<oneshot::Sender<()>>>,
+    /// Set when the kill fires: a busy session reads it at the top of each
+    /// pass (one relaxed load) rather than polling its kill signal first in
+    /// every select.
+    killed: AtomicBool,
     base: Instant,
 }
 
 impl Entry {
     pub fn fd(&self) -> i32 {
         self.fd.load(Ordering::Relaxed)
+    }
+
+    /// CLIENT KILL picked this session.
+    #[inline]
+    pub fn killed(&self) -> bool {
+        self.killed.load(Ordering::Relaxed)
     }
 
     /// Set once the session has its socket.
@@ -194,6 +204,7 @@ impl Registry {
                 ..Desc::default()
             }),
             kill: Mutex::new(Some(tx)),
+            killed: AtomicBool::new(false),
             base: self.base,
         });
         e.touch(now);
@@ -230,6 +241,7 @@ impl Registry {
             if e.id == me {
                 self_too = true;
             } else if let Some(tx) = lock(&e.kill).take() {
+                e.killed.store(true, Ordering::Relaxed);
                 let _ = tx.send(());
             }
         }

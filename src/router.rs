@@ -112,6 +112,10 @@ pub enum Plan {
     /// A blocking command: send it to this shard on a connection of its own;
     /// the client is served nothing more until it answers.
     Block(usize),
+    /// A blocking pop whose keys are on several shards, with
+    /// `crossshard.blocking = "all-shards"`: wait on each (see
+    /// [`crate::spanning`]).
+    SpanPop(crate::spanning::pops::Cmd),
     /// SUBSCRIBE / PSUBSCRIBE: the connection becomes a subscriber.
     Subscribe,
     /// SSUBSCRIBE (`subscribe`) / SUNSUBSCRIBE: one part per channel
@@ -138,6 +142,9 @@ pub enum Plan {
     /// A prepared change moves one of its keys (fleet mode): wait until the
     /// change is committed or aborted, then route the request again.
     Hold,
+    /// Keys on several shards, of a command that runs across them
+    /// (`[crossshard] commands`): for [`crate::xshard::spawn`].
+    CrossShard(Box<crate::xshard::CrossPlan>),
     /// Answer with this error.
     Error(ReplyError),
 }
@@ -299,7 +306,7 @@ impl Router {
         // numkeys, unbalanced lists) or, for scripts, that there are no
         // keys: route by what was found (no key: the first shard) and let
         // the backend give Redis's own answer.
-        let _ = key_indices(spec, args, &mut self.keys);
+        let keys_ok = key_indices(spec, args, &mut self.keys).is_ok();
         if view.locks.enabled() {
             let lock_keys = self.keys.iter().filter(|&&i| view.locks.is_lock_key(args[i])).count();
             if lock_keys > 0 {
@@ -312,10 +319,13 @@ impl Router {
             match shard {
                 None => shard = Some(s),
                 Some(prev) if prev != s => {
-                    return Plan::Error(ReplyError::new(
-                        ErrorKind::CrossShard,
-                        "keys in request don't hash to the same shard",
-                    ));
+                    if let Some(pop) = crate::spanning::pops::Cmd::of(spec.name) {
+                        return match crate::spanning::blocking_on(view.config) {
+                            true => Plan::SpanPop(pop),
+                            false => Plan::Error(crate::spanning::blocking_refused()),
+                        };
+                    }
+                    return cross::cross_shard(view, spec, args, &self.keys, keys_ok);
                 }
                 _ => {}
             }
@@ -570,6 +580,7 @@ fn spec_name_of(name: &[u8]) -> &'static str {
         .unwrap_or("del")
 }
 
+mod cross;
 mod pubsub;
 mod scan;
 mod steps;

@@ -36,6 +36,12 @@
 //! are visible, and a shard that fails then makes that PUBLISH's place an
 //! error while the transaction stays committed.
 //!
+//! Keys on several shards: refused with CROSSSHARD (naming the setting)
+//! unless `[crossshard] transactions = "per-shard"`; then each command's own
+//! keys must share a shard, and EXEC runs one MULTI/EXEC per shard (see
+//! [`crate::spanning`]). While watching, the watched keys stay on one shard
+//! and that shard's part goes first, over the WATCH connection.
+//!
 //! Not offered: commands that do not run on one shard
 //! (KEYS, DBSIZE, FLUSHALL ...), lock keys (they live on a quorum), and the
 //! proxy's own commands. Limits: at most `limits.max_pipeline` commands and
@@ -67,6 +73,12 @@ pub struct Transaction {
     aborted: bool,
     /// PUBLISH / SPUBLISH, sent after EXEC commits.
     publishes: Vec<Publish>,
+    /// How many keys each queued command has (its keys in `keys`).
+    key_counts: Vec<u32>,
+    /// Keys may be on several shards (`crossshard.transactions`).
+    spanning: bool,
+    /// Opened while watching: every key on the watched shard.
+    watched: bool,
 }
 
 /// A PUBLISH or SPUBLISH queued in a transaction.
@@ -91,9 +103,39 @@ pub struct Exec {
     pub keys: Vec<Bytes>,
     /// PUBLISH / SPUBLISH to send once the batch's EXEC has committed.
     pub publishes: Vec<Publish>,
+    /// The queued commands (PUBLISH aside), and how many keys each has:
+    /// what a transaction over several shards is split from.
+    pub commands: Vec<Bytes>,
+    pub key_counts: Vec<u32>,
+    /// Its keys may be on several shards (`crossshard.transactions`).
+    pub spanning: bool,
 }
 
 impl Exec {
+    /// Each command's shard under `shard_of` (`None` without keys), or the
+    /// EXECABORT answer when one command's keys no longer share a shard.
+    pub fn command_shards(&self, shard_of: impl Fn(&[u8]) -> usize) -> Result<Vec<Option<usize>>, ReplyError> {
+        let mut keys = self.keys.iter();
+        let mut out = Vec::with_capacity(self.key_counts.len());
+        for &n in &self.key_counts {
+            let mut shards = keys.by_ref().take(n as usize).map(|k| shard_of(k));
+            let first = shards.next();
+            if shards.any(|s| Some(s) != first) {
+                return Err(moved_apart());
+            }
+            out.push(first);
+        }
+        Ok(out)
+    }
+
+    /// Where each sent command (PUBLISH aside) sits among all the queued ones.
+    pub fn places(&self) -> Vec<usize> {
+        let total = self.commands.len() + self.publishes.len();
+        (0..total)
+            .filter(|i| !self.publishes.iter().any(|p| p.at == *i))
+            .collect()
+    }
+
     /// The shard to send the batch to under `shard_of` (the topology when it
     /// is sent, which may be newer than the one the commands were queued
     /// under): the one all keys live on, 0 without keys, or the EXECABORT
@@ -102,13 +144,17 @@ impl Exec {
         let mut shards = self.keys.iter().map(|k| shard_of(k));
         let first = shards.next().unwrap_or(0);
         if shards.any(|s| s != first) {
-            return Err(ReplyError::new(
-                ErrorKind::ExecAbort,
-                "shardis: the transaction's keys no longer share a shard (the topology changed); retry",
-            ));
+            return Err(moved_apart());
         }
         Ok(first)
     }
+}
+
+fn moved_apart() -> ReplyError {
+    ReplyError::new(
+        ErrorKind::ExecAbort,
+        "shardis: the transaction's keys no longer share a shard (the topology changed); retry",
+    )
 }
 
 impl Transaction {
@@ -122,6 +168,25 @@ impl Transaction {
     pub fn on_shard(shard: usize) -> Transaction {
         Transaction {
             shard: Some(shard),
+            watched: true,
+            ..Transaction::default()
+        }
+    }
+
+    /// A transaction opened while watching keys on `shard`, whose commands
+    /// may be on other shards too (the watched shard's part goes first).
+    pub fn on_shard_spanning(shard: usize) -> Transaction {
+        Transaction {
+            spanning: true,
+            ..Transaction::on_shard(shard)
+        }
+    }
+
+    /// A transaction whose commands may be on several shards
+    /// (`crossshard.transactions = "per-shard"`).
+    pub fn spanning() -> Transaction {
+        Transaction {
+            spanning: true,
             ..Transaction::default()
         }
     }
@@ -143,21 +208,34 @@ impl Transaction {
         max_bytes: usize,
     ) -> Result<(), ReplyError> {
         self.check_size(&req, max_commands, max_bytes)?;
+        let mut own = None;
         for k in &keys {
             let s = shard_of(k);
-            match self.shard {
-                Some(prev) if prev != s => {
+            match (own, self.shard) {
+                (Some(o), _) if o != s && self.spanning => {
                     self.aborted = true;
-                    return Err(ReplyError::new(
-                        ErrorKind::CrossShard,
-                        "keys in transaction don't hash to the same shard",
-                    ));
+                    return Err(crate::spanning::command_spans());
                 }
-                _ => self.shard = Some(s),
+                (_, Some(prev)) if prev != s && !self.spanning => {
+                    self.aborted = true;
+                    return Err(if self.watched {
+                        ReplyError::new(
+                            ErrorKind::CrossShard,
+                            "keys in transaction don't hash to the same shard as the watched keys (WATCH guards one shard)",
+                        )
+                    } else {
+                        crate::spanning::tx_refused()
+                    });
+                }
+                _ => {
+                    own = Some(s);
+                    self.shard = self.shard.or(Some(s));
+                }
             }
         }
         self.bytes += req.raw.len();
         self.queued.push(req);
+        self.key_counts.push(keys.len() as u32);
         self.keys.extend(keys);
         Ok(())
     }
@@ -219,6 +297,9 @@ impl Transaction {
             frames: self.queued.len() as u32 + 2,
             keys: self.keys,
             publishes: self.publishes,
+            commands: self.queued.into_iter().map(|r| r.raw).collect(),
+            key_counts: self.key_counts,
+            spanning: self.spanning,
         })
     }
 }
@@ -309,6 +390,45 @@ mod tests {
         tx.queue_publish(req(&["PUBLISH", "ch", "m"]), false, 1, 1000).unwrap();
         assert!(tx.queue_publish(req(&["PUBLISH", "ch", "m"]), false, 1, 1000).is_err());
         assert_eq!(tx.exec().unwrap_err(), execabort());
+    }
+
+    #[test]
+    fn with_per_shard_transactions_each_command_keeps_its_keys_on_one_shard() {
+        // Off: the refusal names the setting.
+        let mut tx = Transaction::default();
+        tx.queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 1000)
+            .unwrap();
+        let e = tx.queue(req(&["SET", "z", "1"]), keys(&["z"]), by_letter, 10, 1000);
+        assert!(e.unwrap_err().to_string().contains("crossshard.transactions"));
+        // On: commands on several shards queue; one command over two does not.
+        let mut tx = Transaction::spanning();
+        tx.queue(req(&["SET", "a", "1"]), keys(&["a"]), by_letter, 10, 1000)
+            .unwrap();
+        tx.queue_publish(req(&["PUBLISH", "ch", "m"]), false, 10, 1000).unwrap();
+        tx.queue(req(&["PING"]), vec![], by_letter, 10, 1000).unwrap();
+        tx.queue(req(&["RPUSH", "z", "a"]), keys(&["z"]), by_letter, 10, 1000)
+            .unwrap();
+        let ex = tx.exec().unwrap().expect("commands queued");
+        assert!(ex.spanning);
+        assert_eq!(ex.command_shards(by_letter), Ok(vec![Some(0), None, Some(1)]));
+        assert_eq!(ex.places(), [0, 2, 3], "the PUBLISH is second");
+        let mut tx = Transaction::spanning();
+        let e = tx.queue(
+            req(&["MSET", "a", "1", "z", "2"]),
+            keys(&["a", "z"]),
+            by_letter,
+            10,
+            1000,
+        );
+        assert!(e.unwrap_err().to_string().starts_with("CROSSSHARD keys of one command"));
+        assert_eq!(tx.exec().unwrap_err(), execabort());
+        // Watching on 0: other shards queue too (the watched part goes first).
+        let mut tx = Transaction::on_shard_spanning(0);
+        tx.queue(req(&["SET", "z", "1"]), keys(&["z"]), by_letter, 10, 1000)
+            .unwrap();
+        let mut tx = Transaction::on_shard(0);
+        let e = tx.queue(req(&["SET", "z", "1"]), keys(&["z"]), by_letter, 10, 1000);
+        assert!(e.unwrap_err().to_string().contains("watched keys"));
     }
 
     #[test]

@@ -46,6 +46,14 @@ impl Shard {
     /// every later job gets the error (the watch is lost, so EXEC must not
     /// succeed on another connection).
     pub fn converse(&self, proto: Protocol) -> mpsc::UnboundedSender<Job> {
+        self.converse_within(proto, Some(self.spec.command_timeout))
+    }
+
+    /// As [`Shard::converse`], with each job's reply awaited up to `wait`
+    /// (`None`: until the connection breaks) instead of the command timeout:
+    /// the cross-shard moves ([`crate::xshard`]) wait for a definite outcome
+    /// from a shard that stalls rather than guess whether a write ran.
+    pub fn converse_within(&self, proto: Protocol, wait: Option<std::time::Duration>) -> mpsc::UnboundedSender<Job> {
         let spec = self.spec.clone();
         let identity = self.identity.clone();
         let (tx, mut rx) = mpsc::unbounded_channel::<Job>();
@@ -63,13 +71,16 @@ impl Shard {
                     }
                 };
                 let call = converse_call(&spec, stream, buf, scanner, &job.req, job.frames);
-                let result = match tokio::time::timeout(spec.command_timeout, call).await {
-                    Ok(r) => r,
-                    Err(_) => Err(BackendError::new(
-                        BackendErrorKind::Timeout,
-                        &spec.name,
-                        "command timed out on the WATCH connection",
-                    )),
+                let result = match wait {
+                    None => call.await,
+                    Some(wait) => match tokio::time::timeout(wait, call).await {
+                        Ok(r) => r,
+                        Err(_) => Err(BackendError::new(
+                            BackendErrorKind::Timeout,
+                            &spec.name,
+                            "command timed out on a connection of its own",
+                        )),
+                    },
                 };
                 if let Err(e) = &result {
                     conn = Err(e.clone());

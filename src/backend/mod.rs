@@ -96,6 +96,14 @@ impl ReplyTo {
         }
     }
 
+    /// Whether nobody waits for the answer any more.
+    pub fn is_closed(&self) -> bool {
+        match self {
+            ReplyTo::Inbox { sink, .. } => sink.is_closed(),
+            ReplyTo::Call(tx) => tx.is_closed(),
+        }
+    }
+
     /// Resolves once nobody waits for the answer any more.
     pub async fn closed(&mut self) {
         match self {

@@ -43,7 +43,9 @@ pub fn markdown() -> String {
          fails when this file differs (`SHARDIS_BLESS=1 cargo test --test command_table` rewrites it).\n\n\
          - **proxy**: answered by the proxy itself;\n\
          - **routed**: sent to the shard that owns its keys (or channel); keys on different shards get\n  \
-         `-CROSSSHARD keys in request don't hash to the same shard`;\n\
+         `-CROSSSHARD keys in request don't hash to the same shard`, except for the commands that run\n  \
+         across shards (`[crossshard] commands`, README \"Cross-shard commands\": SINTER, SUNIONSTORE,\n  \
+         ZUNION, PFCOUNT, LCS, COPY, BITOP, SORT ... STORE, RENAME, SMOVE, LMOVE, MSETNX ...);\n\
          - **split**: split per shard and the replies merged;\n\
          - **broadcast**: sent to every shard (or walked shard by shard) and merged;\n\
          - **refused**: the error the client gets; the connection stays open.\n\n",

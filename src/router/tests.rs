@@ -147,7 +147,7 @@ fn single_key_commands_go_to_the_owner() {
 
 #[test]
 fn keys_on_two_shards_are_crossshard() {
-    let f = Fixture::new("");
+    let f = Fixture::new("[crossshard]\ncommands = false\n");
     let (a, b) = (f.key_on(0, None), f.key_on(1, None));
     for cmd in [
         format!("RENAME {a} {b}"),
@@ -571,3 +571,4 @@ fn a_plan_is_small() {
 
 mod hold;
 mod pubsub;
+mod xshard;

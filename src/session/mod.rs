@@ -22,6 +22,7 @@
 //! - [`parking`] and [`parked`]: requests waiting for their keys to move
 //!   (migration).
 //! - [`transaction`]: MULTI / EXEC / DISCARD and queueing.
+//! - [`spanning`]: transactions and blocking pops over several shards.
 //! - [`pubsub`]: the subscriber pipe.
 //! - [`scan`]: SCAN going on into the next shard within one call.
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
@@ -33,7 +34,8 @@
 //!   the output buffer limit.
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
-//! - [`metered`]: the `/metrics` counts (per command, per class latency).
+//! - [`send`]: requests sent to shards and to the lock worker.
+//! - [`metered`]: the `/metrics` counts; [`xshard`]: cross-shard commands.
 
 mod admin;
 mod drain;
@@ -44,10 +46,14 @@ mod outbuf;
 mod parked;
 mod parking;
 mod pubsub;
+mod rare;
 mod replies;
 mod scan;
+mod send;
 mod sharded;
+mod spanning;
 mod transaction;
+mod xshard;
 
 use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
@@ -60,19 +66,18 @@ use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use drain::{Drain, first_request_grace};
-use io::{linger_close, read_some, writable};
-use outbuf::{READ_PAUSE, soft_due};
+use drain::Drain;
+use io::{linger_close, read_some};
+use outbuf::READ_PAUSE;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::backend::{Completion, Job, ReplyTo};
+use crate::backend::{Completion, Job};
 use crate::client::ClientState;
 use crate::command::Local;
 use crate::error::ReplyError;
 use crate::local;
-use crate::lock::classify::Op;
-use crate::lock::worker::{self, LockRequest};
+use crate::lock::worker::LockRequest;
 use crate::merge::Merge;
 use crate::protocol::request::INLINE_ARGS;
 use crate::protocol::{Encoder, Request, RequestParser};
@@ -82,6 +87,7 @@ use crate::shutdown::Watch;
 use crate::state::Shared;
 use crate::topology::Topology;
 use crate::transaction::Transaction;
+use rare::Rare;
 use replies::{At, Replies, Slot};
 
 pub struct Session {
@@ -120,6 +126,8 @@ pub struct Session {
     /// The slot of a blocking command (BLPOP ...) still waiting: until it
     /// answers, nothing more is read or dispatched, as Redis blocks a client.
     blocked: Option<u64>,
+    /// `blocked` is a cross-shard command, not counted in INFO's blocked_clients.
+    blocked_uncounted: bool,
     /// A SUBSCRIBE / PSUBSCRIBE to forward once every earlier reply is
     /// written; the connection then becomes a subscriber (see [`pubsub`]).
     subscribing: Option<Bytes>,
@@ -173,6 +181,7 @@ impl Session {
             watching: None,
             exec_publishes: Vec::new(),
             blocked: None,
+            blocked_uncounted: false,
             subscribing: None,
             ssub: None,
             watch: shared.shutdown.watch(id),
@@ -192,136 +201,158 @@ impl Session {
 
     /// Serves the connection until the client leaves or breaks the
     /// protocol, or until the proxy shuts down (see [`Drain`]).
-    pub async fn run(mut self, mut sock: TcpStream) {
-        // Allocated when the client first sends something (see `read_some`).
-        let mut rbuf = BytesMut::new();
-        self.state.entry.set_fd(sock.as_raw_fd());
-        // Never taken before: `run` consumes the session.
-        let Some(mut kill) = self.kill.take() else { return };
-        loop {
-            // While blocked the socket is still read (up to a bound), not
-            // parsed: a client that leaves must be noticed, so its blocking
-            // command's backend connection is closed, as Redis would.
-            // Nor while its replies pile up unread (see `outbuf`).
-            let unwritten = self.replies.out.len();
-            let can_read = !self.closing
-                && self.drain != Drain::Draining
-                && self.subscribing.is_none()
-                && self.replies.len() < self.max_pipeline
-                && unwritten < READ_PAUSE
-                && ((self.blocked.is_none() && self.held.is_none()) || rbuf.len() < BLOCKED_READ_MAX);
-            let due = self.soft_due();
-            let (mut rd, wr) = sock.split();
-            tokio::select! {
-                biased;
-                // CLIENT KILL: the connection closes at once, as on Redis.
-                _ = &mut kill => return,
-                c = recv(&mut self.inbox) => {
-                    // The session holds a sender, so the channel never closes.
-                    let Some(c) = c else { return };
-                    self.complete(c);
-                    while let Some(Ok(c)) = self.inbox.as_mut().map(|(_, rx)| rx.try_recv()) {
-                        self.complete(c);
-                        // Past the limit already: closed before taking more.
-                        if self.replies.held() >= READ_PAUSE && !self.within_output_limit() {
-                            return;
-                        }
-                    }
-                    // A blocking command answered: go on with what the
-                    // client pipelined behind it.
-                    if self.blocked.is_none() && !rbuf.is_empty() {
-                        self.parse_and_dispatch(&mut rbuf);
-                    }
-                }
-                r = read_some(&mut rd, &mut rbuf), if can_read => {
-                    match r {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => self.shared.counters.bytes(self.metered.group, n as u64, 0),
-                    }
-                    self.heard = true;
-                    self.parse_and_dispatch(&mut rbuf);
-                    // The first request is in (not cut in two): drain.
-                    if matches!(self.drain, Drain::FirstRequest(_)) && rbuf.is_empty() {
-                        self.drain = Drain::Draining;
-                    }
-                }
-                // The socket takes more of what is waiting: written below.
-                _ = writable(&wr, unwritten > 0) => {}
-                // The arms below are rare: their guards keep them from being
-                // polled on every pass of a busy session.
-                Some(ev) = sharded::next_event(&mut self.ssub), if self.ssub.is_some() => self.shard_event(ev),
-                // None: the monitor fell too far behind (see crate::monitor).
-                line = ops::monitor_line(&mut self.monitor), if self.monitor.is_some() && unwritten < READ_PAUSE => {
-                    if !self.monitor_write(line) { return }
-                }
-                _ = ops::pause_over(&self.shared, self.held.is_some()), if self.held.is_some() => {
-                    self.release_held(&mut rbuf)
-                }
-                _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
-                _ = first_request_grace(self.drain), if matches!(self.drain, Drain::FirstRequest(_)) => {
-                    self.drain = Drain::Draining
-                }
-                // Over the soft output limit for its seconds: closed below.
-                _ = soft_due(due), if due.is_some() => {}
-            }
-            self.replies.flush(self.state.proto);
-            if self.pipeline_full && self.replies.len() < self.max_pipeline {
-                self.parse_and_dispatch(&mut rbuf);
-                self.replies.flush(self.state.proto);
-            }
-            if !self.timings.is_empty() {
-                self.check_slow();
-            }
-            if !self.write_out(&sock) {
-                return;
-            }
-            let written = self.replies.out.is_empty();
-            if self.closing && self.replies.is_empty() && written {
-                let _ = sock.shutdown().await;
-                return;
-            }
-            // The watch wakes a session that waits; this catches one that is
-            // always busy, whose select never gets to the watch (a flag
-            // read, no lock).
-            if self.drain == Drain::Serving && self.shared.shutdown.sessions_draining() {
-                self.start_drain();
-            }
-            // Every request read is answered (a complete one left unparsed
-            // would have a slot: parsing stops only at a full pipeline, a
-            // blocked client or a subscriber).
-            if self.drain == Drain::Draining
-                && self.replies.is_empty()
-                && written
-                && self.blocked.is_none()
-                && self.held.is_none()
-            {
-                linger_close(sock, rbuf).await;
-                return;
-            }
-            if self.replies.is_empty()
-                && written
-                && let Some(first) = self.subscribing.take()
-            {
-                if self.drain != Drain::Serving {
-                    // Shutting down: no new subscriber.
-                    linger_close(sock, rbuf).await;
+    ///
+    /// Not an `async fn`: its arguments would be stored twice in the future
+    /// (once as arguments, once as the body's locals: 944 more bytes in
+    /// every connection's task); an `async move` block keeps one copy.
+    #[allow(clippy::manual_async_fn)]
+    pub fn run(mut self, mut sock: TcpStream) -> impl Future<Output = ()> + Send {
+        async move {
+            // Lent by the thread while it holds unparsed bytes (see `io::read_some`).
+            let mut rbuf = BytesMut::new();
+            self.state.entry.set_fd(sock.as_raw_fd());
+            // Never taken before: `run` consumes the session.
+            let Some(mut kill) = self.kill.take() else { return };
+            loop {
+                // CLIENT KILL: the connection closes at once, as on Redis. A
+                // busy session sees the flag here; one that waits is woken by
+                // `kill`, polled last so that a pass with work to do does not
+                // pay for it.
+                if self.state.entry.killed() {
                     return;
                 }
-                self.state.entry.set_flag(flag::PUBSUB, true);
-                let subscribed = tokio::select! {
-                    r = self.subscriber(&mut sock, &mut rbuf, first) => r,
-                    _ = &mut kill => return,
-                };
-                self.state.entry.set_flag(flag::PUBSUB, false);
-                match subscribed {
-                    Ok(()) => return,
-                    Err(e) => {
-                        Encoder::new(&mut self.replies.out, self.state.proto).error(&e.to_string());
-                        if !self.write_out(&sock) {
-                            return;
+                // While blocked the socket is still read (up to a bound), not
+                // parsed: a client that leaves must be noticed, so its blocking
+                // command's backend connection is closed, as Redis would.
+                // Nor while its replies pile up unread (see `outbuf`).
+                let unwritten = self.replies.out.len();
+                let can_read = !self.closing
+                    && self.drain != Drain::Draining
+                    && self.subscribing.is_none()
+                    && self.replies.len() < self.max_pipeline
+                    && unwritten < READ_PAUSE
+                    && ((self.blocked.is_none() && self.held.is_none()) || rbuf.len() < BLOCKED_READ_MAX);
+                let due = self.soft_due();
+                let (mut rd, wr) = sock.split();
+                tokio::select! {
+                    biased;
+                    c = recv(&mut self.inbox) => {
+                        // The session holds a sender, so the channel never closes.
+                        let Some(c) = c else { return };
+                        self.complete(c);
+                        while let Some(Ok(c)) = self.inbox.as_mut().map(|(_, rx)| rx.try_recv()) {
+                            self.complete(c);
+                            // Past the limit already: closed before taking more.
+                            if self.replies.held() >= READ_PAUSE && !self.within_output_limit() {
+                                return;
+                            }
                         }
-                        // Back to normal service for what follows.
+                        // A blocking command answered: go on with what the
+                        // client pipelined behind it.
+                        if self.blocked.is_none() && !rbuf.is_empty() {
+                            self.parse_and_dispatch(&mut rbuf);
+                        }
+                    }
+                    r = read_some(&mut rd, &mut rbuf), if can_read => {
+                        match r {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => self.shared.counters.bytes(self.metered.group, n as u64, 0),
+                        }
+                        self.heard = true;
                         self.parse_and_dispatch(&mut rbuf);
+                        // The first request is in (not cut in two): drain.
+                        if matches!(self.drain, Drain::FirstRequest(_)) && rbuf.is_empty() {
+                            self.drain = Drain::Draining;
+                        }
+                    }
+                    // Rare states (see `rare`): guarded, and boxed when they hold.
+                    ev = rare::next(
+                        &mut self.ssub,
+                        &mut self.monitor,
+                        &self.shared,
+                        self.held.is_some(),
+                        self.drain,
+                        rare::Output { wr: &wr, unwritten, due },
+                    ),
+                        if rare::active(&self.ssub, &self.monitor, self.held.is_some(), self.drain, unwritten, due) =>
+                    {
+                        match ev {
+                            Rare::Shard(ev) => self.shard_event(ev),
+                            Rare::Monitor(line) => if !self.monitor_write(line) { return },
+                            Rare::PauseOver => self.release_held(&mut rbuf),
+                            Rare::Grace => self.drain = Drain::Draining,
+                            // Written, or closed past the soft limit, below.
+                            Rare::Writable | Rare::SoftDue => {}
+                        }
+                    }
+                    _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
+                    _ = &mut kill => return,
+                }
+                self.replies.flush(self.state.proto);
+                if self.pipeline_full && self.replies.len() < self.max_pipeline {
+                    self.parse_and_dispatch(&mut rbuf);
+                    self.replies.flush(self.state.proto);
+                }
+                io::give_back(&mut rbuf);
+                if !self.timings.is_empty() {
+                    self.check_slow();
+                }
+                if !self.write_out(&sock) {
+                    return;
+                }
+                let written = self.replies.out.is_empty();
+                if self.closing && self.replies.is_empty() && written {
+                    let _ = sock.shutdown().await;
+                    return;
+                }
+                // The watch wakes a session that waits; this catches one that is
+                // always busy, whose select never gets to the watch (a flag
+                // read, no lock).
+                if self.drain == Drain::Serving && self.shared.shutdown.sessions_draining() {
+                    self.start_drain();
+                }
+                // Every request read is answered (a complete one left unparsed
+                // would have a slot: parsing stops only at a full pipeline, a
+                // blocked client or a subscriber).
+                if self.drain == Drain::Draining
+                    && self.replies.is_empty()
+                    && written
+                    && self.blocked.is_none()
+                    && self.held.is_none()
+                {
+                    Box::pin(linger_close(sock, rbuf)).await;
+                    return;
+                }
+                if self.replies.is_empty()
+                    && written
+                    && let Some(first) = self.subscribing.take()
+                {
+                    if self.drain != Drain::Serving {
+                        // Shutting down: no new subscriber.
+                        Box::pin(linger_close(sock, rbuf)).await;
+                        return;
+                    }
+                    self.state.entry.set_flag(flag::PUBSUB, true);
+                    // Boxed: a rare state, kept out of every client's task.
+                    let subscribed = Box::pin(async {
+                        tokio::select! {
+                            r = self.subscriber(&mut sock, &mut rbuf, first) => Some(r),
+                            _ = &mut kill => None,
+                        }
+                    })
+                    .await;
+                    let Some(subscribed) = subscribed else { return };
+                    self.state.entry.set_flag(flag::PUBSUB, false);
+                    match subscribed {
+                        Ok(()) => return,
+                        Err(e) => {
+                            Encoder::new(&mut self.replies.out, self.state.proto).error(&e.to_string());
+                            if !self.write_out(&sock) {
+                                return;
+                            }
+                            // Back to normal service for what follows.
+                            self.parse_and_dispatch(&mut rbuf);
+                        }
                     }
                 }
             }
@@ -419,6 +450,8 @@ impl Session {
                 let reply = self.reply_to(seq, 0);
                 topo.shards[shard].send_blocking(proto, req.raw.clone(), reply);
             }
+            Plan::SpanPop(cmd) => self.span_pop(topo, cmd, args, at),
+            Plan::CrossShard(p) => self.cross_shard(p, at),
             Plan::Subscribe if self.ssub.as_deref().is_some_and(sharded::ShardSubs::active) => self.replies.error(
                 at,
                 proto,
@@ -506,54 +539,14 @@ impl Session {
         }
     }
 
-    fn reply_to(&mut self, seq: u64, part: u32) -> ReplyTo {
-        let (tx, _) = self.inbox.get_or_insert_with(mpsc::unbounded_channel);
-        ReplyTo::inbox(tx, seq, part)
-    }
-
-    fn send(&mut self, topo: &Topology, shard: usize, req: Bytes, seq: u64, part: u32) {
-        topo.shards[shard].send(self.state.proto, self.lane, Job::new(req, self.reply_to(seq, part)));
-    }
-
-    /// Sends the same request to every shard and merges the answers.
-    fn send_to_all(&mut self, topo: &Topology, merge: Merge, req: Bytes, at: At) {
-        let n = topo.shards.len();
-        let seq = self.replies.put(at, Slot::many(merge, n));
-        for shard in 0..n {
-            self.send(topo, shard, req.clone(), seq, shard as u32);
-        }
-    }
-
-    /// Queues a request on this session's lock worker, which answers in its slot.
-    fn lock_request(&mut self, req: Request, op: Op, at: At) {
-        let seq = self.replies.put(at, Slot::One(None));
-        let (shared, lane, inbox) = (&self.shared, self.lane, &mut self.inbox);
-        let lock_tx = self.lock_tx.get_or_insert_with(|| {
-            let (sink, _) = inbox.get_or_insert_with(mpsc::unbounded_channel);
-            worker::spawn_worker(shared.clone(), lane, sink.clone())
-        });
-        let r = LockRequest {
-            seq,
-            req,
-            proto: self.state.proto,
-            op,
-        };
-        if lock_tx.send(r).is_err() {
-            self.lock_tx = None;
-            self.replies.error(
-                At::Slot(seq),
-                self.state.proto,
-                &ReplyError::err("shardis: lock worker stopped"),
-            );
-        }
-    }
-
     /// A backend (or the lock worker) answered.
     fn complete(&mut self, c: Completion) {
         if self.blocked == Some(c.seq) {
             self.blocked = None;
-            self.state.entry.set_flag(flag::BLOCKED, false);
-            self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+            if !std::mem::take(&mut self.blocked_uncounted) {
+                self.state.entry.set_flag(flag::BLOCKED, false);
+                self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
+            }
         }
         if self.scan_step(&c) || self.publish_step(&c) {
             return;
@@ -568,7 +561,7 @@ impl Drop for Session {
     /// A client that leaves while blocked is no longer counted as blocked
     /// (INFO clients); it leaves the registry (CLIENT LIST) and the monitors.
     fn drop(&mut self) {
-        if self.blocked.is_some() {
+        if self.blocked.is_some() && !self.blocked_uncounted {
             self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
         }
         self.shared.clients.remove(self.state.id);

@@ -47,11 +47,18 @@ impl Served {
         Some(match plan {
             Plan::Forward(s) => Served::Shard(*s),
             Plan::Split { .. } if parts.len() == 1 => Served::Shard(parts[0].0),
+            Plan::CrossShard(p) if p.blocks() => return None,
+            Plan::CrossShard(_) => Served::Many,
             Plan::Split { .. } | Plan::Broadcast { .. } | Plan::Lock(_) | Plan::Park(_) | Plan::Hold | Plan::Tx(_) => {
                 Served::Many
             }
             // Refused: not run, so not logged (as Redis logs only what it ran).
-            Plan::Local(Local::Monitor) | Plan::Block(_) | Plan::Subscribe | Plan::ShardSub { .. } | Plan::Error(_) => {
+            Plan::Local(Local::Monitor)
+            | Plan::Block(_)
+            | Plan::SpanPop(_)
+            | Plan::Subscribe
+            | Plan::ShardSub { .. }
+            | Plan::Error(_) => {
                 return None;
             }
             Plan::Local(_) | Plan::Admin(_) => Served::Proxy,

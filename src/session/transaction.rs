@@ -28,10 +28,10 @@ pub(super) struct Watching {
     /// backend at this index must not let EXEC run there unguarded.
     name: Arc<str>,
     keys: Vec<Bytes>,
-    conv: mpsc::UnboundedSender<Job>,
+    pub(super) conv: mpsc::UnboundedSender<Job>,
     /// The protocol the connection speaks: a client that switches (HELLO)
     /// while watching switches it too, before its next command.
-    proto: Protocol,
+    pub(super) proto: Protocol,
 }
 
 impl Watching {
@@ -56,7 +56,11 @@ impl Session {
         match step {
             TxStep::Multi => {
                 self.tx = Some(Box::new(match &self.watching {
+                    Some(w) if crate::spanning::transactions_on(&topo.config) => {
+                        Transaction::on_shard_spanning(w.shard)
+                    }
                     Some(w) => Transaction::on_shard(w.shard),
+                    None if crate::spanning::transactions_on(&topo.config) => Transaction::spanning(),
                     None => Transaction::default(),
                 }));
                 self.replies.reply_with(At::Next, proto, |e| e.ok());
@@ -204,12 +208,20 @@ impl Session {
         };
         let view = View::of(topo);
         let keys = || w.keys.iter().chain(ex.keys.iter()).cloned();
+        // With crossshard.transactions = "per-shard", only the watched keys
+        // must stay on the watched shard; the rest may be anywhere.
+        let here = |k: &Bytes| topo.shard_of(k) == w.shard;
         let moved = topo.names.get(w.shard) != Some(&w.name)
-            || keys().any(|k| topo.shard_of(&k) != w.shard)
+            || w.keys.iter().any(|k| !here(k))
+            || (!ex.spanning && ex.keys.iter().any(|k| !here(k)))
             || router::held(&view, keys())
             || (view.migration.is_some() && !router::moves(&view, keys()).is_empty());
         if moved {
             return self.replies.ready(At::Next, null_array(proto));
+        }
+        // Sent (and the WATCH connection dropped) if it spans shards.
+        if self.exec_watched_spanning(topo, &mut ex, &w) {
+            return;
         }
         // Sent, then the sender dropped: the task answers it, then closes.
         w.keys.clear();
@@ -242,6 +254,13 @@ impl Session {
     /// Sends a transaction's batch to the shard of its keys in `topo` (which
     /// may be newer than the one it was queued under).
     pub(super) fn send_exec(&mut self, topo: &Topology, mut ex: Exec, at: At) {
+        if ex.spanning {
+            // Several shards: one MULTI/EXEC each (session/spanning.rs).
+            let Some(one) = self.exec_spanning(topo, ex, at) else {
+                return;
+            };
+            ex = one;
+        }
         let shard = match ex.shard(|k| topo.shard_of(k)) {
             Ok(s) => s,
             Err(e) => return self.replies.error(at, self.state.proto, &e),
@@ -262,7 +281,7 @@ impl Session {
 
     /// The EXEC answering into slot `seq` has PUBLISH / SPUBLISH to send
     /// once it has committed.
-    fn publish_after(&mut self, seq: u64, publishes: Vec<Publish>) {
+    pub(super) fn publish_after(&mut self, seq: u64, publishes: Vec<Publish>) {
         if !publishes.is_empty() {
             self.exec_publishes.push((seq, publishes));
         }

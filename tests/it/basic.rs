@@ -84,7 +84,8 @@ async fn multi_key_commands_fan_out_and_merge() {
 async fn cross_shard_commands_are_refused_and_hash_tags_colocate() {
     let nodes = three_nodes();
     let refs: Vec<_> = nodes.iter().collect();
-    let proxy = Proxy::start(&refs).await;
+    // With `[crossshard] commands = false` (tests/it/xshard.rs: on, the default).
+    let proxy = Proxy::start_with(&refs, "[crossshard]\ncommands = false\n").await;
     let mut c = proxy.conn().await;
     // Two keys on different shards.
     let a = "a0".to_string();

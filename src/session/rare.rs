@@ -1,0 +1,91 @@
+//! The events a session waits for only in rare states: a shard channel's
+//! message (SSUBSCRIBE), a MONITOR line, the end of a CLIENT PAUSE holding a
+//! request, the end of a shutdown's first-request grace; and for a client
+//! whose replies wait to be written, the socket taking more and the end of
+//! its soft output limit's seconds (see [`super::outbuf`]).
+//!
+//! They are one select arm of [`super::Session::run`], whose futures are
+//! boxed and made only while one of those states holds: the select's futures
+//! live in every client's task, so a plain client's task stays small (the
+//! four inline cost 552 bytes of each connection's memory).
+
+use std::time::Instant;
+
+use bytes::Bytes;
+use tokio::net::tcp::WriteHalf;
+use tokio::sync::mpsc;
+
+use super::drain::{Drain, first_request_grace};
+use super::io::writable;
+use super::ops;
+use super::outbuf::{READ_PAUSE, soft_due};
+use super::sharded::{self, Event, ShardSubs};
+use crate::state::Shared;
+
+/// What happened.
+pub(super) enum Rare {
+    /// A shard channel event.
+    Shard(Event),
+    /// A MONITOR line; `None`: the monitor fell too far behind.
+    Monitor(Option<Bytes>),
+    /// The CLIENT PAUSE holding a request is over.
+    PauseOver,
+    /// The shutdown's grace for a first request is over.
+    Grace,
+    /// The socket takes more of the replies waiting.
+    Writable,
+    /// The client has been over its soft output limit for its seconds.
+    SoftDue,
+}
+
+/// The client's output: the socket's write half, the bytes waiting to be
+/// written, when the soft output limit's seconds end (if over it).
+pub(super) struct Output<'a, 'b> {
+    pub(super) wr: &'a WriteHalf<'b>,
+    pub(super) unwritten: usize,
+    pub(super) due: Option<Instant>,
+}
+
+/// Whether any rare state holds (the arm's guard).
+pub(super) fn active(
+    ssub: &Option<Box<ShardSubs>>,
+    monitor: &Option<mpsc::Receiver<Bytes>>,
+    held: bool,
+    drain: Drain,
+    unwritten: usize,
+    due: Option<Instant>,
+) -> bool {
+    ssub.is_some()
+        || monitor.is_some()
+        || held
+        || matches!(drain, Drain::FirstRequest(_))
+        || unwritten > 0
+        || due.is_some()
+}
+
+/// The next rare event (see [`active`]); allocates its futures when first
+/// polled, so an arm whose guard is false costs nothing.
+pub(super) async fn next(
+    ssub: &mut Option<Box<ShardSubs>>,
+    monitor: &mut Option<mpsc::Receiver<Bytes>>,
+    shared: &Shared,
+    held: bool,
+    drain: Drain,
+    out: Output<'_, '_>,
+) -> Rare {
+    Box::pin(async move {
+        tokio::select! {
+            biased;
+            _ = writable(out.wr, out.unwritten > 0) => Rare::Writable,
+            _ = soft_due(out.due), if out.due.is_some() => Rare::SoftDue,
+            Some(ev) = sharded::next_event(ssub) => Rare::Shard(ev),
+            // Not while the client's output is full: a MONITOR that does
+            // not read falls behind and is closed (see `crate::monitor`).
+            line = ops::monitor_line(monitor), if out.unwritten < READ_PAUSE => Rare::Monitor(line),
+            _ = ops::pause_over(shared, held) => Rare::PauseOver,
+            _ = first_request_grace(drain) => Rare::Grace,
+            else => std::future::pending().await,
+        }
+    })
+    .await
+}
