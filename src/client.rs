@@ -44,6 +44,9 @@ pub struct ClientState {
     pub reply: ReplyMode,
     /// This client in the registry of live sessions (CLIENT LIST / KILL).
     pub entry: Arc<Entry>,
+    /// Its seat as the user it logged in as (`max_clients` per user, see
+    /// [`crate::limits::seats`]); none until AUTH / HELLO AUTH.
+    pub seat: Option<crate::limits::seats::Seat>,
 }
 
 impl ClientState {
@@ -71,6 +74,7 @@ impl ClientState {
             connected_at: std::time::Instant::now(),
             reply: ReplyMode::On,
             entry,
+            seat: None,
         }
     }
 

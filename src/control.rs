@@ -115,6 +115,7 @@ pub async fn apply(shared: &Shared, cfg: Config, force: bool) -> Result<u64, Rel
         }
     }
     let old_slowlog = (old.config.slowlog_log_slower_than_us, old.config.slowlog_max_len);
+    let old_limits = old.config.limits.clone();
     drop(old);
     let applied = shared
         .topology
@@ -128,6 +129,7 @@ pub async fn apply(shared: &Shared, cfg: Config, force: bool) -> Result<u64, Rel
     if topo.config.slowlog_max_len != old_slowlog.1 {
         shared.slowlog.set_max_len(topo.config.slowlog_max_len);
     }
+    shared.limits.apply(&topo.config.limits, Some(&old_limits));
     info!(
         epoch = topo.epoch,
         shards = topo.shards.len(),

@@ -5,7 +5,7 @@
 //! scrape time.
 //!
 //! - [`CommandCounters`]: calls and proxy-made errors per command (indexed
-//!   by the command's position in the table, [`command_index`]), latency per
+//!   by the command id of [`crate::command::ids`], [`command_index`]), latency per
 //!   command class, fan-outs and refusals. One per proxy, in
 //!   [`crate::state::Shared`].
 //! - [`ShardCounters`]: requests, error replies, failures, round-trip
@@ -15,8 +15,8 @@
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
+use crate::command::ids;
 use crate::command::spec::{CommandSpec, F_ADMIN, F_READONLY, F_WRITE};
-use crate::command::table::COMMANDS;
 
 /// Latency is timed on one read in this many (per session, per backend
 /// connection), every request of a timed read counted: a clock read and a
@@ -113,62 +113,34 @@ pub fn class_of(spec: Option<&CommandSpec>) -> usize {
     }
 }
 
-/// Every command of the table, top-level ones first (in table order), then
-/// each container's subcommands; with the ranges of the subcommand arrays.
-struct Index {
-    names: Vec<&'static str>,
-    /// (address of the first subcommand, count, its index in `names`).
-    subs: Vec<(usize, usize, usize)>,
-}
-
-fn index() -> &'static Index {
-    static INDEX: OnceLock<Index> = OnceLock::new();
-    INDEX.get_or_init(|| {
-        let mut names: Vec<&'static str> = COMMANDS.iter().map(|c| c.name).collect();
-        let mut subs = Vec::new();
-        for c in COMMANDS.iter().filter(|c| !c.subcommands.is_empty()) {
-            subs.push((c.subcommands.as_ptr() as usize, c.subcommands.len(), names.len()));
-            names.extend(c.subcommands.iter().map(|s| s.name));
-        }
-        names.push("unknown");
-        Index { names, subs }
+/// The label of each command slot: the command ids of [`ids`] (every
+/// command and subcommand of the table, CLIENT SETINFO, the proxy's own
+/// commands), then "unknown".
+fn names() -> &'static [&'static str] {
+    static NAMES: OnceLock<Vec<&'static str>> = OnceLock::new();
+    NAMES.get_or_init(|| {
+        let mut names = vec!["unknown"; ids::count() + 1];
+        ids::each(|i, spec, _| names[i] = spec.name);
+        names
     })
 }
 
-/// How many command slots the counters have: every command and subcommand
-/// of the table, and "unknown" last.
+/// How many command slots the counters have: one per command id, and
+/// "unknown" last.
 pub fn command_slots() -> usize {
-    index().names.len()
+    ids::count() + 1
 }
 
 /// The label of command slot `i` (`get`, `config|set`, `unknown`).
 pub fn command_name(i: usize) -> &'static str {
-    index().names.get(i).copied().unwrap_or("unknown")
+    names().get(i).copied().unwrap_or("unknown")
 }
 
-/// The slot of a command: its position in the table, found from the spec's
-/// address (no name lookup); commands not in the table (the proxy's own,
-/// unknown names) share the last slot.
+/// The slot of a command: its id ([`ids::of_spec`], from the spec's
+/// address, no name lookup); unknown names share the last slot.
 #[inline]
 pub fn command_index(spec: Option<&CommandSpec>) -> usize {
-    let idx = index();
-    let unknown = idx.names.len() - 1;
-    let Some(spec) = spec else { return unknown };
-    let size = std::mem::size_of::<CommandSpec>();
-    let a = spec as *const CommandSpec as usize;
-    let base = COMMANDS.as_ptr() as usize;
-    if a >= base && a < base + std::mem::size_of_val(COMMANDS) {
-        return (a - base) / size;
-    }
-    for &(start, n, first) in &idx.subs {
-        if a >= start && a < start + n * size {
-            return first + (a - start) / size;
-        }
-    }
-    // A copy outside the table (the proxy's CLIENT SETINFO): by name, a
-    // scan, but only for such rare commands. The proxy's own commands
-    // (SHARDIS.*) are in no table: "unknown".
-    idx.names.iter().position(|n| *n == spec.name).unwrap_or(unknown)
+    spec.and_then(ids::of_spec).unwrap_or(ids::count())
 }
 
 /// One worker group's command counters.
@@ -387,9 +359,13 @@ mod tests {
         let cs = lookup_argv(&[b"config", b"set"]);
         assert_eq!(command_name(command_index(cs)), "config|set");
         assert_eq!(command_name(command_index(None)), "unknown");
-        for (i, c) in COMMANDS.iter().enumerate() {
-            assert_eq!(command_index(Some(c)), i);
-        }
+        let setinfo = crate::command::lookup(&[b"client", b"setinfo", b"lib-name", b"x"]).map(|l| l.spec);
+        assert_eq!(command_name(command_index(setinfo.ok())), "client|setinfo");
+        ids::each(|i, spec, _| {
+            assert_eq!(command_index(Some(spec)), i);
+            assert_eq!(command_name(i), spec.name);
+        });
+        assert_eq!(command_slots(), ids::count() + 1);
     }
 
     #[test]

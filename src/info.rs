@@ -554,6 +554,15 @@ pub fn stats_fields(shared: &Shared) -> Vec<(&'static str, &'static str, String)
             st.idle_closed.load(Ordering::Relaxed).to_string(),
         ),
     ]
+    .into_iter()
+    .chain(
+        shared
+            .limits
+            .stats_fields()
+            .into_iter()
+            .map(|(k, v)| ("stats", k, v.to_string())),
+    )
+    .collect()
 }
 
 /// The proxy's own memory, beside the shards' sums in `# Memory`.

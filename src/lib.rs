@@ -19,7 +19,11 @@
 //!   files (errors name the file), and the stream trait sessions and
 //!   backend connections are generic over (plain TCP or TLS).
 //! - [`config`]: `proxy.toml` schema and validation (compiles the users,
-//!   reads the TLS files).
+//!   reads the TLS files; parses output buffer limits with
+//!   [`limits::output`], a leaf).
+//! - [`limits`]: limits that hold under attack: output buffer limits per
+//!   client class, connections per source address, `max_clients` per user;
+//!   their live values and counters.
 //! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`workers`]: thread-per-core worker runtimes.
 //! - [`counters`]: the `/metrics` counters the hot path bumps: per-command
@@ -87,6 +91,7 @@ pub mod error;
 pub mod failover;
 pub mod hold;
 pub mod info;
+pub mod limits;
 pub mod local;
 pub mod lock;
 pub mod merge;

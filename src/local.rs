@@ -97,6 +97,7 @@ pub fn run(
             st.proto = Protocol::Resp2;
             st.name = None;
             st.user = topo.acl.default_user().clone();
+            st.seat = None;
             st.authenticated = !topo.acl.needs_login();
             st.admin = false;
             st.reply = crate::client::ReplyMode::On;
@@ -113,7 +114,7 @@ pub fn run(
                     return Outcome::Reply;
                 }
             };
-            match acl::login(user, pass, st, shared, topo) {
+            match acl::login(user, pass, st, shared, topo).and_then(|u| acl::seat(st, shared, u)) {
                 Ok(u) => {
                     st.user = u;
                     st.authenticated = true;
@@ -193,10 +194,13 @@ fn hello(args: &[&[u8]], st: &mut ClientState, shared: &Shared, topo: &Topology,
     if !authed {
         return enc.error("NOAUTH HELLO must be called with the client already authenticated, otherwise the HELLO <proto> AUTH <user> <pass> option can be used to authenticate the client and select the RESP protocol version at the same time");
     }
-    st.authenticated = true;
     if let Some(u) = user {
-        st.user = u;
+        match acl::seat(st, shared, u) {
+            Ok(u) => st.user = u,
+            Err(e) => return e.encode(enc),
+        }
     }
+    st.authenticated = true;
     if name.is_some() {
         st.name = name;
     }

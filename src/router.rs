@@ -556,8 +556,7 @@ fn broadcast(
         Broadcast::ConfigGet => Merge::ConfigGet {
             own: vec![
                 ("maxclients", view.config.limits.max_clients.to_string()),
-                // The proxy never closes an idle client.
-                ("timeout", "0".to_string()),
+                ("timeout", view.config.limits.client_idle_timeout_s.to_string()),
             ],
         },
         Broadcast::Scan => return scan(view, args, parts),

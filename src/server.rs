@@ -1,4 +1,5 @@
-//! The listener: accepts clients, enforces the client limit, and hands each
+//! The listener: accepts clients, enforces the client limit and the limits
+//! per source address ([`crate::limits::per_ip`]), and hands each
 //! connection to a worker, where its session runs; at shutdown, stops
 //! accepting and waits for the sessions to drain ([`drain`]).
 //!
@@ -26,6 +27,7 @@ use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
+use crate::limits::per_ip::Refused;
 use crate::session::Session;
 use crate::state::Shared;
 use crate::tls::rustls::ServerConfig;
@@ -277,6 +279,31 @@ fn start_session(
 ) {
     let shared = shared.clone();
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
+    let (rate, per_ip) = {
+        let l = &shared.topology.load().config.limits;
+        (l.max_connections_per_second_per_ip, l.max_clients_per_ip)
+    };
+    // Off (the default): not even a lookup. Held until the client leaves.
+    let ip_slot = if rate > 0 || per_ip > 0 {
+        match shared.limits.admit_ip(peer.ip(), rate, per_ip) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let counter = match why {
+                    Refused::Rate => &shared.limits.ip_rate_refused,
+                    Refused::Clients => &shared.limits.ip_clients_refused,
+                };
+                counter.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(peer = %peer, refused = ?why, "connection refused by a per-address limit");
+                // A TLS client would not read a plaintext error: closed at once.
+                if !tls {
+                    refuse(sock, why.reply());
+                }
+                return;
+            }
+        }
+    } else {
+        None
+    };
     let (max, tls) = {
         let topo = shared.topology.load();
         let tls = if tls {
@@ -305,7 +332,10 @@ fn start_session(
     let id = shared.next_client_id();
     let laddr = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
     if executors.is_empty() {
-        tokio::spawn(serve(shared, id, peer, laddr, sock, tls));
+        tokio::spawn(async move {
+            serve(shared, id, peer, laddr, sock, tls).await;
+            drop(ip_slot);
+        });
         return;
     }
     // Hand the socket to the next worker: it leaves this runtime's
@@ -328,7 +358,17 @@ fn start_session(
                 client_gone(&shared);
             }
         }
+        drop(ip_slot);
     });
+}
+
+/// Answers a refused connection with `reply` and closes it, with no task:
+/// a flood of refused connections costs a write and a close each. The
+/// socket is fresh, its send buffer empty: the line fits without waiting.
+fn refuse(sock: TcpStream, reply: &[u8]) {
+    if let Ok(mut s) = sock.into_std() {
+        let _ = std::io::Write::write(&mut s, reply);
+    }
 }
 
 /// A client counted at accept has gone: uncounts it, and tells a waiting

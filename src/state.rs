@@ -118,6 +118,9 @@ pub struct Shared {
     pub counters: CommandCounters,
     /// The fleet as the agent last saw it; none outside fleet mode.
     pub fleet: arc_swap::ArcSwapOption<FleetView>,
+    /// Output buffer, per-address and per-user limits and their counters
+    /// (see [`crate::limits`]).
+    pub limits: Arc<crate::limits::Limits>,
 }
 
 impl Shared {
@@ -126,6 +129,7 @@ impl Shared {
     pub fn new(config: Config, executors: Executors) -> Arc<Shared> {
         let slowlog = SlowLog::new(config.slowlog_log_slower_than_us, config.slowlog_max_len);
         let counters = CommandCounters::new(executors.groups());
+        let limits = Arc::new(crate::limits::Limits::new(&config.limits));
         Arc::new(Shared {
             topology: TopologyCell::new(Arc::new(config), executors),
             stats: Stats::default(),
@@ -141,6 +145,7 @@ impl Shared {
             logins: LoginLimit::default(),
             counters,
             fleet: arc_swap::ArcSwapOption::empty(),
+            limits,
         })
     }
 

@@ -54,6 +54,12 @@ pub struct UserConfig {
     /// `resetchannels` (none).
     #[serde(default)]
     pub channels: Option<Vec<String>>,
+    /// Most connections logged in as this user at once (AUTH, HELLO
+    /// AUTH); a login past it is refused with `-ERR max number of clients
+    /// reached for user '<name>'`. None (the default): no limit. See
+    /// [`crate::limits::seats`].
+    #[serde(default)]
+    pub max_clients: Option<usize>,
 }
 
 fn yes() -> bool {
@@ -85,6 +91,8 @@ pub struct User {
     /// The legacy `default` user: with an `admin_password` (or with users
     /// configured) its admin commands need SHARDIS.ADMIN, as before users.
     pub gated: bool,
+    /// Most connections logged in as this user (`None`: no limit).
+    pub max_clients: Option<usize>,
 }
 
 fn sha256(pass: &[u8]) -> [u8; 32] {
@@ -191,6 +199,7 @@ impl User {
             digest,
             perms,
             gated: false,
+            max_clients: c.max_clients,
         })
     }
 }
@@ -219,6 +228,7 @@ fn unreachable_acl() -> Acl {
         digest: None,
         perms: Perms::default(),
         gated: true,
+        max_clients: None,
     });
     Acl {
         users: vec![default.clone()],
@@ -261,6 +271,7 @@ impl Acl {
                     digest: password.map(|p| sha256(p.as_bytes())),
                     perms: Perms::all(),
                     gated: admin_password || !users.is_empty(),
+                    max_clients: None,
                 });
                 out.push(d.clone());
                 d

@@ -12,6 +12,10 @@
 //! `backend_connections{shard}`, `backend_reconnects_total{shard}`,
 //! `backend_connection_failures_total{shard}`, `clients_connected`,
 //! `clients_accepted_total`, `clients_refused_total`, `clients_blocked`,
+//! `clients_idle_closed_total`, `auth_failures_total`,
+//! `clients_output_limit_closed_total{class}`,
+//! `clients_refused_per_ip_total{limit}`,
+//! `logins_refused_user_max_clients_total`,
 //! `client_bytes_received_total`, `client_bytes_sent_total`,
 //! `fanout_total{kind}`, `refused_cross_shard_total`, `lock_granted_total`,
 //! `lock_denied_total`, `lock_no_quorum_total`, `migration_in_progress`,
@@ -307,6 +311,49 @@ impl Collector for ShardisCollector {
             "Client connections refused at the client limit",
             Counter,
             st.rejected.load(Ordering::Relaxed) as f64,
+        )?;
+        single(
+            e,
+            "shardis_clients_idle_closed",
+            "Clients closed for being idle past limits.client_idle_timeout_s",
+            Counter,
+            st.idle_closed.load(Ordering::Relaxed) as f64,
+        )?;
+        single(
+            e,
+            "shardis_auth_failures",
+            "Failed logins (AUTH, HELLO AUTH), including those refused by the failed-login rate limit",
+            Counter,
+            st.auth_failures.load(Ordering::Relaxed) as f64,
+        )?;
+        let lim = &s.limits;
+        let ld = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed) as f64;
+        family(
+            e,
+            "shardis_clients_output_limit_closed",
+            "Clients closed past their class's output buffer limit",
+            Counter,
+            &[
+                (label("class", "normal"), ld(&lim.output_closed[0])),
+                (label("class", "pubsub"), ld(&lim.output_closed[1])),
+            ],
+        )?;
+        family(
+            e,
+            "shardis_clients_refused_per_ip",
+            "Connections refused by a per-address limit",
+            Counter,
+            &[
+                (label("limit", "rate"), ld(&lim.ip_rate_refused)),
+                (label("limit", "clients"), ld(&lim.ip_clients_refused)),
+            ],
+        )?;
+        single(
+            e,
+            "shardis_logins_refused_user_max_clients",
+            "Logins refused past the user's max_clients",
+            Counter,
+            ld(&lim.user_clients_refused),
         )?;
         single(
             e,

@@ -2,7 +2,8 @@
 //! table, CLIENT SETINFO, `SHARDIS.*`), so an ACL permission check is one bit
 //! test ([`crate::acl`]). A container command's id is followed by its
 //! subcommands' ids. Ids are computed from a spec's place in its static
-//! slice (pointer arithmetic, no search).
+//! slice (pointer arithmetic, no search). The same ids index the `/metrics`
+//! per-command counters ([`crate::counters`]).
 
 use std::sync::OnceLock;
 
@@ -54,6 +55,49 @@ pub fn id(parent: &'static CommandSpec, sub: Option<&'static CommandSpec>) -> Op
         None => Some(top),
         Some(s) => Some(top + 1 + position(parent.subcommands, s)?),
     }
+}
+
+/// Where each container's subcommands are: (address of the first, how
+/// many, the id of the first).
+fn subs() -> &'static [(usize, usize, usize)] {
+    static SUBS: OnceLock<Vec<(usize, usize, usize)>> = OnceLock::new();
+    SUBS.get_or_init(|| {
+        let base = base();
+        COMMANDS
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| !c.subcommands.is_empty())
+            .map(|(i, c)| {
+                (
+                    c.subcommands.as_ptr() as usize,
+                    c.subcommands.len(),
+                    base[i] as usize + 1,
+                )
+            })
+            .collect()
+    })
+}
+
+/// The id of a spec the lookup returned (a command or subcommand of the
+/// table, CLIENT SETINFO, a proxy command), from its address alone: a
+/// top-level command is one range check; a subcommand, a scan of the
+/// containers' ranges. `None` for a spec from nowhere.
+#[inline]
+pub fn of_spec(spec: &CommandSpec) -> Option<usize> {
+    if let Some(i) = position(COMMANDS, spec) {
+        return Some(base()[i] as usize);
+    }
+    let size = std::mem::size_of::<CommandSpec>();
+    let a = spec as *const CommandSpec as usize;
+    for &(start, n, first) in subs() {
+        if a >= start && a < start + n * size {
+            return Some(first + (a - start) / size);
+        }
+    }
+    if std::ptr::eq(spec, &CLIENT_SETINFO) {
+        return Some(base()[COMMANDS.len()] as usize);
+    }
+    position(&PROXY_COMMANDS, spec).map(|i| base()[COMMANDS.len()] as usize + 1 + i)
 }
 
 /// Every command with its id; a container's subcommands (`Some(parent id)`)
@@ -108,6 +152,7 @@ mod tests {
                 Some(p) => assert!(p < i),
             }
             assert_eq!(by_name(spec.name).map(|(id, _)| id), Some(i), "{}", spec.name);
+            assert_eq!(of_spec(spec), Some(i), "{}", spec.name);
         });
         assert!(seen.iter().all(|&s| s));
     }

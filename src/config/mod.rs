@@ -15,6 +15,8 @@ mod redlock;
 pub use redlock::{NoQuorum, RedlockConfig};
 mod crossshard;
 pub use crossshard::{CrossShardConfig, SpanMode};
+mod limits;
+pub use limits::LimitsConfig;
 mod sentinel;
 pub use sentinel::{DEFAULT_POLL_MS, ReadFrom, SentinelConfig};
 mod tls;
@@ -158,51 +160,6 @@ impl Timeouts {
     }
 }
 
-/// Limits that protect the proxy from one client.
-#[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
-#[serde(deny_unknown_fields)]
-pub struct LimitsConfig {
-    /// Largest bulk string in a request (bytes).
-    #[serde(default = "default_max_bulk")]
-    pub max_bulk: usize,
-    /// Most arguments in one request.
-    #[serde(default = "default_max_args")]
-    pub max_args: usize,
-    /// Longest inline command (bytes).
-    #[serde(default = "default_max_inline")]
-    pub max_inline: usize,
-    /// Most bytes one request may take while it arrives.
-    #[serde(default = "default_max_request")]
-    pub max_request: usize,
-    /// Most requests of one client awaiting replies; past it the proxy stops
-    /// reading from that client until replies go out.
-    #[serde(default = "default_max_pipeline")]
-    pub max_pipeline: usize,
-    /// Most client connections at once; more are refused with an error.
-    #[serde(default = "default_max_clients")]
-    pub max_clients: usize,
-    /// Close a client that has sent nothing for this many seconds (Redis's
-    /// `timeout`; 0, the default, never). Blocked clients, subscribers and
-    /// monitors are left alone, as Redis leaves them. Checked once a second
-    /// by [`crate::registry::close_idle`], off the request path.
-    #[serde(default)]
-    pub client_idle_timeout_s: u64,
-}
-
-impl Default for LimitsConfig {
-    fn default() -> Self {
-        LimitsConfig {
-            max_bulk: default_max_bulk(),
-            max_args: default_max_args(),
-            max_inline: default_max_inline(),
-            max_request: default_max_request(),
-            max_pipeline: default_max_pipeline(),
-            max_clients: default_max_clients(),
-            client_idle_timeout_s: 0,
-        }
-    }
-}
-
 /// Backend connection pools.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
@@ -285,24 +242,6 @@ fn default_reconnect_ms() -> u64 {
 }
 fn default_reconnect_max_ms() -> u64 {
     2000
-}
-fn default_max_bulk() -> usize {
-    512 * 1024 * 1024
-}
-fn default_max_args() -> usize {
-    1024 * 1024
-}
-fn default_max_inline() -> usize {
-    64 * 1024
-}
-fn default_max_request() -> usize {
-    1024 * 1024 * 1024
-}
-fn default_max_pipeline() -> usize {
-    4096
-}
-fn default_max_clients() -> usize {
-    20_000
 }
 fn default_connections() -> usize {
     2
@@ -430,21 +369,8 @@ impl Config {
                 "must not be below timeouts.reconnect_ms",
             ));
         }
-        let l = &self.limits;
-        for (k, v) in [
-            ("limits.max_bulk", l.max_bulk),
-            ("limits.max_args", l.max_args),
-            ("limits.max_inline", l.max_inline),
-            ("limits.max_request", l.max_request),
-            ("limits.max_pipeline", l.max_pipeline),
-            ("limits.max_clients", l.max_clients),
-        ] {
-            if v == 0 {
-                return Err(invalid(k, "must be positive"));
-            }
-        }
-        if l.max_request > u32::MAX as usize - 16 {
-            return Err(invalid("limits.max_request", "must be below 4 GiB"));
+        if let Err((key, why)) = self.limits.validate() {
+            return Err(invalid(key, why));
         }
         if self.shutdown_ms > 3_600_000 {
             return Err(invalid("shutdown_ms", "must be at most 3600000 ms"));

@@ -43,6 +43,28 @@ pub(super) fn login(
     result
 }
 
+/// A seat for the connection as `user`, which it has just logged in as
+/// (see [`crate::limits::seats`]): the seat it held as another user is
+/// given back; past the user's `max_clients` the login is refused and the
+/// connection stays who it was.
+pub(super) fn seat(st: &mut ClientState, shared: &Shared, user: Arc<User>) -> Result<Arc<User>, ReplyError> {
+    match shared.limits.take_seat(&user.name, user.max_clients, st.seat.take()) {
+        Ok(seat) => {
+            st.seat = Some(seat);
+            Ok(user)
+        }
+        Err(held) => {
+            st.seat = held;
+            shared.limits.user_clients_refused.fetch_add(1, Ordering::Relaxed);
+            tracing::info!(addr = %st.addr, user = %user.name, "login refused: the user's max_clients reached");
+            Err(ReplyError::err(format!(
+                "max number of clients reached for user '{}'",
+                user.name
+            )))
+        }
+    }
+}
+
 pub(super) fn command(args: &[&[u8]], st: &ClientState, topo: &Topology, enc: &mut Encoder<'_>) {
     let sub = args[1].to_ascii_lowercase();
     match sub.as_slice() {

@@ -1,11 +1,23 @@
-//! A session's socket I/O: replies written out, read buffers lent by the thread to the session
-//! that reads (none held by an idle client), and the lingering close of a
-//! drained connection. Generic over the stream (plain TCP or TLS,
-//! [`crate::tls::stream`]): compiled once for each, no dispatch per read.
+//! A session's socket I/O: read buffers lent by the thread to the session
+//! that reads (none held by an idle client), writes that never wait (what
+//! the socket does not take stays in the output, counted against the output
+//! buffer limit, see `super::outbuf`), waiting to read and to write in one
+//! future, and the lingering close of a drained connection. Generic over
+//! the stream (plain TCP or TLS, [`crate::tls::stream`]): compiled once for
+//! each, no dispatch per read.
+//!
+//! Waiting to write asks the TCP socket underneath for its readiness
+//! (`poll_write_ready`, a shared borrow taken and dropped within one poll),
+//! so one `&mut` of the stream serves both the read and the wait to write:
+//! no split halves, which TLS streams do not have.
 
 use std::time::Duration;
 
-use bytes::BytesMut;
+use std::future::poll_fn;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::tls::stream::Stream;
@@ -108,25 +120,65 @@ pub(super) fn give_back(rbuf: &mut BytesMut) {
     }
 }
 
-impl super::Session {
-    /// Writes what is ready; false when the client is gone.
-    pub(super) async fn write_out<S: Stream>(&mut self, sock: &mut S) -> bool {
-        let out = &mut self.replies.out;
-        if out.is_empty() {
-            return true;
+/// What [`ready`] saw.
+pub(super) enum Io {
+    /// A read: what [`read_some`] returned.
+    Read(std::io::Result<usize>),
+    /// The socket can take more of the output that waits.
+    Writable,
+}
+
+/// Waits for the client: reads what it sent when `can_read` (see
+/// [`read_some`]), or resolves [`Io::Writable`] when `want_write` (output is
+/// waiting) and the socket can take more. Without output waiting this is
+/// [`read_some`] and nothing more.
+pub(super) async fn ready<S: Stream>(sock: &mut S, rbuf: &mut BytesMut, can_read: bool, want_write: bool) -> Io {
+    if want_write {
+        let input = sock.holds_input();
+        let tcp = sock.tcp();
+        let readable = poll_fn(|cx| {
+            if tcp.poll_write_ready(cx).is_ready() {
+                // An error shows at the next write.
+                return Poll::Ready(false);
+            }
+            if can_read && (input || tcp.poll_read_ready(cx).is_ready()) {
+                return Poll::Ready(true);
+            }
+            Poll::Pending
+        })
+        .await;
+        if !readable {
+            return Io::Writable;
         }
-        self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
-        if sock.write_all_buf(out).await.is_err() {
-            return false;
-        }
-        // TLS: records still buffered go out now (plain TCP: compiled out).
-        if S::BUFFERED && sock.flush().await.is_err() {
-            return false;
-        }
-        if out.capacity() > 1024 * 1024 {
-            *out = BytesMut::new();
-        }
-        self.meter_written();
-        true
+    } else if !can_read {
+        return std::future::pending().await;
     }
+    Io::Read(read_some(sock, rbuf).await)
+}
+
+/// Writes as much of `out` as the socket takes now, without waiting; what
+/// it does not take stays in `out` (or, TLS, in the TLS layer's buffer:
+/// [`Stream::holds_output`]) until [`ready`] says the socket is writable.
+/// `Err`: the client is gone.
+pub(super) fn write_now<S: Stream>(sock: &mut S, out: &mut BytesMut) -> std::io::Result<()> {
+    // A write that cannot go on now is left for later: nothing waits on
+    // this waker (the session waits with `ready`).
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    while !out.is_empty() {
+        match Pin::new(&mut *sock).poll_write(&mut cx, out) {
+            Poll::Ready(Ok(0)) => return Err(std::io::ErrorKind::WriteZero.into()),
+            Poll::Ready(Ok(n)) => out.advance(n),
+            Poll::Ready(Err(e)) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Poll::Ready(Err(e)) => return Err(e),
+            Poll::Pending => break,
+        }
+    }
+    // TLS: records the layer still holds go out now, as far as the socket
+    // takes them (plain TCP: compiled out).
+    if S::BUFFERED
+        && let Poll::Ready(Err(e)) = Pin::new(&mut *sock).poll_flush(&mut cx)
+    {
+        return Err(e);
+    }
+    Ok(())
 }

@@ -28,10 +28,14 @@
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
 //! - [`drain`]: a session's part in a shutdown.
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
-//! - [`io`]: socket reads and the lingering close of a drained connection
-//!   (the session is generic over its stream: plain TCP or TLS).
+//! - [`io`]: socket reads and writes that never wait, and the lingering
+//!   close of a drained connection (the session is generic over its
+//!   stream: plain TCP or TLS).
+//! - [`outbuf`]: writing out, backpressure on a client that does not read,
+//!   the output buffer limit.
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
+//! - [`send`]: requests sent to shards and to the lock worker.
 //! - [`metered`]: the `/metrics` counts; [`xshard`]: cross-shard commands.
 
 mod admin;
@@ -39,12 +43,14 @@ mod drain;
 mod io;
 mod metered;
 mod ops;
+mod outbuf;
 mod parked;
 mod parking;
 mod pubsub;
 mod rare;
 mod replies;
 mod scan;
+mod send;
 mod sharded;
 mod spanning;
 mod transaction;
@@ -61,17 +67,17 @@ use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
 use drain::Drain;
-use io::{linger_close, read_some};
+use io::linger_close;
+use outbuf::READ_PAUSE;
 use tokio::sync::{mpsc, oneshot};
 use tracing::debug;
 
-use crate::backend::{Completion, Job, ReplyTo};
+use crate::backend::{Completion, Job};
 use crate::client::ClientState;
 use crate::command::Local;
 use crate::error::ReplyError;
 use crate::local;
-use crate::lock::classify::Op;
-use crate::lock::worker::{self, LockRequest};
+use crate::lock::worker::LockRequest;
 use crate::merge::Merge;
 use crate::protocol::request::INLINE_ARGS;
 use crate::protocol::{Encoder, Request, RequestParser};
@@ -149,6 +155,9 @@ pub struct Session {
     /// Requests waiting for their reply, for the slow log.
     timings: VecDeque<ops::Timing>,
     metered: metered::Metered,
+    /// Since when the replies waiting for this client have been over its
+    /// soft output buffer limit (see [`outbuf`]).
+    over_soft: Option<Instant>,
 }
 
 impl Session {
@@ -186,6 +195,7 @@ impl Session {
             slow: None,
             timings: VecDeque::new(),
             metered: metered::Metered::new(shared.topology.executors().group_here()),
+            over_soft: None,
             shared,
         }
     }
@@ -216,11 +226,18 @@ impl Session {
                 // While blocked the socket is still read (up to a bound), not
                 // parsed: a client that leaves must be noticed, so its blocking
                 // command's backend connection is closed, as Redis would.
+                // Nor while its replies pile up unread (see `outbuf`).
+                let unwritten = self.replies.out.len();
                 let can_read = !self.closing
                     && self.drain != Drain::Draining
                     && self.subscribing.is_none()
                     && self.replies.len() < self.max_pipeline
+                    && unwritten < READ_PAUSE
                     && ((self.blocked.is_none() && self.held.is_none()) || rbuf.len() < BLOCKED_READ_MAX);
+                let due = self.soft_due();
+                // Output the socket did not take yet: wait for it to take more
+                // (TLS: records the layer holds count too).
+                let want_write = unwritten > 0 || (S::BUFFERED && sock.holds_output());
                 tokio::select! {
                     biased;
                     c = recv(&mut self.inbox) => {
@@ -229,6 +246,10 @@ impl Session {
                         self.complete(c);
                         while let Some(Ok(c)) = self.inbox.as_mut().map(|(_, rx)| rx.try_recv()) {
                             self.complete(c);
+                            // Past the limit already: closed before taking more.
+                            if self.replies.held() >= READ_PAUSE && !self.within_output_limit() {
+                                return;
+                            }
                         }
                         // A blocking command answered: go on with what the
                         // client pipelined behind it.
@@ -236,27 +257,39 @@ impl Session {
                             self.parse_and_dispatch(&mut rbuf);
                         }
                     }
-                    r = read_some(&mut sock, &mut rbuf), if can_read => {
-                        match r {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => self.shared.counters.bytes(self.metered.group, n as u64, 0),
-                        }
-                        self.heard = true;
-                        self.parse_and_dispatch(&mut rbuf);
-                        // The first request is in (not cut in two): drain.
-                        if matches!(self.drain, Drain::FirstRequest(_)) && rbuf.is_empty() {
-                            self.drain = Drain::Draining;
+                    r = io::ready(&mut sock, &mut rbuf, can_read, want_write), if can_read || want_write => {
+                        // Writable: written below.
+                        if let io::Io::Read(r) = r {
+                            match r {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => self.shared.counters.bytes(self.metered.group, n as u64, 0),
+                            }
+                            self.heard = true;
+                            self.parse_and_dispatch(&mut rbuf);
+                            // The first request is in (not cut in two): drain.
+                            if matches!(self.drain, Drain::FirstRequest(_)) && rbuf.is_empty() {
+                                self.drain = Drain::Draining;
+                            }
                         }
                     }
                     // Rare states (see `rare`): guarded, and boxed when they hold.
-                    ev = rare::next(&mut self.ssub, &mut self.monitor, &self.shared, self.held.is_some(), self.drain),
-                        if rare::active(&self.ssub, &self.monitor, self.held.is_some(), self.drain) =>
+                    ev = rare::next(
+                        &mut self.ssub,
+                        &mut self.monitor,
+                        &self.shared,
+                        self.held.is_some(),
+                        self.drain,
+                        rare::Output { unwritten, due },
+                    ),
+                        if rare::active(&self.ssub, &self.monitor, self.held.is_some(), self.drain, due) =>
                     {
                         match ev {
                             Rare::Shard(ev) => self.shard_event(ev),
                             Rare::Monitor(line) => if !self.monitor_write(line) { return },
                             Rare::PauseOver => self.release_held(&mut rbuf),
                             Rare::Grace => self.drain = Drain::Draining,
+                            // Closed past the soft limit, below.
+                            Rare::SoftDue => {}
                         }
                     }
                     _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
@@ -271,10 +304,11 @@ impl Session {
                 if !self.timings.is_empty() {
                     self.check_slow();
                 }
-                if !self.write_out(&mut sock).await {
+                if !self.write_out(&mut sock) {
                     return;
                 }
-                if self.closing && self.replies.is_empty() {
+                let written = self.replies.out.is_empty();
+                if self.closing && self.replies.is_empty() && written {
                     let _ = sock.shutdown().await;
                     return;
                 }
@@ -289,6 +323,7 @@ impl Session {
                 // blocked client or a subscriber).
                 if self.drain == Drain::Draining
                     && self.replies.is_empty()
+                    && written
                     && self.blocked.is_none()
                     && self.held.is_none()
                 {
@@ -296,6 +331,7 @@ impl Session {
                     return;
                 }
                 if self.replies.is_empty()
+                    && written
                     && let Some(first) = self.subscribing.take()
                 {
                     if self.drain != Drain::Serving {
@@ -318,7 +354,7 @@ impl Session {
                         Ok(()) => return,
                         Err(e) => {
                             Encoder::new(&mut self.replies.out, self.state.proto).error(&e.to_string());
-                            if !self.write_out(&mut sock).await {
+                            if !self.write_out(&mut sock) {
                                 return;
                             }
                             // Back to normal service for what follows.
@@ -447,7 +483,7 @@ impl Session {
             }
             Plan::Broadcast { merge, script } => {
                 self.meter_fanout(true);
-                let merge = self.config_hook(args, merge);
+                let Some(merge) = self.config_hook(args, merge, at) else { return };
                 if let Some(body) = script {
                     self.shared.locks.remember_script(&body);
                 }
@@ -507,48 +543,6 @@ impl Session {
                 proto,
                 &ReplyError::err("shardis: request not dispatched after migration"),
             ),
-        }
-    }
-
-    fn reply_to(&mut self, seq: u64, part: u32) -> ReplyTo {
-        let (tx, _) = self.inbox.get_or_insert_with(mpsc::unbounded_channel);
-        ReplyTo::inbox(tx, seq, part)
-    }
-
-    fn send(&mut self, topo: &Topology, shard: usize, req: Bytes, seq: u64, part: u32) {
-        topo.shards[shard].send(self.state.proto, self.lane, Job::new(req, self.reply_to(seq, part)));
-    }
-
-    /// Sends the same request to every shard and merges the answers.
-    fn send_to_all(&mut self, topo: &Topology, merge: Merge, req: Bytes, at: At) {
-        let n = topo.shards.len();
-        let seq = self.replies.put(at, Slot::many(merge, n));
-        for shard in 0..n {
-            self.send(topo, shard, req.clone(), seq, shard as u32);
-        }
-    }
-
-    /// Queues a request on this session's lock worker, which answers in its slot.
-    fn lock_request(&mut self, req: Request, op: Op, at: At) {
-        let seq = self.replies.put(at, Slot::One(None));
-        let (shared, lane, inbox) = (&self.shared, self.lane, &mut self.inbox);
-        let lock_tx = self.lock_tx.get_or_insert_with(|| {
-            let (sink, _) = inbox.get_or_insert_with(mpsc::unbounded_channel);
-            worker::spawn_worker(shared.clone(), lane, sink.clone())
-        });
-        let r = LockRequest {
-            seq,
-            req,
-            proto: self.state.proto,
-            op,
-        };
-        if lock_tx.send(r).is_err() {
-            self.lock_tx = None;
-            self.replies.error(
-                At::Slot(seq),
-                self.state.proto,
-                &ReplyError::err("shardis: lock worker stopped"),
-            );
         }
     }
 

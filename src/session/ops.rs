@@ -20,6 +20,7 @@ use super::replies::At;
 use crate::client::ReplyMode;
 use crate::command::spec::{F_ADMIN, F_MAY_REPLICATE, F_SKIP_MONITOR, F_SKIP_SLOWLOG, F_WRITE};
 use crate::command::{self, Local};
+use crate::error::ReplyError;
 use crate::merge::Merge;
 use crate::protocol::request::INLINE_ARGS;
 use crate::protocol::{Request, RequestParser};
@@ -197,8 +198,19 @@ impl Session {
 
     /// Writes monitor lines; false when the monitor was dropped for falling
     /// behind (`line` is `None`), and must be disconnected.
+    /// Counted as closed past the normal class's output buffer limit: the
+    /// lines it had not taken are its output buffer.
     pub(super) fn monitor_write(&mut self, line: Option<Bytes>) -> bool {
-        let Some(line) = line else { return false };
+        let Some(line) = line else {
+            self.shared.limits.output_closed(crate::limits::Class::Normal);
+            tracing::warn!(
+                client = self.state.id,
+                addr = %self.state.addr,
+                lines = crate::monitor::MONITOR_LINES,
+                "MONITOR closed for falling behind (lines waiting past the limit)"
+            );
+            return false;
+        };
         self.replies.out.extend_from_slice(&line);
         while let Some(Ok(l)) = self.monitor.as_mut().map(|rx| rx.try_recv()) {
             self.replies.out.extend_from_slice(&l);
@@ -206,16 +218,46 @@ impl Session {
         true
     }
 
-    /// A broadcast CONFIG SET: the proxy's slow log follows it as the
-    /// shards' do; CONFIG GET answers the proxy's slow log settings.
-    pub(super) fn config_hook(&self, args: &[&[u8]], mut merge: Merge) -> Merge {
+    /// A broadcast CONFIG SET: the proxy's slow log and output buffer
+    /// limits follow it as the shards' do; CONFIG GET answers the proxy's
+    /// own settings. A CONFIG SET of only `client-output-buffer-limit` is
+    /// the proxy's alone: answered here into slot `at` and not sent to the
+    /// shards (`None`), where it would limit the proxy's own connections.
+    pub(super) fn config_hook(&mut self, args: &[&[u8]], mut merge: Merge, at: At) -> Option<Merge> {
         if self.router.spec.is_some_and(|s| s.name == "config|set") {
             crate::slowlog::config_set(&self.shared.slowlog, args);
+            let pairs = args.get(2..).unwrap_or_default();
+            let mut ours = 0;
+            let mut failed = None;
+            for pair in pairs.chunks(2) {
+                let [k, v] = pair else { continue };
+                if k.eq_ignore_ascii_case(b"client-output-buffer-limit") {
+                    ours += 1;
+                    if let Err(e) = self.shared.limits.output.config_set(&String::from_utf8_lossy(v)) {
+                        failed = Some(e);
+                    }
+                }
+            }
+            if ours > 0 && ours * 2 == pairs.len() {
+                let reply = match failed {
+                    None => Ok(()),
+                    Some(e) => Err(ReplyError::err(format!(
+                        "CONFIG SET failed (possibly related to argument 'client-output-buffer-limit') - {e}"
+                    ))),
+                };
+                let proto = self.state.proto;
+                self.replies.reply_with(at, proto, |enc| match reply {
+                    Ok(()) => enc.ok(),
+                    Err(e) => e.encode(enc),
+                });
+                return None;
+            }
         }
         if let Merge::ConfigGet { own } = &mut merge {
             own.extend(self.shared.slowlog.settings());
+            own.push(("client-output-buffer-limit", self.shared.limits.output.config_value()));
         }
-        merge
+        Some(merge)
     }
 
     /// The connection becomes a monitor (after MONITOR's OK).

@@ -1,17 +1,23 @@
 //! The events a session waits for only in rare states: a shard channel's
 //! message (SSUBSCRIBE), a MONITOR line, the end of a CLIENT PAUSE holding a
-//! request, the end of a shutdown's first-request grace.
+//! request, the end of a shutdown's first-request grace; and for a client
+//! whose replies wait to be written, the end of its soft output limit's
+//! seconds (see [`super::outbuf`]; the socket taking more is waited for
+//! with the read, [`super::io::ready`]).
 //!
 //! They are one select arm of [`super::Session::run`], whose futures are
 //! boxed and made only while one of those states holds: the select's futures
 //! live in every client's task, so a plain client's task stays small (the
 //! four inline cost 552 bytes of each connection's memory).
 
+use std::time::Instant;
+
 use bytes::Bytes;
 use tokio::sync::mpsc;
 
 use super::drain::{Drain, first_request_grace};
 use super::ops;
+use super::outbuf::{READ_PAUSE, soft_due};
 use super::sharded::{self, Event, ShardSubs};
 use crate::state::Shared;
 
@@ -25,6 +31,15 @@ pub(super) enum Rare {
     PauseOver,
     /// The shutdown's grace for a first request is over.
     Grace,
+    /// The client has been over its soft output limit for its seconds.
+    SoftDue,
+}
+
+/// The client's output: the bytes waiting to be written, when the soft
+/// output limit's seconds end (if over it).
+pub(super) struct Output {
+    pub(super) unwritten: usize,
+    pub(super) due: Option<Instant>,
 }
 
 /// Whether any rare state holds (the arm's guard).
@@ -33,8 +48,9 @@ pub(super) fn active(
     monitor: &Option<mpsc::Receiver<Bytes>>,
     held: bool,
     drain: Drain,
+    due: Option<Instant>,
 ) -> bool {
-    ssub.is_some() || monitor.is_some() || held || matches!(drain, Drain::FirstRequest(_))
+    ssub.is_some() || monitor.is_some() || held || matches!(drain, Drain::FirstRequest(_)) || due.is_some()
 }
 
 /// The next rare event (see [`active`]); allocates its futures when first
@@ -45,12 +61,16 @@ pub(super) async fn next(
     shared: &Shared,
     held: bool,
     drain: Drain,
+    out: Output,
 ) -> Rare {
     Box::pin(async move {
         tokio::select! {
             biased;
+            _ = soft_due(out.due), if out.due.is_some() => Rare::SoftDue,
             Some(ev) = sharded::next_event(ssub) => Rare::Shard(ev),
-            line = ops::monitor_line(monitor) => Rare::Monitor(line),
+            // Not while the client's output is full: a MONITOR that does
+            // not read falls behind and is closed (see `crate::monitor`).
+            line = ops::monitor_line(monitor), if out.unwritten < READ_PAUSE => Rare::Monitor(line),
             _ = ops::pause_over(shared, held) => Rare::PauseOver,
             _ = first_request_grace(drain) => Rare::Grace,
             else => std::future::pending().await,

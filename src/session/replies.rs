@@ -1,7 +1,9 @@
 //! Reply slots in request order. Every request takes the next slot; backend
 //! replies fill slots in any order; the longest run of finished slots at the
 //! head is written to the client in one write. Replies CLIENT REPLY OFF /
-//! SKIP silences are dropped here, in order like the others.
+//! SKIP silences are dropped here, in order like the others. The bytes of
+//! finished replies still waiting here or in the output are counted
+//! ([`Replies::held`]) for the output buffer limit (`crate::limits::output`).
 
 use std::collections::VecDeque;
 
@@ -31,7 +33,24 @@ pub(super) enum Slot {
     Migrating(Box<Parked>),
 }
 
+fn result_len(r: &Option<BackendResult>) -> usize {
+    match r {
+        Some(Ok(frame)) => frame.len(),
+        _ => 0,
+    }
+}
+
 impl Slot {
+    /// The reply bytes the slot holds now.
+    fn bytes(&self) -> usize {
+        match self {
+            Slot::Ready(b) => b.len(),
+            Slot::One(r) => result_len(r),
+            Slot::Many { parts, .. } => parts.iter().map(result_len).sum(),
+            Slot::Migrating(_) => 0,
+        }
+    }
+
     fn is_done(&self) -> bool {
         match self {
             Slot::Ready(_) => true,
@@ -74,6 +93,8 @@ pub(super) struct Replies {
     pub(super) muted: bool,
     /// Sequence numbers of pending slots whose reply is not sent, in order.
     silent: VecDeque<u64>,
+    /// Reply bytes held in `pending` (finished slots and parts).
+    pending_bytes: usize,
 }
 
 impl Replies {
@@ -83,6 +104,12 @@ impl Replies {
 
     pub(super) fn is_empty(&self) -> bool {
         self.pending.is_empty()
+    }
+
+    /// Reply bytes the client has not been sent yet: those in the output
+    /// and those of finished replies waiting for an earlier one.
+    pub(super) fn held(&self) -> usize {
+        self.out.len() + self.pending_bytes
     }
 
     /// The sequence number of the oldest slot not written yet (every lower
@@ -100,12 +127,15 @@ impl Replies {
     pub(super) fn put(&mut self, at: At, slot: Slot) -> u64 {
         match at {
             At::Slot(seq) => {
+                let add = slot.bytes();
                 if let Some(s) = self.get_mut(seq) {
-                    *s = slot;
+                    let old = std::mem::replace(s, slot).bytes();
+                    self.pending_bytes = (self.pending_bytes + add).saturating_sub(old);
                 }
                 seq
             }
             At::Next => {
+                self.pending_bytes += slot.bytes();
                 self.pending.push_back(slot);
                 let seq = self.head_seq + self.pending.len() as u64 - 1;
                 if self.muted {
@@ -162,15 +192,24 @@ impl Replies {
     /// Fills the slot a backend reply answers. A completion for a
     /// [`Slot::Migrating`] is handed back: the parking logic owns those.
     pub(super) fn complete(&mut self, c: Completion) -> Option<Completion> {
-        match self.get_mut(c.seq) {
+        let len = c.result.as_ref().map_or(0, |f| f.len());
+        let slot = c
+            .seq
+            .checked_sub(self.head_seq)
+            .and_then(|i| self.pending.get_mut(i as usize));
+        match slot {
             Some(Slot::Migrating(_)) => return Some(c),
-            Some(Slot::One(r)) => *r = Some(c.result),
+            Some(Slot::One(r)) => {
+                *r = Some(c.result);
+                self.pending_bytes += len;
+            }
             Some(Slot::Many { parts, left, .. }) => {
                 if let Some(p) = parts.get_mut(c.part as usize) {
                     if p.is_none() {
                         *left -= 1;
                     }
                     *p = Some(c.result);
+                    self.pending_bytes += len;
                 }
             }
             _ => {}
@@ -182,6 +221,7 @@ impl Replies {
     pub(super) fn flush(&mut self, proto: Protocol) {
         while self.pending.front().is_some_and(Slot::is_done) {
             let Some(slot) = self.pending.pop_front() else { break };
+            self.pending_bytes = self.pending_bytes.saturating_sub(slot.bytes());
             self.head_seq += 1;
             if self.silent.front() == Some(&(self.head_seq - 1)) {
                 self.silent.pop_front();
@@ -194,6 +234,9 @@ impl Replies {
                 Slot::One(None) | Slot::Migrating(_) => {}
                 Slot::Many { merge, parts, .. } => merge.finish(parts, &mut Encoder::new(&mut self.out, proto)),
             }
+        }
+        if self.pending.is_empty() {
+            self.pending_bytes = 0;
         }
     }
 }
@@ -244,6 +287,33 @@ mod tests {
         r.muted = true;
         r.ready(At::Next, Bytes::from_static(b"+muted\r\n"));
         assert_eq!(&r.out[..], b"+a\r\n+c\r\n");
+    }
+
+    #[test]
+    fn held_counts_the_bytes_not_sent_yet() {
+        let mut r = Replies::default();
+        let a = r.put(At::Next, Slot::One(None));
+        let b = r.put(At::Next, Slot::many(Merge::AnyOk, 2));
+        r.ready(At::Next, Bytes::from_static(b"+ccc\r\n"));
+        assert_eq!(r.held(), 6);
+        r.complete(Completion {
+            seq: b,
+            part: 1,
+            result: Ok(Bytes::from_static(b"+bb\r\n")),
+        });
+        r.flush(Protocol::Resp2);
+        assert_eq!(r.held(), 11, "nothing written: the first reply is due");
+        r.complete(done(a, b"+a\r\n"));
+        r.complete(Completion {
+            seq: b,
+            part: 0,
+            result: Ok(Bytes::from_static(b"+OK\r\n")),
+        });
+        r.flush(Protocol::Resp2);
+        assert!(r.is_empty());
+        assert_eq!(r.held(), r.out.len());
+        r.out.clear();
+        assert_eq!(r.held(), 0);
     }
 
     #[test]

@@ -32,6 +32,14 @@ pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
     fn holds_input(&self) -> bool {
         false
     }
+
+    /// Output written to the stream and not yet to the socket (TLS records
+    /// the socket did not take): the session waits for the socket to be
+    /// writable to flush it.
+    #[inline]
+    fn holds_output(&self) -> bool {
+        false
+    }
 }
 
 impl Stream for TcpStream {
@@ -52,6 +60,10 @@ impl Stream for server::TlsStream<TcpStream> {
     /// plaintext and no complete record.
     fn holds_input(&self) -> bool {
         !self.get_ref().1.wants_read()
+    }
+
+    fn holds_output(&self) -> bool {
+        self.get_ref().1.wants_write()
     }
 }
 
