@@ -387,13 +387,6 @@ impl Session {
             }
             Plan::SpanPop(cmd) => self.span_pop(topo, cmd, args, at),
             Plan::CrossShard(p) => self.cross_shard(p, at),
-            Plan::Subscribe if self.ssub.as_deref().is_some_and(sharded::ShardSubs::active) => self.replies.error(
-                at,
-                proto,
-                &ReplyError::err(
-                    "shardis: SUBSCRIBE / PSUBSCRIBE on a connection subscribed to shard channels (SSUBSCRIBE) is not supported; use another connection",
-                ),
-            ),
             Plan::Subscribe => self.classic_sub(topo, args, req.raw.clone(), at),
             Plan::Local(Local::Unsubscribe) if self.has_subscriber() => {
                 self.classic_sub(topo, args, req.raw.clone(), at)

@@ -168,6 +168,20 @@ async fn a_resp3_subscribers_commands_go_to_their_keys_shards() {
         // connection is served as from any connection.
         c.raw("DBSIZE\r\n");
         assert_eq!(c.frames(1), ":3\r\n");
+        // Shard channels on the same connection, either way round.
+        c.raw("SSUBSCRIBE r3shard\r\n");
+        assert_eq!(c.frames(1), ">3\r\n$10\r\nssubscribe\r\n$7\r\nr3shard\r\n:1\r\n");
+        c.raw("PSUBSCRIBE r3*\r\n");
+        assert_eq!(c.frames(1), ">3\r\n$10\r\npsubscribe\r\n$3\r\nr3*\r\n:2\r\n");
+        p.raw("SPUBLISH r3shard s\r\n");
+        assert_eq!(p.frames(1), ":1\r\n");
+        assert_eq!(c.frames(1), ">3\r\n$8\r\nsmessage\r\n$7\r\nr3shard\r\n$1\r\ns\r\n");
+        p.raw("PUBLISH r3news m\r\n");
+        assert_eq!(p.frames(1), ":2\r\n");
+        assert_eq!(
+            c.frames(2),
+            ">3\r\n$7\r\nmessage\r\n$6\r\nr3news\r\n$1\r\nm\r\n>4\r\n$8\r\npmessage\r\n$3\r\nr3*\r\n$6\r\nr3news\r\n$1\r\nm\r\n"
+        );
     })
     .await
     .unwrap();
@@ -183,9 +197,14 @@ async fn a_resp2_subscriber_gets_what_redis_answers() {
     let proxy = Proxy::start(&refs).await;
     let plain = RedisNode::start();
     let (addr, plain_addr) = (proxy.addr, addr_of(&plain));
+    // Once unsubscribed, a key goes to its shard (not the pub/sub shard).
+    let (k, owner) = (key_on(&proxy, 2, "r2:"), addr_of(&nodes[2]));
     tokio::task::spawn_blocking(move || {
-        let input = "SUBSCRIBE a\r\nGET k\r\nSET k v\r\nPING\r\nPING x\r\nHELLO 3\r\nPSUBSCRIBE p*\r\nSUBSCRIBE a b\r\n\
-                     UNSUBSCRIBE b\r\nUNSUBSCRIBE\r\nGET k\r\nPUNSUBSCRIBE\r\nUNSUBSCRIBE\r\nSET k v\r\nGET k\r\n";
+        let input = format!(
+            "SUBSCRIBE a\r\nGET {k}\r\nSET {k} v\r\nPING\r\nPING x\r\nHELLO 3\r\nPSUBSCRIBE p*\r\nSUBSCRIBE a b\r\n\
+             UNSUBSCRIBE b\r\nUNSUBSCRIBE\r\nGET {k}\r\nPUNSUBSCRIBE\r\nUNSUBSCRIBE\r\nSET {k} v\r\nGET {k}\r\n"
+        );
+        let input = &input;
         let n = 16;
         let mut want = Client::connect(plain_addr);
         want.raw(input);
@@ -196,6 +215,9 @@ async fn a_resp2_subscriber_gets_what_redis_answers() {
         assert!(want.contains("-ERR Can't execute 'get'"), "{want}");
         assert!(want.ends_with("+OK\r\n$1\r\nv\r\n"), "{want}");
         assert_eq!(got, want);
+        let mut o = Client::connect(owner);
+        o.send(&[b"GET", k.as_bytes()]);
+        assert_eq!(o.frames(1), "$1\r\nv\r\n", "{k} on its shard");
     })
     .await
     .unwrap();
@@ -207,8 +229,11 @@ async fn reset_and_quit_end_the_subscription() {
     let refs: Vec<_> = nodes.iter().collect();
     let proxy = Proxy::start(&refs).await;
     let addr = proxy.addr;
+    // Keys not on the pub/sub shard: served by the ring after RESET.
+    let keys = [key_on(&proxy, 1, "reset:"), key_on(&proxy, 2, "reset:")];
+    let owners = [addr_of(&nodes[1]), addr_of(&nodes[2])];
     tokio::task::spawn_blocking(move || {
-        for hello in ["", "HELLO 3\r\n"] {
+        for (hello, (key, owner)) in ["", "HELLO 3\r\n"].into_iter().zip(keys.iter().zip(owners)) {
             let mut c = Client::connect(addr);
             if !hello.is_empty() {
                 c.raw(hello);
@@ -235,8 +260,12 @@ async fn reset_and_quit_end_the_subscription() {
             if let Some(f) = c.try_frame(Duration::from_millis(300)) {
                 panic!("after RESET: {f:?}");
             }
-            c.raw("SET reset:k 1\r\nGET reset:k\r\n");
+            c.send(&[b"SET", key.as_bytes(), b"1"]);
+            c.send(&[b"GET", key.as_bytes()]);
             assert_eq!(c.frames(2), "+OK\r\n$1\r\n1\r\n");
+            let mut o = Client::connect(owner);
+            o.send(&[b"GET", key.as_bytes()]);
+            assert_eq!(o.frames(1), "$1\r\n1\r\n", "{key} on its shard");
         }
         // QUIT: +OK (after the confirmations before it), then the end.
         let mut c = Client::connect(addr);
@@ -364,6 +393,42 @@ async fn messages_arrive_whole_and_in_order() {
                 panic!("a message twice? {f:?}");
             }
         }
+    })
+    .await
+    .unwrap();
+}
+
+/// The pub/sub shard goes away: a subscriber's connection is closed (it
+/// must subscribe again, as after any disconnection); a SUBSCRIBE while the
+/// shard is down gets the error and the client stays in normal service.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_pubsub_shard_closes_subscribers() {
+    let mut nodes = three_nodes();
+    let proxy = {
+        let refs: Vec<_> = nodes.iter().collect();
+        Proxy::start(&refs).await
+    };
+    let addr = proxy.addr;
+    let key = key_on(&proxy, 1, "lost:");
+    let mut c = tokio::task::spawn_blocking(move || {
+        let mut c = Client::connect(addr);
+        c.raw("HELLO 3\r\nSUBSCRIBE lost\r\n");
+        c.frames(2);
+        c
+    })
+    .await
+    .unwrap();
+    nodes[0].kill();
+    tokio::task::spawn_blocking(move || {
+        assert!(c.closed(), "the subscriber's connection outlived its shard connection");
+        let mut c = Client::connect(addr);
+        c.raw("SUBSCRIBE lost\r\n");
+        let got = c.frames(1);
+        assert!(got.starts_with('-'), "{got}");
+        // Still served, and not in subscribed mode.
+        c.send(&[b"SET", key.as_bytes(), b"1"]);
+        c.raw("PING\r\n");
+        assert_eq!(c.frames(2), "+OK\r\n+PONG\r\n");
     })
     .await
     .unwrap();
