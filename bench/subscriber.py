@@ -5,7 +5,9 @@ Starts one redis-server and a shardis (the binary given, default
 target/debug/shardis) in front of it, subscribes through the proxy, then
 PUBLISHes N small messages straight to the shard (pipelined, so the
 publisher is not what is measured) and times the subscriber from the first
-message to the last. Prints messages/s; RUNS runs (env), the median.
+message to the last. Prints messages/s and the proxy's CPU time per
+message (utime+stime from /proc, steadier than wall time on a shared
+machine); RUNS runs (env), the medians.
 
     bench/subscriber.py [BINARY] [N]
 """
@@ -23,7 +25,12 @@ def wait_port(port, timeout=10):
             time.sleep(0.05)
     raise SystemExit(f"port {port} never opened")
 
-def run_once(proxy_port, redis_port, n, payload):
+def cpu_seconds(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+def run_once(proxy_port, redis_port, n, payload, pid):
     sub = socket.create_connection(("127.0.0.1", proxy_port))
     sub.sendall(b"SUBSCRIBE bench\r\n")
     buf = b""
@@ -36,6 +43,7 @@ def run_once(proxy_port, redis_port, n, payload):
     data = cmd * n
     got = 0
     start = None
+    cpu0 = cpu_seconds(pid)
     import threading
     t = threading.Thread(target=pub.sendall, args=(data,)); t.start()
     while got < want:
@@ -46,10 +54,11 @@ def run_once(proxy_port, redis_port, n, payload):
             start = time.perf_counter()
         got += len(chunk)
     elapsed = time.perf_counter() - start
+    cpu = cpu_seconds(pid) - cpu0
     t.join()
     assert got == want, (got, want)
     sub.close(); pub.close()
-    return n / elapsed
+    return n / elapsed, cpu / n * 1e9
 
 def main():
     binary = sys.argv[1] if len(sys.argv) > 1 else "target/debug/shardis"
@@ -66,9 +75,10 @@ def main():
     procs.append(subprocess.Popen([binary, "--config", cfg], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
         wait_port(pport)
-        rates = [run_once(pport, rport, n, b"x" * 16) for _ in range(runs)]
+        res = [run_once(pport, rport, n, b"x" * 16, procs[1].pid) for _ in range(runs)]
+        rates, cpu = [r for r, _ in res], [c for _, c in res]
         print(f"{binary}: {n} messages of 16 B, runs (msg/s): {', '.join(f'{r:,.0f}' for r in rates)}; "
-              f"median {statistics.median(rates):,.0f} msg/s")
+              f"median {statistics.median(rates):,.0f} msg/s; proxy CPU median {statistics.median(cpu):,.0f} ns/message")
     finally:
         for p in procs:
             p.terminate()

@@ -26,6 +26,8 @@
 //!   could not be opened, the SUBSCRIBE gets the error and nothing changes.
 
 use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
@@ -48,12 +50,20 @@ pub(super) struct Subs {
     patterns: HashSet<Bytes>,
     /// The protocol the connection speaks (the client's when it opened).
     proto: Protocol,
+    /// The connection could not be opened: set before its commands are
+    /// answered (with the error), so the client's next command already
+    /// finds it gone.
+    unreachable: Arc<AtomicBool>,
 }
 
 impl Subs {
     /// The client holds at least one channel or pattern.
     pub(super) fn active(&self) -> bool {
-        !self.channels.is_empty() || !self.patterns.is_empty()
+        (!self.channels.is_empty() || !self.patterns.is_empty()) && !self.unreachable()
+    }
+
+    fn unreachable(&self) -> bool {
+        self.unreachable.load(Ordering::Acquire)
     }
 }
 
@@ -75,14 +85,19 @@ impl Session {
         let proto = self.state.proto;
         let name = args[0].to_ascii_lowercase();
         let subscribe = matches!(&name[..], b"subscribe" | b"psubscribe");
+        if self.csub.as_deref().is_some_and(Subs::unreachable) {
+            self.drop_subscriber(); // try again
+        }
         let subs = self.csub.get_or_insert_with(|| {
-            let (conn, events) = subconn::spawn(topo.shards[PUBSUB_SHARD].clone(), proto);
+            let unreachable = Arc::new(AtomicBool::new(false));
+            let (conn, events) = subconn::spawn(topo.shards[PUBSUB_SHARD].clone(), proto, unreachable.clone());
             Box::new(Subs {
                 conn,
                 events,
                 channels: HashSet::new(),
                 patterns: HashSet::new(),
                 proto,
+                unreachable,
             })
         });
         let set = if name.starts_with(b"p") {
@@ -124,7 +139,7 @@ impl Session {
 
     /// The client holds a subscriber connection (UNSUBSCRIBE goes there).
     pub(super) fn has_subscriber(&self) -> bool {
-        self.csub.is_some()
+        self.csub.as_deref().is_some_and(|s| !s.unreachable())
     }
 
     /// RESET: the subscriber connection closes (after answering what
@@ -139,7 +154,8 @@ impl Session {
     /// connection (its subscriber connection failed).
     pub(super) fn classic_event(&mut self, ev: Event) -> bool {
         match ev {
-            Event::Messages(frames) => {
+            // The permit goes once the bytes are copied out.
+            Event::Messages(frames, _permit) => {
                 self.replies.ready(At::Next, frames);
                 true
             }

@@ -433,3 +433,56 @@ async fn a_lost_pubsub_shard_closes_subscribers() {
     .await
     .unwrap();
 }
+
+/// A subscriber that does not read is not buffered for: the proxy stops
+/// reading its shard connection, the shard's `client-output-buffer-limit
+/// pubsub` (32 MiB hard) closes that connection, and the client's with it.
+/// (A proxy that kept reading would hold every message and the shard would
+/// never reach its limit.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_does_not_read_is_not_buffered_for() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let (addr, shard) = (proxy.addr, addr_of(&nodes[0]));
+    tokio::task::spawn_blocking(move || {
+        let mut c = Client::connect(addr);
+        c.raw("SUBSCRIBE slow\r\n");
+        c.frame();
+        // Publish straight to the shard: 256 MiB, never read by the client.
+        let mut p = Client::connect(shard);
+        let big = vec![b'x'; 1 << 20];
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let mut sent = 0;
+        loop {
+            p.send(&[b"PUBLISH", b"slow", &big]);
+            let n = p.frames(1);
+            sent += 1;
+            if n == ":0\r\n" {
+                break; // the shard dropped the subscriber's connection
+            }
+            assert!(
+                sent < 256 && Instant::now() < deadline,
+                "still subscribed after {sent} MiB"
+            );
+        }
+        // Whatever was on its way is delivered, then the connection ends.
+        let mut b = vec![0u8; 1 << 20];
+        let mut read = 0usize;
+        c.s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        loop {
+            match c.s.read(&mut b) {
+                Ok(0) => break,
+                Ok(n) => read += n,
+                Err(e) => panic!("the subscriber's connection was not closed: {e} after {read} bytes"),
+            }
+        }
+        // In flight: the socket buffers of two loopback hops (a few MiB
+        // each) and the proxy's 1 MiB of messages; 64 batches of 1 MiB
+        // each (the first version) let 71 MB through.
+        assert!(read < 40 << 20, "read {read} of {sent} MiB");
+        eprintln!("published {sent} MiB before the shard closed the connection; the client read {read} bytes");
+    })
+    .await
+    .unwrap();
+}
