@@ -486,3 +486,11 @@ async fn a_subscriber_that_does_not_read_is_not_buffered_for() {
     .await
     .unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_py_subscribes_in_resp2_and_resp3() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    crate::support::run_py("subscriber.py", proxy.addr).await;
+}
