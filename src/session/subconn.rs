@@ -174,9 +174,12 @@ async fn frames(
         let frame = buf.split_to(n);
         // A reply nobody waits for (cannot happen with the session's counts).
         let Some(w) = waiting.front_mut() else { continue };
+        // An error answers the whole command (the shard refused it: no
+        // confirmations follow).
+        let error = w.got.is_empty() && crate::protocol::reply::is_error(&frame);
         w.got.extend_from_slice(&frame);
         w.left -= 1;
-        if w.left == 0
+        if (w.left == 0 || error)
             && let Some(w) = waiting.pop_front()
         {
             w.reply.complete(Ok(w.got.freeze()));

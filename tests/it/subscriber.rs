@@ -494,3 +494,30 @@ async fn redis_py_subscribes_in_resp2_and_resp3() {
     let proxy = Proxy::start(&refs).await;
     crate::support::run_py("subscriber.py", proxy.addr).await;
 }
+
+/// The shard refuses a SUBSCRIBE (its own ACL): one error answers the whole
+/// command, and the confirmations of the next one are not taken for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscribe_the_shard_refuses_answers_with_its_error() {
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start(&refs).await;
+    let (addr, shard) = (proxy.addr, addr_of(&nodes[0]));
+    tokio::task::spawn_blocking(move || {
+        let mut admin = Client::connect(shard);
+        admin.raw("ACL SETUSER default resetchannels &ok*\r\n");
+        assert_eq!(admin.frames(1), "+OK\r\n");
+        let mut c = Client::connect(addr);
+        c.raw("SUBSCRIBE no1 no2\r\nSUBSCRIBE ok1 ok2\r\nPING\r\n");
+        let got = c.frames(4);
+        assert!(got.starts_with("-NOPERM"), "{got}");
+        assert!(
+            got.ends_with(
+                "*3\r\n$9\r\nsubscribe\r\n$3\r\nok1\r\n:1\r\n*3\r\n$9\r\nsubscribe\r\n$3\r\nok2\r\n:2\r\n*2\r\n$4\r\npong\r\n$0\r\n\r\n"
+            ),
+            "{got}"
+        );
+    })
+    .await
+    .unwrap();
+}
