@@ -10,6 +10,7 @@
 #   TEST=set P=1 N=50000 bench/callgrind.sh
 #   SHARDIS=/path/to/other/shardis bench/callgrind.sh   # a build to compare
 #   CG_OUT=/tmp/x.cg bench/callgrind.sh                 # keep the profile
+#   TLS=1 bench/callgrind.sh            # the measured load over TLS ([tls] listen)
 #
 # Under valgrind every request takes tens of milliseconds of wall time, so
 # the slow log (a wall-clock threshold) would log all of them: it is set to
@@ -26,12 +27,22 @@ n=${N:-200000}
 bin=${SHARDIS:-target/release/shardis}
 start_shards 3
 proxy=$(free_port)
+# TLS=1: the measured load goes to a TLS listener (tls.listen) of the proxy.
+load=(-p "$proxy")
+tls_section=""
+if [ "${TLS:-0}" = 1 ]; then
+  make_certs
+  tls_port=$(free_port)
+  load=(--tls --cacert "$dir/ca.pem" -p "$tls_port")
+  tls_section=$(printf '[tls]\ncert = "%s"\nkey = "%s"\nlisten = "127.0.0.1:%s"' "$dir/server.pem" "$dir/server.key" "$tls_port")
+fi
 # `threads` must come before the tables.
 # SHARDIS_CONFIG: more top-level settings, e.g. "slowlog_log_slower_than_us = -1".
 {
   echo "threads = 1"
   printf '%b\n' "${SHARDIS_CONFIG:-slowlog_log_slower_than_us = 10000000}"
   shardis_config "$proxy" 3
+  echo "$tls_section"
 } >"$dir/p.toml"
 RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/cg.out" \
   "$bin" --config "$dir/p.toml" 2>"$dir/valgrind.log" &
@@ -47,13 +58,13 @@ fi
 # Warm the keyspace so GETs find values, outside the counted window.
 redis-benchmark -p "$proxy" -c 50 -P 16 -n 100000 -r 100000 -t set -q >/dev/null
 callgrind_control -i on "$vg" >/dev/null 2>&1
-redis-benchmark -p "$proxy" -c 50 -P "$pipeline" -n "$n" -r 100000 -t "$test" -q >/dev/null
+redis-benchmark "${load[@]}" -c 50 -P "$pipeline" -n "$n" -r 100000 -t "$test" -q >/dev/null
 callgrind_control -i off "$vg" >/dev/null 2>&1
 kill -INT "$vg"
 wait "$vg" 2>/dev/null || true
 [ -n "${CG_OUT:-}" ] && cp "$dir/cg.out" "$CG_OUT"
 total=$(callgrind_annotate "$dir/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
-echo "$test -P $pipeline, $n requests: $total instructions, $((total / n)) per request ($bin)"
+echo "$test -P $pipeline, $n requests$([ "${TLS:-0}" = 1 ] && echo ", TLS"): $total instructions, $((total / n)) per request ($bin)"
 echo "--- top functions, self"
 callgrind_annotate "$dir/cg.out" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed -n 2,16p | cut -c1-160
 echo "--- top functions, inclusive"

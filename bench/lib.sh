@@ -58,3 +58,18 @@ for start in range(0, n, batch):
         got += len(s.recv(1 << 20))
 PY
 }
+
+# make_certs: a CA (ca.pem) and a server certificate for 127.0.0.1 and
+# localhost (server.pem, server.key) in $dir, ECDSA P-256, with openssl.
+make_certs() {
+  (
+    cd "$dir"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout ca.key -out ca.pem \
+      -days 2 -subj "/CN=shardis bench CA" 2>/dev/null
+    openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -keyout server.key -out server.csr \
+      -subj "/CN=localhost" 2>/dev/null
+    printf 'subjectAltName=IP:127.0.0.1,DNS:localhost\n' >ext
+    openssl x509 -req -in server.csr -CA ca.pem -CAkey ca.key -CAcreateserial -out server.pem -days 2 \
+      -extfile ext 2>/dev/null
+  )
+}

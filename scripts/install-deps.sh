@@ -12,6 +12,8 @@ command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 # and protoc (the etcd-client crate compiles etcd's protobuf definitions).
 command -v etcd >/dev/null 2>&1 || need+=(etcd-server)
 command -v protoc >/dev/null 2>&1 || need+=(protobuf-compiler)
+# bench/tls.sh makes its certificates with openssl (the tests use rcgen).
+command -v openssl >/dev/null 2>&1 || need+=(openssl)
 # Headless Chromium renders the admin status page in tests/browser.rs.
 command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || need+=(chromium)
 if [ "${SHARDIS_BENCH:-0}" = 1 ] && ! command -v nutcracker >/dev/null 2>&1 && [ ! -x /usr/sbin/nutcracker ]; then

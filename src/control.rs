@@ -85,6 +85,17 @@ pub async fn apply(shared: &Shared, cfg: Config, force: bool) -> Result<u64, Rel
     if cfg.listen != old.config.listen {
         warn!(old = %old.config.listen, new = %cfg.listen, "listen address changes need a restart; keeping the old one");
     }
+    let mut cfg = cfg;
+    // The listeners are bound at start: TLS for clients turned on or off,
+    // or moved to another address, needs a restart. New certificate files
+    // (read by Config::load) are put in service for new connections.
+    let (was, is) = (&old.config.tls, &cfg.tls);
+    if was.serves_clients() != is.serves_clients() || was.listen != is.listen {
+        warn!("turning client TLS on or off, or moving tls.listen, needs a restart; keeping the running [tls]");
+        cfg.tls = old.config.tls.clone();
+    } else if was.server != is.server {
+        info!("new TLS certificate files read: new client connections use them");
+    }
     let cfg = Arc::new(cfg);
     let started: Vec<Arc<Shard>> = cfg
         .backends

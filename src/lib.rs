@@ -15,7 +15,11 @@
 //! - [`acl`]: users and permissions in Redis ACL syntax (`[[users]]`): the
 //!   rule parser, a permission bitset per user, key patterns (with the glob
 //!   matcher of [`lock::glob`], a leaf), the failed-login limit.
-//! - [`config`]: `proxy.toml` schema and validation (compiles the users).
+//! - [`tls`]: rustls configurations read from the certificate, key and CA
+//!   files (errors name the file), and the stream trait sessions and
+//!   backend connections are generic over (plain TCP or TLS).
+//! - [`config`]: `proxy.toml` schema and validation (compiles the users,
+//!   reads the TLS files).
 //! - [`ring`]: hash tags, xxh3, the weighted-rendezvous slot table.
 //! - [`workers`]: thread-per-core worker runtimes.
 //! - [`counters`]: the `/metrics` counters the hot path bumps: per-command
@@ -102,6 +106,7 @@ pub mod state;
 pub mod testing;
 #[cfg(feature = "testing")]
 pub mod testkit;
+pub mod tls;
 pub mod topology;
 pub mod transaction;
 pub mod workers;

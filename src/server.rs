@@ -10,25 +10,35 @@
 //!
 //! With `[admin] listen`, the admin HTTP endpoint ([`crate::admin`]) is
 //! bound with the listener and served on this (the main) runtime.
+//!
+//! With `[tls]` the main listener is TLS only, or (with `tls.listen`) a
+//! second listener is; a TLS client's handshake runs on its worker, with the
+//! certificate of the topology in service at accept time (a reload that
+//! read new files changes it for new connections only).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::config::Config;
 use crate::session::Session;
 use crate::state::Shared;
+use crate::tls::rustls::ServerConfig;
 use crate::workers::Executors;
 
 /// A running proxy.
 pub struct Server {
     pub shared: Arc<Shared>,
     listener: TcpListener,
+    /// The main listener is TLS only (`[tls]` without `tls.listen`).
+    tls_main: bool,
+    /// `tls.listen`: a TLS listener next to the plain one.
+    tls_listener: Option<TcpListener>,
     /// Where sessions run: the worker runtimes, or this runtime if none.
     executors: Executors,
     /// The admin HTTP endpoint's listener (`[admin] listen`), served by
@@ -49,6 +59,15 @@ impl Server {
     pub async fn bind_on(config: Config, listen: Option<&str>, executors: Executors) -> std::io::Result<Server> {
         let addr = listen.unwrap_or(&config.listen).to_string();
         let listener = bind_reuseport(&addr).await?;
+        let tls_listener = match &config.tls.listen {
+            Some(a) if config.tls.serves_clients() => Some(
+                bind_reuseport(a)
+                    .await
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("tls.listen {a}: {e}")))?,
+            ),
+            _ => None,
+        };
+        let tls_main = config.tls.serves_clients() && tls_listener.is_none();
         let admin = match &config.admin.listen {
             Some(a) => Some(
                 crate::admin::bind(a)
@@ -63,6 +82,8 @@ impl Server {
         Ok(Server {
             shared,
             listener,
+            tls_main,
+            tls_listener,
             executors,
             admin,
         })
@@ -70,6 +91,16 @@ impl Server {
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.listener.local_addr()
+    }
+
+    /// Where TLS clients connect, if TLS is on: the main address (TLS
+    /// only) or `tls.listen`.
+    pub fn tls_addr(&self) -> Option<SocketAddr> {
+        match &self.tls_listener {
+            Some(l) => l.local_addr().ok(),
+            None if self.tls_main => self.listener.local_addr().ok(),
+            None => None,
+        }
     }
 
     /// Where the admin HTTP endpoint listens, if it is on.
@@ -86,6 +117,7 @@ impl Server {
         let topo = self.shared.topology.load_full();
         info!(
             listen = %self.local_addr().map(|a| a.to_string()).unwrap_or_default(),
+            tls = %self.tls_addr().map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             shards = topo.shards.len(),
             slots = topo.ring.slots(),
             epoch = topo.epoch,
@@ -102,13 +134,14 @@ impl Server {
             let stop = self.shared.shutdown.wait();
             tokio::pin!(stop);
             loop {
-                let accepted = tokio::select! {
+                let (accepted, tls) = tokio::select! {
                     biased;
                     _ = &mut stop => break,
-                    a = self.listener.accept() => a,
+                    a = self.listener.accept() => (a, self.tls_main),
+                    a = accept_on(self.tls_listener.as_ref()), if self.tls_listener.is_some() => (a, true),
                 };
                 match accepted {
-                    Ok((sock, peer)) => start_session(&self.shared, &self.executors, sock, peer, &mut next_worker),
+                    Ok((sock, peer)) => start_session(&self.shared, &self.executors, sock, peer, tls, &mut next_worker),
                     Err(e) => {
                         // Out of file descriptors and the like: back off, keep serving.
                         error!(error = %e, "accept failed");
@@ -123,36 +156,16 @@ impl Server {
         let Server {
             shared,
             listener,
+            tls_main,
+            tls_listener,
             executors,
             ..
         } = self;
-        let listener = match listener.into_std() {
-            Ok(l) => l,
-            Err(e) => {
-                warn!(error = %e, "cannot take the last queued clients; closing the listener");
-                shared.shutdown.drain_sessions();
-                return;
-            }
-        };
         let mut taken = 0usize;
-        loop {
-            match listener.accept() {
-                Ok((sock, peer)) => match sock.set_nonblocking(true).and_then(|()| TcpStream::from_std(sock)) {
-                    Ok(sock) => {
-                        taken += 1;
-                        start_session(&shared, &executors, sock, peer, &mut next_worker);
-                    }
-                    Err(e) => warn!(error = %e, "cannot serve a queued client"),
-                },
-                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    warn!(error = %e, "accept failed while closing the listener");
-                    break;
-                }
-            }
+        let listeners = std::iter::once((listener, tls_main)).chain(tls_listener.map(|l| (l, true)));
+        for (listener, tls) in listeners {
+            taken += take_queued(&shared, &executors, listener, tls, &mut next_worker);
         }
-        drop(listener);
         // Only now: a client closed at once and reconnecting goes to
         // another process on this port, not into the queue just closed.
         shared.shutdown.drain_sessions();
@@ -164,35 +177,135 @@ impl Server {
     }
 }
 
-/// Counts the client against the limit and starts its session, on the next
-/// worker (round robin) or on this runtime.
+/// Takes the connections still queued on a listener that stops accepting
+/// (plain non-blocking accepts until the queue is empty), starts their
+/// sessions and closes the listener. Returns how many it took.
+fn take_queued(
+    shared: &Arc<Shared>,
+    executors: &Executors,
+    listener: TcpListener,
+    tls: bool,
+    next_worker: &mut usize,
+) -> usize {
+    let listener = match listener.into_std() {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(error = %e, "cannot take the last queued clients; closing the listener");
+            return 0;
+        }
+    };
+    let mut taken = 0usize;
+    loop {
+        match listener.accept() {
+            Ok((sock, peer)) => match sock.set_nonblocking(true).and_then(|()| TcpStream::from_std(sock)) {
+                Ok(sock) => {
+                    taken += 1;
+                    start_session(shared, executors, sock, peer, tls, next_worker);
+                }
+                Err(e) => warn!(error = %e, "cannot serve a queued client"),
+            },
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                warn!(error = %e, "accept failed while closing the listener");
+                break;
+            }
+        }
+    }
+    taken
+}
+
+/// The next connection on `listener`; never resolves without one.
+async fn accept_on(listener: Option<&TcpListener>) -> std::io::Result<(TcpStream, SocketAddr)> {
+    match listener {
+        Some(l) => l.accept().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Longest a TLS client may take over its handshake before it is closed.
+const TLS_HANDSHAKE: Duration = Duration::from_secs(10);
+
+/// Serves one client to the end: the TLS handshake first if `tls`, then its
+/// session; then uncounts it.
+async fn serve(
+    shared: Arc<Shared>,
+    id: u64,
+    peer: SocketAddr,
+    laddr: String,
+    sock: TcpStream,
+    tls: Option<Arc<ServerConfig>>,
+) {
+    match tls {
+        None => {
+            Session::new(shared.clone(), id, peer.to_string(), laddr)
+                .run(sock)
+                .await
+        }
+        // Boxed: a plain client's task does not grow by the TLS state.
+        Some(cfg) => Box::pin(serve_tls(shared.clone(), id, peer, laddr, sock, cfg)).await,
+    }
+    client_gone(&shared);
+}
+
+async fn serve_tls(
+    shared: Arc<Shared>,
+    id: u64,
+    peer: SocketAddr,
+    laddr: String,
+    sock: TcpStream,
+    cfg: Arc<ServerConfig>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    match tokio::time::timeout(TLS_HANDSHAKE, acceptor.accept(sock)).await {
+        Ok(Ok(stream)) => Session::new(shared, id, peer.to_string(), laddr).run(stream).await,
+        Ok(Err(e)) => debug!(client = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => debug!(client = %peer, "TLS handshake not done within {} s", TLS_HANDSHAKE.as_secs()),
+    }
+}
+
+/// Counts the client against the limit and starts its session (after its
+/// TLS handshake if `tls`), on the next worker (round robin) or on this
+/// runtime.
 fn start_session(
     shared: &Arc<Shared>,
     executors: &Executors,
     mut sock: TcpStream,
     peer: SocketAddr,
+    tls: bool,
     next_worker: &mut usize,
 ) {
     let shared = shared.clone();
     shared.stats.connections.fetch_add(1, Ordering::Relaxed);
-    let max = shared.topology.load().config.limits.max_clients;
+    let (max, tls) = {
+        let topo = shared.topology.load();
+        let tls = if tls {
+            match &topo.config.tls.server.0 {
+                Some(t) => Some(t.config.clone()),
+                // Never: a reload keeps [tls] while TLS listeners exist.
+                None => return,
+            }
+        } else {
+            None
+        };
+        (topo.config.limits.max_clients, tls)
+    };
     if shared.stats.clients.fetch_add(1, Ordering::AcqRel) >= max {
         shared.stats.clients.fetch_sub(1, Ordering::AcqRel);
         shared.stats.rejected.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(async move {
-            let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
-        });
+        // A TLS client would not read a plaintext error: closed at once.
+        if tls.is_none() {
+            tokio::spawn(async move {
+                let _ = sock.write_all(b"-ERR max number of clients reached\r\n").await;
+            });
+        }
         return;
     }
     let _ = sock.set_nodelay(true);
     let id = shared.next_client_id();
     let laddr = sock.local_addr().map(|a| a.to_string()).unwrap_or_default();
     if executors.is_empty() {
-        tokio::spawn(async move {
-            let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
-            session.run(sock).await;
-            client_gone(&shared);
-        });
+        tokio::spawn(serve(shared, id, peer, laddr, sock, tls));
         return;
     }
     // Hand the socket to the next worker: it leaves this runtime's
@@ -209,13 +322,12 @@ fn start_session(
     *next_worker = next_worker.wrapping_add(1);
     executors.spawn_on(*next_worker, async move {
         match TcpStream::from_std(std_sock) {
-            Ok(sock) => {
-                let session = Session::new(shared.clone(), id, peer.to_string(), laddr);
-                session.run(sock).await;
+            Ok(sock) => serve(shared, id, peer, laddr, sock, tls).await,
+            Err(e) => {
+                warn!(error = %e, "a worker cannot take a client");
+                client_gone(&shared);
             }
-            Err(e) => warn!(error = %e, "a worker cannot take a client"),
         }
-        client_gone(&shared);
     });
 }
 

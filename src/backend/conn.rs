@@ -2,12 +2,13 @@
 //! first when the endpoint follows a master and has none or was marked
 //! stale), connect, and the handshake (AUTH or HELLO, PING, `INFO server`
 //! for the server's run_id, and `ROLE` when the endpoint expects a role),
-//! all within the connect timeout.
+//! all within the connect timeout; over TLS first when the backend has
+//! `tls` (the handshake's failure is the connection's).
 
 use std::sync::Arc;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
@@ -17,6 +18,7 @@ use crate::error::{BackendError, BackendErrorKind};
 use crate::protocol::Protocol;
 use crate::protocol::reply::{self, ReplyScanner};
 use crate::protocol::request::Request;
+use crate::tls::stream::{BackendStream, send};
 
 /// Resolves (again, every time: container IPs change), connects and runs the
 /// handshake. Any failure is [`BackendErrorKind::Unavailable`]: nothing of a
@@ -26,7 +28,7 @@ pub(crate) async fn connect(
     spec: &BackendSpec,
     identity: &Identity,
     proto: Protocol,
-) -> Result<TcpStream, BackendError> {
+) -> Result<BackendStream, BackendError> {
     connect_to(spec, identity, proto).await.map(|(s, _)| s)
 }
 
@@ -35,7 +37,7 @@ pub(crate) async fn connect_to(
     spec: &BackendSpec,
     identity: &Identity,
     proto: Protocol,
-) -> Result<(TcpStream, Arc<String>), BackendError> {
+) -> Result<(BackendStream, Arc<String>), BackendError> {
     let r = connect_once(spec, identity, proto).await;
     if r.is_err() {
         spec.endpoint.mark_stale();
@@ -48,7 +50,7 @@ async fn connect_once(
     spec: &BackendSpec,
     identity: &Identity,
     proto: Protocol,
-) -> Result<(TcpStream, Arc<String>), BackendError> {
+) -> Result<(BackendStream, Arc<String>), BackendError> {
     let unavailable = |e: std::io::Error| BackendError::io(BackendErrorKind::Unavailable, &spec.name, e);
     let refused = |detail: String| BackendError::new(BackendErrorKind::Unavailable, &spec.name, detail);
     let (addr, moved) = spec
@@ -61,14 +63,18 @@ async fn connect_once(
     }
     let expect = spec.endpoint.expect();
     let attempt = async {
-        let mut stream = TcpStream::connect(addr.as_str()).await.map_err(unavailable)?;
-        stream.set_nodelay(true).map_err(unavailable)?;
+        let tcp = TcpStream::connect(addr.as_str()).await.map_err(unavailable)?;
+        tcp.set_nodelay(true).map_err(unavailable)?;
+        let mut stream = match &spec.tls {
+            None => BackendStream::Plain(tcp),
+            Some(t) => BackendStream::Tls(Box::new(t.connect(&addr, tcp).await.map_err(refused)?)),
+        };
         let hs = handshake(spec, proto, expect.is_some());
         let mut out = Vec::new();
         for r in &hs {
             out.extend_from_slice(&r.raw);
         }
-        stream.write_all(&out).await.map_err(unavailable)?;
+        send(&mut stream, &out).await.map_err(unavailable)?;
         let mut buf = BytesMut::with_capacity(1024);
         let mut sc = ReplyScanner::default();
         let mut answered = 0;

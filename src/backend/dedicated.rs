@@ -2,8 +2,7 @@
 //! command (BLPOP, XREAD BLOCK ...), and one per subscriber.
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::conn::connect;
@@ -11,6 +10,7 @@ use super::{BackendSpec, Identity, Job, ReplyTo, Shard};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::protocol::Protocol;
 use crate::protocol::reply::ReplyScanner;
+use crate::tls::stream::{BackendStream, send};
 
 impl Shard {
     /// Runs one blocking command (BLPOP, XREAD BLOCK ...) on a connection of
@@ -93,7 +93,7 @@ impl Shard {
 
     /// A connection of its own to this shard, after the usual handshake (a
     /// subscriber's, see `Route::Subscribe`).
-    pub async fn connect_dedicated(&self, proto: Protocol) -> Result<TcpStream, BackendError> {
+    pub async fn connect_dedicated(&self, proto: Protocol) -> Result<BackendStream, BackendError> {
         connect(&self.spec, &self.identity, proto).await
     }
 }
@@ -118,14 +118,14 @@ pub async fn one_shot(spec: &BackendSpec, req: &[u8]) -> Result<Bytes, BackendEr
 /// replies (push messages skipped); the last one is the answer.
 async fn converse_call(
     spec: &BackendSpec,
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     buf: &mut BytesMut,
     scanner: &mut ReplyScanner,
     req: &[u8],
     frames: u32,
 ) -> Result<Bytes, BackendError> {
     let lost = |e: std::io::Error| BackendError::io(BackendErrorKind::ConnectionLost, &spec.name, e);
-    stream.write_all(req).await.map_err(lost)?;
+    send(stream, req).await.map_err(lost)?;
     let mut left = frames.max(1);
     loop {
         while let Some(n) = scanner
@@ -160,7 +160,7 @@ async fn blocking_call(
 ) -> Result<Bytes, BackendError> {
     let mut stream = connect(spec, identity, proto).await?;
     let lost = |e: std::io::Error| BackendError::io(BackendErrorKind::ConnectionLost, &spec.name, e);
-    stream.write_all(req).await.map_err(lost)?;
+    send(&mut stream, req).await.map_err(lost)?;
     let mut buf = BytesMut::with_capacity(4096);
     let mut scanner = ReplyScanner::default();
     loop {

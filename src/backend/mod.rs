@@ -152,6 +152,9 @@ pub struct BackendSpec {
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
     pub connections: usize,
+    /// `tls = true`: the connector and the name the server's certificate
+    /// must carry (see [`crate::tls`]).
+    pub tls: Option<crate::tls::TlsTarget>,
 }
 
 impl BackendSpec {
@@ -172,6 +175,7 @@ impl BackendSpec {
             reconnect_min: Duration::from_millis(100),
             reconnect_max: Duration::from_secs(1),
             connections: 1,
+            tls: None,
         }
     }
 
@@ -198,6 +202,7 @@ impl BackendSpec {
             reconnect_min: Duration::from_millis(cfg.timeouts.reconnect_ms),
             reconnect_max: Duration::from_millis(cfg.timeouts.reconnect_max_ms),
             connections: cfg.pool.connections,
+            tls: cfg.tls.target(b),
         }
     }
 }

@@ -11,8 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::BytesMut;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, watch};
 use tokio::time::{Instant, sleep_until, timeout};
 use tracing::{debug, info, warn};
@@ -24,6 +23,7 @@ use crate::counters::{ShardCounters, ShardGroup, TIME_ONE_IN};
 use crate::error::{BackendError, BackendErrorKind};
 use crate::protocol::Protocol;
 use crate::protocol::reply::ReplyScanner;
+use crate::tls::stream::{BackendStream, Stream, send_buf};
 
 /// Most jobs written to one connection and not yet answered.
 const MAX_INFLIGHT: usize = 16 * 1024;
@@ -61,7 +61,13 @@ pub(super) async fn conn_task(
                 was_up = true;
                 backoff.reset();
                 c.live.fetch_add(1, Ordering::Relaxed);
-                let served = serve(stream, &mut rx, &spec, c, moves.as_mut().map(|m| (m, addr.clone()))).await;
+                let moves_at = moves.as_mut().map(|m| (m, addr.clone()));
+                // Dispatched once per connection: the loop is compiled for
+                // plain TCP and for TLS, so a plain one runs as before.
+                let served = match stream {
+                    BackendStream::Plain(s) => serve(s, &mut rx, &spec, c, moves_at).await,
+                    BackendStream::Tls(s) => serve(*s, &mut rx, &spec, c, moves_at).await,
+                };
                 c.live.fetch_sub(1, Ordering::Relaxed);
                 match served {
                     Ok(()) => return, // pool dropped and every job answered
@@ -106,8 +112,8 @@ pub(super) async fn conn_task(
 /// Serves one healthy connection until it fails (`Err`, which every job
 /// still waiting has been answered with) or the pool is dropped and every
 /// job has been answered (`Ok`).
-async fn serve(
-    stream: TcpStream,
+async fn serve<S: Stream>(
+    mut stream: S,
     rx: &mut mpsc::UnboundedReceiver<Job>,
     spec: &BackendSpec,
     c: &ShardGroup,
@@ -118,7 +124,6 @@ async fn serve(
         Some((m, a)) => (Some(m), Some(a)),
         None => (None, None),
     };
-    let (mut rd, mut wr) = stream.into_split();
     // Outstanding jobs in write order: where the answer goes, when it was
     // written, and how many reply frames are still due.
     let mut inflight: VecDeque<(ReplyTo, Instant, u32)> = VecDeque::new();
@@ -143,7 +148,7 @@ async fn serve(
         }
         tokio::select! {
             biased;
-            r = rd.read_buf(&mut rbuf) => {
+            r = stream.read_buf(&mut rbuf) => {
                 match r {
                     Ok(0) => break Err(BackendError::new(BackendErrorKind::ConnectionLost, &spec.name, "connection closed by backend")),
                     Err(e) => break Err(lost(e)),
@@ -258,7 +263,7 @@ async fn serve(
                     wbuf.extend_from_slice(&job.req);
                     inflight.push_back((job.reply, now, job.frames.max(1)));
                 }
-                match timeout(cmd_timeout, wr.write_all_buf(&mut wbuf)).await {
+                match timeout(cmd_timeout, send_buf(&mut stream, &mut wbuf)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(e)) => break Err(lost(e)),
                     Err(_) => break Err(BackendError::new(

@@ -17,6 +17,8 @@ mod crossshard;
 pub use crossshard::{CrossShardConfig, SpanMode};
 mod sentinel;
 pub use sentinel::{DEFAULT_POLL_MS, ReadFrom, SentinelConfig};
+mod tls;
+pub use tls::{BackendTls, BackendTlsOptions, TlsConfig};
 
 /// The whole configuration.
 #[derive(Debug, Clone, Deserialize, serde::Serialize, PartialEq)]
@@ -89,6 +91,9 @@ pub struct Config {
     /// [`CrossShardConfig`]).
     #[serde(default)]
     pub crossshard: CrossShardConfig,
+    /// `[tls]`: TLS towards clients and backends (see [`TlsConfig`]).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub tls: TlsConfig,
     /// With `[cluster]`, only the seed of an empty cluster: a proxy joining
     /// a cluster that has a topology ignores its own backends.
     #[serde(default)]
@@ -254,6 +259,9 @@ pub struct Backend {
     pub username: Option<String>,
     #[serde(default)]
     pub password: Option<String>,
+    /// `true` (or a table, see [`BackendTls`]): reached over TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<BackendTls>,
 }
 
 fn is_default<T: Default + PartialEq>(v: &T) -> bool {
@@ -350,8 +358,10 @@ impl Config {
 
     /// Parses and validates configuration text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let cfg: Config = toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_string()))?;
+        let mut cfg: Config =
+            toml::from_str(text).map_err(|e| ConfigError::Parse(e.to_string().trim_end().to_string()))?;
         cfg.validate()?;
+        tls::load(&mut cfg)?;
         Ok(cfg)
     }
 
@@ -528,7 +538,7 @@ fn check_addr(key: &str, addr: &str) -> Result<(), ConfigError> {
         return Err(bad("empty host"));
     }
     match port.parse::<u16>() {
-        Ok(p) if p > 0 || key == "listen" => Ok(()),
+        Ok(p) if p > 0 || key.ends_with("listen") => Ok(()),
         _ => Err(bad("port must be 1-65535")),
     }
 }

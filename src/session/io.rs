@@ -1,12 +1,14 @@
 //! A session's socket I/O: replies written out, read buffers lent by the thread to the session
 //! that reads (none held by an idle client), and the lingering close of a
-//! drained connection.
+//! drained connection. Generic over the stream (plain TCP or TLS,
+//! [`crate::tls::stream`]): compiled once for each, no dispatch per read.
 
 use std::time::Duration;
 
 use bytes::BytesMut;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+
+use crate::tls::stream::Stream;
 
 /// After a draining session has written its last reply and sent FIN, it
 /// reads (and drops) what the client still sends until the client closes,
@@ -24,7 +26,7 @@ const LINGER_QUIET: Duration = Duration::from_millis(100);
 /// seen the end of the stream), goes quiet, or [`LINGER`] has passed. Its
 /// requests sent after the shutdown started are neither executed nor
 /// answered.
-pub(super) async fn linger_close(mut sock: TcpStream, mut rbuf: BytesMut) {
+pub(super) async fn linger_close<S: Stream>(mut sock: S, mut rbuf: BytesMut) {
     if sock.shutdown().await.is_err() {
         return;
     }
@@ -66,14 +68,18 @@ thread_local! {
 /// first read waits for readability before taking a buffer). The parsed
 /// requests are views into the buffer (no copy): a buffer with requests
 /// still in flight is not written over, `reserve` moves on to a new one.
-pub(super) async fn read_some(sock: &mut TcpStream, rbuf: &mut BytesMut) -> std::io::Result<usize> {
+/// Over TLS the same, except that input the TLS layer already holds (a
+/// request that came with the end of the handshake) is read at once.
+pub(super) async fn read_some<S: Stream>(sock: &mut S, rbuf: &mut BytesMut) -> std::io::Result<usize> {
     if !rbuf.is_empty() {
         if rbuf.capacity() - rbuf.len() < READ_MIN {
             rbuf.reserve(READ_BUF);
         }
         return sock.read_buf(rbuf).await;
     }
-    sock.readable().await?;
+    if !sock.holds_input() {
+        sock.tcp().readable().await?;
+    }
     let mut buf = SPARE.take().unwrap_or_default();
     if buf.capacity() - buf.len() < READ_MIN {
         buf.reserve(READ_BUF);
@@ -104,13 +110,17 @@ pub(super) fn give_back(rbuf: &mut BytesMut) {
 
 impl super::Session {
     /// Writes what is ready; false when the client is gone.
-    pub(super) async fn write_out(&mut self, sock: &mut TcpStream) -> bool {
+    pub(super) async fn write_out<S: Stream>(&mut self, sock: &mut S) -> bool {
         let out = &mut self.replies.out;
         if out.is_empty() {
             return true;
         }
         self.shared.counters.bytes(self.metered.group, 0, out.len() as u64);
         if sock.write_all_buf(out).await.is_err() {
+            return false;
+        }
+        // TLS: records still buffered go out now (plain TCP: compiled out).
+        if S::BUFFERED && sock.flush().await.is_err() {
             return false;
         }
         if out.capacity() > 1024 * 1024 {

@@ -29,7 +29,8 @@
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
 //! - [`drain`]: a session's part in a shutdown.
 //! - [`admin`]: `SHARDIS.ADMIN`, `SHARDIS.RELOAD`.
-//! - [`io`]: socket reads and the lingering close of a drained connection.
+//! - [`io`]: socket reads and the lingering close of a drained connection
+//!   (the session is generic over its stream: plain TCP or TLS).
 //! - [`ops`]: the registry entry, monitors, CLIENT REPLY / PAUSE, slow log
 //!   timing.
 //! - [`metered`]: the `/metrics` counts; [`xshard`]: cross-shard commands.
@@ -60,7 +61,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 use drain::Drain;
 use io::{linger_close, read_some};
@@ -81,6 +81,7 @@ use crate::registry::flag;
 use crate::router::{Ctx, Plan, Router, View};
 use crate::shutdown::Watch;
 use crate::state::Shared;
+use crate::tls::stream::Stream;
 use crate::topology::Topology;
 use crate::transaction::Transaction;
 use rare::Rare;
@@ -192,17 +193,18 @@ impl Session {
     }
 
     /// Serves the connection until the client leaves or breaks the
-    /// protocol, or until the proxy shuts down (see [`Drain`]).
+    /// protocol, or until the proxy shuts down (see [`Drain`]). Compiled
+    /// once per kind of stream (plain TCP, TLS): no dispatch per read.
     ///
     /// Not an `async fn`: its arguments would be stored twice in the future
     /// (once as arguments, once as the body's locals: 944 more bytes in
     /// every connection's task); an `async move` block keeps one copy.
     #[allow(clippy::manual_async_fn)]
-    pub fn run(mut self, mut sock: TcpStream) -> impl Future<Output = ()> + Send {
+    pub fn run<S: Stream>(mut self, mut sock: S) -> impl Future<Output = ()> + Send {
         async move {
             // Lent by the thread while it holds unparsed bytes (see `io::read_some`).
             let mut rbuf = BytesMut::new();
-            self.state.entry.set_fd(sock.as_raw_fd());
+            self.state.entry.set_fd(sock.tcp().as_raw_fd());
             // Never taken before: `run` consumes the session.
             let Some(mut kill) = self.kill.take() else { return };
             loop {

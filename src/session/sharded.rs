@@ -28,7 +28,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 
 use super::Session;
@@ -349,7 +349,7 @@ fn spawn_conn(shard: Arc<Shard>, proto: Protocol, events: mpsc::Sender<Event>) -
                                 continue;
                             };
                             pending.push_back(job.reply);
-                            if let Err(e) = stream.write_all(&job.req).await {
+                            if let Err(e) = crate::tls::stream::send(&mut stream, &job.req).await {
                                 break 'conn lost(e);
                             }
                         }

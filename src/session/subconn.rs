@@ -17,7 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncReadExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use crate::backend::{BackendError, BackendErrorKind, ReplyTo, Shard};
@@ -102,7 +102,7 @@ pub(super) fn spawn(
                                 continue;
                             };
                             waiting.push_back(Waiting { left: cmd.frames.max(1), got: BytesMut::new(), reply: cmd.reply });
-                            if let Err(e) = stream.write_all(&cmd.req).await {
+                            if let Err(e) = crate::tls::stream::send(&mut stream, &cmd.req).await {
                                 break 'conn lost(e);
                             }
                         }

@@ -19,8 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot};
 use tracing::warn;
 
@@ -29,6 +28,7 @@ use super::tx::{self, Failed, Part};
 use crate::backend::{BackendError, BackendErrorKind, BackendResult, Job, ReplyTo, Shard};
 use crate::protocol::reply::{self, ReplyScanner};
 use crate::protocol::{Encoder, Protocol};
+use crate::tls::stream::{BackendStream, send};
 
 /// A transaction split in parts, ready to run.
 pub struct SpanTx {
@@ -329,7 +329,7 @@ async fn wait_on(shard: &Shard, proto: Protocol, cmd: &[u8], id: oneshot::Sender
     let mut req = BytesMut::with_capacity(cmd.len() + 32);
     req.extend_from_slice(b"*2\r\n$6\r\nCLIENT\r\n$2\r\nID\r\n");
     req.extend_from_slice(cmd);
-    stream.write_all(&req).await.map_err(lost)?;
+    send(&mut stream, &req).await.map_err(lost)?;
     let mut buf = BytesMut::with_capacity(1024);
     let mut scanner = ReplyScanner::default();
     let first = read_frame(&name, &mut stream, &mut buf, &mut scanner).await?;
@@ -351,7 +351,7 @@ async fn wait_on(shard: &Shard, proto: Protocol, cmd: &[u8], id: oneshot::Sender
 /// The next reply frame on `stream` (push messages skipped).
 async fn read_frame(
     name: &Arc<str>,
-    stream: &mut TcpStream,
+    stream: &mut BackendStream,
     buf: &mut BytesMut,
     scanner: &mut ReplyScanner,
 ) -> BackendResult {

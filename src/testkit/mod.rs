@@ -135,6 +135,8 @@ pub struct RedisNode {
     dir: PathBuf,
     /// Extra `redis-server` arguments (`--requirepass`, `--user`, ...).
     extra: Vec<String>,
+    /// Serving TLS only, on `port` ([`RedisNode::start_tls`]).
+    tls: Option<NodeTls>,
 }
 
 impl RedisNode {
@@ -146,6 +148,10 @@ impl RedisNode {
     /// A port that turns out to be taken (the server cannot bind it, or
     /// another server answers on it) is given up for another one.
     pub fn start_with(extra: &[&str]) -> RedisNode {
+        RedisNode::start_as(extra, None)
+    }
+
+    fn start_as(extra: &[&str], tls: Option<NodeTls>) -> RedisNode {
         let extra: Vec<String> = extra.iter().map(|a| a.to_string()).collect();
         let mut last_err = String::new();
         for _ in 0..5 {
@@ -155,6 +161,7 @@ impl RedisNode {
                 child: None,
                 dir: std::env::temp_dir().join(format!("shardis-test-{}-{port}", std::process::id())),
                 extra: extra.clone(),
+                tls: tls.clone(),
             };
             match node.spawn() {
                 Ok(()) => return node,
@@ -175,6 +182,7 @@ impl RedisNode {
             .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
             .args(["--protected-mode", "no", "--dir"])
             .arg(&self.dir)
+            .args(self.tls.as_ref().map(|t| t.server_args(self.port)).unwrap_or_default())
             .args(&self.extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -191,6 +199,9 @@ impl RedisNode {
 
     /// Waits until our child answers on the port (see [`RedisNode::spawn`]).
     fn wait_ours(&mut self) -> Result<(), String> {
+        if self.tls.is_some() {
+            return self.wait_ours_tls();
+        }
         let port = self.port;
         let password = self
             .extra
@@ -325,6 +336,8 @@ pub fn members(n: usize) -> Vec<Member> {
 }
 
 mod processes;
+mod tls;
 pub use processes::{EtcdNode, ShardisProcess};
+pub use tls::NodeTls;
 mod sentinel;
 pub use sentinel::{SentinelNode, SentinelTiming, ask, wait_replica_synced};

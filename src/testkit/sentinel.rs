@@ -67,6 +67,12 @@ pub struct SentinelNode {
 impl SentinelNode {
     /// Starts a Sentinel monitoring each `(name, master port)`.
     pub fn start(masters: &[(&str, u16)], timing: SentinelTiming) -> SentinelNode {
+        SentinelNode::start_with(masters, timing, "")
+    }
+
+    /// As [`SentinelNode::start`], with more lines for `sentinel.conf`
+    /// (say `tls-replication yes` and certificate files, for TLS masters).
+    pub fn start_with(masters: &[(&str, u16)], timing: SentinelTiming, extra_conf: &str) -> SentinelNode {
         let mut last = String::new();
         for _ in 0..5 {
             let port = free_port();
@@ -81,6 +87,7 @@ impl SentinelNode {
                 dir.display(),
                 dir.join("sentinel.log").display()
             );
+            conf.push_str(extra_conf);
             for (name, mport) in masters {
                 let d = timing.down_after_ms;
                 let f = timing.failover_timeout_ms;
