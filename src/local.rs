@@ -56,7 +56,7 @@ pub fn run(
         },
         Local::Echo => enc.bulk(args[1]),
         Local::Unsubscribe => {
-            // Not subscribed (a subscriber's commands go down its own pipe):
+            // Not subscribed (a subscriber's go to its pub/sub connection):
             // as Redis, one confirmation per channel, or one with no channel.
             let kind = if args[0].eq_ignore_ascii_case(b"punsubscribe") {
                 &b"punsubscribe"[..]

@@ -271,12 +271,6 @@ impl Router {
             Route::Keyed => self.keyed(view, spec, req, args, Plan::Forward),
             Route::Blocking => self.keyed(view, spec, req, args, Plan::Block),
             Route::PubSub => Plan::Forward(PUBSUB_SHARD),
-            // The subscriber pipe copies bytes to the shard unchecked (a
-            // RESET there, or RESP3, would let any command through).
-            Route::Subscribe if ctx.perms.is_some() => Plan::Error(ReplyError::new(
-                ErrorKind::NoPerm,
-                "shardis: SUBSCRIBE / PSUBSCRIBE are only for users allowed every command, key and channel: the subscriber connection is piped to the shard unchecked; use SSUBSCRIBE",
-            )),
             Route::Subscribe => Plan::Subscribe,
             Route::ShardPubSub(kind) => pubsub::sharded(view, kind, req, args, &mut self.parts),
             Route::Fanout(kind) => fanout(view, kind, req, args, &mut self.parts),

@@ -178,7 +178,7 @@ async fn redis_rs_get_set_and_pipeline_through_a_tls_proxy() {
     for _ in 0..3 {
         assert_eq!(slow_reader(proxy.tls, &pki.ca(), &get, want).await, want);
     }
-    // A subscriber over TLS (the session's byte pipe) hears a publish.
+    // A subscriber over TLS hears a publish.
     let mut sub = raw_tls(proxy.tls, &pki.ca()).await;
     sub.write_all(b"*2\r\n$9\r\nSUBSCRIBE\r\n$4\r\nnews\r\n").await.unwrap();
     assert!(read_until_tls(&mut sub, "news\r\n:1\r\n").await.contains(":1\r\n"));

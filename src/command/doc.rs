@@ -102,7 +102,7 @@ fn describe(spec: &CommandSpec, route: Route) -> (Class, String) {
         Route::PubSub => s(C::Routed, "to the pub/sub shard (the first backend)"),
         Route::Subscribe => s(
             C::Routed,
-            "the connection becomes a subscriber piped to the pub/sub shard",
+            "to a connection of the client's own on the pub/sub shard; the client is still served",
         ),
         Route::ShardPubSub(ShardPubSub::Channels) => s(C::Broadcast, "the union over the shards"),
         Route::ShardPubSub(ShardPubSub::Numsub) => s(C::Split, "each channel's count from its shard"),

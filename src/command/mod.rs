@@ -31,8 +31,8 @@ pub enum Route {
     /// PUBLISH, PUBSUB CHANNELS/NUMSUB/NUMPAT: sent to the pub/sub shard
     /// (the first backend).
     PubSub,
-    /// SUBSCRIBE / PSUBSCRIBE: the connection becomes a subscriber, piped to
-    /// a connection of its own on the pub/sub shard.
+    /// SUBSCRIBE / PSUBSCRIBE: sent on a connection of the client's own to
+    /// the pub/sub shard (its UNSUBSCRIBEs follow them there).
     Subscribe,
     /// Sharded pub/sub: routed by the channel's place on the ring.
     ShardPubSub(ShardPubSub),

@@ -115,6 +115,12 @@ impl ReplyScanner {
         }
     }
 
+    /// No frame is partly scanned: the next call starts at the front of the
+    /// buffer it is given.
+    pub fn idle(&self) -> bool {
+        self.pos == 0 && self.stack.is_empty()
+    }
+
     /// Whether the frame last returned by [`next_frame`](Self::next_frame)
     /// was a RESP3 push message (not a reply to any request).
     pub fn was_push(&self) -> bool {

@@ -23,7 +23,8 @@
 //!   (migration).
 //! - [`transaction`]: MULTI / EXEC / DISCARD and queueing.
 //! - [`spanning`]: transactions and blocking pops over several shards.
-//! - [`pubsub`]: the subscriber pipe.
+//! - [`pubsub`] and [`subconn`]: SUBSCRIBE / PSUBSCRIBE, a connection to the
+//!   pub/sub shard.
 //! - [`scan`]: SCAN going on into the next shard within one call.
 //! - [`sharded`]: sharded pub/sub (SSUBSCRIBE), a connection per shard.
 //! - [`drain`]: a session's part in a shutdown.
@@ -53,6 +54,7 @@ mod scan;
 mod send;
 mod sharded;
 mod spanning;
+mod subconn;
 mod transaction;
 mod xshard;
 
@@ -129,9 +131,9 @@ pub struct Session {
     blocked: Option<u64>,
     /// `blocked` is a cross-shard command, not counted in INFO's blocked_clients.
     blocked_uncounted: bool,
-    /// A SUBSCRIBE / PSUBSCRIBE to forward once every earlier reply is
-    /// written; the connection then becomes a subscriber (see [`pubsub`]).
-    subscribing: Option<Bytes>,
+    /// The client's channels and patterns (SUBSCRIBE / PSUBSCRIBE) and its
+    /// connection to the pub/sub shard, from its first SUBSCRIBE until RESET.
+    csub: Option<Box<pubsub::Subs>>,
     /// The client's shard channels (SSUBSCRIBE) and its connections to
     /// their shards, from its first SSUBSCRIBE until RESET.
     ssub: Option<Box<sharded::ShardSubs>>,
@@ -183,7 +185,7 @@ impl Session {
             exec_publishes: Vec::new(),
             blocked: None,
             blocked_uncounted: false,
-            subscribing: None,
+            csub: None,
             ssub: None,
             watch: shared.shutdown.watch(id),
             drain: Drain::Serving,
@@ -230,7 +232,6 @@ impl Session {
                 let unwritten = self.replies.out.len();
                 let can_read = !self.closing
                     && self.drain != Drain::Draining
-                    && self.subscribing.is_none()
                     && self.replies.len() < self.max_pipeline
                     && unwritten < READ_PAUSE
                     && ((self.blocked.is_none() && self.held.is_none()) || rbuf.len() < BLOCKED_READ_MAX);
@@ -275,16 +276,19 @@ impl Session {
                     // Rare states (see `rare`): guarded, and boxed when they hold.
                     ev = rare::next(
                         &mut self.ssub,
+                        &mut self.csub,
+                        self.replies.len() < self.max_pipeline,
                         &mut self.monitor,
                         &self.shared,
                         self.held.is_some(),
                         self.drain,
                         rare::Output { unwritten, due },
                     ),
-                        if rare::active(&self.ssub, &self.monitor, self.held.is_some(), self.drain, due) =>
+                        if rare::active(&self.ssub, &self.csub, &self.monitor, self.held.is_some(), self.drain, due) =>
                     {
                         match ev {
                             Rare::Shard(ev) => self.shard_event(ev),
+                            Rare::Classic(ev) => if !self.classic_event(ev) { return },
                             Rare::Monitor(line) => if !self.monitor_write(line) { return },
                             Rare::PauseOver => self.release_held(&mut rbuf),
                             Rare::Grace => self.drain = Drain::Draining,
@@ -319,8 +323,8 @@ impl Session {
                     self.start_drain();
                 }
                 // Every request read is answered (a complete one left unparsed
-                // would have a slot: parsing stops only at a full pipeline, a
-                // blocked client or a subscriber).
+                // would have a slot: parsing stops only at a full pipeline or
+                // a blocked client).
                 if self.drain == Drain::Draining
                     && self.replies.is_empty()
                     && written
@@ -329,38 +333,6 @@ impl Session {
                 {
                     Box::pin(linger_close(sock, rbuf)).await;
                     return;
-                }
-                if self.replies.is_empty()
-                    && written
-                    && let Some(first) = self.subscribing.take()
-                {
-                    if self.drain != Drain::Serving {
-                        // Shutting down: no new subscriber.
-                        Box::pin(linger_close(sock, rbuf)).await;
-                        return;
-                    }
-                    self.state.entry.set_flag(flag::PUBSUB, true);
-                    // Boxed: a rare state, kept out of every client's task.
-                    let subscribed = Box::pin(async {
-                        tokio::select! {
-                            r = self.subscriber(&mut sock, &mut rbuf, first) => Some(r),
-                            _ = &mut kill => None,
-                        }
-                    })
-                    .await;
-                    let Some(subscribed) = subscribed else { return };
-                    self.state.entry.set_flag(flag::PUBSUB, false);
-                    match subscribed {
-                        Ok(()) => return,
-                        Err(e) => {
-                            Encoder::new(&mut self.replies.out, self.state.proto).error(&e.to_string());
-                            if !self.write_out(&mut sock) {
-                                return;
-                            }
-                            // Back to normal service for what follows.
-                            self.parse_and_dispatch(&mut rbuf);
-                        }
-                    }
                 }
             }
         }
@@ -372,12 +344,7 @@ impl Session {
         let topo = self.shared.topology.load();
         let pause = self.ops_read();
         let mut n = 0u64;
-        while !self.closing
-            && self.blocked.is_none()
-            && self.held.is_none()
-            && self.subscribing.is_none()
-            && self.replies.len() < self.max_pipeline
-        {
+        while !self.closing && self.blocked.is_none() && self.held.is_none() && self.replies.len() < self.max_pipeline {
             match self.parser.parse(rbuf) {
                 Ok(Some(req)) => {
                     n += 1;
@@ -459,14 +426,10 @@ impl Session {
             }
             Plan::SpanPop(cmd) => self.span_pop(topo, cmd, args, at),
             Plan::CrossShard(p) => self.cross_shard(p, at),
-            Plan::Subscribe if self.ssub.as_deref().is_some_and(sharded::ShardSubs::active) => self.replies.error(
-                at,
-                proto,
-                &ReplyError::err(
-                    "shardis: SUBSCRIBE / PSUBSCRIBE on a connection subscribed to shard channels (SSUBSCRIBE) is not supported; use another connection",
-                ),
-            ),
-            Plan::Subscribe if at == At::Next => self.subscribing = Some(req.raw.clone()),
+            Plan::Subscribe => self.classic_sub(topo, args, req.raw.clone(), at),
+            Plan::Local(Local::Unsubscribe) if self.has_subscriber() => {
+                self.classic_sub(topo, args, req.raw.clone(), at)
+            }
             Plan::ShardSub { subscribe } => self.shard_sub(topo, subscribe, args, at),
             Plan::Split { merge } => {
                 // Taken and given back: the router's buffer keeps its capacity.
@@ -483,7 +446,9 @@ impl Session {
             }
             Plan::Broadcast { merge, script } => {
                 self.meter_fanout(true);
-                let Some(merge) = self.config_hook(args, merge, at) else { return };
+                let Some(merge) = self.config_hook(args, merge, at) else {
+                    return;
+                };
                 if let Some(body) = script {
                     self.shared.locks.remember_script(&body);
                 }
@@ -496,9 +461,15 @@ impl Session {
                 self.lock_request(req.clone(), lock.op, at);
             }
             Plan::Local(cmd) => {
+                if cmd == Local::Hello
+                    && let Some(e) = self.hello_while_subscribed(args)
+                {
+                    return self.replies.error(at, proto, &e);
+                }
                 if cmd == Local::Reset {
                     self.watching = None;
                     self.ssub = None;
+                    self.drop_subscriber();
                     self.stop_monitor();
                 }
                 let mut b = BytesMut::new();
@@ -538,7 +509,7 @@ impl Session {
             }
             // Only keyed requests wait for a migration or a hold: none of
             // these can be the plan of a request routed again.
-            Plan::Subscribe | Plan::Tx(_) => self.replies.error(
+            Plan::Tx(_) => self.replies.error(
                 at,
                 proto,
                 &ReplyError::err("shardis: request not dispatched after migration"),

@@ -278,7 +278,10 @@ impl Session {
     /// the reply to a command it may not send there, or PING's; `None` for
     /// the commands it may send.
     pub(super) fn subscribed_mode(&self, args: &[&[u8]]) -> Option<Bytes> {
-        if self.state.proto != Protocol::Resp2 || !self.ssub.as_deref().is_some_and(ShardSubs::active) {
+        if self.state.proto != Protocol::Resp2
+            || !(self.ssub.as_deref().is_some_and(ShardSubs::active)
+                || self.csub.as_deref().is_some_and(super::pubsub::Subs::active))
+        {
             return None;
         }
         let name = args.first()?;

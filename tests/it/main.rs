@@ -25,6 +25,7 @@ mod sharded_pubsub;
 mod shutdown;
 mod spanning;
 mod spanning_pops;
+mod subscriber;
 mod transactions;
 mod users;
 mod xshard;
