@@ -277,7 +277,10 @@ impl Session {
                     ev = rare::next(
                         &mut self.ssub,
                         &mut self.csub,
-                        self.replies.len() < self.max_pipeline,
+                        // Room for messages: not while the client's output is
+                        // full (it does not read: the shard's own pubsub
+                        // limit then applies, see `pubsub`).
+                        self.replies.len() < self.max_pipeline && unwritten < READ_PAUSE,
                         &mut self.monitor,
                         &self.shared,
                         self.held.is_some(),

@@ -55,10 +55,10 @@ impl Session {
         self.within_output_limit()
     }
 
-    /// The limits that apply to this client: a client subscribed to shard
-    /// channels is in Redis's pubsub class.
+    /// The limits that apply to this client: a subscriber (SUBSCRIBE,
+    /// PSUBSCRIBE, or shard channels) is in Redis's pubsub class.
     fn output_class(&self) -> Class {
-        if self.ssub.as_deref().is_some_and(ShardSubs::active) {
+        if self.csub.is_some() || self.ssub.as_deref().is_some_and(ShardSubs::active) {
             Class::Pubsub
         } else {
             Class::Normal

@@ -305,8 +305,14 @@ async fn a_client_that_never_reads_is_closed_at_its_output_limit() {
     // holds at most the hard limit of them per client (and a copy while
     // writing), plus what its backend connections have read and not handed
     // over yet, and what the allocator keeps.
+    // Bounded means: not growing with the number of attackers (20 to 30
+    // of them ask for 2 to 3 GiB in all). Peaks measured: 94-108 MiB on the
+    // branch, 108-162 MiB after the merge with TLS and the classic
+    // subscriber work, the highest in a full suite run on a loaded machine
+    // (one attacker's replies in flight when it is closed, 100 MiB, are
+    // read from the shard and dropped; the allocator keeps some of it).
     let grew_mb = o.peak_kb.saturating_sub(o.rss_before_kb) / 1024;
-    assert!(grew_mb < 128, "RSS grew {grew_mb} MiB under the attack");
+    assert!(grew_mb < 200, "RSS grew {grew_mb} MiB under the attack");
     assert!(
         o.during <= o.baseline * 2 + Duration::from_micros(200),
         "victim latency {:?} during vs {:?} before",
