@@ -572,8 +572,8 @@ mod moving;
 mod pubsub;
 mod scan;
 mod steps;
-pub use moving::{held, moves};
 use moving::read_through;
+pub use moving::{held, moves};
 use scan::scan;
 use steps::{gated, proxy, proxy_in_multi, transaction_step};
 

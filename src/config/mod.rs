@@ -14,7 +14,9 @@ pub use fleet::{AdminConfig, ClusterConfig, FleetSpec};
 mod redlock;
 pub use redlock::{NoQuorum, RedlockConfig};
 mod crossshard;
+mod migration;
 pub use crossshard::{CrossShardConfig, SpanMode};
+pub use migration::MigrationConfig;
 mod sentinel;
 pub use sentinel::{DEFAULT_POLL_MS, ReadFrom, SentinelConfig};
 
@@ -89,6 +91,9 @@ pub struct Config {
     /// [`CrossShardConfig`]).
     #[serde(default)]
     pub crossshard: CrossShardConfig,
+    /// `[migration]`: the migrator's speed limit (see [`MigrationConfig`]).
+    #[serde(default)]
+    pub migration: MigrationConfig,
     /// With `[cluster]`, only the seed of an empty cluster: a proxy joining
     /// a cluster that has a topology ignores its own backends.
     #[serde(default)]

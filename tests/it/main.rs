@@ -14,6 +14,7 @@ mod functions;
 mod info;
 mod locks;
 mod migration;
+mod migration_pace;
 mod migration_reads;
 mod ops;
 mod protocol;
