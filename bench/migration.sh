@@ -2,19 +2,24 @@
 # Data migration under load: 3 shards holding KEYS keys, a fourth joins
 # (SHARDIS.RELOAD), and GETs keep running through the proxy. Prints how long
 # the migration took (INFO migration), how many keys moved (by the migrator
-# and on demand), GET throughput before, during (a run of 400,000 GETs that
-# starts 0.5 s before the reload and outlasts the move), within the move's own
-# window (the proxy's command count) and after the move, any error replies
-# seen, the CPU seconds each process used within the move's window (from
-# /proc/PID/stat: the redis-servers, shardis, redis-benchmark), the
+# and on demand; reads answered by the old or the new owner), GET throughput
+# before, during (a run of 400,000 GETs that starts 1.3 s before the reload
+# and outlasts the move), within the move's own window (the proxy's command
+# count, also as a ratio of the second just before the reload) and after the
+# move, any error replies seen, the CPU seconds each process used for the GETs
+# before the move and within the move's window (from /proc/PID/stat and
+# /usr/bin/time: the redis-servers, shardis, redis-benchmark), the
 # migrator's Redis-side costs (INFO commandstats) and its log, and checks
 # that no key was lost or duplicated. The load average is printed at the
 # start and the end (the machine may be shared).
 #
 # Usage: bench/migration.sh [KEYS]   (default 1000000)
-# MAX_KEYS_PER_SECOND=N sets [migration] max_keys_per_second (default: no limit).
+# MAX_KEYS_PER_SECOND=N sets [migration] max_keys_per_second (default: no limit);
+# DURING_GETS=N the GETs of the run that spans the move (default 400000: make
+# it outlast a slowed move).
 keys=${1:-1000000}
 limit=${MAX_KEYS_PER_SECOND:-0}
+during=${DURING_GETS:-400000}
 source "$(dirname "$0")/lib.sh"
 echo "load average at start: $(cut -d' ' -f1-3 /proc/loadavg)"
 start_shards 4
@@ -59,7 +64,7 @@ b0=$(cpus "${pids[@]}"); tb0=$(date +%s.%N)
 gets "before:" 200000 | tee "$dir/before.txt"
 b1=$(cpus "${pids[@]}"); tb1=$(date +%s.%N)
 cpu_report "for the GETs before the move" "$tb0" "$tb1" "$b0" "$b1" "$(sed 's/.*CPU s=//' "$dir/before.txt")"
-gets "during:" 400000 >"$dir/during.txt" &
+gets "during:" "$during" >"$dir/during.txt" &
 load=$!
 cmds() { redis-cli -p "$proxy" info stats | tr -d '\r' | grep '^total_commands_processed:' | cut -d: -f2; }
 # The GET rate of the second before the reload, within the same run (the
@@ -68,7 +73,7 @@ sleep 0.3
 cp0=$(cmds); tp0=$(date +%s.%N)
 sleep 1
 config 4 >"$dir/proxy.toml"
-bench_pid=$(pgrep -f "^redis-benchmark -p $proxy -c 50 -n 400000" | head -1 || true)
+bench_pid=$(pgrep -f "^redis-benchmark -p $proxy -c 50 -n $during" | head -1 || true)
 watched=("${pids[@]}" ${bench_pid:+"$bench_pid"})
 cpu0=$(cpus "${watched[@]}")
 c0=$(cmds)
