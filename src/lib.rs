@@ -34,8 +34,9 @@
 //!   Sentinel, the ROLE check, reads on replicas.
 //! - [`lock`] (data): the lock group, lock-key classification, quorum
 //!   arithmetic, the lock service's shared state.
-//! - [`migration`]: the plan of a key move after a ring change (data), and
-//!   the migrator that carries it out ([`migration::mover`]).
+//! - [`migration`]: the plan of a key move after a ring change (data), the
+//!   migrator that carries it out ([`migration::mover`]), and reads of moving
+//!   keys where they are ([`migration::read`]).
 //! - [`hold`]: the slots a prepared fleet change moves, and the requests
 //!   held on them.
 //! - [`topology`]: ring + backend pools + lock group + epoch (+ a hold),

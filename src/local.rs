@@ -373,7 +373,7 @@ fn migration_info(topo: &Topology) -> String {
     let st = &m.stats;
     let secs = m.finished_after().map(|d| d.as_secs_f64());
     format!(
-        "# Migration\r\nmigration_in_progress:{}\r\nmigration_from_epoch:{}\r\nmigration_to_epoch:{}\r\nmigration_shards_left:{}\r\nmigration_keys_scanned:{}\r\nmigration_keys_moved:{}\r\nmigration_keys_moved_on_demand:{}\r\nmigration_keys_superseded:{}\r\nmigration_errors:{}\r\nmigration_abandoned:{}\r\nmigration_seconds:{}\r\n\r\n",
+        "# Migration\r\nmigration_in_progress:{}\r\nmigration_from_epoch:{}\r\nmigration_to_epoch:{}\r\nmigration_shards_left:{}\r\nmigration_keys_scanned:{}\r\nmigration_keys_moved:{}\r\nmigration_keys_moved_on_demand:{}\r\nmigration_reads_old_owner:{}\r\nmigration_reads_new_owner:{}\r\nmigration_keys_superseded:{}\r\nmigration_errors:{}\r\nmigration_abandoned:{}\r\nmigration_seconds:{}\r\n\r\n",
         u8::from(m.active()),
         m.from_epoch,
         m.to_epoch,
@@ -381,6 +381,8 @@ fn migration_info(topo: &Topology) -> String {
         st.scanned.load(Ordering::Relaxed),
         st.moved.load(Ordering::Relaxed),
         st.moved_on_demand.load(Ordering::Relaxed),
+        st.read_old.load(Ordering::Relaxed),
+        st.read_new.load(Ordering::Relaxed),
         st.superseded.load(Ordering::Relaxed),
         st.errors.load(Ordering::Relaxed),
         u8::from(m.abandoned()),

@@ -139,6 +139,11 @@ pub enum Plan {
     /// During a migration: move these keys first, then route the request
     /// again (released).
     Park(Moves),
+    /// During a migration, a read-only command on one key (argument `key`)
+    /// whose old owner is shard `from` of the migration's old topology: read
+    /// it there if the key is still there, else on its new owner (see
+    /// [`crate::migration::read`]). Nothing is moved.
+    ReadThrough { from: usize, key: usize },
     /// A prepared change moves one of its keys (fleet mode): wait until the
     /// change is committed or aborted, then route the request again.
     Hold,
@@ -255,6 +260,12 @@ impl Router {
                         return Plan::Hold;
                     }
                     let moves = moves(view, self.keys.iter().filter_map(|&i| req.arg_bytes(i)));
+                    if !ctx.parked && read_through(spec, route, self.keys.len(), &moves) {
+                        return Plan::ReadThrough {
+                            from: moves[0].from,
+                            key: self.keys[0],
+                        };
+                    }
                     if !moves.is_empty() || ctx.parked {
                         return Plan::Park(moves);
                     }
@@ -393,31 +404,6 @@ fn lock_command(name: &str, args: &[&[u8]], req: &Request, all_lock_keys: bool) 
         }
         Err(e) => Plan::Error(e),
     }
-}
-
-/// The keys among `keys` that may still be on an old owner while a
-/// migration runs (none without one), once each; lock keys never move.
-pub fn moves(view: &View<'_>, keys: impl Iterator<Item = Bytes>) -> Moves {
-    let mut moves = Moves::new();
-    let Some(m) = view.migration else { return moves };
-    for key in keys {
-        if view.locks.is_lock_key(&key) {
-            continue; // lock keys live on the lock group, not the ring
-        }
-        let owner = view.shard_of(&key);
-        if let Some(from) = m.source_of(&key, &view.names[owner])
-            && !moves.iter().any(|mv| mv.key == key)
-        {
-            moves.push(Move { from, key, to: owner });
-        }
-    }
-    moves
-}
-
-/// True when a prepared change moves one of `keys` (lock keys never move).
-pub fn held(view: &View<'_>, mut keys: impl Iterator<Item = Bytes>) -> bool {
-    let Some(h) = view.hold else { return false };
-    keys.any(|k| !view.locks.is_lock_key(&k) && h.holds(&k, &view.names[view.shard_of(&k)]))
 }
 
 /// MGET, MSET, DEL/UNLINK/EXISTS/TOUCH: split by shard.
@@ -575,9 +561,12 @@ fn spec_name_of(name: &[u8]) -> &'static str {
 }
 
 mod cross;
+mod moving;
 mod pubsub;
 mod scan;
 mod steps;
+use moving::read_through;
+pub use moving::{held, moves};
 use scan::scan;
 use steps::{gated, proxy, proxy_in_multi, transaction_step};
 

@@ -14,9 +14,11 @@ pub use fleet::{AdminConfig, ClusterConfig, FleetSpec};
 mod redlock;
 pub use redlock::{NoQuorum, RedlockConfig};
 mod crossshard;
+mod migration;
 pub use crossshard::{CrossShardConfig, SpanMode};
 mod limits;
 pub use limits::LimitsConfig;
+pub use migration::MigrationConfig;
 mod sentinel;
 pub use sentinel::{DEFAULT_POLL_MS, ReadFrom, SentinelConfig};
 mod tls;
@@ -96,6 +98,9 @@ pub struct Config {
     /// `[tls]`: TLS towards clients and backends (see [`TlsConfig`]).
     #[serde(default, skip_serializing_if = "is_default")]
     pub tls: TlsConfig,
+    /// `[migration]`: the migrator's speed limit (see [`MigrationConfig`]).
+    #[serde(default)]
+    pub migration: MigrationConfig,
     /// With `[cluster]`, only the seed of an empty cluster: a proxy joining
     /// a cluster that has a topology ignores its own backends.
     #[serde(default)]

@@ -16,7 +16,9 @@
 //!   no-op answering `NOKEY` once it has moved), and only then runs on the
 //!   new owner. So a client never reads a missing or older value during the
 //!   move, and a key deleted on its new owner cannot be brought back later by
-//!   the migrator: it had already moved before the delete ran.
+//!   the migrator: it had already moved before the delete ran. A read-only
+//!   command on one key moves nothing: it reads the key where it is
+//!   ([`read`]), which is sound because every write moves its key first.
 //!
 //! When the target already holds a key the source still has (`BUSYKEY`: an
 //! earlier `MIGRATE` timed out after the copy, or someone wrote to the new
@@ -45,6 +47,7 @@ use crate::ring::Ring;
 
 pub mod mover;
 pub mod pacing;
+pub mod read;
 
 /// Counters of one migration (INFO migration).
 #[derive(Debug, Default)]
@@ -55,6 +58,12 @@ pub struct MigrationStats {
     pub moved: AtomicU64,
     /// Keys a session moved before running a command on them.
     pub moved_on_demand: AtomicU64,
+    /// Read-only commands answered by the old owner, the key still there
+    /// ([`read`]).
+    pub read_old: AtomicU64,
+    /// Read-only commands sent on to the new owner, the key no longer on
+    /// the old one ([`read`]).
+    pub read_new: AtomicU64,
     /// Source copies deleted because the target already had the key.
     pub superseded: AtomicU64,
     /// Failed MIGRATE or SCAN calls (retried).

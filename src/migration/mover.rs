@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use super::pacing::Pacer;
+use super::pacing::{Pacer, RateLimit};
 use super::{Migration, Outcome, del_request, migrate_request, outcome};
 use crate::backend::backoff::Backoff;
 use crate::backend::{BackendSpec, Shard};
@@ -137,6 +137,9 @@ async fn walk(m: &Arc<Migration>, topo: &Arc<Topology>, source: &Arc<Shard>) -> 
     let (tx, mut rx) = mpsc::channel::<Found>(SCANS_AHEAD);
     let scanner = tokio::spawn(scan(m.clone(), topo.clone(), source.clone(), tx));
     let mut pacer = Pacer::default();
+    // `[migration] max_keys_per_second`, shared equally by the walks.
+    let limit = topo.config.migration.max_keys_per_second as f64 / m.sources_total().max(1) as f64;
+    let (mut limit, began) = (RateLimit::new(limit), Instant::now());
     // Keys waiting for a batch, per target.
     let mut waiting: Vec<Vec<Bytes>> = vec![Vec::new(); topo.shards.len()];
     let mut scanning = true;
@@ -153,6 +156,10 @@ async fn walk(m: &Arc<Migration>, topo: &Arc<Topology>, source: &Arc<Shard>) -> 
             if !move_keys(m, source, &topo.shards[t].spec, &batch, Some(&mut pacer)).await {
                 scanner.abort();
                 return None;
+            }
+            let wait = limit.after(batch.len(), began.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
             }
             continue;
         }

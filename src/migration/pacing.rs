@@ -7,7 +7,9 @@
 //! source's clients for its whole duration. [`Pacer`] picks the batch size
 //! from the latency the last batches had: the largest batch that still takes
 //! about [`Pacer::target`] (a few milliseconds), between a floor and a cap.
-//! Pure logic; [`super::mover`] measures and feeds it.
+//! [`RateLimit`]: the pause after a batch that keeps a walk under
+//! `[migration] max_keys_per_second`. Pure logic; [`super::mover`] measures
+//! and feeds them.
 
 use std::time::Duration;
 
@@ -85,9 +87,49 @@ impl Pacer {
     }
 }
 
+/// A walk's speed limit: keys moved so far against the time since it began.
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    /// Keys a second; `None` for no limit.
+    per_second: Option<f64>,
+    moved: u64,
+}
+
+impl RateLimit {
+    /// `per_second` keys a second (0: no limit).
+    pub fn new(per_second: f64) -> RateLimit {
+        RateLimit {
+            per_second: (per_second > 0.0).then_some(per_second),
+            moved: 0,
+        }
+    }
+
+    /// `keys` more moved, `elapsed` after the walk began: how long to wait
+    /// before the next batch so the walk averages at most the limit.
+    pub fn after(&mut self, keys: usize, elapsed: Duration) -> Duration {
+        self.moved += keys as u64;
+        let Some(rate) = self.per_second else {
+            return Duration::ZERO;
+        };
+        Duration::from_secs_f64(self.moved as f64 / rate).saturating_sub(elapsed)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_rate_limit_spaces_batches_to_average_the_limit() {
+        let mut unlimited = RateLimit::new(0.0);
+        assert_eq!(unlimited.after(10_000, ms(1)), Duration::ZERO);
+        let mut r = RateLimit::new(10_000.0);
+        // 500 keys are 50 ms of budget; 5 ms went by: wait 45.
+        assert_eq!(r.after(500, ms(5)), ms(45));
+        // Behind (a slow batch): no wait until the average is back under.
+        assert_eq!(r.after(500, ms(150)), Duration::ZERO);
+        assert_eq!(r.after(1000, ms(160)), ms(40));
+    }
 
     fn ms(n: u64) -> Duration {
         Duration::from_millis(n)

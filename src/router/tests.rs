@@ -462,7 +462,7 @@ fn during_a_migration_moving_keys_park_first() {
     let f = Fixture::migrating();
     let moving = f.key_on(2, Some(Some(0)));
     let staying = f.key_on(1, Some(None));
-    match f.route(USER, &format!("GET {moving}")) {
+    match f.route(USER, &format!("SET {moving} v")) {
         Plan::Park(moves) => assert_eq!(
             &moves[..],
             &[Move {
@@ -474,6 +474,30 @@ fn during_a_migration_moving_keys_park_first() {
         other => panic!("{other:?}"),
     }
     assert!(matches!(f.route(USER, &format!("GET {staying}")), Plan::Forward(1)));
+    // A read-only command on one moving key reads it where it is: nothing moves.
+    for cmd in [
+        "GET {k}",
+        "HGET {k} f",
+        "LRANGE {k} 0 -1",
+        "TTL {k}",
+        "OBJECT ENCODING {k}",
+    ] {
+        let cmd = cmd.replace("{k}", &moving);
+        assert!(
+            matches!(f.route(USER, &cmd), Plan::ReadThrough { from: 0, key } if key == cmd.split(' ').position(|a| a == moving).unwrap()),
+            "{cmd}"
+        );
+    }
+    // Not a script, a blocking read, a read of several keys, or behind a parked request.
+    for cmd in [
+        format!("EVAL_RO x 1 {moving}"),
+        format!("SUNION {moving} {staying}"),
+        format!("XREAD STREAMS {moving} 0"),
+    ] {
+        assert!(matches!(f.route(USER, &cmd), Plan::Park(_)), "{cmd}");
+    }
+    let behind = Ctx { parked: true, ..USER };
+    assert!(matches!(f.route(behind, &format!("GET {moving}")), Plan::Park(m) if m.len() == 1));
     // A key named twice moves once; fan-out and blocking commands park too.
     assert!(matches!(
         f.route(USER, &format!("MGET {moving} {staying} {moving}")),

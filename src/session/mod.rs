@@ -20,7 +20,7 @@
 //! - this file: the connection loop, and executing a plan.
 //! - [`replies`]: reply slots in request order.
 //! - [`parking`] and [`parked`]: requests waiting for their keys to move
-//!   (migration).
+//!   (migration); [`readthrough`]: reads of moving keys, where they are.
 //! - [`transaction`]: MULTI / EXEC / DISCARD and queueing.
 //! - [`spanning`]: transactions and blocking pops over several shards.
 //! - [`pubsub`] and [`subconn`]: SUBSCRIBE / PSUBSCRIBE, a connection to the
@@ -49,6 +49,7 @@ mod parked;
 mod parking;
 mod pubsub;
 mod rare;
+mod readthrough;
 mod replies;
 mod scan;
 mod send;
@@ -505,6 +506,7 @@ impl Session {
                 let m = topo.migration.clone();
                 self.park(topo, m.as_deref(), moves, parked::Then::Dispatch(req.clone()), at);
             }
+            Plan::ReadThrough { from, key } => self.read_through(topo, from, key, req, at),
             Plan::Hold => self.hold(topo, parked::Then::Dispatch(req.clone()), at),
             Plan::Error(e) => {
                 self.meter_error(&e);

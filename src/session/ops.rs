@@ -49,9 +49,13 @@ impl Served {
             Plan::Split { .. } if parts.len() == 1 => Served::Shard(parts[0].0),
             Plan::CrossShard(p) if p.blocks() => return None,
             Plan::CrossShard(_) => Served::Many,
-            Plan::Split { .. } | Plan::Broadcast { .. } | Plan::Lock(_) | Plan::Park(_) | Plan::Hold | Plan::Tx(_) => {
-                Served::Many
-            }
+            Plan::Split { .. }
+            | Plan::Broadcast { .. }
+            | Plan::Lock(_)
+            | Plan::Park(_)
+            | Plan::ReadThrough { .. }
+            | Plan::Hold
+            | Plan::Tx(_) => Served::Many,
             // Refused: not run, so not logged (as Redis logs only what it ran).
             Plan::Local(Local::Monitor)
             | Plan::Block(_)

@@ -97,6 +97,9 @@ impl Session {
     /// answered, or a hold ended; once all have, the request runs, or fails
     /// with TRYAGAIN.
     pub(super) fn migration_step(&mut self, c: Completion) {
+        if c.part == super::readthrough::READ_PART {
+            return self.read_step(c);
+        }
         let topo = self.shared.topology.load_full();
         let m = topo.migration.clone();
         let Some(Slot::Migrating(parked)) = self.replies.get_mut(c.seq) else {
@@ -180,7 +183,7 @@ impl Session {
 
     /// Routes again, in request order, every parked request whose keys have
     /// all moved, up to the first that still waits.
-    fn release_parked(&mut self) {
+    pub(super) fn release_parked(&mut self) {
         while self.parked > 0 {
             let first = self.replies.iter_mut().find_map(|(seq, s)| match s {
                 Slot::Migrating(p) => Some((seq, p.left == 0)),

@@ -16,6 +16,8 @@ mod info;
 mod limits;
 mod locks;
 mod migration;
+mod migration_pace;
+mod migration_reads;
 mod ops;
 mod protocol;
 mod pubsub;

@@ -9,11 +9,12 @@ use redis::AsyncCommands;
 
 use crate::support::{NodeClient, Proxy, RedisNode, wait_for_ping, wait_until_async};
 
-const TIMEOUTS: &str = "[timeouts]\ncommand_ms = 1000\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
+pub(crate) const TIMEOUTS: &str =
+    "[timeouts]\ncommand_ms = 1000\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
 
 /// A configuration naming each node explicitly (a shard's name is its place
 /// on the ring, so a removed shard must not shift the others' names).
-fn config_named(nodes: &[(&str, &RedisNode)]) -> String {
+pub(crate) fn config_named(nodes: &[(&str, &RedisNode)]) -> String {
     let mut s = format!("listen = \"127.0.0.1:0\"\n{TIMEOUTS}\n");
     for (name, n) in nodes {
         s.push_str(&format!("[[backends]]\nname = \"{name}\"\naddr = \"{}\"\n", n.addr()));
@@ -22,7 +23,7 @@ fn config_named(nodes: &[(&str, &RedisNode)]) -> String {
 }
 
 /// Writes `text` to a fresh file and reloads the proxy from it.
-async fn reload(proxy: &Proxy, text: &str, tag: &str, force: bool) -> Result<u64, String> {
+pub(crate) async fn reload(proxy: &Proxy, text: &str, tag: &str, force: bool) -> Result<u64, String> {
     let dir = std::env::temp_dir().join(format!("shardis-migration-{tag}-{}", proxy.addr.port()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("proxy.toml");
@@ -34,7 +35,7 @@ async fn reload(proxy: &Proxy, text: &str, tag: &str, force: bool) -> Result<u64
     r
 }
 
-async fn info_migration(c: &mut redis::aio::MultiplexedConnection) -> HashMap<String, String> {
+pub(crate) async fn info_migration(c: &mut redis::aio::MultiplexedConnection) -> HashMap<String, String> {
     let text: String = redis::cmd("INFO").arg("migration").query_async(c).await.unwrap();
     text.lines()
         .filter_map(|l| l.split_once(':'))
@@ -42,7 +43,7 @@ async fn info_migration(c: &mut redis::aio::MultiplexedConnection) -> HashMap<St
         .collect()
 }
 
-async fn wait_until_done(c: &mut redis::aio::MultiplexedConnection) -> HashMap<String, String> {
+pub(crate) async fn wait_until_done(c: &mut redis::aio::MultiplexedConnection) -> HashMap<String, String> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let info = info_migration(c).await;
@@ -58,7 +59,7 @@ fn dbsize(n: &RedisNode) -> i64 {
     redis::cmd("DBSIZE").query(&mut n.client()).unwrap()
 }
 
-fn get_direct(n: &RedisNode, key: &str) -> Option<String> {
+pub(crate) fn get_direct(n: &RedisNode, key: &str) -> Option<String> {
     redis::cmd("GET").arg(key).query(&mut n.client()).unwrap()
 }
 
