@@ -124,7 +124,16 @@ pub(super) async fn read_some<S: Stream>(sock: &mut S, rbuf: &mut BytesMut) -> s
                 *rbuf = buf;
                 return n;
             }
-            Poll::Pending => SPARE.set(Some(buf)),
+            // Spurious (the read found nothing and cleared the readiness),
+            // or the task's cooperative budget is spent (the read woke the
+            // no-op waker, not the task): yield, so the budget is renewed
+            // and the task is woken, before waiting for readiness again.
+            // Looping at once would spin without ever yielding, as
+            // `readable` does not spend the budget.
+            Poll::Pending => {
+                SPARE.set(Some(buf));
+                tokio::task::yield_now().await;
+            }
         }
     }
 }
