@@ -377,13 +377,34 @@ impl Shard {
         let _ = tokio::time::timeout(self.spec.command_timeout, all).await;
     }
 
+    /// One RESP2 request with one reply frame on `lane`, awaited.
     pub async fn call(&self, lane: usize, req: Bytes) -> BackendResult {
+        self.call_frames(Protocol::Resp2, lane, req, 1).await
+    }
+
+    /// Sends `req` (`frames` reply frames, the last delivered) on `lane` and
+    /// returns the receiver of its answer: several sent before any is
+    /// awaited run concurrently.
+    pub fn request(&self, proto: Protocol, lane: usize, req: Bytes, frames: u32) -> oneshot::Receiver<BackendResult> {
         let (tx, rx) = oneshot::channel();
-        self.send(Protocol::Resp2, lane, Job::new(req, ReplyTo::Call(tx)));
-        match rx.await {
-            Ok(r) => r,
-            Err(_) => Err(BackendError::new(BackendErrorKind::ShuttingDown, &self.spec.name, "")),
-        }
+        self.send(
+            proto,
+            lane,
+            Job {
+                req,
+                reply: ReplyTo::Call(tx),
+                frames,
+            },
+        );
+        rx
+    }
+
+    /// [`Shard::request`], awaited; an answer dropped unsent (the proxy
+    /// is shutting down) is an error naming the shard.
+    pub async fn call_frames(&self, proto: Protocol, lane: usize, req: Bytes, frames: u32) -> BackendResult {
+        self.request(proto, lane, req, frames)
+            .await
+            .unwrap_or_else(|_| Err(BackendError::new(BackendErrorKind::ShuttingDown, &self.spec.name, "")))
     }
 }
 

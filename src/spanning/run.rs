@@ -44,22 +44,6 @@ pub struct SpanTx {
     pub watched: Option<(mpsc::UnboundedSender<Job>, Bytes, u32)>,
 }
 
-/// Sends `job`'s request to `shard` on `lane` and awaits the answer.
-async fn call(shard: &Shard, proto: Protocol, lane: usize, req: Bytes, frames: u32) -> BackendResult {
-    let (tx, rx) = oneshot::channel();
-    shard.send(
-        proto,
-        lane,
-        Job {
-            req,
-            reply: ReplyTo::Call(tx),
-            frames,
-        },
-    );
-    rx.await
-        .unwrap_or_else(|_| Err(BackendError::new(BackendErrorKind::ShuttingDown, &shard.spec.name, "")))
-}
-
 /// Sends a batch over a WATCH connection and awaits its last reply.
 async fn converse(conv: &mpsc::UnboundedSender<Job>, shard: &Shard, req: Bytes, frames: u32) -> BackendResult {
     let (tx, rx) = oneshot::channel();
@@ -109,7 +93,7 @@ pub fn transaction(mut t: SpanTx, proto: Protocol, lane: usize, reply: ReplyTo) 
                 Some((conv, batch, frames)) if i == 0 => converse(&conv, shard, batch, frames).await,
                 _ => {
                     let (batch, frames) = part.batch(&t.raws);
-                    call(shard, proto, lane, batch, frames).await
+                    shard.call_frames(proto, lane, batch, frames).await
                 }
             };
             let failed = match answer {
@@ -157,7 +141,7 @@ pub fn blocking_pop(pop: Pop, shards: Vec<usize>, all: Vec<Arc<Shard>>, proto: P
             b.extend_from_slice(b"*1\r\n$5\r\nMULTI\r\n");
             b.extend_from_slice(&pop.command(&keys, "0"));
             b.extend_from_slice(b"*1\r\n$4\r\nEXEC\r\n");
-            match call(&all[s], proto, lane, b.freeze(), 3).await {
+            match all[s].call_frames(proto, lane, b.freeze(), 3).await {
                 Ok(f) => match pops::tried(&f) {
                     Tried::Empty => continue,
                     Tried::Answer(a) => return deliver(&pop, &all[s], lane, a, reply).await,
@@ -182,7 +166,7 @@ async fn deliver(pop: &Pop, shard: &Shard, lane: usize, a: Bytes, reply: ReplyTo
 /// Puts back what `answer` popped on `shard` (nothing for nil or an error).
 async fn give_back(pop: &Pop, shard: &Shard, lane: usize, answer: &Bytes) {
     let Some(cmd) = pop.give_back(answer) else { return };
-    match call(shard, Protocol::Resp2, lane, cmd, 1).await {
+    match shard.call_frames(Protocol::Resp2, lane, cmd, 1).await {
         Ok(f) if !reply::is_error(&f) => {}
         r => {
             warn!(shard = shard.name(), result = ?r, "could not give back an element popped by a cross-shard blocking pop")
@@ -288,7 +272,7 @@ async fn wait_all(
             && let Ok(id) = rx.await
         {
             let unblock = crate::protocol::Request::from_args(&["CLIENT", "UNBLOCK", &id.to_string()]).raw;
-            if let Ok(f) = call(&all[s], Protocol::Resp2, lane, unblock, 1).await
+            if let Ok(f) = all[s].call_frames(Protocol::Resp2, lane, unblock, 1).await
                 && reply::is_error(&f)
             {
                 warn!(shard = all[s].name(), reply = %String::from_utf8_lossy(&f), "CLIENT UNBLOCK refused: the wait ends at its own timeout");

@@ -26,17 +26,7 @@ pub fn patience(shard: &Shard) -> Duration {
 /// connection of `shard` and returns the receiver of its answer: sending
 /// several before awaiting any runs them concurrently.
 pub fn send(shard: &Shard, proto: Protocol, lane: usize, req: Bytes, frames: u32) -> oneshot::Receiver<BackendResult> {
-    let (tx, rx) = oneshot::channel();
-    shard.send(
-        proto,
-        lane,
-        Job {
-            req,
-            reply: ReplyTo::Call(tx),
-            frames,
-        },
-    );
-    rx
+    shard.request(proto, lane, req, frames)
 }
 
 /// Awaits an answer from [`send`].
