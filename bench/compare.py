@@ -100,11 +100,16 @@ def cli(port, *args):
     return out.stdout.strip()
 
 
-def cpu_seconds(pid):
+def cpu_split(pid):
+    """User and system CPU seconds of a process so far."""
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     # fields[0] is state (field 3); utime and stime are fields 14 and 15.
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+
+
+def cpu_seconds(pid):
+    return sum(cpu_split(pid))
 
 
 def rss_mb(pid):
@@ -285,13 +290,16 @@ def main():
         for name, clients, pipeline, n, size, args in rows:
             for run in range(RUNS):
                 for cname, port, proc in c.contenders:
-                    t0 = cpu_seconds(proc.pid) if proc else 0.0
+                    u0, s0 = cpu_split(proc.pid) if proc else (0.0, 0.0)
                     r = bench(port, clients, pipeline, n, size, args)
+                    split = ""
                     if proc:
-                        cpu.setdefault((name, cname), []).append((cpu_seconds(proc.pid) - t0) / n * 1e6)
+                        u1, s1 = cpu_split(proc.pid)
+                        cpu.setdefault((name, cname), []).append((u1 - u0 + s1 - s0) / n * 1e6)
+                        split = f"  CPU/1M usr {(u1 - u0) / n * 1e6:.2f} sys {(s1 - s0) / n * 1e6:.2f} s"
                     results.setdefault((name, cname), []).append(r)
                     print(f"  {name:<18} run {run + 1}/{RUNS} {cname:<10} {r[0]:>10.0f} ops/s  "
-                          f"p50 {r[1]:.3f} ms  p99 {r[2]:.3f} ms", file=sys.stderr, flush=True)
+                          f"p50 {r[1]:.3f} ms  p99 {r[2]:.3f} ms{split}", file=sys.stderr, flush=True)
         idle = {}
         if IDLE > 0:
             for cname, port, proc in c.contenders[1:]:

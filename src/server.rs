@@ -170,7 +170,7 @@ impl Server {
         }
         // Only now: a client closed at once and reconnecting goes to
         // another process on this port, not into the queue just closed.
-        shared.shutdown.drain_sessions();
+        drain_sessions(&shared);
         info!(
             queued = taken,
             clients = shared.stats.clients.load(Ordering::Acquire),
@@ -473,7 +473,7 @@ pub fn shutdown_deadline(shared: &Shared) -> Instant {
 pub async fn drain(shared: &Shared, deadline: Instant) -> usize {
     let started = Instant::now();
     // Done already by Server::run, unless the caller has no listener.
-    shared.shutdown.drain_sessions();
+    drain_sessions(shared);
     let clients = || shared.stats.clients.load(Ordering::Acquire);
     let sessions = async {
         while clients() > 0 {
@@ -496,6 +496,17 @@ pub async fn drain(shared: &Shared, deadline: Instant) -> usize {
     left
 }
 
+/// Tells every client session to drain (see [`Shutdown::drain_sessions`]):
+/// the flag first, so a session registering after the DRAIN bits were
+/// raised sees it when it starts.
+///
+/// [`Shutdown::drain_sessions`]: crate::shutdown::Shutdown::drain_sessions
+pub fn drain_sessions(shared: &Shared) {
+    if shared.shutdown.drain_sessions() {
+        shared.clients.raise_all(crate::registry::signal::DRAIN);
+    }
+}
+
 /// Closes, once a second, the clients idle for longer than the
 /// configuration's `limits.client_idle_timeout_s` (read each time, so a
 /// reload applies), as Redis's `timeout` does: not blocked clients,
@@ -506,11 +517,10 @@ async fn close_idle(shared: Arc<Shared>) {
     use crate::registry::{flag, idle_past};
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut watch = shared.shutdown.watch(0);
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = watch.fired() => return,
+            _ = shared.shutdown.wait() => return,
         }
         let limit = shared.topology.load().config.limits.client_idle_timeout_s;
         if limit == 0 {

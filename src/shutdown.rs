@@ -10,13 +10,14 @@
 //!   other parts (fleet deregistration, say) and run by
 //!   [`crate::server::drain`] once the listener is closed, while the
 //!   sessions drain, each bounded by the shutdown deadline;
-//! - [`Watch`]: how one session hears that it must drain, which is told
-//!   after the listener has closed ([`Shutdown::drain_sessions`]): a client
-//!   closed at once and reconnecting must not land in the accept queue of a
-//!   listener about to close, which would reset it. Each session holds a
-//!   oneshot receiver of its own rather than polling one shared `Notify`,
-//!   whose every pending poll takes a lock all sessions on all threads
-//!   share; a receiver's poll is a few atomic operations;
+//! - the order to drain ([`Shutdown::drain_sessions`]), given after the
+//!   listener has closed: a client closed at once and reconnecting must not
+//!   land in the accept queue of a listener about to close, which would
+//!   reset it. The flag is here; each session hears it through the DRAIN
+//!   bit of its registry entry's signal ([`crate::registry::Signal`], raised
+//!   by [`crate::server::drain_sessions`]), which it polls with its kill,
+//!   rather than through one shared `Notify`, whose every pending poll takes
+//!   a lock all sessions on all threads share;
 //! - [`on_signals`]: SIGTERM and SIGINT trigger the shutdown; a second one
 //!   exits at once.
 //!
@@ -24,14 +25,13 @@
 //! (`server.rs`, `session/mod.rs`); `docs/architecture.md` follows a shutdown
 //! through them.
 
-use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::Notify;
 use tracing::{info, warn};
 
 /// A hook's work, made when the shutdown starts.
@@ -49,9 +49,6 @@ struct Inner {
     draining: AtomicBool,
     /// When [`Shutdown::trigger`] first ran.
     at: OnceLock<Instant>,
-    /// The sessions to tell, by client id: dropping a sender wakes its
-    /// session's [`Watch`]. Emptied by [`Shutdown::drain_sessions`].
-    sessions: Mutex<HashMap<u64, oneshot::Sender<()>>>,
     /// Woken by the trigger ([`Shutdown::wait`]) and, once triggered, by
     /// every session that ends ([`Shutdown::session_ended`]).
     notify: Notify,
@@ -82,20 +79,14 @@ impl Shutdown {
         true
     }
 
-    /// Tells every session to drain (the listener has closed, or there is
-    /// none): each answers what it has read and closes. Idempotent; done by
-    /// [`crate::server::Server::run`] when it returns and by
-    /// [`crate::server::drain`].
-    pub fn drain_sessions(&self) {
-        let senders = {
-            let mut sessions = lock(&self.0.sessions);
-            if self.0.draining.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            std::mem::take(&mut *sessions)
-        };
-        // Outside the lock: each drop wakes a session, maybe on another thread.
-        drop(senders);
+    /// Sessions must drain from now on (the listener has closed, or there
+    /// is none): each answers what it has read and closes. Returns whether
+    /// this call said so first. The sessions are told by
+    /// [`crate::server::drain_sessions`], which calls this and then raises
+    /// DRAIN in every registered session; one registering later reads
+    /// [`Shutdown::sessions_draining`] when it starts.
+    pub fn drain_sessions(&self) -> bool {
+        !self.0.draining.swap(true, Ordering::AcqRel)
     }
 
     /// Sessions must drain (see [`Shutdown::drain_sessions`]).
@@ -193,24 +184,6 @@ impl Shutdown {
         }
     }
 
-    /// The watch of the session `id`, which it polls for the signal.
-    pub fn watch(&self, id: u64) -> Watch {
-        let (tx, rx) = oneshot::channel();
-        {
-            let mut sessions = lock(&self.0.sessions);
-            // Under the lock: either drain_sessions sees this sender, or
-            // this sees it done (and the dropped sender fires the watch).
-            if !self.sessions_draining() {
-                sessions.insert(id, tx);
-            }
-        }
-        Watch {
-            rx: Some(rx),
-            id,
-            shutdown: self.clone(),
-        }
-    }
-
     /// A client connection ended: wakes [`crate::server::drain`] once the
     /// shutdown has started.
     pub fn session_ended(&self) {
@@ -230,38 +203,6 @@ impl Shutdown {
             return;
         }
         notified.await;
-    }
-}
-
-/// One session's view of the shutdown (see [`Shutdown::watch`]): fires when
-/// it must drain.
-pub struct Watch {
-    /// `None` once [`Watch::fired`] has resolved.
-    rx: Option<oneshot::Receiver<()>>,
-    id: u64,
-    shutdown: Shutdown,
-}
-
-impl Watch {
-    /// Resolves when sessions must drain (at once if they must already);
-    /// once it has resolved, never again.
-    pub async fn fired(&mut self) {
-        match self.rx.as_mut() {
-            Some(rx) => {
-                // The sender is only ever dropped, never used: Err is the signal.
-                let _ = rx.await;
-                self.rx = None;
-            }
-            None => std::future::pending().await,
-        }
-    }
-}
-
-impl Drop for Watch {
-    fn drop(&mut self) {
-        if !self.shutdown.sessions_draining() {
-            lock(&self.shutdown.0.sessions).remove(&self.id);
-        }
     }
 }
 
@@ -298,26 +239,15 @@ mod tests {
     use std::sync::atomic::AtomicUsize;
 
     #[tokio::test]
-    async fn watches_fire_once_whenever_they_were_made() {
+    async fn the_drain_is_said_once_after_the_trigger() {
         let s = Shutdown::new();
-        let mut before = s.watch(1);
-        let dropped = s.watch(2);
-        drop(dropped);
-        assert_eq!(lock(&s.0.sessions).len(), 1, "a dropped watch unregisters");
         assert!(s.trigger());
         assert!(!s.trigger(), "only the first trigger starts a shutdown");
         assert!(s.is_triggered() && s.triggered_at().is_some());
-        let early = tokio::time::timeout(Duration::from_millis(20), before.fired()).await;
-        assert!(early.is_err(), "sessions drain once the listener has closed");
-        s.drain_sessions();
-        s.drain_sessions();
-        before.fired().await;
-        let mut after = s.watch(3);
-        after.fired().await;
-        assert!(lock(&s.0.sessions).is_empty());
-        // Spent: pending from now on.
-        let again = tokio::time::timeout(Duration::from_millis(20), after.fired()).await;
-        assert!(again.is_err());
+        assert!(!s.sessions_draining(), "sessions drain once the listener has closed");
+        assert!(s.drain_sessions());
+        assert!(!s.drain_sessions());
+        assert!(s.sessions_draining());
         s.wait().await;
     }
 

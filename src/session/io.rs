@@ -92,7 +92,11 @@ pub(super) async fn read_some<S: Stream>(sock: &mut S, rbuf: &mut BytesMut) -> s
     loop {
         let held = sock.holds_input();
         if !held {
-            sock.tcp().readable().await?;
+            // `poll_read_ready` keeps the waker in the socket's one reader
+            // slot; `readable()` would put a waiter in the socket's list on
+            // every wait and take it out again when dropped (a lock each).
+            let tcp = sock.tcp();
+            poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
         }
         let mut buf = SPARE.take().unwrap_or_default();
         if buf.capacity() - buf.len() < READ_MIN {

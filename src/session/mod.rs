@@ -72,7 +72,7 @@ use tokio::io::AsyncWriteExt;
 use drain::Drain;
 use io::linger_close;
 use outbuf::READ_PAUSE;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tracing::debug;
 
 use crate::backend::{Completion, Job};
@@ -84,9 +84,8 @@ use crate::lock::worker::LockRequest;
 use crate::merge::Merge;
 use crate::protocol::request::INLINE_ARGS;
 use crate::protocol::{Encoder, Request, RequestParser};
-use crate::registry::flag;
+use crate::registry::{flag, signal};
 use crate::router::{Ctx, Plan, Router, View};
-use crate::shutdown::Watch;
 use crate::state::Shared;
 use crate::tls::stream::Stream;
 use crate::topology::Topology;
@@ -138,14 +137,10 @@ pub struct Session {
     /// The client's shard channels (SSUBSCRIBE) and its connections to
     /// their shards, from its first SSUBSCRIBE until RESET.
     ssub: Option<Box<sharded::ShardSubs>>,
-    /// Fires when the proxy starts shutting down.
-    watch: Watch,
     /// Where this session is in a shutdown.
     drain: Drain,
     /// The client has sent something (at least one byte) since it connected.
     heard: bool,
-    /// Fires when CLIENT KILL picks this client; taken by [`Session::run`].
-    kill: Option<oneshot::Receiver<()>>,
     /// Lines for this client while it is a MONITOR.
     monitor: Option<mpsc::Receiver<Bytes>>,
     /// A request read during a CLIENT PAUSE that holds it: nothing more is
@@ -167,7 +162,7 @@ impl Session {
     pub fn new(shared: Arc<Shared>, id: u64, addr: String, laddr: String) -> Session {
         let topo = shared.topology.load_full();
         let cfg = topo.config.clone();
-        let (entry, kill) = shared.clients.register(id, addr.clone(), laddr.clone());
+        let entry = shared.clients.register(id, addr.clone(), laddr.clone());
         let user = topo.acl.default_user().clone();
         Session {
             state: ClientState::new(id, addr, laddr, user, topo.acl.needs_login(), entry),
@@ -188,10 +183,8 @@ impl Session {
             blocked_uncounted: false,
             csub: None,
             ssub: None,
-            watch: shared.shutdown.watch(id),
             drain: Drain::Serving,
             heard: false,
-            kill: Some(kill),
             monitor: None,
             held: None,
             read_at: Instant::now(),
@@ -216,13 +209,16 @@ impl Session {
             // Lent by the thread while it holds unparsed bytes (see `io::read_some`).
             let mut rbuf = BytesMut::new();
             self.state.entry.set_fd(sock.tcp().as_raw_fd());
-            // Never taken before: `run` consumes the session.
-            let Some(mut kill) = self.kill.take() else { return };
+            // The shutdown raises DRAIN in every registered session; one that
+            // registered after it did sees the flag here.
+            if self.shared.shutdown.sessions_draining() {
+                self.start_drain();
+            }
             loop {
                 // CLIENT KILL: the connection closes at once, as on Redis. A
-                // busy session sees the flag here; one that waits is woken by
-                // `kill`, polled last so that a pass with work to do does not
-                // pay for it.
+                // busy session sees the bit here; one that waits is woken by
+                // its signal, polled last so that a pass with work to do does
+                // not pay for it.
                 if self.state.entry.killed() {
                     return;
                 }
@@ -300,8 +296,12 @@ impl Session {
                             Rare::SoftDue => {}
                         }
                     }
-                    _ = self.watch.fired(), if self.drain == Drain::Serving => self.start_drain(),
-                    _ = &mut kill => return,
+                    sig = signalled(&self.state.entry.signal, self.drain) => {
+                        if sig & signal::KILL != 0 {
+                            return;
+                        }
+                        self.start_drain();
+                    }
                 }
                 self.replies.flush(self.state.proto);
                 if self.pipeline_full && self.replies.len() < self.max_pipeline {
@@ -320,10 +320,10 @@ impl Session {
                     let _ = sock.shutdown().await;
                     return;
                 }
-                // The watch wakes a session that waits; this catches one that is
-                // always busy, whose select never gets to the watch (a flag
-                // read, no lock).
-                if self.drain == Drain::Serving && self.shared.shutdown.sessions_draining() {
+                // The signal wakes a session that waits; this catches one that
+                // is always busy, whose select never gets to the signal (a
+                // load of the entry's line, which the pass touched already).
+                if self.drain == Drain::Serving && self.state.entry.signal.bits() & signal::DRAIN != 0 {
                     self.start_drain();
                 }
                 // Every request read is answered (a complete one left unparsed
@@ -558,6 +558,13 @@ impl Drop for Session {
 type Inbox = (mpsc::UnboundedSender<Completion>, mpsc::UnboundedReceiver<Completion>);
 
 /// The next backend reply; never resolves while the session has no inbox.
+/// Resolves with the signal's bits that concern a session in `drain`: KILL
+/// always, DRAIN while it still serves.
+fn signalled(sig: &crate::registry::Signal, drain: Drain) -> impl Future<Output = u8> + '_ {
+    let mask = signal::KILL | if drain == Drain::Serving { signal::DRAIN } else { 0 };
+    std::future::poll_fn(move |cx| sig.poll(cx, mask))
+}
+
 async fn recv(inbox: &mut Option<Inbox>) -> Option<Completion> {
     match inbox {
         Some((_, rx)) => rx.recv().await,
