@@ -51,6 +51,10 @@ pub enum Merge {
     /// FUNCTION LIST: libraries by name; one missing on some shard is an
     /// error naming it and the shards.
     FunctionList { names: Vec<Arc<str>> },
+    /// FUNCTION STATS: the script running on any shard; the engines'
+    /// library and function counts, which every shard must agree on, or
+    /// an error names the shards and their counts.
+    FunctionStats { names: Vec<Arc<str>> },
     /// PUBSUB SHARDCHANNELS: arrays joined, each element once.
     Union,
     /// PUBSUB SHARDNUMSUB: the part that holds channel `i`, for every
@@ -93,6 +97,7 @@ impl Merge {
             Merge::Agree { what, names } => return agree::agree(what, &names, parts, enc),
             Merge::AnyOk => return agree::any_ok(parts, enc),
             Merge::FunctionList { names } => return agree::function_list(&names, parts, enc),
+            Merge::FunctionStats { names } => return agree::function_stats(&names, parts, enc),
             Merge::ConfigGet { own } => return agree::config_get(&own, parts, enc),
             // INFO is what operators run when something is wrong: a shard
             // that fails only drops out of the sums, and is counted.
@@ -221,6 +226,7 @@ impl Merge {
             | Merge::Agree { .. }
             | Merge::AnyOk
             | Merge::FunctionList { .. }
+            | Merge::FunctionStats { .. }
             | Merge::ConfigGet { .. } => enc.error("ERR shardis: merge not handled"),
         }
     }

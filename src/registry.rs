@@ -8,7 +8,9 @@
 //! pointer into the static command table, so no allocation) and, per read,
 //! when it was last heard from. What changes rarely (name, library, RESP
 //! version) sits behind a small lock of the entry's own, written by the
-//! commands that change it.
+//! commands that change it; a subscriber's counts are stored by its
+//! (un)subscribe commands, and the output bytes held for a client only when
+//! a write leaves some (`session/outbuf.rs`).
 //!
 //! A kill, and the shutdown's order to drain, are bits raised in the
 //! entry's [`Signal`], which the session reads at the top of each pass and
@@ -140,6 +142,13 @@ pub struct Entry {
     flags: AtomicU32,
     /// Commands queued in MULTI (-1 outside one).
     multi: AtomicI64,
+    /// Channels, patterns and shard channels the client holds (`sub=`,
+    /// `psub=`, `ssub=`): stored by its (un)subscribe commands only.
+    subs: [AtomicU32; 3],
+    /// Reply bytes held for the client (`omem=`) and the part of them
+    /// encoded for its socket (`obl=`), as of its last write that left
+    /// some (see `session/outbuf.rs`); zero once it has none.
+    output: [AtomicU64; 2],
     desc: Mutex<Desc>,
     /// Kill and drain, raised by others (see the module's doc).
     pub signal: Signal,
@@ -212,6 +221,30 @@ impl Entry {
         self.set_flag(flag::MULTI, queued.is_some());
     }
 
+    /// The client's channels, patterns and shard channels.
+    pub fn subs(&self) -> [u32; 3] {
+        self.subs.each_ref().map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// Its (un)subscribe commands changed what the client holds.
+    pub fn set_subs(&self, counts: [usize; 3]) {
+        for (n, c) in self.subs.iter().zip(counts) {
+            n.store(c.min(u32::MAX as usize) as u32, Ordering::Relaxed);
+        }
+    }
+
+    /// Reply bytes held for the client, and the part encoded for its socket.
+    pub fn output(&self) -> [u64; 2] {
+        self.output.each_ref().map(|n| n.load(Ordering::Relaxed))
+    }
+
+    /// Stored only when a write leaves bytes unsent, and once more when none
+    /// are left (not per request).
+    pub fn set_output(&self, held: usize, encoded: usize) {
+        self.output[0].store(held as u64, Ordering::Relaxed);
+        self.output[1].store(encoded as u64, Ordering::Relaxed);
+    }
+
     pub fn desc(&self) -> Desc {
         lock(&self.desc).clone()
     }
@@ -258,6 +291,8 @@ impl Registry {
             last_cmd: AtomicPtr::new(std::ptr::null_mut()),
             flags: AtomicU32::new(0),
             multi: AtomicI64::new(-1),
+            subs: Default::default(),
+            output: Default::default(),
             desc: Mutex::new(Desc {
                 resp: 2,
                 ..Desc::default()
@@ -403,6 +438,10 @@ mod tests {
         assert_eq!(a.cmd(), "NULL");
         a.set_cmd(spec::lookup(b"get").unwrap());
         assert_eq!(a.cmd(), "get");
+        assert_eq!((a.subs(), a.output()), ([0; 3], [0; 2]));
+        a.set_subs([2, 1, 3]);
+        a.set_output(10, 4);
+        assert_eq!((a.subs(), a.output()), ([2, 1, 3], [10, 4]));
         assert_eq!(r.snapshot().iter().map(|e| e.id).collect::<Vec<_>>(), [1, 2]);
         assert_eq!(r.kill(1, |_| true), (2, true));
         assert!(b.killed());

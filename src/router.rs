@@ -533,6 +533,9 @@ fn broadcast(
         Broadcast::FunctionList => Merge::FunctionList {
             names: view.names.to_vec(),
         },
+        Broadcast::FunctionStats => Merge::FunctionStats {
+            names: view.names.to_vec(),
+        },
         Broadcast::ConfigGet => Merge::ConfigGet {
             own: vec![
                 ("maxclients", view.config.limits.max_clients.to_string()),

@@ -125,6 +125,9 @@ fn describe(spec: &CommandSpec, route: Route) -> (Class, String) {
                 Broadcast::AdminAgree => "every shard must agree, else the shards are named; admin only",
                 Broadcast::Kill => "OK where a shard had one to kill",
                 Broadcast::FunctionList => "libraries merged; one on some shards only is reported",
+                Broadcast::FunctionStats => {
+                    "the script running on any shard; counts when every shard agrees, else the shards are named"
+                }
                 Broadcast::ConfigGet => "the shards' values, and the proxy's own parameters",
             },
         ),

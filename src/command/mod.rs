@@ -137,8 +137,8 @@ pub enum Broadcast {
     RandomKey,
     /// SCRIPT EXISTS: a script exists when every shard has it.
     ScriptExists,
-    /// SCRIPT LOAD, FUNCTION DUMP/STATS: every shard runs it; the first
-    /// reply is sent.
+    /// SCRIPT LOAD, FUNCTION DUMP: every shard runs it; the first reply is
+    /// sent.
     First,
     /// FUNCTION LOAD/DELETE/FLUSH/RESTORE: every shard must give the same
     /// reply; otherwise an error names the shards that failed.
@@ -151,6 +151,9 @@ pub enum Broadcast {
     /// FUNCTION LIST: merged by library name; a library missing on some
     /// shard is reported.
     FunctionList,
+    /// FUNCTION STATS: the script running on any shard; the engines'
+    /// counts when every shard agrees, else the shards are named.
+    FunctionStats,
     /// CONFIG GET: the shards' answer with the proxy's own `maxclients` and
     /// `timeout`.
     ConfigGet,
@@ -308,13 +311,12 @@ fn route_of(spec: &CommandSpec, args: &[&[u8]]) -> Route {
         "scan" => Route::Broadcast(B::Scan),
         "randomkey" => Route::Broadcast(B::RandomKey),
         "script|exists" => Route::Broadcast(B::ScriptExists),
-        "script|load" | "function|dump" | "function|stats" | "function|help" | "config|help" => {
-            Route::Broadcast(B::First)
-        }
+        "script|load" | "function|dump" | "function|help" | "config|help" => Route::Broadcast(B::First),
         "function|load" | "function|delete" | "function|flush" | "function|restore" => Route::Broadcast(B::Agree),
         "config|set" | "config|resetstat" | "config|rewrite" => Route::Broadcast(B::AdminAgree),
         "function|kill" | "script|kill" => Route::Broadcast(B::Kill),
         "function|list" => Route::Broadcast(B::FunctionList),
+        "function|stats" => Route::Broadcast(B::FunctionStats),
         "config|get" => Route::Broadcast(B::ConfigGet),
         "multi" => Route::Transaction(TxCommand::Multi),
         "exec" => Route::Transaction(TxCommand::Exec),
@@ -541,6 +543,7 @@ mod tests {
         assert_eq!(route("eval x 0"), Ok(Route::Keyed));
         assert_eq!(route("function load x"), Ok(Route::Broadcast(Broadcast::Agree)));
         assert_eq!(route("function list"), Ok(Route::Broadcast(Broadcast::FunctionList)));
+        assert_eq!(route("function stats"), Ok(Route::Broadcast(Broadcast::FunctionStats)));
         assert_eq!(route("function kill"), Ok(Route::Broadcast(Broadcast::Kill)));
         assert_eq!(route("fcall f 1 k"), Ok(Route::Keyed));
         assert_eq!(route("fcall_ro f 0"), Ok(Route::Keyed));

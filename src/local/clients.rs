@@ -124,6 +124,10 @@ pub struct Line {
     pub idle: u64,
     pub flags: u32,
     pub multi: i64,
+    /// Channels, patterns, shard channels.
+    pub subs: [u32; 3],
+    /// Reply bytes held for the client, and the part encoded for its socket.
+    pub output: [u64; 2],
     pub cmd: &'static str,
     pub resp: u8,
     pub lib_name: String,
@@ -145,6 +149,8 @@ impl Line {
             idle: e.idle(now),
             flags: e.flags(),
             multi: e.multi(),
+            subs: e.subs(),
+            output: e.output(),
             cmd: e.cmd(),
             resp: d.resp,
             lib_name: s(d.lib_name),
@@ -156,8 +162,11 @@ impl Line {
     }
 
     /// Redis 7.0's field list and order (then 7.2's `lib-name`,
-    /// `lib-ver`), one line with its `\n`. The buffer fields are 0: the
-    /// proxy's buffers are not Redis's.
+    /// `lib-ver`), one line with its `\n`. Of the buffer fields, `omem`
+    /// and `tot-mem` are the reply bytes the proxy holds for the client
+    /// (what its output buffer limit is checked against, as Redis checks
+    /// `omem`) and `obl` the part of them encoded for its socket; the others
+    /// are 0: the proxy's buffers are not Redis's.
     pub fn write(&self, out: &mut String) {
         use std::fmt::Write;
         let mut flags = String::new();
@@ -177,7 +186,7 @@ impl Line {
         }
         let _ = writeln!(
             out,
-            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub=0 psub=0 ssub=0 multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
+            "id={} addr={} laddr={} fd={} name={} age={} idle={} flags={} db=0 sub={} psub={} ssub={} multi={} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl={} oll=0 omem={} tot-mem={} events=r cmd={} user={} redir=-1 resp={} lib-name={} lib-ver={}",
             self.id,
             self.addr,
             self.laddr,
@@ -186,7 +195,13 @@ impl Line {
             self.age,
             self.idle,
             flags,
+            self.subs[0],
+            self.subs[1],
+            self.subs[2],
             self.multi,
+            self.output[1],
+            self.output[0],
+            self.output[0],
             self.cmd,
             self.user,
             self.resp,
@@ -417,6 +432,8 @@ mod tests {
             idle: 1,
             flags: flag::MULTI | flag::BLOCKED,
             multi: 2,
+            subs: [2, 1, 4],
+            output: [900, 300],
             cmd: "client|list",
             resp: 3,
             lib_name: "redis-py".into(),
@@ -426,7 +443,7 @@ mod tests {
         line.write(&mut s);
         assert_eq!(
             s,
-            "id=3 addr=127.0.0.1:49554 laddr=127.0.0.1:6380 fd=8 name=web age=5 idle=1 flags=xb db=0 sub=0 psub=0 ssub=0 multi=2 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 tot-mem=0 events=r cmd=client|list user=default redir=-1 resp=3 lib-name=redis-py lib-ver=5.0\n"
+            "id=3 addr=127.0.0.1:49554 laddr=127.0.0.1:6380 fd=8 name=web age=5 idle=1 flags=xb db=0 sub=2 psub=1 ssub=4 multi=2 qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=300 oll=0 omem=900 tot-mem=900 events=r cmd=client|list user=default redir=-1 resp=3 lib-name=redis-py lib-ver=5.0\n"
         );
         let fields: Vec<&str> = s.split(' ').map(|f| f.split('=').next().unwrap_or("")).collect();
         // Redis 7.0.15's CLIENT LIST, field by field, then 7.2's two.

@@ -41,8 +41,16 @@ fn name(names: &[Arc<str>], i: usize) -> &str {
     names.get(i).map_or("?", |n| n)
 }
 
-/// `what failed on b (ERR x), c (...); it succeeded on a`.
+/// `what failed on b (ERR x), c (...); it succeeded on a: the shards now
+/// disagree ...`: for commands that change the shards.
 fn partial_failure(what: &str, names: &[Arc<str>], outs: &[Outcome]) -> String {
+    let mut s = failed_on(what, names, outs);
+    s.push_str(": the shards now disagree, repeat it once every shard is reachable");
+    s
+}
+
+/// `what failed on b (ERR x), c (...); it succeeded on a`.
+fn failed_on(what: &str, names: &[Arc<str>], outs: &[Outcome]) -> String {
     let failed: Vec<String> = outs
         .iter()
         .enumerate()
@@ -61,7 +69,6 @@ fn partial_failure(what: &str, names: &[Arc<str>], outs: &[Outcome]) -> String {
     if !ok.is_empty() {
         s.push_str(&format!("; it succeeded on {}", ok.join(", ")));
     }
-    s.push_str(": the shards now disagree, repeat it once every shard is reachable");
     s
 }
 
@@ -153,6 +160,128 @@ fn library_name(entry: &Bytes) -> Option<Bytes> {
         .and_then(|kv| reply::as_bytes(&kv[1]))
 }
 
+/// One shard's FUNCTION STATS reply, taken apart.
+struct Stats {
+    /// The reply's fields, keys and values alternating (a map in RESP3, a
+    /// flat array in RESP2).
+    fields: Vec<Bytes>,
+    /// `running_script`'s value: null, or the script's name, command and
+    /// duration.
+    running: Bytes,
+    /// `engines`: each engine's name and its counts (name, value frame).
+    engines: Vec<(Bytes, Vec<(Bytes, Bytes)>)>,
+}
+
+/// The keys and values of a map reply (or a RESP2 flat array), if it has
+/// an even number of elements.
+fn pairs(frame: &Bytes) -> Option<Vec<(Bytes, Bytes)>> {
+    let e = reply::elements(frame)?;
+    (e.len() % 2 == 0).then(|| e.chunks(2).map(|kv| (kv[0].clone(), kv[1].clone())).collect())
+}
+
+fn field<'a>(kv: &'a [(Bytes, Bytes)], key: &[u8]) -> Option<&'a Bytes> {
+    kv.iter()
+        .find(|(k, _)| reply::as_bytes(k).is_some_and(|k| &k[..] == key))
+        .map(|(_, v)| v)
+}
+
+impl Stats {
+    fn parse(f: &Bytes) -> Option<Stats> {
+        let kv = pairs(f)?;
+        let running = field(&kv, b"running_script")?.clone();
+        let engines = pairs(field(&kv, b"engines")?)?
+            .into_iter()
+            .map(|(name, counts)| Some((name, pairs(&counts)?)))
+            .collect::<Option<Vec<_>>>()?;
+        let fields = kv.into_iter().flat_map(|(k, v)| [k, v]).collect();
+        Some(Stats {
+            fields,
+            running,
+            engines,
+        })
+    }
+
+    /// `LUA libraries_count=2 functions_count=3`, for an error message.
+    fn counts(&self) -> String {
+        let text = |f: &Bytes| match reply::as_integer(f) {
+            Some(n) => n.to_string(),
+            None => reply::as_bytes(f).map_or_else(|| "?".into(), |b| String::from_utf8_lossy(&b).into_owned()),
+        };
+        let engines: Vec<String> = self
+            .engines
+            .iter()
+            .map(|(name, counts)| {
+                let mut s = text(name);
+                for (k, v) in counts {
+                    s.push_str(&format!(" {}={}", text(k), text(v)));
+                }
+                s
+            })
+            .collect();
+        if engines.is_empty() {
+            "no engines".into()
+        } else {
+            engines.join(", ")
+        }
+    }
+}
+
+/// FUNCTION STATS, as one Redis answers it: `running_script` is the script
+/// running on any shard (the first such shard's, in Redis's shape: one
+/// script, with its name, command and duration), null when none runs one;
+/// `engines` is the shards' libraries and functions, the same on every
+/// shard since FUNCTION LOAD goes to all of them. Shards whose counts
+/// differ are named with their counts, as FUNCTION LIST names a library
+/// missing on some shard; a shard that fails is named, as in every merge
+/// here.
+pub fn function_stats(names: &[Arc<str>], parts: Vec<Option<BackendResult>>, enc: &mut Encoder<'_>) {
+    let outs = outcomes(parts);
+    if outs.iter().any(|o| matches!(o, Outcome::Failed(_))) {
+        return enc.error(&failed_on("FUNCTION STATS", names, &outs));
+    }
+    let mut stats = Vec::with_capacity(outs.len());
+    for o in &outs {
+        let Outcome::Reply(f) = o else { continue };
+        match Stats::parse(f) {
+            Some(s) => stats.push(s),
+            None => return enc.error("ERR shardis: unexpected reply from backend to FUNCTION STATS"),
+        }
+    }
+    let Some(first) = stats.first() else {
+        return enc.error("ERR shardis: no shards");
+    };
+    if stats.iter().any(|s| s.engines != first.engines) {
+        // The shards grouped by their counts, in shard order.
+        let mut groups: Vec<(String, Vec<&str>)> = Vec::new();
+        for (i, s) in stats.iter().enumerate() {
+            let counts = s.counts();
+            match groups.iter_mut().find(|(c, _)| *c == counts) {
+                Some((_, on)) => on.push(name(names, i)),
+                None => groups.push((counts, vec![name(names, i)])),
+            }
+        }
+        let groups: Vec<String> = groups.iter().map(|(c, on)| format!("{}: {c}", on.join(", "))).collect();
+        return enc.error(&format!(
+            "ERR shardis: the shards' function libraries differ ({}): FUNCTION LIST names the library to FUNCTION LOAD REPLACE (or FUNCTION DELETE) through shardis to make them agree",
+            groups.join("; ")
+        ));
+    }
+    let running = stats
+        .iter()
+        .map(|s| &s.running)
+        .find(|r| !reply::is_null(r))
+        .unwrap_or(&first.running);
+    enc.map(first.fields.len() / 2);
+    for kv in first.fields.chunks(2) {
+        enc.raw(&kv[0]);
+        if reply::as_bytes(&kv[0]).is_some_and(|k| &k[..] == b"running_script") {
+            enc.raw(running);
+        } else {
+            enc.raw(&kv[1]);
+        }
+    }
+}
+
 /// CONFIG GET: the first shard's answer, with the values the proxy owns
 /// (`maxclients`, `timeout`) replaced by the proxy's own.
 pub fn config_get(own: &[(&str, String)], parts: Vec<Option<BackendResult>>, enc: &mut Encoder<'_>) {
@@ -235,6 +364,69 @@ mod tests {
             out.starts_with("-ERR shardis: library 'y' is loaded on shard(s) a, c but not on b"),
             "{out}"
         );
+    }
+
+    /// Redis 7.0's FUNCTION STATS (RESP2), idle or running `spin`.
+    fn stats(running: &str, libs: u8, funcs: u8) -> String {
+        format!(
+            "*4\r\n$14\r\nrunning_script\r\n{running}$7\r\nengines\r\n*2\r\n$3\r\nLUA\r\n*4\r\n$15\r\nlibraries_count\r\n:{libs}\r\n$15\r\nfunctions_count\r\n:{funcs}\r\n"
+        )
+    }
+    const SPIN: &str = "*6\r\n$4\r\nname\r\n$4\r\nspin\r\n$7\r\ncommand\r\n*3\r\n$5\r\nFCALL\r\n$4\r\nspin\r\n$1\r\n0\r\n$11\r\nduration_ms\r\n:450\r\n";
+
+    #[test]
+    fn function_stats_shows_the_script_running_on_any_shard() {
+        let n = names();
+        let p = |s: String| Some(Ok(Bytes::from(s)));
+        let idle = stats("$-1\r\n", 1, 3);
+        let out = run(|e| function_stats(&n, vec![p(idle.clone()), p(idle.clone()), p(idle.clone())], e));
+        assert_eq!(out, idle);
+        let busy = stats(SPIN, 1, 3);
+        let out = run(|e| function_stats(&n, vec![p(idle.clone()), p(busy.clone()), p(idle.clone())], e));
+        assert_eq!(out, busy);
+        // RESP3: a map with a null, passed through as it is.
+        let r3 = "%2\r\n$14\r\nrunning_script\r\n_\r\n$7\r\nengines\r\n%1\r\n$3\r\nLUA\r\n%2\r\n$15\r\nlibraries_count\r\n:1\r\n$15\r\nfunctions_count\r\n:1\r\n";
+        let mut buf = bytes::BytesMut::new();
+        function_stats(
+            &n,
+            vec![p(r3.into()), p(r3.into())],
+            &mut Encoder::new(&mut buf, Protocol::Resp3),
+        );
+        assert_eq!(&buf[..], r3.as_bytes());
+    }
+
+    #[test]
+    fn function_stats_names_shards_that_differ_or_fail() {
+        let n = names();
+        let p = |s: String| Some(Ok(Bytes::from(s)));
+        let out = run(|e| {
+            function_stats(
+                &n,
+                vec![
+                    p(stats("$-1\r\n", 2, 4)),
+                    p(stats("$-1\r\n", 1, 3)),
+                    p(stats(SPIN, 2, 4)),
+                ],
+                e,
+            )
+        });
+        assert!(
+            out.starts_with("-ERR shardis: the shards' function libraries differ (a, c: LUA libraries_count=2 functions_count=4; b: LUA libraries_count=1 functions_count=3)"),
+            "{out}"
+        );
+        let down = Some(Err(BackendError::new(
+            BackendErrorKind::Unavailable,
+            &"b".into(),
+            "down",
+        )));
+        let idle = stats("$-1\r\n", 1, 3);
+        let out = run(|e| function_stats(&n, vec![p(idle.clone()), down, p(idle.clone())], e));
+        assert_eq!(
+            out,
+            "-ERR shardis: FUNCTION STATS failed on shard(s) b (ERR backend b unavailable: down); it succeeded on a, c\r\n"
+        );
+        let out = run(|e| function_stats(&n, vec![ok(b"*2\r\n$1\r\na\r\n$1\r\nb\r\n")], e));
+        assert!(out.starts_with("-ERR shardis: unexpected reply"), "{out}");
     }
 
     #[test]

@@ -156,6 +156,9 @@ pub struct Session {
     /// Since when the replies waiting for this client have been over its
     /// soft output buffer limit (see [`outbuf`]).
     over_soft: Option<Instant>,
+    /// The registry entry shows output bytes held (CLIENT LIST's `omem=`):
+    /// see `outbuf`.
+    out_shown: bool,
 }
 
 impl Session {
@@ -192,6 +195,7 @@ impl Session {
             timings: VecDeque::new(),
             metered: metered::Metered::new(shared.topology.executors().group_here()),
             over_soft: None,
+            out_shown: false,
             shared,
         }
     }
@@ -474,6 +478,7 @@ impl Session {
                     self.watching = None;
                     self.ssub = None;
                     self.drop_subscriber();
+                    self.show_subs();
                     self.stop_monitor();
                 }
                 let mut b = BytesMut::new();

@@ -67,11 +67,21 @@ impl Session {
 
     /// False (logged and counted) when the bytes waiting for the client are
     /// past its class's limit.
+    ///
+    /// Also where CLIENT LIST's `omem=` / `obl=` come from, at no cost to
+    /// a write that leaves nothing: the bytes are stored in the registry
+    /// entry only on this slow path (bytes held), and `out_shown` says the
+    /// entry shows some, so the first pass with none clears it. `out_shown`
+    /// is false only with `over_soft` unset (`check` unsets it whenever
+    /// fewer bytes than the soft limit, none included, are held), so the
+    /// fast path tests one field, as it tested `over_soft` alone before.
     pub(super) fn within_output_limit(&mut self) -> bool {
         let held = self.replies.held();
-        if held == 0 && self.over_soft.is_none() {
+        if held == 0 && !self.out_shown {
             return true;
         }
+        self.state.entry.set_output(held, self.replies.out.len());
+        self.out_shown = held > 0;
         let class = self.output_class();
         let limit = self.shared.limits.output.get(class);
         let Some(breach) = limit.check(held as u64, &mut self.over_soft, Instant::now) else {

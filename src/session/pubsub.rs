@@ -117,7 +117,6 @@ impl Session {
             });
             names.len()
         };
-        let active = subs.active();
         let seq = self.replies.put(at, Slot::One(None));
         let reply = self.reply_to(seq, 0);
         let cmd = Cmd {
@@ -134,7 +133,21 @@ impl Session {
                 "the subscriber connection is gone",
             )));
         }
-        self.state.entry.set_flag(flag::PUBSUB, active);
+        self.show_subs();
+    }
+
+    /// After an (un)subscribe command, RESET, or a subscriber connection
+    /// lost: the client's counts in its registry entry (CLIENT LIST's
+    /// `sub=`, `psub=`, `ssub=`) and its `P` flag, set while it holds any,
+    /// shard channels too, as Redis sets it. Never per request.
+    pub(super) fn show_subs(&self) {
+        let (sub, psub) = match self.csub.as_deref() {
+            Some(s) if !s.unreachable() => (s.channels.len(), s.patterns.len()),
+            _ => (0, 0),
+        };
+        let ssub = self.ssub.as_deref().map_or(0, super::sharded::ShardSubs::count);
+        self.state.entry.set_subs([sub, psub, ssub]);
+        self.state.entry.set_flag(flag::PUBSUB, sub + psub + ssub > 0);
     }
 
     /// The client holds a subscriber connection (UNSUBSCRIBE goes there).
@@ -146,7 +159,7 @@ impl Session {
     /// waits), which unsubscribes everything.
     pub(super) fn drop_subscriber(&mut self) {
         if self.csub.take().is_some() {
-            self.state.entry.set_flag(flag::PUBSUB, false);
+            self.show_subs();
         }
     }
 

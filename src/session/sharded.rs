@@ -88,6 +88,11 @@ impl ShardSubs {
         !self.channels.is_empty()
     }
 
+    /// How many shard channels the client holds (CLIENT LIST's `ssub=`).
+    pub(super) fn count(&self) -> usize {
+        self.channels.len()
+    }
+
     /// The connection to shard `name`, opened on first use.
     fn conn(&mut self, shard: &Arc<Shard>, proto: Protocol) -> mpsc::UnboundedSender<Job> {
         let name = &shard.spec.name;
@@ -205,6 +210,7 @@ impl Session {
                 None => reply.complete(Ok(Bytes::new())),
             }
         }
+        self.show_subs();
     }
 
     /// A shard connection's message (written between the client's replies,
@@ -232,6 +238,7 @@ impl Session {
                 for p in pushes {
                     self.replies.ready(At::Next, p);
                 }
+                self.show_subs();
             }
         }
     }

@@ -279,3 +279,145 @@ async fn same_replies_and_keyspace_as_one_redis() {
     assert!(keys > 30, "the stream should leave a real keyspace, got {keys} keys");
     eprintln!("differential: {COMMANDS} commands, identical replies, {keys} keys identical");
 }
+
+/// A function that runs for `args[1]` milliseconds (TIME in a loop) on its
+/// key's shard: a long-running script FUNCTION STATS shows.
+const SPIN_LIB: &str = "#!lua name=spinlib\n\
+    redis.register_function('spin', function(keys, args) \
+    local t = redis.call('TIME') local start = t[1] * 1000000 + t[2] \
+    while true do local n = redis.call('TIME') \
+    if n[1] * 1000000 + n[2] - start > tonumber(args[1]) * 1000 then break end end \
+    return 1 end)";
+
+/// A plain socket speaking RESP: sends one command, reads one whole reply.
+fn raw_cmd(s: &mut std::net::TcpStream, args: &[&str]) -> Vec<u8> {
+    raw_send(s, args);
+    raw_reply(s)
+}
+
+fn raw_send(s: &mut std::net::TcpStream, args: &[&str]) {
+    use std::io::Write;
+    let mut out = format!("*{}\r\n", args.len());
+    for a in args {
+        out.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    s.write_all(out.as_bytes()).expect("write");
+}
+
+fn raw_reply(s: &mut std::net::TcpStream) -> Vec<u8> {
+    use std::io::Read;
+    s.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .expect("timeout");
+    let mut got = Vec::new();
+    let mut chunk = [0u8; 4096];
+    while shardis::protocol::reply::frame_len(&got).is_none() {
+        let n = s.read(&mut chunk).expect("a reply within 10 s");
+        assert!(n > 0, "connection closed; got {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    got
+}
+
+/// A connection in RESP `proto` (its HELLO reply read and dropped).
+fn raw_conn(addr: &str, proto: u8) -> std::net::TcpStream {
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    if proto == 3 {
+        raw_cmd(&mut s, &["HELLO", "3"]);
+    }
+    s
+}
+
+/// `duration_ms`'s value, the one field that depends on when it is asked.
+fn without_duration(reply: &[u8]) -> String {
+    let text = String::from_utf8_lossy(reply).into_owned();
+    match text.split_once("duration_ms\r\n:") {
+        Some((head, tail)) => {
+            let rest = tail.split_once("\r\n").map_or("", |(_, r)| r);
+            format!("{head}duration_ms\r\n:N\r\n{rest}")
+        }
+        None => text,
+    }
+}
+
+/// FUNCTION STATS through shardis (three shards) and from one Redis, in
+/// RESP2 and RESP3: the same bytes when idle, and while a function runs on
+/// one shard (the proxy shows it as `running_script`) the same bytes but
+/// for `duration_ms`'s value.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn function_stats_is_byte_identical_to_one_redis() {
+    let nodes = three_nodes();
+    let reference = RedisNode::start();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = Proxy::start_with(&refs, "[timeouts]\ncommand_ms = 5000\n").await;
+    let via = proxy.addr.to_string();
+    let direct = reference.addr().to_string();
+    // Not on the first shard, whose reply alone shardis used to send.
+    let key = (0..100)
+        .map(|i| format!("spin:{i}"))
+        .find(|k| proxy.shard_of(k) != 0)
+        .expect("a key on another shard");
+    tokio::task::spawn_blocking(move || {
+        for addr in [&via, &direct] {
+            let mut c = raw_conn(addr, 2);
+            for lib in [crate::functions::LIB, SPIN_LIB] {
+                let r = raw_cmd(&mut c, &["FUNCTION", "LOAD", lib]);
+                assert!(r.starts_with(b"$"), "{}", String::from_utf8_lossy(&r));
+            }
+            // Redis answers other clients once a script has run this long.
+            let r = raw_cmd(&mut c, &["CONFIG", "SET", "busy-reply-threshold", "100"]);
+            assert_eq!(r, b"+OK\r\n");
+        }
+        for proto in [2, 3] {
+            let a = raw_cmd(&mut raw_conn(&via, proto), &["FUNCTION", "STATS"]);
+            let b = raw_cmd(&mut raw_conn(&direct, proto), &["FUNCTION", "STATS"]);
+            assert_eq!(
+                String::from_utf8_lossy(&a),
+                String::from_utf8_lossy(&b),
+                "idle FUNCTION STATS, RESP{proto}"
+            );
+            let libs = String::from_utf8_lossy(&a);
+            assert!(
+                libs.contains("libraries_count\r\n:2\r\n"),
+                "both libraries counted: {libs:?}"
+            );
+        }
+        // The asking connections first, on another lane of the busy shard's
+        // pool than the FCALL's (a lane answers in order: STATS would wait
+        // behind the FCALL).
+        let mut runner = raw_conn(&via, 2);
+        let lane = |c: &mut std::net::TcpStream| raw_cmd(c, &["CLIENT", "ID"]);
+        let runner_id = String::from_utf8_lossy(&lane(&mut runner)).into_owned();
+        let parity = |id: &str| id.trim().trim_start_matches(':').parse::<u64>().expect("an id") % 2;
+        let mut ask2 = raw_conn(&via, 2);
+        while parity(&String::from_utf8_lossy(&lane(&mut ask2))) == parity(&runner_id) {
+            ask2 = raw_conn(&via, 2);
+        }
+        let mut ask3 = raw_conn(&via, 3);
+        let mut direct_runner = raw_conn(&direct, 2);
+        let (mut direct2, mut direct3) = (raw_conn(&direct, 2), raw_conn(&direct, 3));
+        let call = ["FCALL", "spin", "1", key.as_str(), "900"];
+        raw_send(&mut runner, &call);
+        raw_send(&mut direct_runner, &call);
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let asked: Vec<(u8, Vec<u8>, Vec<u8>)> = [(2, &mut ask2, &mut direct2), (3, &mut ask3, &mut direct3)]
+            .into_iter()
+            .map(|(proto, a, b)| {
+                raw_send(a, &["FUNCTION", "STATS"]);
+                raw_send(b, &["FUNCTION", "STATS"]);
+                (proto, raw_reply(a), raw_reply(b))
+            })
+            .collect();
+        assert_eq!(raw_reply(&mut runner), b":1\r\n");
+        assert_eq!(raw_reply(&mut direct_runner), b":1\r\n");
+        for (proto, a, b) in asked {
+            let (a, b) = (without_duration(&a), without_duration(&b));
+            assert!(
+                b.contains("name\r\n$4\r\nspin\r\n") && b.contains("duration_ms"),
+                "Redis answered after the function ended, RESP{proto}: {b:?}"
+            );
+            assert_eq!(a, b, "FUNCTION STATS while a function runs, RESP{proto}");
+        }
+    })
+    .await
+    .unwrap();
+}

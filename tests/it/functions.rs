@@ -22,9 +22,21 @@ fn keys_on_two_shards(proxy: &Proxy) -> (String, String) {
     (a, b)
 }
 
+/// A reply's strings, integers and nils, depth first.
+fn leaves(v: &Value) -> Vec<String> {
+    match v {
+        Value::Array(items) => items.iter().flat_map(leaves).collect(),
+        Value::Map(kv) => kv.iter().flat_map(|(k, v)| [leaves(k), leaves(v)].concat()).collect(),
+        Value::BulkString(b) => vec![String::from_utf8_lossy(b).into_owned()],
+        Value::Int(n) => vec![n.to_string()],
+        Value::Nil => vec!["nil".into()],
+        other => vec![format!("{other:?}")],
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn function_load_reaches_every_shard_and_fcall_routes_by_key() {
-    let nodes = three_nodes();
+    let mut nodes = three_nodes();
     let refs: Vec<&RedisNode> = nodes.iter().collect();
     let proxy = Proxy::start(&refs).await;
     let mut c = proxy.conn().await;
@@ -137,7 +149,19 @@ async fn function_load_reaches_every_shard_and_fcall_routes_by_key() {
         .await
         .unwrap_err();
     assert_eq!(e.code(), Some("NOTBUSY"), "{e}");
-    let _stats: Value = redis::cmd("FUNCTION").arg("STATS").query_async(&mut c).await.unwrap();
+    // STATS: the counts every shard agrees on (one library, three functions).
+    let stats: Value = redis::cmd("FUNCTION").arg("STATS").query_async(&mut c).await.unwrap();
+    let leaves = leaves(&stats);
+    let at = |k: &str| {
+        leaves
+            .iter()
+            .position(|l| l == k)
+            .and_then(|i| leaves.get(i + 1))
+            .cloned()
+    };
+    assert_eq!(at("running_script").as_deref(), Some("nil"), "{leaves:?}");
+    assert_eq!(at("libraries_count").as_deref(), Some("1"), "{leaves:?}");
+    assert_eq!(at("functions_count").as_deref(), Some("3"), "{leaves:?}");
 
     // A library on one shard only is reported, not hidden.
     let _: String = redis::cmd("FUNCTION")
@@ -155,6 +179,28 @@ async fn function_load_reaches_every_shard_and_fcall_routes_by_key() {
             .contains("library 'lonely' is loaded on shard(s) shard-1 but not on shard-0, shard-2"),
         "{e}"
     );
+    // STATS names the shards whose counts differ, with their counts.
+    let e = redis::cmd("FUNCTION")
+        .arg("STATS")
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    assert!(
+        e.to_string().contains(
+            "the shards' function libraries differ (shard-0, shard-2: LUA libraries_count=1 functions_count=3; shard-1: LUA libraries_count=2 functions_count=4)"
+        ),
+        "{e}"
+    );
+    // A shard that is down is named.
+    nodes[2].kill();
+    let e = redis::cmd("FUNCTION")
+        .arg("STATS")
+        .query_async::<Value>(&mut c)
+        .await
+        .unwrap_err();
+    let msg = e.to_string();
+    assert!(msg.contains("FUNCTION STATS failed on shard(s) shard-2 ("), "{msg}");
+    assert!(msg.contains("it succeeded on shard-0, shard-1"), "{msg}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -3,7 +3,8 @@
 //! `shardis` binary as a child process, so its RSS is its own), the proxy's
 //! memory stays bounded and another client's GET latency (the median of
 //! many) stays within 2x of what it was before; the soft limit's seconds;
-//! the pubsub class (SSUBSCRIBE). The helpers here (the child process, the
+//! the pubsub class (SSUBSCRIBE); CLIENT LIST's `omem` / `obl` / `tot-mem`
+//! of a client that does not read. The helpers here (the child process, the
 //! victim) serve `floods.rs` too.
 
 use std::net::SocketAddr;
@@ -418,4 +419,75 @@ async fn a_shard_channel_subscriber_that_never_reads_is_closed_at_the_pubsub_lim
     );
     // Redis's field counts both classes.
     assert_eq!(stat(&proxy, "client_output_buffer_limit_disconnections").await, 1);
+}
+
+/// CLIENT LIST's `omem` / `obl` / `tot-mem` of a client that does not read
+/// show the reply bytes the proxy holds for it, and drop to 0 once it has
+/// read them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_list_shows_the_output_held_for_a_client_that_does_not_read() {
+    use tokio::io::AsyncReadExt;
+    let nodes = three_nodes();
+    let refs: Vec<_> = nodes.iter().collect();
+    let proxy = crate::support::Proxy::start(&refs).await;
+    let mut other = proxy.conn().await;
+    let big = vec![b'x'; 512 * 1024];
+    let _: () = redis::cmd("SET")
+        .arg("omem:big")
+        .arg(&big)
+        .query_async(&mut other)
+        .await
+        .expect("SET");
+    let mut slow = connect_from([127, 0, 0, 1], proxy.addr).await.expect("connect");
+    slow.write_all(&resp(&[b"CLIENT", b"ID"])).await.expect("write");
+    let mut id = [0u8; 64];
+    let n = slow.read(&mut id).await.expect("CLIENT ID");
+    let id = String::from_utf8_lossy(&id[..n])
+        .trim()
+        .trim_start_matches(':')
+        .to_string();
+    const GETS: usize = 40; // 20 MiB of replies
+    slow.write_all(&resp(&[b"GET", b"omem:big"]).repeat(GETS))
+        .await
+        .expect("write");
+    let fields = async |c: &mut redis::aio::MultiplexedConnection| -> [u64; 3] {
+        let line: String = redis::cmd("CLIENT")
+            .arg("LIST")
+            .arg("ID")
+            .arg(&id)
+            .query_async(c)
+            .await
+            .expect("LIST");
+        ["omem", "obl", "tot-mem"].map(|f| {
+            line.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{f}=")))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_else(|| panic!("no {f}= in {line}"))
+        })
+    };
+    let mut seen = [0; 3];
+    // (obl is 0 while the replies that came in are not encoded yet.)
+    wait_until_async(Duration::from_secs(10), "omem and obl shown", async || {
+        seen = fields(&mut other).await;
+        seen[0] >= 64 * 1024 && seen[1] > 0
+    })
+    .await;
+    let [omem, obl, tot] = seen;
+    assert!(obl <= omem && tot == omem, "omem={omem} obl={obl} tot-mem={tot}");
+    // The client reads every reply: nothing is held any more.
+    let want = GETS * (big.len() + b"$524288\r\n\r\n".len());
+    let mut got = 0;
+    let mut buf = vec![0u8; 1 << 20];
+    while got < want {
+        let n = tokio::time::timeout(Duration::from_secs(10), slow.read(&mut buf))
+            .await
+            .expect("replies keep coming")
+            .expect("read");
+        assert!(n > 0, "closed after {got} of {want} bytes");
+        got += n;
+    }
+    wait_until_async(Duration::from_secs(5), "omem back to 0", async || {
+        fields(&mut other).await == [0; 3]
+    })
+    .await;
 }

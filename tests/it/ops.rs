@@ -1,5 +1,6 @@
 //! Operator commands on the proxy's own clients, against real shards: CLIENT
-//! LIST / INFO / KILL / PAUSE / REPLY, MONITOR, SLOWLOG, MEMORY / OBJECT
+//! LIST / INFO (a subscriber's counts too) / KILL / PAUSE / REPLY, MONITOR,
+//! SLOWLOG, MEMORY / OBJECT
 //! routed to the key's shard, and the commands refused with a reason.
 
 use std::io::{Read, Write};
@@ -132,6 +133,48 @@ async fn client_list_shows_every_client_in_redis_format() {
     drop(a);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(b.cmd(&["CLIENT", "LIST"]).matches("id=").count(), 1, "a left the list");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_list_counts_a_subscribers_channels_patterns_and_shard_channels() {
+    let (_nodes, proxy) = proxy_on_two().await;
+    let mut s = Raw::connect(proxy.addr);
+    s.cmd(&["HELLO", "3"]);
+    let id = s.cmd(&["CLIENT", "ID"]).trim().trim_start_matches(':').to_string();
+    let mut other = Raw::connect(proxy.addr);
+    let line = |other: &mut Raw| other.cmd(&["CLIENT", "LIST", "ID", &id]);
+    let counts = |l: &str| ["sub", "psub", "ssub", "flags"].map(|f| value(l, f)).join(" ");
+    assert_eq!(counts(&line(&mut other)), "0 0 0 N");
+    s.send(&["SUBSCRIBE", "c1", "c2"]);
+    s.send(&["PSUBSCRIBE", "p*"]);
+    s.send(&["SSUBSCRIBE", "sc"]);
+    let confirmations: Vec<String> = (0..4).map(|_| s.reply()).collect();
+    assert!(confirmations[3].contains("ssubscribe"), "{confirmations:?}");
+    assert_eq!(counts(&line(&mut other)), "2 1 1 P");
+    assert_eq!(counts(&s.cmd(&["CLIENT", "INFO"])), "2 1 1 P", "its own CLIENT INFO");
+    assert!(
+        other
+            .cmd(&["CLIENT", "LIST", "TYPE", "pubsub"])
+            .contains(&format!("id={id} "))
+    );
+    s.send(&["UNSUBSCRIBE", "c1"]);
+    s.reply();
+    assert_eq!(counts(&line(&mut other)), "1 1 1 P");
+    s.send(&["SUNSUBSCRIBE"]);
+    s.reply();
+    s.send(&["PUNSUBSCRIBE"]);
+    s.reply();
+    assert_eq!(counts(&line(&mut other)), "1 0 0 P");
+    s.send(&["UNSUBSCRIBE"]);
+    s.reply();
+    assert_eq!(counts(&line(&mut other)), "0 0 0 N");
+    // Shard channels alone make a subscriber too (`P`), as on Redis.
+    s.send(&["SSUBSCRIBE", "a", "b"]);
+    s.reply();
+    s.reply();
+    assert_eq!(counts(&line(&mut other)), "0 0 2 P");
+    assert_eq!(s.cmd(&["RESET"]), "+RESET\r\n");
+    assert_eq!(counts(&line(&mut other)), "0 0 0 N");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
