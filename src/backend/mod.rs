@@ -27,6 +27,7 @@ pub mod backoff;
 mod conn;
 mod dedicated;
 pub mod endpoint;
+pub mod inbox;
 pub mod replicas;
 pub mod sentinel;
 pub use dedicated::one_shot;
@@ -66,17 +67,13 @@ pub enum ReplyTo {
     /// A completion channel shared by many jobs (a session's, a lock
     /// worker's): `seq` and `part` say which request this answers. One channel
     /// per session costs no allocation per request.
-    Inbox {
-        sink: mpsc::UnboundedSender<Completion>,
-        seq: u64,
-        part: u32,
-    },
+    Inbox { sink: inbox::Sink, seq: u64, part: u32 },
     /// One caller awaiting this answer alone ([`Shard::call`]).
     Call(oneshot::Sender<BackendResult>),
 }
 
 impl ReplyTo {
-    pub fn inbox(sink: &mpsc::UnboundedSender<Completion>, seq: u64, part: u32) -> ReplyTo {
+    pub fn inbox(sink: &inbox::Sink, seq: u64, part: u32) -> ReplyTo {
         ReplyTo::Inbox {
             sink: sink.clone(),
             seq,

@@ -15,7 +15,7 @@ use super::group::FENCE_KEY;
 use super::members::Members;
 use super::quorum::{self, AcquireState, AcquireVote};
 use super::service::LockService;
-use crate::backend::{BackendError, BackendErrorKind, BackendResult, Completion, Job, ReplyTo};
+use crate::backend::{BackendError, BackendErrorKind, BackendResult, Completion, Job, ReplyTo, inbox};
 use crate::config::NoQuorum;
 use crate::protocol::reply;
 use crate::protocol::{Encoder, Protocol, Request};
@@ -63,14 +63,10 @@ pub struct LockRequest {
 }
 
 /// Starts a session's lock worker; its replies go to `sink` as completions.
-pub fn spawn_worker(
-    shared: Arc<Shared>,
-    lane: usize,
-    sink: mpsc::UnboundedSender<Completion>,
-) -> mpsc::UnboundedSender<LockRequest> {
+pub fn spawn_worker(shared: Arc<Shared>, lane: usize, sink: inbox::Sink) -> mpsc::UnboundedSender<LockRequest> {
     let (tx, mut rx) = mpsc::unbounded_channel::<LockRequest>();
     tokio::spawn(async move {
-        let (mtx, mrx) = mpsc::unbounded_channel();
+        let (mtx, mrx) = inbox::channel();
         let mut fan = Fan {
             lane,
             tx: mtx,
@@ -99,8 +95,8 @@ pub fn spawn_worker(
 /// stopped waiting) are dropped.
 struct Fan {
     lane: usize,
-    tx: mpsc::UnboundedSender<Completion>,
-    rx: mpsc::UnboundedReceiver<Completion>,
+    tx: inbox::Sink,
+    rx: inbox::Inbox,
     round: u64,
 }
 
@@ -134,9 +130,9 @@ impl Fan {
     async fn next(&mut self, round: u64, deadline: Instant) -> Option<(usize, BackendResult)> {
         loop {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
-                Ok(Some(c)) if c.seq == round => return Some((c.part as usize, c.result)),
-                Ok(Some(_)) => continue, // a late reply to an earlier round
-                Ok(None) | Err(_) => return None,
+                Ok(c) if c.seq == round => return Some((c.part as usize, c.result)),
+                Ok(_) => continue, // a late reply to an earlier round
+                Err(_) => return None,
             }
         }
     }

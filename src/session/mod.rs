@@ -75,7 +75,7 @@ use outbuf::READ_PAUSE;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use crate::backend::{Completion, Job};
+use crate::backend::{Completion, Job, inbox};
 use crate::client::ClientState;
 use crate::command::Local;
 use crate::error::ReplyError;
@@ -246,7 +246,7 @@ impl Session {
                         // The session holds a sender, so the channel never closes.
                         let Some(c) = c else { return };
                         self.complete(c);
-                        while let Some(Ok(c)) = self.inbox.as_mut().map(|(_, rx)| rx.try_recv()) {
+                        while let Some(c) = self.inbox.as_mut().and_then(|(_, rx)| rx.try_recv()) {
                             self.complete(c);
                             // Past the limit already: closed before taking more.
                             if self.replies.held() >= READ_PAUSE && !self.within_output_limit() {
@@ -560,7 +560,7 @@ impl Drop for Session {
 }
 
 /// The completion channel of a session: its sender is cloned into every job.
-type Inbox = (mpsc::UnboundedSender<Completion>, mpsc::UnboundedReceiver<Completion>);
+type Inbox = (inbox::Sink, inbox::Inbox);
 
 /// The next backend reply; never resolves while the session has no inbox.
 /// Resolves with the signal's bits that concern a session in `drain`: KILL
@@ -572,7 +572,7 @@ fn signalled(sig: &crate::registry::Signal, drain: Drain) -> impl Future<Output 
 
 async fn recv(inbox: &mut Option<Inbox>) -> Option<Completion> {
     match inbox {
-        Some((_, rx)) => rx.recv().await,
+        Some((_, rx)) => Some(rx.recv().await),
         None => std::future::pending().await,
     }
 }

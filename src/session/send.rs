@@ -3,11 +3,10 @@
 //! command); each answers into a reply slot through the session's inbox.
 
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use super::Session;
 use super::replies::{At, Slot};
-use crate::backend::{Job, ReplyTo};
+use crate::backend::{Job, ReplyTo, inbox};
 use crate::error::ReplyError;
 use crate::lock::classify::Op;
 use crate::lock::worker::{self, LockRequest};
@@ -17,7 +16,7 @@ use crate::topology::Topology;
 
 impl Session {
     pub(super) fn reply_to(&mut self, seq: u64, part: u32) -> ReplyTo {
-        let (tx, _) = self.inbox.get_or_insert_with(mpsc::unbounded_channel);
+        let (tx, _) = self.inbox.get_or_insert_with(inbox::channel);
         ReplyTo::inbox(tx, seq, part)
     }
 
@@ -39,7 +38,7 @@ impl Session {
         let seq = self.replies.put(at, Slot::One(None));
         let (shared, lane, inbox) = (&self.shared, self.lane, &mut self.inbox);
         let lock_tx = self.lock_tx.get_or_insert_with(|| {
-            let (sink, _) = inbox.get_or_insert_with(mpsc::unbounded_channel);
+            let (sink, _) = inbox.get_or_insert_with(inbox::channel);
             worker::spawn_worker(shared.clone(), lane, sink.clone())
         });
         let r = LockRequest {
