@@ -15,7 +15,10 @@
 //!   gone), a shard whose `addr`
 //!   is a replica refusing writes (ROLE check);
 //! - keys migrate to the current master of a followed shard added by a
-//!   reload.
+//!   reload;
+//! - a stopped or lagging replica is skipped and read from again once back
+//!   ([`lag`]), and the admin endpoint's `/metrics` and `/api/status`
+//!   count the failover and show the replicas.
 //!
 //! The scenarios run one at a time (a static lock): each starts a dozen
 //! processes, and the machines have two cores. Each prints what it measured;
@@ -23,6 +26,9 @@
 
 #[path = "support/mod.rs"]
 mod support;
+
+#[path = "sentinel/lag.rs"]
+mod lag;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -159,7 +165,8 @@ struct Seen {
 async fn a_killed_master_is_followed_and_the_old_one_takes_no_write() {
     let _serial = serial().await;
     let mut g = Group::start(3, 1);
-    let proxy = Proxy::start_text(&g.config("poll_ms = 1000", ""), 0).await;
+    let admin = "poll_ms = 1000\n[admin]\nlisten = \"127.0.0.1:0\"";
+    let proxy = Proxy::start_text(&g.config(admin, ""), 0).await;
     let keys = key_per_shard(&proxy, 3, "fo:");
     let mut c = proxy.conn().await;
     for k in &keys {
@@ -291,6 +298,20 @@ async fn a_killed_master_is_followed_and_the_old_one_takes_no_write() {
     assert!(line.contains("failovers=1"), "{line}");
     assert!(line.contains(",replicas="), "{line}");
     assert!(text.contains("sentinel_switch_events:"), "{text}");
+    // The admin endpoint counts the failover and names the new master.
+    let admin = proxy.admin.expect("the admin endpoint is on");
+    let m = lag::metrics(admin).await;
+    let get = |s: &str| shardis::admin::metrics::value(&m, s);
+    assert_eq!(get("shardis_shard_failovers_total{shard=\"shard-1\"}"), Some(1.0));
+    assert_eq!(get("shardis_shard_failovers_total{shard=\"shard-0\"}"), Some(0.0));
+    let master = format!("shardis_shard_master{{shard=\"shard-1\",addr=\"127.0.0.1:{new_port}\"}}");
+    assert_eq!(get(&master), Some(1.0), "{m}");
+    let st = lag::status(admin).await;
+    assert_eq!(st["shards"][1]["replication"]["failovers"], 1, "{st}");
+    assert_eq!(
+        st["shards"][1]["replication"]["master"],
+        format!("127.0.0.1:{new_port}")
+    );
     // The ring did not change: the keys are where they were.
     assert_eq!(key_per_shard(&proxy, 3, "fo:"), keys);
 }
