@@ -1,8 +1,9 @@
 //! The status page in a real browser: a proxy in front of three real
-//! `redis-server` shards with the admin endpoint on, Debian's headless
-//! Chromium loads `/`, runs its JavaScript (which fetches `/api/status`),
-//! and the rendered DOM must show the shards, their "up" badges and slot
-//! percentages. A screenshot goes to `target/browser-test/status.png`.
+//! `redis-server` shards (the first with a static replica it reads from)
+//! with the admin endpoint on, Debian's headless Chromium loads `/`, runs
+//! its JavaScript (which fetches `/api/status`), and the rendered DOM must
+//! show the shards, their "up" badges, slot percentages, and the first
+//! shard's master, failover count and usable replica. A screenshot goes to `target/browser-test/status.png`.
 //!
 //! Without Chromium (`chromium` or `chromium-browser` on PATH) the test says
 //! SKIP and passes; scripts/install-deps.sh installs it.
@@ -86,9 +87,17 @@ async fn the_status_page_renders_the_shards() {
         return;
     };
     let nodes: Vec<RedisNode> = (0..3).map(|_| RedisNode::start()).collect();
+    let replica = RedisNode::start_replica_of(&nodes[0]);
+    support::wait_replica_synced(replica.port);
     let refs: Vec<&RedisNode> = nodes.iter().collect();
     let extra = "[admin]\nlisten = \"127.0.0.1:0\"\n[redlock]\nkeys = [\"lock:*\"]\n";
-    let p = Proxy::start_with(&refs, extra).await;
+    let first = format!("addr = \"{}\"\n", nodes[0].addr());
+    let text = support::config_text(&refs, extra).replacen(
+        &first,
+        &format!("{first}replicas = [\"{}\"]\nread_from = \"replica\"\n", replica.addr()),
+        1,
+    );
+    let p = Proxy::start_text(&text, 0).await;
     let admin = p.admin.expect("admin endpoint on");
     let mut c = p.conn().await;
     for i in 0..200 {
@@ -97,6 +106,11 @@ async fn the_status_page_renders_the_shards() {
     // The pools connect in the background: every shard up before the page loads.
     support::wait_until_async(Duration::from_secs(10), "ready", async || {
         support::http_get(admin, "/readyz").await.0 == 200
+    })
+    .await;
+    support::wait_until_async(Duration::from_secs(10), "the replica usable", async || {
+        let body = support::http_get(admin, "/api/status").await.1;
+        body.contains("\"usable\":true")
     })
     .await;
     let url = format!("http://{admin}/");
@@ -118,6 +132,23 @@ async fn the_status_page_renders_the_shards() {
     let pct = regex_like_percent(&text);
     assert!(pct, "a slot share percentage expected:\n{text}");
     assert!(text.contains("Lock group") && text.contains("granted"), "{text}");
+    // The replicated shard: its master, failovers, read mode and usable replica.
+    let repl = text
+        .split_once("Masters and replicas")
+        .and_then(|(_, t)| t.split_once("Migration"))
+        .map_or("", |(t, _)| t);
+    for want in ["shard-0", "Failovers", "Role refusals", "replica reads", " usable "] {
+        assert!(
+            repl.contains(want),
+            "{want:?} missing from the replication section:\n{repl}"
+        );
+    }
+    assert!(repl.contains(&format!("{} ", replica.addr())), "the replica:\n{repl}");
+    assert!(repl.contains(&nodes[0].addr()), "the master:\n{repl}");
+    assert!(
+        !repl.contains("shard-1"),
+        "a plain shard in the replication section:\n{repl}"
+    );
 
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/browser-test");
     std::fs::create_dir_all(&dir).expect("create target/browser-test");

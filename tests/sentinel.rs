@@ -8,14 +8,19 @@
 //! - a missed `+switch-master` (no subscription) is followed by the periodic
 //!   re-ask, and the subscription survives the death of its Sentinel;
 //! - reads go to replicas (their `INFO commandstats`), a dead replica is
-//!   skipped, writes never land on one;
-//! - a lock-group member's failover keeps Redlock's mutual exclusion;
-//! - static replicas with `read_from = "prefer-replica"` (reads spread over
-//!   the replica and the master, all on the master once the replica is
-//!   gone), a shard whose `addr`
-//!   is a replica refusing writes (ROLE check);
+//!   skipped, writes never land on one; static replicas with
+//!   `read_from = "prefer-replica"`, and a shard whose `addr` is a replica
+//!   refusing writes (ROLE check) ([`replicas`]);
+//! - a lock-group member's failover keeps Redlock's mutual exclusion
+//!   ([`locks`]);
 //! - keys migrate to the current master of a followed shard added by a
-//!   reload.
+//!   reload;
+//! - a stopped or lagging replica is skipped and read from again once back
+//!   ([`lag`]), and the admin endpoint's `/metrics` and `/api/status`
+//!   count the failover and show the replicas.
+//!
+//! This file holds the shared harness ([`Group`], [`calls`], [`serial`])
+//! and the failover scenarios; `tests/sentinel/*.rs` are its modules.
 //!
 //! The scenarios run one at a time (a static lock): each starts a dozen
 //! processes, and the machines have two cores. Each prints what it measured;
@@ -24,8 +29,15 @@
 #[path = "support/mod.rs"]
 mod support;
 
+#[path = "sentinel/lag.rs"]
+mod lag;
+#[path = "sentinel/locks.rs"]
+mod locks;
+#[path = "sentinel/replicas.rs"]
+mod replicas;
+
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -159,7 +171,8 @@ struct Seen {
 async fn a_killed_master_is_followed_and_the_old_one_takes_no_write() {
     let _serial = serial().await;
     let mut g = Group::start(3, 1);
-    let proxy = Proxy::start_text(&g.config("poll_ms = 1000", ""), 0).await;
+    let admin = "poll_ms = 1000\n[admin]\nlisten = \"127.0.0.1:0\"";
+    let proxy = Proxy::start_text(&g.config(admin, ""), 0).await;
     let keys = key_per_shard(&proxy, 3, "fo:");
     let mut c = proxy.conn().await;
     for k in &keys {
@@ -291,6 +304,20 @@ async fn a_killed_master_is_followed_and_the_old_one_takes_no_write() {
     assert!(line.contains("failovers=1"), "{line}");
     assert!(line.contains(",replicas="), "{line}");
     assert!(text.contains("sentinel_switch_events:"), "{text}");
+    // The admin endpoint counts the failover and names the new master.
+    let admin = proxy.admin.expect("the admin endpoint is on");
+    let m = lag::metrics(admin).await;
+    let get = |s: &str| shardis::admin::metrics::value(&m, s);
+    assert_eq!(get("shardis_shard_failovers_total{shard=\"shard-1\"}"), Some(1.0));
+    assert_eq!(get("shardis_shard_failovers_total{shard=\"shard-0\"}"), Some(0.0));
+    let master = format!("shardis_shard_master{{shard=\"shard-1\",addr=\"127.0.0.1:{new_port}\"}}");
+    assert_eq!(get(&master), Some(1.0), "{m}");
+    let st = lag::status(admin).await;
+    assert_eq!(st["shards"][1]["replication"]["failovers"], 1, "{st}");
+    assert_eq!(
+        st["shards"][1]["replication"]["master"],
+        format!("127.0.0.1:{new_port}")
+    );
     // The ring did not change: the keys are where they were.
     assert_eq!(key_per_shard(&proxy, 3, "fo:"), keys);
 }
@@ -428,299 +455,6 @@ async fn wait_replica_synced_async(port: u16) {
     tokio::task::spawn_blocking(move || wait_replica_synced(port))
         .await
         .unwrap();
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_go_to_replicas_and_skip_a_dead_one() {
-    let _serial = serial().await;
-    let mut g = Group::start(1, 2);
-    let proxy = Proxy::start_text(
-        &g.config("poll_ms = 200", "read_from = \"replica\"\nmax_replica_lag_ms = 2000"),
-        0,
-    )
-    .await;
-    let mut c = proxy.conn().await;
-    wait_until_async(Duration::from_secs(5), "both replicas usable", async || {
-        let t = info(&mut c, "proxy").await;
-        t.matches("@ok/").count() == 2
-    })
-    .await;
-    for i in 0..50 {
-        let _: () = redis::cmd("SET")
-            .arg(format!("r{i}"))
-            .arg(i)
-            .query_async(&mut c)
-            .await
-            .unwrap();
-    }
-    // Replication is asynchronous: wait until both replicas have the writes.
-    for r in &g.replicas[0] {
-        let port = r.port;
-        wait_until_async(Duration::from_secs(5), "replicas to have the keys", async || {
-            ask(port, &["DBSIZE"]).trim() == ":50"
-        })
-        .await;
-    }
-    let (m_get, r_get) = (
-        calls(&g.masters[0], "get"),
-        [calls(&g.replicas[0][0], "get"), calls(&g.replicas[0][1], "get")],
-    );
-    for round in 0..4 {
-        for i in 0..50 {
-            let v: i64 = redis::cmd("GET")
-                .arg(format!("r{i}"))
-                .query_async(&mut c)
-                .await
-                .unwrap();
-            assert_eq!(v, i, "round {round}");
-        }
-    }
-    let m_after = calls(&g.masters[0], "get") - m_get;
-    let r_after = [
-        calls(&g.replicas[0][0], "get") - r_get[0],
-        calls(&g.replicas[0][1], "get") - r_get[1],
-    ];
-    println!("200 GETs: master {m_after}, replicas {r_after:?}");
-    assert_eq!(m_after, 0, "reads went to the master");
-    assert_eq!(r_after[0] + r_after[1], 200);
-    assert!(
-        r_after[0] >= 50 && r_after[1] >= 50,
-        "not spread over the replicas: {r_after:?}"
-    );
-    // Writes: all on the master, none refused by a replica.
-    assert_eq!(calls(&g.masters[0], "set"), 50);
-    for r in &g.replicas[0] {
-        assert!(
-            !ask(r.port, &["INFO", "errorstats"]).contains("READONLY"),
-            "a write reached a replica"
-        );
-    }
-
-    // A dead replica is skipped: every read succeeds, on the other one.
-    g.replicas[0][0].kill();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = calls(&g.replicas[0][1], "get");
-    let mut failed = 0;
-    for i in 0..50 {
-        let r: redis::RedisResult<i64> = redis::cmd("GET").arg(format!("r{i}")).query_async(&mut c).await;
-        if r.is_err() {
-            failed += 1;
-        }
-    }
-    let on_live = calls(&g.replicas[0][1], "get") - before;
-    println!("after killing a replica: {failed} failed reads of 50, {on_live} on the live replica");
-    assert_eq!(failed, 0);
-    assert_eq!(on_live, 50);
-    // The next lag check marks it skipped too (INFO proxy).
-    let mut t = String::new();
-    wait_until_async(Duration::from_secs(2), "the dead replica marked skipped", async || {
-        t = info(&mut c, "proxy").await;
-        t.contains("@skipped/")
-    })
-    .await;
-    println!("{}", t.lines().find(|l| l.starts_with("shard0:")).unwrap_or(""));
-
-    // No replica left: read_from = "replica" falls back to the master.
-    g.replicas[0][1].kill();
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    let before = calls(&g.masters[0], "get");
-    for i in 0..10 {
-        let v: i64 = redis::cmd("GET")
-            .arg(format!("r{i}"))
-            .query_async(&mut c)
-            .await
-            .unwrap();
-        assert_eq!(v, i);
-    }
-    assert_eq!(calls(&g.masters[0], "get") - before, 10);
-}
-
-const RELEASE: &str =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_lock_member_failover_keeps_mutual_exclusion() {
-    let _serial = serial().await;
-    let mut g = Group::start(3, 1);
-    let check = RedisNode::start(); // the independent store: not behind the proxy
-    let proxy = Proxy::start_text(&g.config("poll_ms = 500", ""), 0).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let entries = Arc::new(AtomicU64::new(0));
-    let overlaps = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for w in 0..6 {
-        let mut c = proxy.conn().await;
-        let mut cs = redis::Client::open(format!("redis://{}/", check.addr()))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let (stop, entries, overlaps) = (stop.clone(), entries.clone(), overlaps.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let token = format!("rs-{w}-{i}");
-                let got: redis::RedisResult<Option<String>> = redis::cmd("SET")
-                    .arg("lock:mx")
-                    .arg(&token)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(2000)
-                    .query_async(&mut c)
-                    .await;
-                if got.ok().flatten().as_deref() == Some("OK") {
-                    let inside: Option<String> = redis::cmd("SET")
-                        .arg("cs:holder")
-                        .arg(&token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(5000)
-                        .query_async(&mut cs)
-                        .await
-                        .unwrap();
-                    if inside.is_none() {
-                        overlaps.fetch_add(1, Ordering::Relaxed);
-                    } else {
-                        entries.fetch_add(1, Ordering::Relaxed);
-                        tokio::time::sleep(Duration::from_millis(2)).await;
-                        let _: i64 = redis::cmd("EVAL")
-                            .arg(RELEASE)
-                            .arg(1)
-                            .arg("cs:holder")
-                            .arg(&token)
-                            .query_async(&mut cs)
-                            .await
-                            .unwrap();
-                    }
-                    let _: redis::RedisResult<i64> = redis::cmd("EVAL")
-                        .arg(RELEASE)
-                        .arg(1)
-                        .arg("lock:mx")
-                        .arg(&token)
-                        .query_async(&mut c)
-                        .await;
-                } else {
-                    tokio::time::sleep(Duration::from_millis(3)).await;
-                }
-            }
-        }));
-    }
-    let phase = |label: &'static str, ms: u64| {
-        let entries = entries.clone();
-        async move {
-            let before = entries.load(Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(ms)).await;
-            (label, entries.load(Ordering::Relaxed) - before)
-        }
-    };
-    let mut phases = vec![phase("all members up", 1500).await];
-    let old = g.masters[0].port;
-    g.masters[0].kill();
-    g.wait_new_master("shard-0", old, Duration::from_secs(30)).await;
-    let mut c = proxy.conn().await;
-    let mut resting = String::new();
-    wait_until_async(
-        Duration::from_secs(3),
-        "shard-0 out of lock quorums after its failover",
-        async || {
-            resting = info(&mut c, "locks").await;
-            resting.contains("restarted")
-        },
-    )
-    .await;
-    phases.push(phase("member failed over, resting", 1500).await);
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    phases.push(phase("member voting again", 1500).await);
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
-    println!(
-        "critical sections per phase: {phases:?}; INFO locks while resting: {}",
-        resting
-            .lines()
-            .filter(|l| l.contains("rest"))
-            .collect::<Vec<_>>()
-            .join(" ")
-    );
-    assert_eq!(overlaps.load(Ordering::Relaxed), 0, "overlapping critical sections");
-    for (label, n) in phases {
-        assert!(n > 0, "no progress while {label}");
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn static_replicas_and_the_role_check_without_sentinel() {
-    let _serial = serial().await;
-    let master = RedisNode::start();
-    let replica = RedisNode::start_replica_of(&master);
-    wait_replica_synced(replica.port);
-    let timeouts = "[timeouts]\ncommand_ms = 500\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
-    // read_from = "prefer-replica": reads spread over the static replica and the master.
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\n{timeouts}[[backends]]\nname = \"s\"\naddr = \"{}\"\nreplicas = [\"{}\"]\nread_from = \"prefer-replica\"\n",
-        master.addr(),
-        replica.addr()
-    );
-    let proxy = Proxy::start_text(&text, 0).await;
-    let mut c = proxy.conn().await;
-    wait_until_async(Duration::from_secs(5), "the replica usable", async || {
-        info(&mut c, "proxy").await.contains("@ok/")
-    })
-    .await;
-    let _: () = redis::cmd("SET").arg("k").arg("v").query_async(&mut c).await.unwrap();
-    let port = replica.port;
-    wait_until_async(Duration::from_secs(5), "the write replicated", async || {
-        ask(port, &["GET", "k"]).contains("v")
-    })
-    .await;
-    let (before_r, before_m) = (calls(&replica, "get"), calls(&master, "get"));
-    for _ in 0..20 {
-        let v: String = redis::cmd("GET").arg("k").query_async(&mut c).await.unwrap();
-        assert_eq!(v, "v");
-    }
-    let (on_r, on_m) = (calls(&replica, "get") - before_r, calls(&master, "get") - before_m);
-    println!("prefer-replica, 20 GETs: replica {on_r}, master {on_m}");
-    assert!(
-        on_r + on_m == 20 && on_r >= 8 && on_m >= 8,
-        "not spread over the replica and the master: replica {on_r}, master {on_m}"
-    );
-    // With the replica gone, every read goes to the master, none fails; writes go on.
-    drop(replica);
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    let before_m = calls(&master, "get");
-    for _ in 0..10 {
-        let v: String = redis::cmd("GET").arg("k").query_async(&mut c).await.unwrap();
-        assert_eq!(v, "v");
-    }
-    assert_eq!(calls(&master, "get") - before_m, 10);
-    let _: () = redis::cmd("SET").arg("k").arg("w").query_async(&mut c).await.unwrap();
-    drop(proxy);
-
-    // A shard whose `addr` is a replica: nothing is sent to it.
-    let replica = RedisNode::start_replica_of(&master);
-    wait_replica_synced(replica.port);
-    let text = format!(
-        "listen = \"127.0.0.1:0\"\n{timeouts}[[backends]]\nname = \"wrong\"\naddr = \"{}\"\nreplicas = [\"{}\"]\n",
-        replica.addr(),
-        master.addr()
-    );
-    let proxy = Proxy::start_text(&text, 0).await;
-    let mut c = proxy.conn().await;
-    let sets = calls(&replica, "set");
-    let e = redis::cmd("SET")
-        .arg("k")
-        .arg("x")
-        .query_async::<()>(&mut c)
-        .await
-        .unwrap_err();
-    println!("write to a shard whose addr is a replica: {e}");
-    assert!(e.to_string().contains("backend wrong unavailable"), "{e}");
-    assert!(e.to_string().contains("not a master"), "{e}");
-    assert_eq!(calls(&replica, "set"), sets, "a write reached the replica");
-    let t = info(&mut c, "proxy").await;
-    assert!(!t.contains("role_refusals=0"), "{t}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -10,7 +10,12 @@
 //! `shard_requests_total{shard}`, `shard_errors_total{shard,kind}`,
 //! `shard_duration_seconds{shard}`, `shard_up{shard}`, `shard_slots{shard}`,
 //! `backend_connections{shard}`, `backend_reconnects_total{shard}`,
-//! `backend_connection_failures_total{shard}`, `clients_connected`,
+//! `backend_connection_failures_total{shard}`, the masters, failovers,
+//! role-check refusals and replicas of [`super::replication`]
+//! (`shard_master{shard,addr}`, `shard_failovers_total{shard}`,
+//! `backend_role_refusals_total{shard}`, `replica_usable{shard,replica}`,
+//! `replica_lag_seconds{shard,replica}`, `replica_fallbacks_total{shard}`,
+//! ...), `clients_connected`,
 //! `clients_accepted_total`, `clients_refused_total`, `clients_blocked`,
 //! `clients_idle_closed_total`, `auth_failures_total`,
 //! `clients_output_limit_closed_total{class}`,
@@ -88,7 +93,7 @@ fn value_of(m: &mut MetricEncoder, ty: MetricType, v: f64) -> Fmt {
 }
 
 /// One metric with a value per label set.
-fn family<L: EncodeLabelSet>(
+pub(super) fn family<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder,
     name: &str,
     help: &str,
@@ -288,6 +293,15 @@ impl Collector for ShardisCollector {
             Counter,
             &per(&|x| x.connection_failures as f64),
         )?;
+        let repl: Vec<_> = topo
+            .shards
+            .iter()
+            .map(|sh| {
+                let r = super::replication::ShardReplication::of(sh);
+                (sh.name().to_string(), r, sh.replicas.is_some())
+            })
+            .collect();
+        super::replication::encode(e, &repl)?;
 
         // Clients.
         let st = &s.stats;

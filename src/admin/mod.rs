@@ -15,6 +15,7 @@
 //! is logged for any other address).
 
 pub mod metrics;
+pub mod replication;
 pub mod status;
 
 use std::net::SocketAddr;

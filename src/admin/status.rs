@@ -2,7 +2,9 @@
 //! scripts. Read from the same sources as INFO (topology, counters, lock
 //! service, migration stats); ops/s and p99 per shard are over the window
 //! since the previous `/api/status` request (the page asks every second),
-//! from the per-shard latency histograms ([`crate::counters`]).
+//! from the per-shard latency histograms ([`crate::counters`]). A shard
+//! with a Sentinel master or replicas also has its `replication`
+//! ([`super::replication`]).
 
 use std::sync::Mutex;
 use std::sync::atomic::Ordering;
@@ -10,6 +12,7 @@ use std::time::Instant;
 
 use serde::Serialize;
 
+use super::replication::ShardReplication;
 use crate::counters::{HistogramSnapshot, ShardSnapshot};
 use crate::state::Shared;
 use crate::topology::Topology;
@@ -55,6 +58,10 @@ pub struct ShardStatus {
     pub p99_ms: Option<f64>,
     pub requests: u64,
     pub errors: u64,
+    /// For a shard that follows a Sentinel master, checks roles or has
+    /// replicas: its master now, failovers, role-check refusals and
+    /// replicas (usable, why not, lag); `null` for a plain shard.
+    pub replication: Option<ShardReplication>,
 }
 
 #[derive(Debug, Serialize, PartialEq)]
@@ -154,6 +161,7 @@ pub fn shard_row(
         p99_ms: window.quantile_us(0.99).map(|us| us as f64 / 1000.0),
         requests: snap.requests,
         errors: snap.error_replies + snap.failures,
+        replication: None,
     }
 }
 
@@ -204,7 +212,11 @@ impl Status {
                         .map(|(_, req, hist)| (*req, hist, secs))
                 });
                 let slots = counts.get(i).copied().unwrap_or(0);
-                shard_row(sh.name(), &sh.spec.addr, slots, total_slots, snap, prev)
+                let mut row = shard_row(sh.name(), &sh.spec.addr, slots, total_slots, snap, prev);
+                if ShardReplication::is_replicated(sh) {
+                    row.replication = Some(ShardReplication::of(sh));
+                }
+                row
             })
             .collect();
         *last = Some((

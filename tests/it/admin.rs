@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint (`[admin] listen`): `/metrics` counts the right
 //! command and shard, `/readyz` follows a shard going down and coming back,
-//! `/api/status` has the shards, and a migration shows its progress.
+//! `/api/status` has the shards, a migration shows its progress, and a
+//! shard's replicas and role-check refusals show in both.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use std::time::Duration;
 use redis::AsyncCommands;
 use shardis::admin::metrics::{summary, value};
 
-use crate::support::{Proxy, RedisNode, http_get, wait_until_async};
+use crate::support::{Proxy, RedisNode, http_get, wait_replica_synced, wait_until_async};
 
 const EXTRA: &str = "[timeouts]\ncommand_ms = 1000\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n[admin]\nlisten = \"127.0.0.1:0\"\n";
 
@@ -180,4 +181,103 @@ async fn a_migration_shows_in_status_and_metrics() {
     assert_eq!(value(&text, "shardis_migration_keys_moved"), m["keys_moved"].as_f64());
     assert_eq!(value(&text, "shardis_migration_shards_total"), Some(3.0));
     assert_eq!(value(&text, "shardis_config_epoch"), st["epoch"].as_f64());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_and_role_refusals_show_in_status_and_metrics() {
+    let master = RedisNode::start();
+    let mut replica = RedisNode::start_replica_of(&master);
+    let plain = RedisNode::start();
+    let port = replica.port;
+    tokio::task::spawn_blocking(move || wait_replica_synced(port))
+        .await
+        .unwrap();
+    let (m, r) = (master.addr(), replica.addr());
+    // `good` reads from its static replica; `wrong`'s address is a replica
+    // (its ROLE check refuses every connection); `plain` checks nothing.
+    let text = format!(
+        "listen = \"127.0.0.1:0\"\n{EXTRA}[[backends]]\nname = \"good\"\naddr = \"{m}\"\nreplicas = [\"{r}\"]\n\
+         read_from = \"replica\"\n[[backends]]\nname = \"wrong\"\naddr = \"{r}\"\nreplicas = [\"{m}\"]\n\
+         [[backends]]\nname = \"plain\"\naddr = \"{}\"\n",
+        plain.addr()
+    );
+    let p = Proxy::start_text(&text, 0).await;
+    let replica_of = |st: &serde_json::Value| st["shards"][0]["replication"]["replicas"][0].clone();
+    let mut st = serde_json::Value::Null;
+    wait_until_async(Duration::from_secs(10), "the replica usable", async || {
+        st = status(&p).await;
+        replica_of(&st)["usable"] == true
+    })
+    .await;
+    let good = &st["shards"][0]["replication"];
+    assert_eq!(good["master"], m, "{st}");
+    assert_eq!(good["read_from"], "replica");
+    assert_eq!(good["failovers"], 0);
+    assert!(good["sentinel_master"].is_null());
+    assert_eq!(replica_of(&st)["addr"], r);
+    assert_eq!(replica_of(&st)["why"], "");
+    assert!(st["shards"][2]["replication"].is_null(), "a plain shard: {st}");
+    wait_until_async(Duration::from_secs(10), "a refused connection to `wrong`", async || {
+        value(
+            &metrics(&p).await,
+            "shardis_backend_role_refusals_total{shard=\"wrong\"}",
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+
+    // Reads on `good` go to the replica and are counted.
+    let key = (0..).map(|i| format!("g{i}")).find(|k| p.shard_of(k) == 0).unwrap();
+    let mut c = p.conn().await;
+    for _ in 0..10 {
+        let _: Option<String> = c.get(&key).await.unwrap();
+    }
+    let text = metrics(&p).await;
+    let get = |s: &str| value(&text, s).unwrap_or_else(|| panic!("no {s} in\n{}", summary(&text, "shardis_")));
+    let rl = format!("{{shard=\"good\",replica=\"{r}\"}}");
+    assert_eq!(
+        get(&format!("shardis_shard_master{{shard=\"good\",addr=\"{m}\"}}")),
+        1.0
+    );
+    assert_eq!(
+        get(&format!(
+            "shardis_shard_master{{shard=\"plain\",addr=\"{}\"}}",
+            plain.addr()
+        )),
+        1.0
+    );
+    assert_eq!(get("shardis_shard_failovers_total{shard=\"good\"}"), 0.0);
+    assert_eq!(get("shardis_backend_role_refusals_total{shard=\"good\"}"), 0.0);
+    assert_eq!(get("shardis_backend_role_refusals_total{shard=\"plain\"}"), 0.0);
+    assert_eq!(get(&format!("shardis_replica_usable{rl}")), 1.0);
+    assert_eq!(get(&format!("shardis_replica_role_refusals_total{rl}")), 0.0);
+    assert!(get(&format!("shardis_replica_lag_seconds{rl}")) < 1.0);
+    assert_eq!(get("shardis_replica_reads_total{shard=\"good\"}"), 10.0);
+    assert_eq!(get("shardis_replica_fallbacks_total{shard=\"good\"}"), 0.0);
+    assert!(value(&text, "shardis_replica_reads_total{shard=\"plain\"}").is_none());
+    let st = status(&p).await;
+    let refused = st["shards"][1]["replication"]["role_refusals"].as_u64().unwrap_or(0);
+    assert!(refused >= 1, "{st}");
+
+    // A killed replica: skipped (usable 0, with the reason), reads fall back to the master.
+    replica.kill();
+    let mut why = String::new();
+    wait_until_async(Duration::from_secs(10), "the dead replica skipped", async || {
+        let st = status(&p).await;
+        why = replica_of(&st)["why"].as_str().unwrap_or("").to_string();
+        replica_of(&st)["usable"] == false
+    })
+    .await;
+    assert!(!why.is_empty());
+    for _ in 0..5 {
+        let _: Option<String> = c.get(&key).await.unwrap();
+    }
+    let text = metrics(&p).await;
+    assert_eq!(value(&text, &format!("shardis_replica_usable{rl}")), Some(0.0), "{why}");
+    assert_eq!(
+        value(&text, "shardis_replica_fallbacks_total{shard=\"good\"}"),
+        Some(5.0)
+    );
+    assert_eq!(value(&text, "shardis_replica_reads_total{shard=\"good\"}"), Some(10.0));
 }
