@@ -291,12 +291,20 @@ def main():
             for run in range(RUNS):
                 for cname, port, proc in c.contenders:
                     u0, s0 = cpu_split(proc.pid) if proc else (0.0, 0.0)
+                    # The rest of the machine's work per request: the load generator and the shards.
+                    b0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    sh0 = sum(cpu_seconds(sp.pid) for sp in c.procs[:3])
                     r = bench(port, clients, pipeline, n, size, args)
-                    split = ""
+                    b1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+                    sh1 = sum(cpu_seconds(sp.pid) for sp in c.procs[:3])
+                    per = 1e6 / n
+                    rest = (f"  bench {(b1.ru_utime + b1.ru_stime - b0.ru_utime - b0.ru_stime) * per:.2f}"
+                            f" shards {(sh1 - sh0) * per:.2f} s")
+                    split = rest
                     if proc:
                         u1, s1 = cpu_split(proc.pid)
                         cpu.setdefault((name, cname), []).append((u1 - u0 + s1 - s0) / n * 1e6)
-                        split = f"  CPU/1M usr {(u1 - u0) / n * 1e6:.2f} sys {(s1 - s0) / n * 1e6:.2f} s"
+                        split = f"  CPU/1M usr {(u1 - u0) * per:.2f} sys {(s1 - s0) * per:.2f}{rest}"
                     results.setdefault((name, cname), []).append(r)
                     print(f"  {name:<18} run {run + 1}/{RUNS} {cname:<10} {r[0]:>10.0f} ops/s  "
                           f"p50 {r[1]:.3f} ms  p99 {r[2]:.3f} ms{split}", file=sys.stderr, flush=True)
