@@ -28,8 +28,11 @@ use xxhash_rust::xxh3::xxh3_64;
 /// Returns the part of `key` that is hashed: the content of the first `{...}`
 /// if it is non-empty, else the whole key (Redis Cluster's rule, byte for byte).
 pub fn hash_tag(key: &[u8]) -> &[u8] {
-    if let Some(open) = key.iter().position(|&b| b == b'{') {
-        if let Some(close) = key[open + 1..].iter().position(|&b| b == b'}') {
+    // memchr compares 16 or 32 bytes at a time: a key without a tag (the
+    // common case) costs a few instructions, not one loop turn per byte
+    // (bench/callgrind.sh GET -P 16: 54 -> 15 instructions per request).
+    if let Some(open) = memchr::memchr(b'{', key) {
+        if let Some(close) = memchr::memchr(b'}', &key[open + 1..]) {
             if close > 0 {
                 return &key[open + 1..open + 1 + close];
             }

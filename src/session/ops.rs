@@ -148,14 +148,19 @@ impl Session {
             return;
         }
         let now = Instant::now();
-        let threshold = self.shared.slowlog.threshold();
+        // A request is slow when it started at or before `cutoff`: one
+        // comparison per request, the duration computed only for the slow
+        // ones (it was 37 instructions per request, bench/callgrind.sh).
+        // `None`: the log is off, or the threshold reaches back before the
+        // clock's start (nothing can be that slow).
+        let cutoff = self.shared.slowlog.threshold().and_then(|th| now.checked_sub(th));
         while let Some(t) = self.timings.front() {
             if t.seq >= done {
                 break;
             }
             let Some(t) = self.timings.pop_front() else { break };
-            let took = now.saturating_duration_since(t.start);
-            if threshold.is_some_and(|th| took >= th) {
+            if cutoff.is_some_and(|c| t.start <= c) {
+                let took = now.saturating_duration_since(t.start);
                 let name = t.served.name(&self.shared.topology.load());
                 let mut buf = BytesMut::from(&t.raw[..]);
                 let limits = self.shared.topology.load().config.parser_limits();
