@@ -31,7 +31,8 @@
 //! - [`shutdown`]: the graceful-shutdown signal, its hooks, SIGTERM/SIGINT.
 //! - [`backend`]: per-shard pipelined connections, timeouts, reconnects; the
 //!   one way to call a backend; the master's address followed through
-//!   Sentinel, the ROLE check, reads on replicas.
+//!   Sentinel, the ROLE check, reads on replicas; a session's inbox of
+//!   completions ([`backend::inbox`]).
 //! - [`lock`] (data): the lock group, lock-key classification, quorum
 //!   arithmetic, the lock service's shared state.
 //! - [`migration`]: the plan of a key move after a ring change (data), the
@@ -41,8 +42,8 @@
 //!   held on them.
 //! - [`topology`]: ring + backend pools + lock group + epoch (+ a hold),
 //!   swapped atomically (`ArcSwap`).
-//! - [`registry`]: the live sessions (CLIENT LIST / KILL) and the client
-//!   pause.
+//! - [`registry`]: the live sessions (CLIENT LIST / KILL), each with the
+//!   signal its session waits on (kill, drain), and the client pause.
 //! - [`monitor`]: the connected MONITORs and their lines.
 //! - [`slowlog`]: the proxy's SLOWLOG.
 //! - [`state`]: what every session shares: the topology cell, lock service,
