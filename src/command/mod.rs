@@ -10,6 +10,7 @@ pub mod ids;
 pub mod info;
 mod key_procs;
 pub mod keys;
+mod route_cache;
 pub mod spec;
 pub mod table;
 
@@ -245,39 +246,8 @@ pub fn lookup(args: &[&[u8]]) -> Result<Lookup, ReplyError> {
     }
     Ok(Lookup {
         spec,
-        route: route_cached(spec, args),
+        route: route_cache::route(spec, args),
         parent,
-    })
-}
-
-/// Slots of the per-thread route cache (a power of two).
-const ROUTE_CACHE: usize = 16;
-
-thread_local! {
-    /// The routes of recently looked-up commands, by the address of their
-    /// spec (direct-mapped; 0 is no spec).
-    static ROUTES: [std::cell::Cell<(usize, Route)>; ROUTE_CACHE] =
-        const { [const { std::cell::Cell::new((0, Route::Keyed)) }; ROUTE_CACHE] };
-}
-
-/// [`route_of`], remembered per command: its long match on the name (string
-/// comparisons, 50 instructions per GET in bench/callgrind.sh) runs once per
-/// command and thread, not per request. The commands whose route depends on
-/// their arguments are not remembered.
-fn route_cached(spec: &'static CommandSpec, args: &[&[u8]]) -> Route {
-    if matches!(spec.name, "copy" | "xread" | "xreadgroup") {
-        return route_of(spec, args);
-    }
-    let addr = spec as *const CommandSpec as usize;
-    let slot = (addr / std::mem::size_of::<CommandSpec>()) % ROUTE_CACHE;
-    ROUTES.with(|cache| {
-        let (seen, route) = cache[slot].get();
-        if seen == addr {
-            return route;
-        }
-        let route = route_of(spec, args);
-        cache[slot].set((addr, route));
-        route
     })
 }
 
@@ -523,24 +493,6 @@ mod tests {
     fn route(cmd: &str) -> Result<Route, String> {
         let args: Vec<&[u8]> = cmd.split(' ').map(|s| s.as_bytes()).collect();
         lookup(&args).map(|l| l.route).map_err(|e| e.to_string())
-    }
-
-    #[test]
-    fn the_route_cache_answers_as_route_of_for_every_command() {
-        // Twice over every command and subcommand, so each is answered from
-        // the cache too (and slots shared by several commands are retaken).
-        for _ in 0..2 {
-            for top in table::COMMANDS {
-                for c in std::iter::once(top).chain(top.subcommands) {
-                    assert_eq!(route_cached(c, &[]), route_of(c, &[]), "{}", c.name);
-                }
-            }
-        }
-        // Arguments that change a route are never taken from the cache.
-        assert_eq!(route("XREAD COUNT 1 STREAMS s 0"), Ok(Route::Keyed));
-        assert_ne!(route("XREAD BLOCK 0 STREAMS s 0"), Ok(Route::Keyed));
-        assert_eq!(route("COPY a b"), Ok(Route::Keyed));
-        assert_ne!(route("COPY a b DB 1"), Ok(Route::Keyed));
     }
 
     #[test]
