@@ -9,6 +9,7 @@
 #   bench/callgrind.sh                 # GET -P 16, 200000 requests
 #   TEST=set P=1 N=50000 bench/callgrind.sh
 #   C=1000 P=1 N=50000 bench/callgrind.sh  # 1000 clients (default 50)
+#   D=1024 TEST=get P=1 bench/callgrind.sh   # 1 KiB values (default 3 bytes)
 #   SHARDIS=/path/to/other/shardis bench/callgrind.sh   # a build to compare
 #   CG_OUT=/tmp/x.cg bench/callgrind.sh                 # keep the profile
 #   TLS=1 bench/callgrind.sh            # the measured load over TLS ([tls] listen)
@@ -26,6 +27,7 @@ test=${TEST:-get}
 pipeline=${P:-16}
 n=${N:-200000}
 clients=${C:-50}
+size=${D:-3}
 bin=${SHARDIS:-target/release/shardis}
 start_shards 3
 proxy=$(free_port)
@@ -58,15 +60,15 @@ if ! redis-cli -p "$proxy" ping >/dev/null 2>&1; then
   exit 1
 fi
 # Warm the keyspace so GETs find values, outside the counted window.
-redis-benchmark -p "$proxy" -c 50 -P 16 -n 100000 -r 100000 -t set -q >/dev/null
+redis-benchmark -p "$proxy" -c 50 -P 16 -n 100000 -r 100000 -d "$size" -t set -q >/dev/null
 callgrind_control -i on "$vg" >/dev/null 2>&1
-redis-benchmark "${load[@]}" -c "$clients" -P "$pipeline" -n "$n" -r 100000 -t "$test" -q >/dev/null
+redis-benchmark "${load[@]}" -c "$clients" -P "$pipeline" -n "$n" -r 100000 -d "$size" -t "$test" -q >/dev/null
 callgrind_control -i off "$vg" >/dev/null 2>&1
 kill -INT "$vg"
 wait "$vg" 2>/dev/null || true
 [ -n "${CG_OUT:-}" ] && cp "$dir/cg.out" "$CG_OUT"
 total=$(callgrind_annotate "$dir/cg.out" 2>/dev/null | awk '/PROGRAM TOTALS/ { gsub(",", "", $1); print $1 }')
-echo "$test -P $pipeline -c $clients, $n requests$([ "${TLS:-0}" = 1 ] && echo ", TLS"): $total instructions, $((total / n)) per request ($bin)"
+echo "$test -P $pipeline -c $clients -d $size, $n requests$([ "${TLS:-0}" = 1 ] && echo ", TLS"): $total instructions, $((total / n)) per request ($bin)"
 echo "--- top functions, self"
 callgrind_annotate "$dir/cg.out" 2>/dev/null | grep -E '^ *[0-9,]+ \(' | sed -n 2,16p | cut -c1-160
 echo "--- top functions, inclusive"

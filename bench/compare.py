@@ -6,7 +6,8 @@ predixy from a source directory when one is given, and calls this). It starts 3 
 on free loopback ports, twemproxy (nutcracker) with an equivalent 3-shard ketama config, predixy
 (when PREDIXY names its binary) with a 3-group standalone pool, and shardis in front of the same
 shards; checks that each contender really serves GET/SET/MSET/MGET (real values, no error replies);
-then runs redis-benchmark row by row, interleaving the contenders run by run (A B C A B C ...), and
+before each row that reads (GET, MGET) sets every key it can read on every shard with values of the
+row's size, so each contender reads what the row says whatever shard it places a key on; then runs redis-benchmark row by row, interleaving the contenders run by run (A B C A B C ...), and
 prints medians as a markdown table with each shardis's ratio to the best peer of that row (the
 proxy with the highest throughput). It also measures each proxy's CPU time (user+sys from
 /proc/PID/stat) per million requests of every row, with the ratio to the peer that spent the
@@ -221,6 +222,40 @@ class Cluster:
         assert holders >= 2, "MSET keys did not spread across shards"
 
 
+def fill(ports, size):
+    """Every key a row can read (key:000000000000 .. KEYSPACE-1, redis-benchmark's __rand_int__
+    keys) set on every shard with `size`-byte values, pipelined. Each proxy places a key on a
+    shard of its own choosing (twemproxy's ketama, predixy's and shardis's hashes differ), and
+    the SET rows before leave values of their own size on whatever shard their proxy chose; so
+    without this a read row sees values of the earlier rows' size, or none, depending on the
+    contender (GET 1 KiB read mostly 16-byte values, and GET 1000 clients the 1 KiB ones SET 1
+    KiB had left). With every key on every shard, every contender reads what the row says."""
+    value = b"x" * size
+    for port in ports:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            batch = 1000
+            for start in range(0, KEYSPACE, batch):
+                buf = bytearray()
+                end = min(KEYSPACE, start + batch)
+                for i in range(start, end):
+                    k = b"key:%012d" % i
+                    buf += b"*3\r\n$3\r\nSET\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (len(k), k, size, value)
+                s.sendall(buf)
+                want, got = (end - start) * 5, 0
+                while got < want:
+                    chunk = s.recv(1 << 20)
+                    if not chunk:
+                        raise SystemExit(f"fill: shard {port} closed the connection")
+                    if b"-" in chunk:
+                        raise SystemExit(f"fill: shard {port} answered an error: {chunk[:100]!r}")
+                    got += len(chunk)
+
+
+def reads(args):
+    """Whether a row's load reads keys (GET, MGET) and so needs them filled first (see `fill`)."""
+    return args[:2] == ["-t", "get"] or args[:1] == ["mget"]
+
+
 def bench(port, clients, pipeline, n, size, args):
     cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-c", str(clients), "-P", str(pipeline),
            "-n", str(n), "-r", str(KEYSPACE), "-d", str(size), "--csv", "-e", *args]
@@ -288,6 +323,8 @@ def main():
         results = {}  # (row, contender) -> list of (ops, p50, p99)
         cpu = {}  # (row, contender) -> list of CPU seconds per 1M requests
         for name, clients, pipeline, n, size, args in rows:
+            if reads(args):
+                fill(c.shard_ports, size)
             for run in range(RUNS):
                 for cname, port, proc in c.contenders:
                     u0, s0 = cpu_split(proc.pid) if proc else (0.0, 0.0)
