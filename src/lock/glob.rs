@@ -18,6 +18,30 @@ enum Pattern {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Namespace {
     patterns: Vec<Pattern>,
+    /// The bytes a lock key can start with, as a 256-bit set, when every
+    /// pattern fixes its first byte (`lock:*`, the default, does): most
+    /// keys are then told apart with one lookup, before any comparison
+    /// (64 instructions per key with the default namespace before, in
+    /// bench/callgrind.sh SET -P 16). `None`: some pattern can match any
+    /// first byte (`*:lock`, `?x*`), every pattern is tried.
+    firsts: Option<[u64; 4]>,
+}
+
+/// See [`Namespace::firsts`].
+fn first_bytes(patterns: &[Pattern]) -> Option<[u64; 4]> {
+    let mut set = [0u64; 4];
+    for p in patterns {
+        let first = match p {
+            Pattern::Exact(b) | Pattern::Prefix(b) => *b.first()?,
+            Pattern::Glob(g) => match g.first()? {
+                b'*' | b'?' | b'[' | b'\\' => return None,
+                &c => c,
+            },
+            Pattern::Suffix(_) => return None,
+        };
+        set[usize::from(first >> 6)] |= 1 << (first & 63);
+    }
+    Some(set)
 }
 
 fn is_literal(p: &[u8]) -> bool {
@@ -40,13 +64,15 @@ impl Namespace {
                     Pattern::Glob(p.to_vec())
                 }
             })
-            .collect();
-        Namespace { patterns }
+            .collect::<Vec<_>>();
+        let firsts = first_bytes(&patterns);
+        Namespace { patterns, firsts }
     }
 
     /// The same set plus one more pattern.
     pub fn with(mut self, pattern: &str) -> Namespace {
         self.patterns.extend(Namespace::new(&[pattern]).patterns);
+        self.firsts = first_bytes(&self.patterns);
         self
     }
 
@@ -57,6 +83,12 @@ impl Namespace {
     /// Whether `key` is a lock key.
     #[inline]
     pub fn matches(&self, key: &[u8]) -> bool {
+        if let Some(set) = &self.firsts {
+            match key.first() {
+                Some(&c) if set[usize::from(c >> 6)] & (1 << (c & 63)) != 0 => {}
+                _ => return false,
+            }
+        }
         self.patterns.iter().any(|p| match p {
             Pattern::Exact(e) => key == e.as_slice(),
             Pattern::Prefix(h) => key.starts_with(h),
@@ -175,6 +207,52 @@ mod tests {
         assert!(ns.matches(b"job:1:b-anything"));
         assert!(!ns.matches(b"job:1:d"));
         assert!(!Namespace::new::<&str>(&[]).matches(b"lock:x"));
+    }
+
+    #[test]
+    fn the_first_byte_filter_never_changes_an_answer() {
+        let sets: &[&[&str]] = &[
+            &["lock:*"],
+            &["lock:*", "leader", "job:?:[a-c]*", "m\\*x*"],
+            &["*:mutex", "lock:*"],
+            &["?ock:*"],
+            &["[lm]ock:*"],
+            &["\\*lock*"],
+            &["Lock:*", "lock:*", "~x"],
+        ];
+        let keys: &[&[u8]] = &[
+            b"",
+            b"l",
+            b"lock:",
+            b"lock:a",
+            b"Lock:a",
+            b"mock:a",
+            b"*lock:",
+            b"m*x1",
+            b"db:mutex",
+            b"leader",
+            b"job:1:b",
+            b"key:000000012345",
+            b"~x",
+            b"\xfflock:",
+            b"\x00",
+        ];
+        for set in sets {
+            let ns = Namespace::new(set);
+            let unfiltered = Namespace {
+                firsts: None,
+                ..ns.clone()
+            };
+            for k in keys {
+                assert_eq!(ns.matches(k), unfiltered.matches(k), "{set:?} {k:?}");
+            }
+            let wider = ns.clone().with("*:fence");
+            assert!(wider.firsts.is_none(), "{set:?}");
+            assert!(wider.matches(b"x:fence"));
+        }
+        assert!(Namespace::new(&["lock:*"]).firsts.is_some());
+        assert!(Namespace::new(&["*:lock"]).firsts.is_none());
+        assert!(Namespace::new(&["lock:*"]).with("fence").matches(b"fence"));
     }
 
     #[test]
