@@ -66,7 +66,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use smallvec::SmallVec;
 use tokio::io::AsyncWriteExt;
 
 use drain::Drain;
@@ -377,8 +376,9 @@ impl Session {
     /// Routes `req` and executes the plan into slot `at`. `released`: the
     /// request waited for its keys to move, and they have.
     fn dispatch(&mut self, topo: &Topology, req: Request, at: At, released: bool) {
-        let args: SmallVec<[&[u8]; INLINE_ARGS]> = req.args().collect();
-        if let Some(reply) = self.subscribed_mode(&args) {
+        let (mut inline, mut heap) = ([&[][..]; INLINE_ARGS], Vec::new());
+        let args = req.arg_slices(&mut inline, &mut heap);
+        if let Some(reply) = self.subscribed_mode(args) {
             return self.replies.ready(at, reply);
         }
         let ctx = Ctx {
@@ -390,19 +390,19 @@ impl Session {
             released,
             rerouted: at != At::Next,
         };
-        let plan = self.router.route(&View::of(topo), ctx, &req, &args);
+        let plan = self.router.route(&View::of(topo), ctx, &req, args);
         if at != At::Next {
-            return self.execute(topo, plan, &req, &args, at);
+            return self.execute(topo, plan, &req, args, at);
         }
-        self.ops_before(&args);
+        self.ops_before(args);
         self.meter_call();
         let (seq, served) = (self.replies.next_seq(), ops::Served::of(&plan, &self.router.parts));
         let tx = matches!(plan, Plan::Tx(_));
-        self.execute(topo, plan, &req, &args, at);
+        self.execute(topo, plan, &req, args, at);
         if tx {
             self.state.entry.set_multi(self.tx.as_ref().map(|t| t.queued_count()));
         }
-        self.ops_after(&req, &args, seq, served);
+        self.ops_after(&req, args, seq, served);
     }
 
     fn execute(&mut self, topo: &Topology, plan: Plan, req: &Request, args: &[&[u8]], at: At) {

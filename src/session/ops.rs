@@ -13,7 +13,6 @@
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
-use smallvec::SmallVec;
 
 use super::Session;
 use super::replies::At;
@@ -22,7 +21,6 @@ use crate::command::spec::{F_ADMIN, F_MAY_REPLICATE, F_SKIP_MONITOR, F_SKIP_SLOW
 use crate::command::{self, Local};
 use crate::error::ReplyError;
 use crate::merge::Merge;
-use crate::protocol::request::INLINE_ARGS;
 use crate::protocol::{Request, RequestParser};
 use crate::registry::{PauseMode, flag};
 use crate::router::Plan;
@@ -165,7 +163,7 @@ impl Session {
                 let mut buf = BytesMut::from(&t.raw[..]);
                 let limits = self.shared.topology.load().config.parser_limits();
                 if let Ok(Some(req)) = RequestParser::new(limits).parse(&mut buf) {
-                    let args: SmallVec<[&[u8]; INLINE_ARGS]> = req.args().collect();
+                    let args = req.arg_list();
                     self.log_slow(&args, took, name);
                 }
             }
@@ -184,7 +182,7 @@ impl Session {
         if mode == PauseMode::All {
             return true;
         }
-        let args: SmallVec<[&[u8]; INLINE_ARGS]> = req.args().collect();
+        let args = req.arg_list();
         command::lookup(&args).is_ok_and(|l| l.spec.flags & (F_WRITE | F_MAY_REPLICATE) != 0 || l.spec.name == "exec")
     }
 

@@ -203,3 +203,17 @@ proptest! {
         let _ = parse_all(&input, &chunks);
     }
 }
+
+#[test]
+fn arg_slices_agree_with_args_inline_and_past_the_inline_size() {
+    for n in [1, 2, INLINE_ARGS - 1, INLINE_ARGS, INLINE_ARGS + 1, 40] {
+        let words: Vec<String> = (0..n).map(|i| format!("a{i}")).collect();
+        let req = Request::from_args(&words);
+        let (mut inline, mut heap) = ([&[][..]; INLINE_ARGS], Vec::new());
+        let got = req.arg_slices(&mut inline, &mut heap);
+        let want: Vec<&[u8]> = req.args().collect();
+        assert_eq!(got, want.as_slice(), "{n} arguments");
+        assert_eq!(heap.is_empty(), n <= INLINE_ARGS, "{n} arguments");
+        assert_eq!(req.arg_list().as_slice(), want.as_slice());
+    }
+}
