@@ -7,7 +7,7 @@
 //!   call a backend, and [`Shard::call`] awaits one answer on top of it.
 //! - [`conn`]: connecting and the handshake.
 //! - [`pipeline`]: a pooled connection's task (batching, reply matching,
-//!   timeouts, reconnects).
+//!   timeouts, reconnects), fed through [`jobs`], its job queue.
 //! - [`dedicated`]: connections of their own (blocking commands, subscribers).
 //! - [`backoff`]: the retry delays every backend caller shares.
 //! - [`endpoint`]: where a shard's connections go (a fixed address or the
@@ -28,6 +28,7 @@ mod conn;
 mod dedicated;
 pub mod endpoint;
 pub mod inbox;
+mod jobs;
 pub mod replicas;
 pub mod sentinel;
 pub use dedicated::one_shot;
@@ -37,7 +38,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 use tracing::warn;
 
 use crate::config::{self, ReadFrom};
@@ -256,8 +257,8 @@ pub struct Shard {
     /// Where the connection tasks run: one group of connections per worker.
     executors: Executors,
     /// `[group][connection]`: each worker's own connections.
-    resp2: Vec<Vec<mpsc::UnboundedSender<Job>>>,
-    resp3: OnceLock<Vec<Vec<mpsc::UnboundedSender<Job>>>>,
+    resp2: Vec<Vec<jobs::JobTx>>,
+    resp3: OnceLock<Vec<Vec<jobs::JobTx>>>,
     /// With `read_from` other than `master`: the replicas reads may go to.
     pub replicas: Option<Box<Replicas>>,
 }
@@ -344,7 +345,7 @@ impl Shard {
         };
         let conns = &groups[self.executors.group_here() % groups.len()];
         let tx = &conns[lane % conns.len()];
-        if let Err(mpsc::error::SendError(job)) = tx.send(job) {
+        if let Err(job) = tx.send(job) {
             // The task only stops when the pool is dropped; answer anyway.
             let err = BackendError::new(BackendErrorKind::ShuttingDown, &self.spec.name, "");
             job.reply.complete(Err(err));
@@ -411,13 +412,13 @@ fn spawn_conns(
     counters: &Arc<ShardCounters>,
     proto: Protocol,
     executors: &Executors,
-) -> Vec<Vec<mpsc::UnboundedSender<Job>>> {
+) -> Vec<Vec<jobs::JobTx>> {
     let per_group = spec.connections.max(1);
     (0..executors.groups())
         .map(|g| {
             (0..per_group)
                 .map(|i| {
-                    let (tx, rx) = mpsc::unbounded_channel();
+                    let (tx, rx) = jobs::channel();
                     let lane = g * per_group + i;
                     let task =
                         pipeline::conn_task(spec.clone(), identity.clone(), counters.clone(), g, proto, lane, rx);
