@@ -7,8 +7,9 @@ on free loopback ports, twemproxy (nutcracker) with an equivalent 3-shard ketama
 (when PREDIXY names its binary) with a 3-group standalone pool, and shardis in front of the same
 shards; checks that each contender really serves GET/SET/MSET/MGET (real values, no error replies);
 before each row that reads (GET, MGET) sets every key it can read on every shard with values of the
-row's size, so each contender reads what the row says whatever shard it places a key on; then runs redis-benchmark row by row, interleaving the contenders run by run (A B C A B C ...), and
-prints medians as a markdown table with each shardis's ratio to the best peer of that row (the
+row's size, so each contender reads what the row says whatever shard it places a key on; then runs
+redis-benchmark row by row, interleaving the contenders run by run, each run starting one contender
+later (A B C, B C A, ...), and prints medians as a markdown table with each shardis's ratio to the best peer of that row (the
 proxy with the highest throughput). It also measures each proxy's CPU time (user+sys from
 /proc/PID/stat) per million requests of every row, with the ratio to the peer that spent the
 least, and the RSS of each proxy holding 10,000 idle client connections.
@@ -326,7 +327,11 @@ def main():
             if reads(args):
                 fill(c.shard_ports, size)
             for run in range(RUNS):
-                for cname, port, proc in c.contenders:
+                # Each run starts one contender later, so no contender always runs at the same
+                # place in the order: on this VM the place mattered (two shardis builds run in
+                # pairs, 6 pairs each way round: whichever ran first won 10 pairs of 12).
+                k = run % len(c.contenders)
+                for cname, port, proc in c.contenders[k:] + c.contenders[:k]:
                     u0, s0 = cpu_split(proc.pid) if proc else (0.0, 0.0)
                     # The rest of the machine's work per request: the load generator and the shards.
                     b0 = resource.getrusage(resource.RUSAGE_CHILDREN)
