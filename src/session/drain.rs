@@ -1,7 +1,10 @@
 //! A session's part in a shutdown: serving, waiting for a first request
-//! that was on its way when the listener closed, or draining.
+//! that was on its way when the listener closed, or draining; and the wait
+//! on the session's signal (CLIENT KILL, the shutdown's DRAIN).
 
 use std::time::{Duration, Instant};
+
+use crate::registry::{Signal, signal};
 
 /// A session's part in a shutdown.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,4 +45,16 @@ impl super::Session {
             Drain::FirstRequest(Instant::now() + FIRST_REQUEST_GRACE)
         };
     }
+}
+
+/// Resolves with the signal's bits that concern a session in `drain`: KILL
+/// always, DRAIN while it still serves.
+/// `registered`: set once it is pending, its waker left in the signal.
+pub(super) fn signalled<'a>(sig: &'a Signal, drain: Drain, registered: &'a mut bool) -> impl Future<Output = u8> + 'a {
+    let mask = signal::KILL | if drain == Drain::Serving { signal::DRAIN } else { 0 };
+    std::future::poll_fn(move |cx| {
+        let p = sig.poll(cx, mask);
+        *registered |= p.is_pending();
+        p
+    })
 }

@@ -59,7 +59,6 @@ mod subconn;
 mod transaction;
 mod xshard;
 
-use std::collections::VecDeque;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -68,7 +67,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use tokio::io::AsyncWriteExt;
 
-use drain::Drain;
+use drain::{Drain, signalled};
 use io::linger_close;
 use outbuf::READ_PAUSE;
 use tokio::sync::mpsc;
@@ -150,7 +149,15 @@ pub struct Session {
     /// The slow log threshold for the requests of this read (`None`: off).
     slow: Option<Duration>,
     /// Requests waiting for their reply, for the slow log.
-    timings: VecDeque<ops::Timing>,
+    timings: ops::Timings,
+    /// When the registry entry's last-heard time was last written (see
+    /// `ops::TOUCH_EVERY`).
+    touched: Instant,
+    /// The command last written to the registry entry.
+    last_cmd: Option<&'static crate::command::spec::CommandSpec>,
+    /// [`crate::registry::raised`] when this session last left its waker
+    /// in its signal (`u64::MAX`: never yet).
+    sig_seen: u64,
     metered: metered::Metered,
     /// Since when the replies waiting for this client have been over its
     /// soft output buffer limit (see [`outbuf`]).
@@ -191,7 +198,10 @@ impl Session {
             held: None,
             read_at: Instant::now(),
             slow: None,
-            timings: VecDeque::new(),
+            timings: ops::Timings::default(),
+            touched: Instant::now(),
+            last_cmd: None,
+            sig_seen: u64::MAX,
             metered: metered::Metered::new(shared.topology.executors().group_here()),
             over_soft: None,
             out_shown: false,
@@ -221,10 +231,15 @@ impl Session {
                 // CLIENT KILL: the connection closes at once, as on Redis. A
                 // busy session sees the bit here; one that waits is woken by
                 // its signal, polled last so that a pass with work to do does
-                // not pay for it.
-                if self.state.entry.killed() {
+                // not pay for it. Both only once a signal was raised since
+                // this session last looked (see `registry::raised`): its
+                // waker is in the signal meanwhile, so a raise wakes it.
+                let epoch = crate::registry::raised();
+                let look = epoch != self.sig_seen;
+                if look && self.state.entry.killed() {
                     return;
                 }
+                let mut registered = false;
                 // While blocked the socket is still read (up to a bound), not
                 // parsed: a client that leaves must be noticed, so its blocking
                 // command's backend connection is closed, as Redis would.
@@ -299,7 +314,7 @@ impl Session {
                             Rare::SoftDue => {}
                         }
                     }
-                    sig = signalled(&self.state.entry.signal, self.drain) => {
+                    sig = signalled(&self.state.entry.signal, self.drain, &mut registered), if look => {
                         if sig & signal::KILL != 0 {
                             return;
                         }
@@ -323,10 +338,17 @@ impl Session {
                     let _ = sock.shutdown().await;
                     return;
                 }
+                // The waker is in the signal: until the next raise, the
+                // entry need not be looked at.
+                if registered {
+                    self.sig_seen = epoch;
+                }
                 // The signal wakes a session that waits; this catches one that
-                // is always busy, whose select never gets to the signal (a
-                // load of the entry's line, which the pass touched already).
-                if self.drain == Drain::Serving && self.state.entry.signal.bits() & signal::DRAIN != 0 {
+                // is always busy, whose select never gets to the signal.
+                if self.drain == Drain::Serving
+                    && crate::registry::raised() != self.sig_seen
+                    && self.state.entry.signal.bits() & signal::DRAIN != 0
+                {
                     self.start_drain();
                 }
                 // Every request read is answered (a complete one left unparsed
@@ -563,13 +585,6 @@ impl Drop for Session {
 type Inbox = (inbox::Sink, inbox::Inbox);
 
 /// The next backend reply; never resolves while the session has no inbox.
-/// Resolves with the signal's bits that concern a session in `drain`: KILL
-/// always, DRAIN while it still serves.
-fn signalled(sig: &crate::registry::Signal, drain: Drain) -> impl Future<Output = u8> + '_ {
-    let mask = signal::KILL | if drain == Drain::Serving { signal::DRAIN } else { 0 };
-    std::future::poll_fn(move |cx| sig.poll(cx, mask))
-}
-
 async fn recv(inbox: &mut Option<Inbox>) -> Option<Completion> {
     match inbox {
         Some((_, rx)) => Some(rx.recv().await),
