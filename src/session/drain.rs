@@ -2,6 +2,7 @@
 //! that was on its way when the listener closed, or draining; and the wait
 //! on the session's signal (CLIENT KILL, the shutdown's DRAIN).
 
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use crate::registry::{Signal, signal};
@@ -48,13 +49,27 @@ impl super::Session {
 }
 
 /// Resolves with the signal's bits that concern a session in `drain`: KILL
-/// always, DRAIN while it still serves.
-/// `registered`: set once it is pending, its waker left in the signal.
-pub(super) fn signalled<'a>(sig: &'a Signal, drain: Drain, registered: &'a mut bool) -> impl Future<Output = u8> + 'a {
+/// always, DRAIN while it still serves. `looking` (the session looks at its
+/// signal in this pass, see [`crate::registry::raised`]): set once the wait
+/// is pending, its waker left in the signal. Not looking, the entry is not
+/// touched: it resolves with 0 once any signal was raised after `epoch`
+/// (the raise of this session's own wakes it through the waker it left),
+/// so that the next pass looks.
+pub(super) fn signalled<'a>(
+    sig: &'a Signal,
+    drain: Drain,
+    looking: Option<&'a mut bool>,
+    epoch: u64,
+) -> impl Future<Output = u8> + 'a {
     let mask = signal::KILL | if drain == Drain::Serving { signal::DRAIN } else { 0 };
-    std::future::poll_fn(move |cx| {
-        let p = sig.poll(cx, mask);
-        *registered |= p.is_pending();
-        p
+    let mut looking = looking;
+    std::future::poll_fn(move |cx| match looking.as_deref_mut() {
+        Some(registered) => {
+            let p = sig.poll(cx, mask);
+            *registered |= p.is_pending();
+            p
+        }
+        None if crate::registry::raised() != epoch => Poll::Ready(0),
+        None => Poll::Pending,
     })
 }

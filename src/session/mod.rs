@@ -314,11 +314,14 @@ impl Session {
                             Rare::SoftDue => {}
                         }
                     }
-                    sig = signalled(&self.state.entry.signal, self.drain, &mut registered), if look => {
+                    sig = signalled(&self.state.entry.signal, self.drain, look.then_some(&mut registered), epoch) => {
                         if sig & signal::KILL != 0 {
                             return;
                         }
-                        self.start_drain();
+                        // 0: a signal was raised somewhere; the next pass looks.
+                        if sig & signal::DRAIN != 0 {
+                            self.start_drain();
+                        }
                     }
                 }
                 self.replies.flush(self.state.proto);
