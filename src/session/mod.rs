@@ -120,10 +120,13 @@ pub struct Session {
     tx: Option<Box<Transaction>>,
     /// The keys this client WATCHes and the connection of its own that
     /// watches them, from WATCH until EXEC, DISCARD, UNWATCH or RESET.
-    watching: Option<transaction::Watching>,
+    /// Boxed: rare, and the session's size is every idle client's cost.
+    watching: Option<Box<transaction::Watching>>,
     /// EXECs sent with PUBLISH / SPUBLISH to send once they commit: the
     /// EXEC's slot and the publishes (see [`crate::transaction`]).
-    exec_publishes: Vec<(u64, Vec<crate::transaction::Publish>)>,
+    /// Boxed: rare, and the session's size is every idle client's cost.
+    #[allow(clippy::box_collection)]
+    exec_publishes: Option<Box<Vec<transaction::ExecPublishes>>>,
     /// The slot of a blocking command (BLPOP ...) still waiting: until it
     /// answers, nothing more is read or dispatched, as Redis blocks a client.
     blocked: Option<u64>,
@@ -187,7 +190,7 @@ impl Session {
             parked: 0,
             tx: None,
             watching: None,
-            exec_publishes: Vec::new(),
+            exec_publishes: None,
             blocked: None,
             blocked_uncounted: false,
             csub: None,
@@ -566,20 +569,6 @@ impl Session {
         }
         if let Some(c) = self.replies.complete(c) {
             self.migration_step(c);
-        }
-    }
-}
-
-impl Drop for Session {
-    /// A client that leaves while blocked is no longer counted as blocked
-    /// (INFO clients); it leaves the registry (CLIENT LIST) and the monitors.
-    fn drop(&mut self) {
-        if self.blocked.is_some() && !self.blocked_uncounted {
-            self.shared.stats.blocked.fetch_sub(1, Ordering::Relaxed);
-        }
-        self.shared.clients.remove(self.state.id);
-        if self.monitor.is_some() {
-            self.shared.monitors.remove(self.state.id);
         }
     }
 }

@@ -18,6 +18,9 @@ use crate::router::{self, PUBSUB_SHARD, TxStep, View};
 use crate::topology::Topology;
 use crate::transaction::{Exec, Publish, Transaction};
 
+/// An EXEC's slot and the publishes to send once it commits.
+pub(super) type ExecPublishes = (u64, Vec<Publish>);
+
 /// Keys this client WATCHes, and the connection of its own that watches
 /// them on their shard (see [`crate::backend::Shard::converse`]): WATCH, the
 /// client's commands on that shard and EXEC's batch go over it, in order.
@@ -132,12 +135,14 @@ impl Session {
             );
             return self.replies.error(At::Next, proto, &e);
         }
-        let w = self.watching.get_or_insert_with(|| Watching {
-            shard,
-            name,
-            keys: Vec::new(),
-            conv: topo.shards[shard].converse(proto),
-            proto,
+        let w = self.watching.get_or_insert_with(|| {
+            Box::new(Watching {
+                shard,
+                name,
+                keys: Vec::new(),
+                conv: topo.shards[shard].converse(proto),
+                proto,
+            })
         });
         w.keys.extend(keys);
         self.send_watched(req.raw.clone(), 1, At::Next);
@@ -181,7 +186,7 @@ impl Session {
         let proto = self.state.proto;
         let Some(tx) = self.tx.take() else { return };
         if let Some(w) = self.watching.take() {
-            return self.exec_watched(topo, *tx, w);
+            return self.exec_watched(topo, *tx, *w);
         }
         let ex = match tx.exec() {
             Ok(Some(ex)) => ex,
@@ -225,7 +230,7 @@ impl Session {
         }
         // Sent, then the sender dropped: the task answers it, then closes.
         w.keys.clear();
-        self.watching = Some(w);
+        self.watching = Some(Box::new(w));
         let publishes = std::mem::take(&mut ex.publishes);
         let seq = self.send_watched(ex.batch, ex.frames, At::Next);
         self.watching = None;
@@ -283,7 +288,7 @@ impl Session {
     /// once it has committed.
     pub(super) fn publish_after(&mut self, seq: u64, publishes: Vec<Publish>) {
         if !publishes.is_empty() {
-            self.exec_publishes.push((seq, publishes));
+            self.exec_publishes.get_or_insert_default().push((seq, publishes));
         }
     }
 
@@ -293,10 +298,13 @@ impl Session {
     /// they are dropped and EXEC's reply goes as it is. True when the
     /// completion was used up (the slot now waits for the publishes).
     pub(super) fn publish_step(&mut self, c: &Completion) -> bool {
-        let Some(i) = self.exec_publishes.iter().position(|(seq, _)| *seq == c.seq) else {
+        let Some(waiting) = self.exec_publishes.as_mut() else {
             return false;
         };
-        let (seq, publishes) = self.exec_publishes.swap_remove(i);
+        let Some(i) = waiting.iter().position(|(seq, _)| *seq == c.seq) else {
+            return false;
+        };
+        let (seq, publishes) = waiting.swap_remove(i);
         let results = match &c.result {
             Ok(f) if !reply::is_error(f) && !reply::is_null(f) => reply::elements(f),
             _ => None,
