@@ -386,3 +386,37 @@ impl Drop for Session {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn timing(seq: u64) -> Timing {
+        Timing {
+            seq,
+            start: Instant::now(),
+            raw: Bytes::new(),
+            served: Served::Proxy,
+        }
+    }
+
+    #[test]
+    fn timings_come_out_oldest_first_across_the_inline_slot_and_the_queue() {
+        let mut t = Timings::default();
+        assert!(t.is_empty() && t.front().is_none() && t.pop_front().is_none());
+        for seq in 0..3 {
+            t.push_back(timing(seq));
+        }
+        assert_eq!(t.front().map(|x| x.seq), Some(0));
+        assert_eq!(t.pop_front().map(|x| x.seq), Some(0));
+        // Pushed while the queue still holds older ones: behind them.
+        t.push_back(timing(3));
+        let order: Vec<u64> = std::iter::from_fn(|| t.pop_front().map(|x| x.seq)).collect();
+        assert_eq!(order, vec![1, 2, 3]);
+        assert!(t.is_empty());
+        // Empty again: the next one goes inline.
+        t.push_back(timing(4));
+        assert_eq!(t.front().map(|x| x.seq), Some(4));
+        assert!(t.rest.as_ref().is_some_and(|r| r.is_empty()));
+    }
+}
