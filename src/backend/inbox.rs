@@ -22,7 +22,7 @@ use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use tokio::sync::Notify;
 
@@ -48,6 +48,16 @@ impl Chan {
     fn lock(&self) -> MutexGuard<'_, Queue> {
         // A poisoned lock only means a panic elsewhere; the queue is intact.
         self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// Leaves the task's waker in `slot` (the one waker a single-receiver
+/// queue keeps), unless the same task's is already there: no clone per
+/// wait. Shared with [`super::jobs`].
+pub(super) fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
+    match slot {
+        Some(w) if w.will_wake(cx.waker()) => {}
+        _ => *slot = Some(cx.waker().clone()),
     }
 }
 
@@ -111,10 +121,7 @@ impl Inbox {
             match q.items.pop_front() {
                 Some(c) => Poll::Ready(c),
                 None => {
-                    match &q.waker {
-                        Some(w) if w.will_wake(cx.waker()) => {}
-                        _ => q.waker = Some(cx.waker().clone()),
-                    }
+                    park(&mut q.waker, cx);
                     Poll::Pending
                 }
             }

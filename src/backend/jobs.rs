@@ -19,9 +19,10 @@
 use std::collections::VecDeque;
 use std::future::poll_fn;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::task::{Poll, Waker};
+use std::task::{Context, Poll, Waker};
 
 use super::Job;
+use super::inbox::park;
 
 #[derive(Debug, Default)]
 struct Queue {
@@ -93,25 +94,32 @@ impl Drop for JobTx {
 pub struct JobRx(Arc<Chan>);
 
 impl JobRx {
+    /// Ready with `take(jobs)` when jobs are queued, with `None` once the
+    /// sender is gone and every job was taken; else pending, the task's
+    /// waker left for the next [`JobTx::send`]. Nothing is taken unless
+    /// it is ready, so the futures below are cancel-safe.
+    fn poll_take<R>(&mut self, cx: &mut Context<'_>, take: impl FnOnce(&mut VecDeque<Job>) -> R) -> Poll<Option<R>> {
+        let mut q = self.0.lock();
+        if !q.jobs.is_empty() {
+            return Poll::Ready(Some(take(&mut q.jobs)));
+        }
+        if q.sender_gone {
+            return Poll::Ready(None);
+        }
+        park(&mut q.waker, cx);
+        Poll::Pending
+    }
+
     /// Waits for jobs and moves up to `limit` of them, oldest first, into
     /// `buf`; how many. 0: the sender is gone and every job was taken.
-    /// Cancel-safe: nothing is taken unless it returns.
     pub async fn recv_many(&mut self, buf: &mut Vec<Job>, limit: usize) -> usize {
         poll_fn(|cx| {
-            let mut q = self.0.lock();
-            if q.jobs.is_empty() {
-                if q.sender_gone {
-                    return Poll::Ready(0);
-                }
-                match &q.waker {
-                    Some(w) if w.will_wake(cx.waker()) => {}
-                    _ => q.waker = Some(cx.waker().clone()),
-                }
-                return Poll::Pending;
-            }
-            let n = q.jobs.len().min(limit);
-            buf.extend(q.jobs.drain(..n));
-            Poll::Ready(n)
+            self.poll_take(cx, |jobs| {
+                let n = jobs.len().min(limit);
+                buf.extend(jobs.drain(..n));
+                n
+            })
+            .map(|n| n.unwrap_or(0))
         })
         .await
     }
@@ -131,21 +139,7 @@ impl JobRx {
     /// The next job, waiting for one; `None` once the sender is gone and
     /// every job was taken.
     pub async fn recv(&mut self) -> Option<Job> {
-        poll_fn(|cx| {
-            let mut q = self.0.lock();
-            if let Some(job) = q.jobs.pop_front() {
-                return Poll::Ready(Some(job));
-            }
-            if q.sender_gone {
-                return Poll::Ready(None);
-            }
-            match &q.waker {
-                Some(w) if w.will_wake(cx.waker()) => {}
-                _ => q.waker = Some(cx.waker().clone()),
-            }
-            Poll::Pending
-        })
-        .await
+        poll_fn(|cx| self.poll_take(cx, VecDeque::pop_front).map(Option::flatten)).await
     }
 }
 
