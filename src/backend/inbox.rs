@@ -54,6 +54,7 @@ impl Chan {
 /// Leaves the task's waker in `slot` (the one waker a single-receiver
 /// queue keeps), unless the same task's is already there: no clone per
 /// wait. Shared with [`super::jobs`].
+#[inline]
 pub(super) fn park(slot: &mut Option<Waker>, cx: &Context<'_>) {
     match slot {
         Some(w) if w.will_wake(cx.waker()) => {}

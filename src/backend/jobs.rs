@@ -98,6 +98,7 @@ impl JobRx {
     /// sender is gone and every job was taken; else pending, the task's
     /// waker left for the next [`JobTx::send`]. Nothing is taken unless
     /// it is ready, so the futures below are cancel-safe.
+    #[inline]
     fn poll_take<R>(&mut self, cx: &mut Context<'_>, take: impl FnOnce(&mut VecDeque<Job>) -> R) -> Poll<Option<R>> {
         let mut q = self.0.lock();
         if !q.jobs.is_empty() {
