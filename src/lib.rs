@@ -8,6 +8,8 @@
 //! generated command table aside). docs/architecture.md follows a request
 //! and a reload through these files.
 //! - [`error`]: typed errors: reply errors with a kind, backend errors.
+//! - [`notify`]: waiting on a tokio `Notify` for a condition without
+//!   missing a wake-up (a leaf).
 //! - [`protocol`]: client request parser (hand-written, with limits), backend
 //!   reply framing, reply encoding for RESP2/RESP3.
 //! - [`command`]: the Redis 7.0 command table (generated), key extraction from
@@ -99,6 +101,7 @@ pub mod lock;
 pub mod merge;
 pub mod migration;
 pub mod monitor;
+pub mod notify;
 pub mod protocol;
 pub mod registry;
 pub mod ring;

@@ -110,15 +110,7 @@ impl Shutdown {
 
     /// Resolves once the shutdown has started (at once if it has).
     pub async fn wait(&self) {
-        loop {
-            let notified = self.0.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_triggered() {
-                return;
-            }
-            notified.await;
-        }
+        crate::notify::until(&self.0.notify, || self.is_triggered()).await
     }
 
     /// Registers `hook`, run when the shutdown starts: as soon as the
@@ -196,13 +188,7 @@ impl Shutdown {
     /// started; `check` is tested once the wake-up is armed, so none is
     /// missed: resolves at once if it holds.
     pub(crate) async fn next_session_end(&self, check: impl Fn() -> bool) {
-        let notified = self.0.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if check() {
-            return;
-        }
-        notified.await;
+        crate::notify::next_or(&self.0.notify, check).await;
     }
 }
 

@@ -98,15 +98,7 @@ impl Sink {
 
     /// Resolves once the receiver is gone.
     pub async fn closed(&self) {
-        loop {
-            let notified = self.0.on_close.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if self.is_closed() {
-                return;
-            }
-            notified.await;
-        }
+        crate::notify::until(&self.0.on_close, || self.is_closed()).await
     }
 }
 
