@@ -295,10 +295,7 @@ fn client(args: &[&[u8]], st: &mut ClientState, shared: &Shared, enc: &mut Encod
                 "TRACKINGINFO",
                 "UNPAUSE",
             ];
-            enc.array(lines.len());
-            for l in lines {
-                enc.simple(l);
-            }
+            enc.help(&lines);
         }
     }
     Outcome::Reply
@@ -356,10 +353,7 @@ fn command_cmd(args: &[&[u8]], enc: &mut Encoder<'_>) {
                 "INFO",
                 "LIST",
             ];
-            enc.array(lines.len());
-            for l in lines {
-                enc.simple(l);
-            }
+            enc.help(&lines);
         }
     }
 }

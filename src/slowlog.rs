@@ -219,10 +219,7 @@ pub fn command(log: &SlowLog, args: &[&[u8]], enc: &mut Encoder<'_>) {
                 "HELP",
                 "    Prints this help.",
             ];
-            enc.array(lines.len());
-            for l in lines {
-                enc.simple(l);
-            }
+            enc.help(&lines);
         }
     }
 }

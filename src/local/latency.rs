@@ -39,10 +39,7 @@ pub fn command(args: &[&[u8]], enc: &mut Encoder<'_>) {
                 "    Prints this help.",
                 "shardis: the proxy records no latency events; run LATENCY on the shards.",
             ];
-            enc.array(lines.len());
-            for l in lines {
-                enc.simple(l);
-            }
+            enc.help(&lines);
         }
     }
 }

@@ -29,6 +29,14 @@ impl<'a> Encoder<'a> {
         self.buf.extend_from_slice(b"\r\n");
     }
 
+    /// A HELP reply: an array of status lines, as Redis's `addReplyHelp`.
+    pub fn help(&mut self, lines: &[&str]) {
+        self.array(lines.len());
+        for l in lines {
+            self.simple(l);
+        }
+    }
+
     pub fn ok(&mut self) {
         self.buf.extend_from_slice(b"+OK\r\n");
     }
@@ -126,6 +134,13 @@ impl<'a> Encoder<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn help_is_an_array_of_status_lines() {
+        let mut b = BytesMut::new();
+        Encoder::new(&mut b, Protocol::Resp3).help(&["LEN", "    Return the length."]);
+        assert_eq!(&b[..], b"*2\r\n+LEN\r\n+    Return the length.\r\n");
+    }
 
     #[test]
     fn encodes_per_protocol() {
