@@ -3,12 +3,11 @@
 //! timeouts, validity and cleanup, lock-group changes, redis-py's `Lock`.
 
 use std::process::Command;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use redis::aio::MultiplexedConnection;
 
+use crate::support::mutex::{Hammer, acquire, release};
 use crate::support::{NodeClient, Proxy, RedisNode, three_nodes, wait_until_async};
 
 const TIMEOUTS: &str = "[timeouts]\ncommand_ms = 500\nconnect_ms = 300\nreconnect_ms = 50\nreconnect_max_ms = 200\n";
@@ -23,18 +22,6 @@ async fn proxy_for(nodes: &[RedisNode], redlock: &str) -> Proxy {
     proxy_with(&refs, redlock).await
 }
 
-async fn acquire(c: &mut MultiplexedConnection, key: &str, token: &str, px: u64) -> redis::RedisResult<bool> {
-    let r: Option<String> = redis::cmd("SET")
-        .arg(key)
-        .arg(token)
-        .arg("NX")
-        .arg("PX")
-        .arg(px)
-        .query_async(c)
-        .await?;
-    Ok(r.as_deref() == Some("OK"))
-}
-
 /// Retries an acquisition (errors count as "not yet") until it is granted;
 /// fails the test if that takes until `deadline`. Returns when it was granted.
 async fn acquire_before(c: &mut MultiplexedConnection, key: &str, token: &str, px: u64, deadline: Instant, why: &str) {
@@ -42,19 +29,6 @@ async fn acquire_before(c: &mut MultiplexedConnection, key: &str, token: &str, p
         assert!(Instant::now() < deadline, "{why}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-const RELEASE: &str =
-    "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end";
-
-async fn release(c: &mut MultiplexedConnection, key: &str, token: &str) -> redis::RedisResult<i64> {
-    redis::cmd("EVAL")
-        .arg(RELEASE)
-        .arg(1)
-        .arg(key)
-        .arg(token)
-        .query_async(c)
-        .await
 }
 
 fn get_direct(node: &RedisNode, key: &str) -> Option<String> {
@@ -210,50 +184,13 @@ async fn mutual_exclusion_with_a_member_hung_then_killed() {
     let mut nodes = three_nodes();
     let check = RedisNode::start(); // the independent store: not behind the proxy
     let proxy = proxy_for(&nodes, "").await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let entries = Arc::new(AtomicU64::new(0));
-    let overlaps = Arc::new(AtomicU64::new(0));
-
     // 8 redis-rs clients, each with its own connection.
-    let mut tasks = Vec::new();
-    for w in 0..8 {
-        let mut c = proxy.conn().await;
-        let mut cs = redis::Client::open(format!("redis://{}/", check.addr()))
-            .unwrap()
-            .get_multiplexed_async_connection()
-            .await
-            .unwrap();
-        let (stop, entries, overlaps) = (stop.clone(), entries.clone(), overlaps.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut i = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                i += 1;
-                let token = format!("rs-{w}-{i}");
-                match acquire(&mut c, "lock:mx", &token, 2000).await {
-                    Ok(true) => {
-                        let inside: Option<String> = redis::cmd("SET")
-                            .arg("cs:holder")
-                            .arg(&token)
-                            .arg("NX")
-                            .arg("PX")
-                            .arg(5000)
-                            .query_async(&mut cs)
-                            .await
-                            .unwrap();
-                        if inside.is_none() {
-                            overlaps.fetch_add(1, Ordering::Relaxed);
-                        } else {
-                            entries.fetch_add(1, Ordering::Relaxed);
-                            tokio::time::sleep(Duration::from_millis(2)).await;
-                            let _: i64 = release(&mut cs, "cs:holder", &token).await.unwrap();
-                        }
-                        let _ = release(&mut c, "lock:mx", &token).await;
-                    }
-                    Ok(false) | Err(_) => tokio::time::sleep(Duration::from_millis(3)).await,
-                }
-            }
-        }));
+    let mut conns = Vec::new();
+    for _ in 0..8 {
+        conns.push(proxy.conn().await);
     }
+    let hammer = Hammer::start(conns, check.addr()).await;
+
     // 2 redis-py clients using its Lock class.
     let port = proxy.addr.port().to_string();
     let pys: Vec<_> = (0..2)
@@ -265,25 +202,14 @@ async fn mutual_exclusion_with_a_member_hung_then_killed() {
         })
         .collect();
 
-    let phase = |label: &'static str| {
-        let entries = entries.clone();
-        async move {
-            let before = entries.load(Ordering::Relaxed);
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            (label, entries.load(Ordering::Relaxed) - before)
-        }
-    };
-    let mut phases = vec![phase("all members up").await];
+    let mut phases = vec![hammer.phase("all members up", 1500).await];
     nodes[1].pause();
-    phases.push(phase("a member is SIGSTOPped").await);
+    phases.push(hammer.phase("a member is SIGSTOPped", 1500).await);
     nodes[1].resume();
-    phases.push(phase("the member is back").await);
+    phases.push(hammer.phase("the member is back", 1500).await);
     nodes[2].kill();
-    phases.push(phase("a member is killed").await);
-    stop.store(true, Ordering::Relaxed);
-    for t in tasks {
-        t.await.unwrap();
-    }
+    phases.push(hammer.phase("a member is killed", 1500).await);
+    let overlaps = hammer.stop().await;
     let mut py_entries = 0;
     for p in pys {
         let out = tokio::task::spawn_blocking(move || p.wait_with_output())
@@ -308,7 +234,7 @@ async fn mutual_exclusion_with_a_member_hung_then_killed() {
             .unwrap_or(0);
     }
     println!("critical sections by redis-rs clients per phase: {phases:?}; by redis-py clients: {py_entries}");
-    assert_eq!(overlaps.load(Ordering::Relaxed), 0, "overlapping critical sections");
+    assert_eq!(overlaps, 0, "overlapping critical sections");
     assert!(py_entries > 0, "redis-py clients never got the lock");
     for (label, n) in phases {
         assert!(n > 0, "no progress while {label}");

@@ -17,6 +17,8 @@ use shardis::workers::Workers;
 
 pub use shardis::testkit::*;
 
+pub mod mutex;
+
 /// What needs redis-rs, which the library's test kit cannot depend on.
 pub trait NodeClient {
     /// A plain synchronous client straight to this shard.
