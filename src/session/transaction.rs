@@ -186,7 +186,7 @@ impl Session {
         let proto = self.state.proto;
         let Some(tx) = self.tx.take() else { return };
         if let Some(w) = self.watching.take() {
-            return self.exec_watched(topo, *tx, *w);
+            return self.exec_watched(topo, *tx, w);
         }
         let ex = match tx.exec() {
             Ok(Some(ex)) => ex,
@@ -202,7 +202,7 @@ impl Session {
     /// shard is another, or they are moving or held), the watch no longer
     /// guards them: EXEC answers nil, as when a watched key changed, and an
     /// optimistic client retries.
-    fn exec_watched(&mut self, topo: &Topology, tx: Transaction, mut w: Watching) {
+    fn exec_watched(&mut self, topo: &Topology, tx: Transaction, mut w: Box<Watching>) {
         let proto = self.state.proto;
         if w.lost(topo) {
             return self.replies.ready(At::Next, null_array(proto));
@@ -230,7 +230,8 @@ impl Session {
         }
         // Sent, then the sender dropped: the task answers it, then closes.
         w.keys.clear();
-        self.watching = Some(Box::new(w));
+        // Back in its place (the box reused) for send_watched to find.
+        self.watching = Some(w);
         let publishes = std::mem::take(&mut ex.publishes);
         let seq = self.send_watched(ex.batch, ex.frames, At::Next);
         self.watching = None;
